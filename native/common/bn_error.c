@@ -1,0 +1,96 @@
+/* bn_error.c — thread-local last error.  See bn_error.h. */
+#include "bn_error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Long enough for a message listing every library path tried.  Longer
+ * messages are cut at a UTF-8 boundary and end with "...". */
+#define BN_ERROR_CAP 4096
+
+static _Thread_local struct {
+    int code;
+    char msg[BN_ERROR_CAP];
+} last;
+
+static void cut_utf8(char *s, size_t cap)
+{
+    size_t n = strlen(s);
+    if (n < cap - 1)
+        return;
+    /* vsnprintf filled the buffer: mark the cut, never split a character */
+    size_t end = cap - 4;
+    while (end > 0 && ((unsigned char)s[end] & 0xC0) == 0x80)
+        end--;
+    memcpy(s + end, "...", 4);
+}
+
+int bn_error(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last.msg, sizeof last.msg, fmt, ap);
+    va_end(ap);
+    cut_utf8(last.msg, sizeof last.msg);
+    last.code = code;
+    return code;
+}
+
+int bn_error_prefix(const char *fmt, ...)
+{
+    char prefix[1024];
+    char old[BN_ERROR_CAP];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, last.msg, sizeof old);
+    snprintf(last.msg, sizeof last.msg, "%s%s", prefix, old);
+    cut_utf8(last.msg, sizeof last.msg);
+    return last.code;
+}
+
+void bn_error_clear(void)
+{
+    last.code = BITNET_OK;
+    last.msg[0] = '\0';
+}
+
+const char *bn_error_message(void) { return last.msg; }
+int bn_error_code(void) { return last.code; }
+
+void bn_error_copy(char *err, int32_t err_len)
+{
+    if (!err || err_len <= 0)
+        return;
+    size_t n = strlen(last.msg);
+    if (n >= (size_t)err_len) {
+        n = (size_t)err_len - 1;
+        while (n > 0 && ((unsigned char)last.msg[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(err, last.msg, n);
+    err[n] = '\0';
+}
+
+const char *bn_error_name(int code)
+{
+    switch (code) {
+    case BITNET_OK: return "BITNET_OK";
+    case BITNET_E_INVALID_ARG: return "BITNET_E_INVALID_ARG";
+    case BITNET_E_MODEL_NOT_FOUND: return "BITNET_E_MODEL_NOT_FOUND";
+    case BITNET_E_MODEL_LOAD: return "BITNET_E_MODEL_LOAD";
+    case BITNET_E_INFERENCE: return "BITNET_E_INFERENCE";
+    case BITNET_E_OOM: return "BITNET_E_OOM";
+    case BITNET_E_THREAD_SAFETY: return "BITNET_E_THREAD_SAFETY";
+    case BITNET_E_INVALID_HANDLE: return "BITNET_E_INVALID_HANDLE";
+    case BITNET_E_CONTEXT_OVERFLOW: return "BITNET_E_CONTEXT_OVERFLOW";
+    case BITNET_E_UNSUPPORTED: return "BITNET_E_UNSUPPORTED";
+    case BITNET_E_INTERNAL: return "BITNET_E_INTERNAL";
+    case BITNET_E_TIMEOUT: return "BITNET_E_TIMEOUT";
+    case BITNET_E_SYMBOL_MISSING: return "BITNET_E_SYMBOL_MISSING";
+    case BITNET_E_CLEANUP: return "BITNET_E_CLEANUP";
+    default: return "BITNET_E_UNKNOWN";
+    }
+}

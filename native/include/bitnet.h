@@ -1,0 +1,202 @@
+/*
+ * bitnet.h — the socket ABI of a BitNet inference library.
+ *
+ * This is the C contract between the Python bridge (pytest_bitnet) and a
+ * backend: the embedded reference engine, a library loaded with dlopen, or
+ * llama.cpp behind an adapter.  The names and the two-pass semantics are
+ * those of the FFI sockets specification (seed 003):
+ *
+ *   Socket 1  bitnet_cpp_init_context / bitnet_cpp_free_context
+ *   Socket 2  bitnet_cpp_tokenize_with_context            (optional)
+ *   Socket 3  bitnet_cpp_eval_with_context                (optional)
+ *   Socket 4  bitnet_cpp_session_*                        (optional)
+ *   Socket 5  bitnet_cpp_eval_gpu                         (optional)
+ *   Socket 6  bitnet_cpp_get_capabilities                 (optional)
+ *   per-call  crossval_bitnet_tokenize / crossval_bitnet_eval_with_tokens
+ *
+ * Conventions shared by every function here:
+ *
+ *  - Return value: BITNET_OK (0) or one of the negative BITNET_E_* codes.
+ *  - Two-pass buffers: a NULL output buffer is a size query; the function
+ *    then stores the required size and returns BITNET_OK without doing the
+ *    work (and without changing any state).  With a buffer, the capacity is
+ *    always checked before anything is written; a capacity below the
+ *    required size fails with BITNET_E_INVALID_ARG ("buffer too small
+ *    (need N, got M)") and nothing is written to the buffer.
+ *  - Errors: when err != NULL and err_len > 0, the message is copied into
+ *    err, always NUL-terminated, truncated if needed.  The full message is
+ *    also kept as the calling thread's last error, see
+ *    bitnet_cpp_get_last_error().
+ *  - Handles are not shared between threads at the same time: a second
+ *    concurrent call on one context fails with BITNET_E_THREAD_SAFETY.
+ */
+#ifndef BITNET_H
+#define BITNET_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define BITNET_API __declspec(dllexport)
+#else
+#define BITNET_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a signature or a struct layout in this file changes. */
+#define BITNET_ABI_VERSION 1
+
+/* Error codes.  One Python exception class per code (pytest_bitnet.errors). */
+enum {
+    BITNET_OK = 0,
+    BITNET_E_INVALID_ARG = -1,      /* bad argument, buffer too small       */
+    BITNET_E_MODEL_NOT_FOUND = -2,  /* model path missing / not a file      */
+    BITNET_E_MODEL_LOAD = -3,       /* malformed or unsupported model       */
+    BITNET_E_INFERENCE = -4,        /* tokenize / eval failed               */
+    BITNET_E_OOM = -5,              /* allocation failed or refused         */
+    BITNET_E_THREAD_SAFETY = -6,    /* handle used by two threads at once   */
+    BITNET_E_INVALID_HANDLE = -7,   /* NULL, freed or foreign handle        */
+    BITNET_E_CONTEXT_OVERFLOW = -8, /* more tokens than n_ctx               */
+    BITNET_E_UNSUPPORTED = -9,      /* capability not built in / absent     */
+    BITNET_E_INTERNAL = -10,        /* a bug: an invariant did not hold     */
+    BITNET_E_TIMEOUT = -11,         /* deadline passed or cancelled         */
+    BITNET_E_SYMBOL_MISSING = -12,  /* a required symbol is not exported    */
+    BITNET_E_CLEANUP = -13          /* freeing a handle failed              */
+};
+#define BITNET_E_MIN BITNET_E_CLEANUP
+
+typedef struct bitnet_context_t bitnet_context_t;
+typedef struct bitnet_session_t bitnet_session_t;
+
+typedef struct {
+    int has_avx2;   /* x86 AVX2 (runtime CPUID + OS support)  */
+    int has_avx512; /* x86 AVX-512F                           */
+    int has_neon;   /* ARM NEON                               */
+    int has_cuda;   /* built with CUDA and a device present   */
+    int has_metal;  /* built with Metal and a device present  */
+    int has_hip;    /* built with ROCm and a device present   */
+} bitnet_capabilities_t;
+
+/* ---- Socket 1: persistent context ------------------------------------ */
+
+/* Load model_path and create a context of n_ctx positions (n_ctx <= 0:
+ * the model's training context length).  *out_ctx is set only on success. */
+BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
+                                       const char *model_path, int32_t n_ctx,
+                                       int32_t n_gpu_layers, char *err,
+                                       int32_t err_len);
+
+/* Free a context (NULL-safe).  Returns BITNET_E_INVALID_HANDLE for a handle
+ * that is not live. */
+BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx);
+
+/* ---- Socket 2: tokenize with a context -------------------------------- */
+
+BITNET_API int bitnet_cpp_tokenize_with_context(
+    const bitnet_context_t *ctx, const char *prompt, int add_bos,
+    int parse_special, int32_t *out_tokens, int32_t out_capacity,
+    int32_t *out_len, char *err, int32_t err_len);
+
+/* ---- Socket 3: evaluate with a context -------------------------------- */
+
+/* Appends tokens to sequence seq_id (its own KV cache and position) and
+ * returns one row of n_vocab logits per token.  The query pass (out_logits
+ * NULL) sets rows/cols and changes nothing.  A failed fill pass leaves the
+ * sequence exactly as it was before the call. */
+BITNET_API int bitnet_cpp_eval_with_context(
+    const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+    int32_t seq_id, float *out_logits, int32_t logits_capacity,
+    int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len);
+
+/* ---- Socket 4: session (context + tokenizer in one handle) ------------- */
+
+BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
+                                         const char *model_path,
+                                         const char *tokenizer_path,
+                                         int32_t n_ctx, int32_t n_gpu_layers,
+                                         char *err, int32_t err_len);
+BITNET_API int bitnet_cpp_session_free(bitnet_session_t *session);
+BITNET_API int bitnet_cpp_session_tokenize(
+    const bitnet_session_t *session, const char *prompt, int add_bos,
+    int parse_special, int32_t *out_tokens, int32_t out_capacity,
+    int32_t *out_len, char *err, int32_t err_len);
+BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
+                                       const int32_t *tokens, int32_t n_tokens,
+                                       float *out_logits,
+                                       int32_t logits_capacity,
+                                       int32_t *out_rows, int32_t *out_cols,
+                                       char *err, int32_t err_len);
+
+/* ---- Socket 5: GPU evaluation ----------------------------------------- */
+
+/* In a build without GPU support: BITNET_E_UNSUPPORTED, naming what is
+ * missing. */
+BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
+                                   const int32_t *tokens, int32_t n_tokens,
+                                   float *out_logits, int32_t logits_capacity,
+                                   int32_t *out_rows, int32_t *out_cols,
+                                   char *err, int32_t err_len);
+
+/* ---- Socket 6: capabilities ------------------------------------------- */
+
+BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps);
+
+/* ---- Per-call functions (load, work, free on every call) --------------- */
+
+BITNET_API int crossval_bitnet_tokenize(const char *model_path,
+                                        const char *prompt, int add_bos,
+                                        int parse_special, int32_t *out_tokens,
+                                        int32_t out_capacity, int32_t *out_len,
+                                        char *err, int32_t err_len);
+BITNET_API int crossval_bitnet_eval_with_tokens(
+    const char *model_path, const int32_t *tokens, int32_t n_tokens,
+    int32_t n_ctx, float *out_logits, int32_t logits_capacity,
+    int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len);
+
+/* ---- Context helpers (extensions to the seed) -------------------------- */
+
+/* Number of positions already evaluated in seq_id (its n_past). */
+BITNET_API int bitnet_cpp_get_n_past(const bitnet_context_t *ctx,
+                                     int32_t seq_id, int32_t *out_n_past);
+/* Forget sequence seq_id (seq_id < 0: every sequence). */
+BITNET_API int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id);
+/* Model facts: vocabulary size and the context size actually allocated. */
+BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,
+                                         int32_t *out_n_vocab,
+                                         int32_t *out_n_ctx);
+
+/* ---- Version, last error, live counters ------------------------------- */
+
+/* BITNET_ABI_VERSION of the library (compared by loaders before use). */
+BITNET_API int32_t bitnet_cpp_abi_version(void);
+/* Human-readable version string, static storage. */
+BITNET_API const char *bitnet_cpp_version(void);
+
+/* Copies the calling thread's last error message into buf (NUL-terminated,
+ * truncated to buf_len - 1 bytes) and returns the full message length in
+ * bytes, without the NUL.  buf == NULL is a size query.  Returns 0 when no
+ * error was recorded on this thread. */
+BITNET_API int32_t bitnet_cpp_get_last_error(char *buf, int32_t buf_len);
+/* The native code of the thread's last error (BITNET_OK if none). */
+BITNET_API int32_t bitnet_cpp_get_last_error_code(void);
+
+/* Live objects and memory, for leak checks: every native allocation goes
+ * through one counted allocator.  All counters return to their baseline
+ * when everything created has been freed. */
+typedef struct {
+    int64_t contexts;    /* live bitnet_context_t                    */
+    int64_t sessions;    /* live bitnet_session_t                    */
+    int64_t models;      /* models loaded and not yet freed          */
+    int64_t bytes;       /* bytes held by the counted allocator      */
+    int64_t allocations; /* blocks held by the counted allocator     */
+    int64_t model_loads; /* models loaded since start (monotonic)    */
+    int64_t peak_bytes;  /* high-water mark of bytes (monotonic)     */
+} bitnet_counters_t;
+BITNET_API int bitnet_cpp_get_counters(bitnet_counters_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* BITNET_H */

@@ -1,0 +1,148 @@
+/*
+ * gguf.h — a strict reader of GGUF v2/v3 model files.
+ *
+ * Strict means: everything llama.cpp's own reader (ggml/src/gguf.cpp)
+ * rejects is rejected here too, with a BITNET_E_MODEL_LOAD error whose
+ * message names the field, the tensor (when there is one) and the byte
+ * offset in the file where the problem was found.  A file that does not
+ * exist is BITNET_E_MODEL_NOT_FOUND.
+ *
+ * Checked: magic "GGUF"; version 2 or 3 (1 is refused as too old);
+ * tensor and kv counts that fit the file; string lengths that fit the file;
+ * empty or duplicate keys; value types; nested arrays; array lengths
+ * whose byte size overflows or exceeds the file; tensor names empty,
+ * >= 64 bytes or duplicated; n_dims 1..4; every ne >= 1 and the element
+ * count not overflowing int64; tensor types known to ggml (plus BitNet.cpp's
+ * I2_S, type 36); rows a whole number of blocks; general.alignment a
+ * non-zero power of two; tensor offsets multiples of the alignment and
+ * equal to the running total of padded sizes (no gaps, no overlap); tensor
+ * data lying within the file.
+ *
+ * Limits: all metadata is held in memory; tensor data is read into one
+ * 64-byte aligned block from the counted allocator (so "bytes" counts it).
+ */
+#ifndef BN_GGUF_H
+#define BN_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* GGUF value types (gguf_type in ggml). */
+typedef enum {
+    BN_GGUF_UINT8 = 0,
+    BN_GGUF_INT8 = 1,
+    BN_GGUF_UINT16 = 2,
+    BN_GGUF_INT16 = 3,
+    BN_GGUF_UINT32 = 4,
+    BN_GGUF_INT32 = 5,
+    BN_GGUF_FLOAT32 = 6,
+    BN_GGUF_BOOL = 7,
+    BN_GGUF_STRING = 8,
+    BN_GGUF_ARRAY = 9,
+    BN_GGUF_UINT64 = 10,
+    BN_GGUF_INT64 = 11,
+    BN_GGUF_FLOAT64 = 12,
+    BN_GGUF_TYPE_COUNT
+} bn_gguf_type;
+
+/* ggml tensor types the reference engine computes with.  Every other type
+ * known to ggml passes the reader's checks and is refused by the model
+ * loader with the list of supported types. */
+enum {
+    BN_TYPE_F32 = 0,
+    BN_TYPE_F16 = 1,
+    BN_TYPE_TQ2_0 = 35,
+    BN_TYPE_I2_S = 36 /* BitNet.cpp; removed from upstream ggml */
+};
+
+typedef struct {
+    uint64_t len;
+    char *data; /* NUL-terminated copy (len bytes + NUL) */
+} bn_gguf_str;
+
+typedef struct {
+    char *key;              /* NUL-terminated */
+    uint32_t type;          /* bn_gguf_type */
+    uint32_t arr_type;      /* element type when type == ARRAY */
+    uint64_t n;             /* element count (1 for scalars) */
+    void *data;             /* scalar value, or n elements; strings are
+                               bn_gguf_str */
+    uint64_t file_offset;   /* offset of the key in the file, for messages */
+} bn_gguf_kv;
+
+typedef struct {
+    char name[64];
+    uint32_t n_dims;
+    int64_t ne[4];          /* ne[0] = row length (elements), 1 past n_dims */
+    uint32_t type;          /* ggml type */
+    uint64_t offset;        /* relative to the data section */
+    uint64_t size;          /* bytes */
+    const uint8_t *data;    /* into bn_gguf.data; NULL if not loaded */
+} bn_gguf_tensor;
+
+typedef struct bn_gguf {
+    uint32_t version;
+    uint64_t n_kv;
+    bn_gguf_kv *kv;
+    uint64_t n_tensors;
+    bn_gguf_tensor *tensors;
+    uint64_t alignment;
+    uint64_t data_offset;   /* file offset of the tensor data section */
+    uint64_t data_size;     /* bytes of tensor data (padded total) */
+    uint64_t file_size;
+    uint8_t *data;          /* tensor data, or NULL with BN_GGUF_NO_DATA */
+} bn_gguf;
+
+/* Flags for bn_gguf_open. */
+#define BN_GGUF_NO_DATA 1u /* validate offsets against the file size but do
+                              not read tensor data */
+
+/* Called between chunks while reading tensor data (and between metadata
+ * sections); a non-zero return aborts the load with that code.  May be
+ * NULL. */
+typedef int (*bn_gguf_step_fn)(void *user);
+
+/* Opens and validates path.  On success *out owns everything (free with
+ * bn_gguf_free); on failure *out is NULL, nothing is leaked and the last
+ * error says what and where. */
+int bn_gguf_open(const char *path, unsigned flags, bn_gguf_step_fn step,
+                 void *step_user, bn_gguf **out);
+void bn_gguf_free(bn_gguf *g);
+
+/* Lookups; NULL / -1 when absent. */
+const bn_gguf_kv *bn_gguf_find_kv(const bn_gguf *g, const char *key);
+const bn_gguf_tensor *bn_gguf_find_tensor(const bn_gguf *g, const char *name);
+
+/* Typed getters.  Return BITNET_OK, or BITNET_E_MODEL_LOAD naming the key
+ * when it is missing (required != 0) or has an incompatible type; when the
+ * key is missing and required == 0 they return BITNET_OK leaving *out as
+ * is (the caller's default).  Integer getters accept any integer type whose
+ * value fits; the float getter accepts FLOAT32/FLOAT64. */
+int bn_gguf_get_u32(const bn_gguf *g, const char *key, int required,
+                    uint32_t *out);
+int bn_gguf_get_i32(const bn_gguf *g, const char *key, int required,
+                    int32_t *out);
+int bn_gguf_get_f32(const bn_gguf *g, const char *key, int required,
+                    float *out);
+int bn_gguf_get_bool(const bn_gguf *g, const char *key, int required,
+                     int *out);
+int bn_gguf_get_str(const bn_gguf *g, const char *key, int required,
+                    const char **out);
+/* Array of the given element type; *n_out = element count. */
+int bn_gguf_get_arr(const bn_gguf *g, const char *key, int required,
+                    uint32_t elem_type, const void **data_out,
+                    uint64_t *n_out);
+
+/* ggml type facts: block size in elements and bytes per block; 0 for a type
+ * ggml does not know (or removed).  name is "F32", "TQ2_0", "I2_S" ... or
+ * NULL. */
+int bn_ggml_type_known(uint32_t type);
+int64_t bn_ggml_blck_size(uint32_t type);
+size_t bn_ggml_type_size(uint32_t type);
+const char *bn_ggml_type_name(uint32_t type);
+/* Bytes of one row of ne0 elements / of a whole tensor (I2_S: codes + the
+ * 32-byte scale trailer).  0 if ne0 is not a whole number of blocks. */
+size_t bn_ggml_row_size(uint32_t type, int64_t ne0);
+size_t bn_ggml_tensor_size(uint32_t type, const int64_t ne[4]);
+
+#endif

@@ -1,0 +1,68 @@
+/*
+ * kernels.h — matrix kernels of the reference engine.
+ *
+ * A weight matrix W has nrows rows of ncols elements (ggml: ne[0] = ncols,
+ * ne[1] = nrows), stored in a ggml type.  The product for n_tokens input
+ * vectors is  y[t*nrows + r] = sum_c W[r, c] * x[t*ncols + c].
+ *
+ * Activations are first converted once per call into the form the weight
+ * type multiplies with, exactly as ggml's CPU backend does, so results
+ * match llama.cpp closely:
+ *
+ *   F32    x as is (float dot products)
+ *   F16    x rounded to fp16 (ggml's vec_dot_type for F16 is F16)
+ *   TQ2_0  x quantized to Q8_K: blocks of 256, iscale = -127/max where max
+ *          is the element of largest magnitude, q = round-half-even(iscale*x)
+ *          clamped to <= 127, d = 1/iscale; the dot product is exact in
+ *          integers per block, then sum += (float)sumi * (d_x * fp16(d_w)).
+ *   I2_S   x quantized per vector to int8 as BitNet.cpp does:
+ *          s = 127/max|x|, q = round-half-even(x*s) clamped to [-128,127];
+ *          y = (sum code*q - sum q) / s * tensor_scale.
+ *
+ * The split into bn_act_prepare + bn_matmul_rows lets a caller quantize once
+ * and hand row ranges to several threads.  Kernels are chosen at run time:
+ * AVX2 (+FMA, F16C) where the CPU has it, portable C otherwise; both give
+ * identical integer sums, so results differ only by float summation order.
+ */
+#ifndef BN_KERNELS_H
+#define BN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    uint32_t type;     /* BN_TYPE_F32, F16, TQ2_0 or I2_S (gguf.h) */
+    const void *data;  /* rows back to back */
+    int64_t ncols;     /* elements per row; TQ2_0: multiple of 256,
+                          I2_S: multiple of 128 */
+    int64_t nrows;
+    size_t row_bytes;  /* bytes per row (I2_S: ncols/4) */
+    float scale;       /* I2_S: the per-tensor scale read after the codes;
+                          1.0 otherwise */
+} bn_weight;
+
+/* Bytes of the prepared-activation buffer for n_tokens vectors. */
+size_t bn_act_size(const bn_weight *w, int64_t n_tokens);
+
+/* Converts x (n_tokens x ncols floats) into act (bn_act_size bytes). */
+void bn_act_prepare(const bn_weight *w, const float *x, int64_t n_tokens,
+                    void *act);
+
+/* y rows [r0, r1) for every token, from prepared activations. */
+void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
+                    float *y, int64_t r0, int64_t r1);
+
+/* Row `row` of W as floats (for embedding lookups): out[ncols]. */
+void bn_dequant_row(const bn_weight *w, int64_t row, float *out);
+
+/* fp16 <-> fp32, round to nearest even, as ggml does. */
+float bn_fp16_to_fp32(uint16_t h);
+uint16_t bn_fp32_to_fp16(float f);
+
+/* Which implementation is in use ("avx2" or "portable"), for diagnostics.
+ * bn_kernels_force_portable(1) switches to the portable path (tests compare
+ * both). */
+const char *bn_kernels_impl(void);
+void bn_kernels_force_portable(int on);
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * tokenizer.h — SentencePiece-style (llama.cpp "SPM") tokenizer built from
+ * a GGUF vocabulary.
+ *
+ * It produces exactly the tokens llama.cpp's llm_tokenizer_spm produces for
+ * the same vocabulary: special-token partitioning (control and user-defined
+ * tokens; control tokens only with parse_special), the space prefix
+ * (tokenizer.ggml.add_space_prefix, default true), whitespace escaped to
+ * U+2581, greedy bigram merging by score, byte fallback to <0xXX> tokens,
+ * the unknown token when no byte token exists, BOS when add_bos.
+ *
+ * Keys read: tokenizer.ggml.model (must be "llama"), tokenizer.ggml.tokens,
+ * tokenizer.ggml.scores (optional, default 0), tokenizer.ggml.token_type
+ * (optional, default NORMAL), tokenizer.ggml.bos_token_id / eos_token_id /
+ * unknown_token_id (optional, defaults 1 / 2 / 0),
+ * tokenizer.ggml.add_space_prefix (optional, default true).
+ */
+#ifndef BN_TOKENIZER_H
+#define BN_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+
+/* llama_token_type in llama.cpp's vocabulary. */
+enum {
+    BN_TOKEN_UNDEFINED = 0,
+    BN_TOKEN_NORMAL = 1,
+    BN_TOKEN_UNKNOWN = 2,
+    BN_TOKEN_CONTROL = 3,
+    BN_TOKEN_USER_DEFINED = 4,
+    BN_TOKEN_UNUSED = 5,
+    BN_TOKEN_BYTE = 6
+};
+
+typedef struct bn_vocab bn_vocab;
+
+/* Builds the vocabulary from g's metadata (tensor data not needed).
+ * BITNET_E_MODEL_LOAD naming the key on anything malformed (missing
+ * tokens, wrong types, unsupported tokenizer model, ids out of range). */
+int bn_vocab_load(const bn_gguf *g, bn_vocab **out);
+void bn_vocab_free(bn_vocab *v);
+
+int32_t bn_vocab_n_tokens(const bn_vocab *v);
+int32_t bn_vocab_bos(const bn_vocab *v);
+int32_t bn_vocab_eos(const bn_vocab *v);
+/* The token's text as stored in the vocabulary (NUL-terminated). */
+const char *bn_vocab_piece(const bn_vocab *v, int32_t id);
+
+/* A growable token array (counted allocator). */
+typedef struct {
+    int32_t *ids;
+    size_t n;
+    size_t cap;
+} bn_tokens;
+void bn_tokens_free(bn_tokens *t);
+
+/* Tokenizes text[0..len) (UTF-8; invalid sequences are handled as
+ * llama.cpp does) appending to out.  Returns BITNET_OK or an error code
+ * (BITNET_E_OOM).  step, if not NULL, is called every few thousand bytes;
+ * a non-zero return aborts with that code. */
+int bn_tokenize(const bn_vocab *v, const char *text, size_t len, int add_bos,
+                int parse_special, bn_tokens *out, int (*step)(void *),
+                void *step_user);
+
+#endif
