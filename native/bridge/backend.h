@@ -1,0 +1,55 @@
+/*
+ * backend.h — what the bridge needs from a backend: the socket functions
+ * of bitnet.h over the backend's own context type.
+ *
+ * The bridge wraps every backend context in a bitnet_context_t of its own
+ * (handle validation, thread guard, counters) and routes each call through
+ * this table.  A NULL entry is an optional socket the backend lacks; the
+ * bridge then answers BITNET_E_UNSUPPORTED (the fallback chain arrives
+ * with the loader).
+ */
+#ifndef BN_BACKEND_H
+#define BN_BACKEND_H
+
+#include <stdint.h>
+
+#include "bitnet.h"
+
+typedef struct bn_backend {
+    const char *name; /* "reference", ... */
+
+    int (*init_context)(void **out_ctx, const char *model_path, int32_t n_ctx,
+                        int32_t n_gpu_layers, char *err, int32_t err_len);
+    int (*free_context)(void *ctx);
+    int (*tokenize_with_context)(void *ctx, const char *prompt, int add_bos,
+                                 int parse_special, int32_t *out_tokens,
+                                 int32_t out_capacity, int32_t *out_len,
+                                 char *err, int32_t err_len);
+    int (*eval_with_context)(void *ctx, const int32_t *tokens,
+                             int32_t n_tokens, int32_t seq_id,
+                             float *out_logits, int32_t logits_capacity,
+                             int32_t *out_rows, int32_t *out_cols, char *err,
+                             int32_t err_len);
+    int (*eval_gpu)(void *ctx, const int32_t *tokens, int32_t n_tokens,
+                    float *out_logits, int32_t logits_capacity,
+                    int32_t *out_rows, int32_t *out_cols, char *err,
+                    int32_t err_len);
+    int (*get_n_past)(void *ctx, int32_t seq_id, int32_t *out);
+    int (*reset_context)(void *ctx, int32_t seq_id);
+    int (*get_model_info)(void *ctx, int32_t *n_vocab, int32_t *n_ctx);
+    int (*get_capabilities)(bitnet_capabilities_t *out);
+
+    int (*percall_tokenize)(const char *model_path, const char *prompt,
+                            int add_bos, int parse_special,
+                            int32_t *out_tokens, int32_t out_capacity,
+                            int32_t *out_len, char *err, int32_t err_len);
+    int (*percall_eval)(const char *model_path, const int32_t *tokens,
+                        int32_t n_tokens, int32_t n_ctx, float *out_logits,
+                        int32_t logits_capacity, int32_t *out_rows,
+                        int32_t *out_cols, char *err, int32_t err_len);
+} bn_backend;
+
+/* The embedded reference engine (native/reference). */
+extern const bn_backend bn_reference_backend;
+
+#endif

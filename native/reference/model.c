@@ -1,0 +1,655 @@
+/* model.c — weights, KV state and the forward pass.  See model.h. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bn_alloc.h"
+#include "bn_error.h"
+
+typedef enum { ROPE_NORM, ROPE_NEOX } rope_kind;
+
+/* What differs between the architectures we run. */
+typedef struct {
+    const char *name;
+    rope_kind rope;
+    int sub_norms;   /* attn_sub_norm / ffn_sub_norm present (bitnet) */
+    int scales;      /* optional per-tensor .scale tensors (bitnet)   */
+} arch_info;
+
+static const arch_info ARCHS[] = {
+    {"bitnet", ROPE_NEOX, 1, 1},
+    {"llama", ROPE_NORM, 0, 0},
+};
+#define SUPPORTED_ARCHS "bitnet, llama"
+#define SUPPORTED_WEIGHT_TYPES "F32, F16, TQ2_0, I2_S"
+
+typedef struct {
+    const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
+    bn_weight wq, wk, wv, wo, gate, up, down;
+} layer;
+
+struct bn_model {
+    bn_gguf *gguf; /* owns the tensor data the weights point into */
+    bn_vocab *vocab;
+    const arch_info *arch;
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv;
+    int32_t head_dim, n_rot;
+    float eps, rope_base;
+    bn_weight tok_embd, output;
+    const float *output_norm;
+    layer *layers;
+    size_t act_bytes_per_token; /* largest bn_act_size(w, 1) of any weight */
+};
+
+typedef struct {
+    float *k, *v;   /* [n_layer][n_ctx][kv_dim], NULL until first use */
+    int32_t n_past;
+} seq_state;
+
+struct bn_state {
+    const bn_model *m;
+    int32_t n_ctx;
+    seq_state seq[BN_MAX_SEQ];
+};
+
+/* ---- loading ----------------------------------------------------------- */
+
+static int get_tensor(const bn_model *m, const char *name, int required,
+                      int64_t ne0, int64_t ne1, const bn_gguf_tensor **out)
+{
+    const bn_gguf_tensor *t = bn_gguf_find_tensor(m->gguf, name);
+    *out = t;
+    if (!t) {
+        if (!required)
+            return BITNET_OK;
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "tensor '%s' is missing: the %s architecture needs it; "
+                        "the file is incomplete or was written for another "
+                        "architecture",
+                        name, m->arch->name);
+    }
+    int64_t want[2] = {ne0, ne1};
+    for (int d = 0; d < 2; d++) {
+        if (t->ne[d] != want[d] || (t->n_dims > 2 && t->ne[2] != 1))
+            return bn_error(BITNET_E_MODEL_LOAD,
+                            "tensor '%s' has shape [%lld, %lld] but the "
+                            "hyperparameters require [%lld, %lld]",
+                            name, (long long)t->ne[0], (long long)t->ne[1],
+                            (long long)ne0, (long long)ne1);
+    }
+    return BITNET_OK;
+}
+
+static int load_norm(const bn_model *m, const char *name, int64_t n,
+                     const float **out)
+{
+    const bn_gguf_tensor *t;
+    int rc = get_tensor(m, name, 1, n, 1, &t);
+    if (rc)
+        return rc;
+    if (t->type != BN_TYPE_F32)
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "unsupported tensor type %s for norm '%s' "
+                        "(supported for norms: F32)",
+                        bn_ggml_type_name(t->type), name);
+    *out = (const float *)t->data;
+    return BITNET_OK;
+}
+
+/* A projection; `scale_name` is its optional .scale tensor (or NULL). */
+static int load_weight(const bn_model *m, const char *name,
+                       const char *scale_name, int64_t ncols, int64_t nrows,
+                       bn_weight *w)
+{
+    const bn_gguf_tensor *t;
+    int rc = get_tensor(m, name, 1, ncols, nrows, &t);
+    if (rc)
+        return rc;
+    switch (t->type) {
+    case BN_TYPE_F32: case BN_TYPE_F16: case BN_TYPE_TQ2_0: case BN_TYPE_I2_S:
+        break;
+    default:
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "unsupported tensor type %s for '%s' (supported: "
+                        SUPPORTED_WEIGHT_TYPES "); convert the model with a "
+                        "supported quantization",
+                        bn_ggml_type_name(t->type) ? bn_ggml_type_name(t->type)
+                                                   : "?",
+                        name);
+    }
+    w->type = t->type;
+    w->data = t->data;
+    w->ncols = ncols;
+    w->nrows = nrows;
+    w->row_bytes = bn_ggml_row_size(t->type, ncols);
+    w->scale = 1.0f;
+    if (t->type == BN_TYPE_I2_S) {
+        /* BitNet.cpp keeps one float scale right after the codes */
+        memcpy(&w->scale, t->data + (size_t)(ncols * nrows / 4), sizeof(float));
+        if (!isfinite(w->scale))
+            return bn_error(BITNET_E_MODEL_LOAD,
+                            "tensor '%s': I2_S scale is not finite", name);
+    }
+    if (scale_name) {
+        const bn_gguf_tensor *s = bn_gguf_find_tensor(m->gguf, scale_name);
+        if (s) {
+            if (s->type != BN_TYPE_F32 || s->ne[0] != 1 || s->ne[1] != 1)
+                return bn_error(BITNET_E_MODEL_LOAD,
+                                "tensor '%s' must be a single F32 value",
+                                scale_name);
+            float v;
+            memcpy(&v, s->data, sizeof v);
+            w->scale *= v;
+        }
+    }
+    size_t per_tok = bn_act_size(w, 1);
+    if (per_tok > ((bn_model *)m)->act_bytes_per_token)
+        ((bn_model *)m)->act_bytes_per_token = per_tok;
+    return BITNET_OK;
+}
+
+static int load_hparams(bn_model *m)
+{
+    const bn_gguf *g = m->gguf;
+    const char *arch = NULL;
+    int rc = bn_gguf_get_str(g, "general.architecture", 1, &arch);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
+        if (strcmp(arch, ARCHS[i].name) == 0)
+            m->arch = &ARCHS[i];
+    if (!m->arch)
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "unsupported architecture '%s' (supported: "
+                        SUPPORTED_ARCHS ")",
+                        arch);
+    char key[128];
+#define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
+    uint32_t v;
+    struct { const char *suffix; int32_t *dst; int required; } ints[] = {
+        {"context_length", &m->n_ctx_train, 1},
+        {"embedding_length", &m->n_embd, 1},
+        {"block_count", &m->n_layer, 1},
+        {"feed_forward_length", &m->n_ff, 1},
+        {"attention.head_count", &m->n_head, 1},
+        {"attention.head_count_kv", &m->n_head_kv, 0},
+        {"rope.dimension_count", &m->n_rot, 0},
+    };
+    m->n_head_kv = -1;
+    m->n_rot = -1;
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        v = (uint32_t)*ints[i].dst;
+        snprintf(key, sizeof key, "%s.%s", arch, ints[i].suffix);
+        if ((rc = bn_gguf_get_u32(g, key, ints[i].required, &v)))
+            return rc;
+        if (v > (1u << 24) && *ints[i].dst != -1)
+            return bn_error(BITNET_E_MODEL_LOAD,
+                            "key '%s' = %u is out of range", key, v);
+        *ints[i].dst = (int32_t)v;
+    }
+    m->eps = 1e-5f;
+    m->rope_base = 10000.0f;
+    if ((rc = bn_gguf_get_f32(g, KEY("attention.layer_norm_rms_epsilon"), 1,
+                              &m->eps)) ||
+        (rc = bn_gguf_get_f32(g, KEY("rope.freq_base"), 0, &m->rope_base)))
+        return rc;
+#undef KEY
+    if (m->n_head_kv == -1)
+        m->n_head_kv = m->n_head;
+    if (m->n_embd <= 0 || m->n_layer <= 0 || m->n_ff <= 0 || m->n_head <= 0 ||
+        m->n_head_kv <= 0 || m->n_ctx_train <= 0 || m->n_embd % m->n_head ||
+        m->n_head % m->n_head_kv)
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "inconsistent hyperparameters: n_embd=%d n_layer=%d "
+                        "n_ff=%d n_head=%d n_head_kv=%d n_ctx_train=%d (n_embd "
+                        "must divide into n_head heads, n_head into n_head_kv "
+                        "groups, all positive)",
+                        m->n_embd, m->n_layer, m->n_ff, m->n_head,
+                        m->n_head_kv, m->n_ctx_train);
+    m->head_dim = m->n_embd / m->n_head;
+    if (m->n_rot == -1)
+        m->n_rot = m->head_dim;
+    if (m->n_rot <= 0 || m->n_rot > m->head_dim || m->n_rot % 2)
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "rope.dimension_count %d must be even and at most the "
+                        "head size %d",
+                        m->n_rot, m->head_dim);
+    if (!(m->eps > 0.0f) || !isfinite(m->rope_base) || m->rope_base <= 0.0f)
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "invalid rms epsilon %g or rope base %g", m->eps,
+                        m->rope_base);
+    return BITNET_OK;
+}
+
+static int load_tensors(bn_model *m)
+{
+    char n1[96], n2[96];
+    int rc;
+    const bn_gguf_tensor *t;
+    int64_t d = m->n_embd, kvd = (int64_t)m->head_dim * m->n_head_kv;
+    if ((rc = get_tensor(m, "token_embd.weight", 1, d, m->n_vocab, &t)))
+        return rc;
+    if ((rc = load_weight(m, "token_embd.weight", NULL, d, m->n_vocab,
+                          &m->tok_embd)))
+        return rc;
+    m->output = m->tok_embd; /* tied unless the llama file has output.weight */
+    if (!m->arch->sub_norms && bn_gguf_find_tensor(m->gguf, "output.weight") &&
+        (rc = load_weight(m, "output.weight", NULL, d, m->n_vocab, &m->output)))
+        return rc;
+    if ((rc = load_norm(m, "output_norm.weight", d, &m->output_norm)))
+        return rc;
+    m->layers = bn_calloc((size_t)m->n_layer, sizeof(layer), "layer table");
+    if (!m->layers)
+        return BITNET_E_OOM;
+    for (int32_t i = 0; i < m->n_layer; i++) {
+        layer *L = &m->layers[i];
+#define NAME(buf, s) (snprintf(buf, sizeof buf, "blk.%d." s, (int)i), buf)
+        if ((rc = load_norm(m, NAME(n1, "attn_norm.weight"), d, &L->attn_norm)) ||
+            (rc = load_norm(m, NAME(n1, "ffn_norm.weight"), d, &L->ffn_norm)))
+            return rc;
+        if (m->arch->sub_norms &&
+            ((rc = load_norm(m, NAME(n1, "attn_sub_norm.weight"), d,
+                             &L->attn_sub_norm)) ||
+             (rc = load_norm(m, NAME(n1, "ffn_sub_norm.weight"), m->n_ff,
+                             &L->ffn_sub_norm))))
+            return rc;
+        struct { const char *w, *s; int64_t cols, rows; bn_weight *dst; } ws[] = {
+            {"attn_q.weight", "attn_q.scale", d, d, &L->wq},
+            {"attn_k.weight", "attn_k.scale", d, kvd, &L->wk},
+            {"attn_v.weight", "attn_v.scale", d, kvd, &L->wv},
+            {"attn_output.weight", "attn_output.scale", d, d, &L->wo},
+            {"ffn_gate.weight", "ffn_gate.scale", d, m->n_ff, &L->gate},
+            {"ffn_up.weight", "ffn_up.scale", d, m->n_ff, &L->up},
+            {"ffn_down.weight", "ffn_down.scale", m->n_ff, d, &L->down},
+        };
+        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) {
+            snprintf(n1, sizeof n1, "blk.%d.%s", (int)i, ws[j].w);
+            snprintf(n2, sizeof n2, "blk.%d.%s", (int)i, ws[j].s);
+            if ((rc = load_weight(m, n1, m->arch->scales ? n2 : NULL,
+                                  ws[j].cols, ws[j].rows, ws[j].dst)))
+                return rc;
+        }
+#undef NAME
+    }
+    return BITNET_OK;
+}
+
+int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
+                  void *step_user, bn_model **out)
+{
+    *out = NULL;
+    bn_model *m = bn_calloc(1, sizeof *m, "model");
+    if (!m)
+        return BITNET_E_OOM;
+    unsigned gflags = (flags & BN_MODEL_VOCAB_ONLY) ? BN_GGUF_NO_DATA : 0;
+    int rc = bn_gguf_open(path, gflags, step, step_user, &m->gguf);
+    if (rc)
+        goto fail;
+    if ((rc = bn_vocab_load(m->gguf, &m->vocab)))
+        goto fail_ctx;
+    m->n_vocab = bn_vocab_n_tokens(m->vocab);
+    if ((rc = load_hparams(m)))
+        goto fail_ctx;
+    if (!(flags & BN_MODEL_VOCAB_ONLY) && (rc = load_tensors(m)))
+        goto fail_ctx;
+    bn_counter_add(BN_COUNTER_MODELS, 1);
+    bn_counter_add(BN_COUNTER_MODEL_LOADS, 1);
+    *out = m;
+    return BITNET_OK;
+fail_ctx:
+    /* the reader names the path itself; later checks do not know it */
+    bn_error_prefix("'%s': ", path);
+fail:
+    bn_vocab_free(m->vocab);
+    bn_free(m->layers);
+    bn_gguf_free(m->gguf);
+    bn_free(m);
+    return rc;
+}
+
+void bn_model_free(bn_model *m)
+{
+    if (!m)
+        return;
+    bn_vocab_free(m->vocab);
+    bn_free(m->layers);
+    bn_gguf_free(m->gguf);
+    bn_free(m);
+    bn_counter_add(BN_COUNTER_MODELS, -1);
+}
+
+const bn_vocab *bn_model_vocab(const bn_model *m) { return m->vocab; }
+int32_t bn_model_n_vocab(const bn_model *m) { return m->n_vocab; }
+int32_t bn_model_n_ctx_train(const bn_model *m) { return m->n_ctx_train; }
+const char *bn_model_arch(const bn_model *m) { return m->arch->name; }
+
+uint64_t bn_model_kv_bytes(const bn_model *m, int32_t n_ctx)
+{
+    return 2ull * (uint64_t)m->n_layer * (uint64_t)n_ctx *
+           (uint64_t)m->head_dim * (uint64_t)m->n_head_kv * sizeof(float);
+}
+
+/* ---- state ------------------------------------------------------------- */
+
+static int seq_alloc(bn_state *s, int32_t seq)
+{
+    seq_state *q = &s->seq[seq];
+    if (q->k)
+        return BITNET_OK;
+    size_t half = (size_t)(bn_model_kv_bytes(s->m, s->n_ctx) / 2);
+    q->k = bn_aligned_alloc(half, "KV cache (keys)");
+    if (!q->k)
+        goto oom;
+    q->v = bn_aligned_alloc(half, "KV cache (values)");
+    if (!q->v) {
+        bn_aligned_free(q->k);
+        q->k = NULL;
+        goto oom;
+    }
+    return BITNET_OK;
+oom:
+    return bn_error(BITNET_E_OOM,
+                    "out of memory allocating the KV cache for sequence %d: "
+                    "n_ctx=%d needs %llu bytes; use a smaller n_ctx",
+                    (int)seq, (int)s->n_ctx,
+                    (unsigned long long)bn_model_kv_bytes(s->m, s->n_ctx));
+}
+
+int bn_state_new(const bn_model *m, int32_t n_ctx, bn_state **out)
+{
+    *out = NULL;
+    if (!m->layers)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "model was loaded without tensor data (vocab only)");
+    if (n_ctx <= 0)
+        n_ctx = m->n_ctx_train;
+    /* Refuse what cannot fit before asking for it: an absurd n_ctx is an
+     * error with guidance, not a swap storm or an overcommitted block. */
+    uint64_t need = bn_model_kv_bytes(m, n_ctx);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t phys = (pages > 0 && page > 0) ? (uint64_t)pages * (uint64_t)page
+                                            : UINT64_MAX;
+    if (need > phys)
+        return bn_error(BITNET_E_OOM,
+                        "n_ctx=%d needs %llu bytes of KV cache, more than this "
+                        "machine's %llu bytes of memory; use a smaller n_ctx",
+                        (int)n_ctx, (unsigned long long)need,
+                        (unsigned long long)phys);
+    bn_state *s = bn_calloc(1, sizeof *s, "context state");
+    if (!s)
+        return BITNET_E_OOM;
+    s->m = m;
+    s->n_ctx = n_ctx;
+    int rc = seq_alloc(s, 0); /* sequence 0 up front: OOM shows at create */
+    if (rc) {
+        bn_free(s);
+        return rc;
+    }
+    *out = s;
+    return BITNET_OK;
+}
+
+void bn_state_free(bn_state *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < BN_MAX_SEQ; i++) {
+        bn_aligned_free(s->seq[i].k);
+        bn_aligned_free(s->seq[i].v);
+    }
+    bn_free(s);
+}
+
+int32_t bn_state_n_ctx(const bn_state *s) { return s->n_ctx; }
+
+int32_t bn_state_n_past(const bn_state *s, int32_t seq)
+{
+    return (seq >= 0 && seq < BN_MAX_SEQ) ? s->seq[seq].n_past : 0;
+}
+
+void bn_state_reset(bn_state *s, int32_t seq)
+{
+    for (int32_t i = 0; i < BN_MAX_SEQ; i++)
+        if (seq < 0 || seq == i)
+            s->seq[i].n_past = 0;
+}
+
+/* ---- forward pass ------------------------------------------------------ */
+
+int bn_forward_check(const bn_state *s, int32_t seq, const int32_t *tokens,
+                     int32_t n_tokens)
+{
+    if (seq < 0 || seq >= BN_MAX_SEQ)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "seq_id %d is out of range: use 0..%d", (int)seq,
+                        BN_MAX_SEQ - 1);
+    if (n_tokens <= 0)
+        return bn_error(BITNET_E_INFERENCE,
+                        "empty token list: evaluate needs at least one token "
+                        "(n_tokens=%d)",
+                        (int)n_tokens);
+    if (!tokens)
+        return bn_error(BITNET_E_INVALID_ARG, "tokens is NULL");
+    int32_t n_vocab = s->m->n_vocab;
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            return bn_error(BITNET_E_INFERENCE,
+                            "invalid token id %d at position %d: ids must be "
+                            "in [0, %d) for this model's vocabulary",
+                            (int)tokens[i], (int)i, (int)n_vocab);
+    int64_t total = (int64_t)s->seq[seq].n_past + n_tokens;
+    if (total > s->n_ctx)
+        return bn_error(BITNET_E_CONTEXT_OVERFLOW,
+                        "context overflow: %d tokens already in sequence %d "
+                        "plus %d new ones = %lld exceeds n_ctx=%d; create the "
+                        "session with a larger n_ctx or reset it",
+                        (int)s->seq[seq].n_past, (int)seq, (int)n_tokens,
+                        (long long)total, (int)s->n_ctx);
+    return BITNET_OK;
+}
+
+/* y = x / rms(x) * w, as ggml_rms_norm followed by ggml_mul. */
+static void rmsnorm(float *y, const float *x, const float *w, int64_t n,
+                    float eps)
+{
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        sum += (double)x[i] * x[i];
+    const float mean = (float)(sum / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (x[i] * scale) * w[i];
+}
+
+/* y[n_tokens x w->nrows] = W x, scaled by the weight's per-tensor scale
+ * (already folded into the I2_S kernel). */
+static void matmul(const bn_weight *w, const float *x, int64_t n_tokens,
+                   float *y, void *act)
+{
+    bn_act_prepare(w, x, n_tokens, act);
+    bn_matmul_rows(w, act, n_tokens, y, 0, w->nrows);
+    if (w->type != BN_TYPE_I2_S && w->scale != 1.0f) {
+        int64_t n = n_tokens * w->nrows;
+        for (int64_t i = 0; i < n; i++)
+            y[i] *= w->scale;
+    }
+}
+
+/* Rotates one head in place; theta advances by repeated multiplication,
+ * as ggml's rope cache does, so angles match llama.cpp's to the last bit. */
+static void rope(float *x, int32_t n_rot, int32_t pos, float base,
+                 rope_kind kind)
+{
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    float theta = (float)pos;
+    for (int32_t i = 0; i < n_rot / 2; i++) {
+        const float c = cosf(theta), s = sinf(theta);
+        int32_t a = kind == ROPE_NEOX ? i : 2 * i;
+        int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
+        const float x0 = x[a], x1 = x[b];
+        x[a] = x0 * c - x1 * s;
+        x[b] = x0 * s + x1 * c;
+        theta *= theta_scale;
+    }
+}
+
+/* Every logit must be a number: NaN or Inf means broken weights or a
+ * kernel bug, reported at the first position where it shows. */
+static int check_finite(const float *logits, int64_t rows, int64_t cols)
+{
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (!isfinite(logits[i]))
+            return bn_error(BITNET_E_INFERENCE,
+                            "non-finite logit (%s) at token position %lld, "
+                            "vocab index %lld: the model's weights or the "
+                            "computation produced NaN/Inf",
+                            isnan(logits[i]) ? "NaN" : "Inf",
+                            (long long)(i / cols), (long long)(i % cols));
+    return BITNET_OK;
+}
+
+typedef struct {
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
+    void *act;
+} scratch;
+
+static void *scratch_take(unsigned char **p, size_t bytes)
+{
+    void *r = *p;
+    *p += (bytes + 63) & ~(size_t)63;
+    return r;
+}
+
+int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
+               int32_t n_tokens, float *logits, bn_step_fn step,
+               void *step_user)
+{
+    int rc = bn_forward_check(s, seq, tokens, n_tokens);
+    if (rc)
+        return rc;
+    if ((rc = seq_alloc(s, seq)))
+        return rc;
+    const bn_model *m = s->m;
+    const int64_t n = n_tokens, d = m->n_embd, ff = m->n_ff;
+    const int64_t hd = m->head_dim, kvd = hd * m->n_head_kv;
+    const int32_t n_past = s->seq[seq].n_past;
+    const int32_t group = m->n_head / m->n_head_kv;
+    const float kq_scale = 1.0f / sqrtf((float)hd);
+
+    size_t sizes[] = {
+        (size_t)(n * d), (size_t)(n * (d > ff ? d : ff)), (size_t)(n * d),
+        (size_t)(n * kvd), (size_t)(n * kvd), (size_t)s->n_ctx,
+        (size_t)(n * ff), (size_t)(n * ff),
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        total += ((sizes[i] * sizeof(float)) + 63) & ~(size_t)63;
+    total += m->act_bytes_per_token * (size_t)n + 64;
+    unsigned char *block = bn_aligned_alloc(total, "evaluation scratch");
+    if (!block)
+        return BITNET_E_OOM;
+    unsigned char *p = block;
+    scratch S;
+    float **slots[] = {&S.x, &S.xb, &S.q, &S.k, &S.v, &S.att, &S.hb, &S.hb2};
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+        *slots[i] = scratch_take(&p, sizes[i] * sizeof(float));
+    S.act = p;
+
+    for (int64_t t = 0; t < n; t++)
+        bn_dequant_row(&m->tok_embd, tokens[t], S.x + t * d);
+
+    seq_state *sq = &s->seq[seq];
+    for (int32_t l = 0; l < m->n_layer; l++) {
+        if (step && (rc = step(step_user)))
+            goto out;
+        const layer *L = &m->layers[l];
+        float *kc = sq->k + (size_t)l * s->n_ctx * kvd;
+        float *vc = sq->v + (size_t)l * s->n_ctx * kvd;
+
+        for (int64_t t = 0; t < n; t++)
+            rmsnorm(S.xb + t * d, S.x + t * d, L->attn_norm, d, m->eps);
+        matmul(&L->wq, S.xb, n, S.q, S.act);
+        matmul(&L->wk, S.xb, n, S.k, S.act);
+        matmul(&L->wv, S.xb, n, S.v, S.act);
+        for (int64_t t = 0; t < n; t++) {
+            int32_t pos = n_past + (int32_t)t;
+            for (int32_t h = 0; h < m->n_head; h++)
+                rope(S.q + t * d + h * hd, m->n_rot, pos, m->rope_base,
+                     m->arch->rope);
+            for (int32_t h = 0; h < m->n_head_kv; h++)
+                rope(S.k + t * kvd + h * hd, m->n_rot, pos, m->rope_base,
+                     m->arch->rope);
+            /* positions past n_past are scratch until n_past moves, so a
+             * failed call leaves the sequence as it was */
+            memcpy(kc + (size_t)pos * kvd, S.k + t * kvd, kvd * sizeof(float));
+            memcpy(vc + (size_t)pos * kvd, S.v + t * kvd, kvd * sizeof(float));
+        }
+        /* causal attention; output per token into S.xb */
+        for (int64_t t = 0; t < n; t++) {
+            const int32_t n_kv = n_past + (int32_t)t + 1;
+            for (int32_t h = 0; h < m->n_head; h++) {
+                const float *qh = S.q + t * d + h * hd;
+                const int64_t kvo = (int64_t)(h / group) * hd;
+                float mx = -INFINITY;
+                for (int32_t j = 0; j < n_kv; j++) {
+                    const float *kj = kc + (size_t)j * kvd + kvo;
+                    float dot = 0.0f;
+                    for (int64_t e = 0; e < hd; e++)
+                        dot += qh[e] * kj[e];
+                    S.att[j] = dot * kq_scale;
+                    if (S.att[j] > mx)
+                        mx = S.att[j];
+                }
+                double sum = 0.0;
+                for (int32_t j = 0; j < n_kv; j++) {
+                    S.att[j] = expf(S.att[j] - mx);
+                    sum += S.att[j];
+                }
+                const float inv = (float)(1.0 / sum);
+                float *oh = S.xb + t * d + h * hd;
+                memset(oh, 0, hd * sizeof(float));
+                for (int32_t j = 0; j < n_kv; j++) {
+                    const float *vj = vc + (size_t)j * kvd + kvo;
+                    const float a = S.att[j] * inv;
+                    for (int64_t e = 0; e < hd; e++)
+                        oh[e] += a * vj[e];
+                }
+            }
+            if (L->attn_sub_norm)
+                rmsnorm(S.xb + t * d, S.xb + t * d, L->attn_sub_norm, d, m->eps);
+        }
+        matmul(&L->wo, S.xb, n, S.q, S.act); /* S.q is free again */
+        for (int64_t i = 0; i < n * d; i++)
+            S.x[i] += S.q[i];
+
+        for (int64_t t = 0; t < n; t++)
+            rmsnorm(S.xb + t * d, S.x + t * d, L->ffn_norm, d, m->eps);
+        matmul(&L->gate, S.xb, n, S.hb, S.act);
+        matmul(&L->up, S.xb, n, S.hb2, S.act);
+        for (int64_t i = 0; i < n * ff; i++) {
+            const float g = S.hb[i];
+            S.hb[i] = (g / (1.0f + expf(-g))) * S.hb2[i];
+        }
+        if (L->ffn_sub_norm)
+            for (int64_t t = 0; t < n; t++)
+                rmsnorm(S.hb + t * ff, S.hb + t * ff, L->ffn_sub_norm, ff,
+                        m->eps);
+        matmul(&L->down, S.hb, n, S.q, S.act);
+        for (int64_t i = 0; i < n * d; i++)
+            S.x[i] += S.q[i];
+    }
+    if (step && (rc = step(step_user)))
+        goto out;
+    for (int64_t t = 0; t < n; t++)
+        rmsnorm(S.xb + t * d, S.x + t * d, m->output_norm, d, m->eps);
+    matmul(&m->output, S.xb, n, logits, S.act);
+    if ((rc = check_finite(logits, n, m->n_vocab)))
+        goto out; /* unusable logits: the sequence does not advance */
+    sq->n_past = n_past + n_tokens;
+out:
+    bn_aligned_free(block);
+    return rc;
+}

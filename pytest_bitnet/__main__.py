@@ -1,0 +1,51 @@
+"""python -m pytest_bitnet COMMAND
+
+  demo [--keep DIR]   build a tiny BitNet model, run a session over it and
+                      print tokens, logits and live counters
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import capabilities, live_counters, models
+from .session import BitnetSession
+
+
+def _demo(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.keep) if args.keep else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        path = models.make_tiny_model(where / "tiny.gguf", arch="bitnet", seed=0)
+        print(f"model      {path} ({path.stat().st_size} bytes)")
+        print(f"cpu        {capabilities().as_dict()}")
+        with BitnetSession.create(path, n_ctx=512) as s:
+            toks = s.tokenize(args.prompt)
+            logits = s.evaluate(toks)
+            print(f"tokens     {toks.tolist()}")
+            print(f"logits     shape={logits.shape} dtype={logits.dtype} finite={bool(np.isfinite(logits).all())}")
+            print(f"next token {int(logits[-1].argmax())}")
+            print(f"live       {live_counters()}")
+        after = live_counters()
+        print(f"closed     {after}")
+        return 0 if after["contexts"] == 0 and after["bytes"] == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_bitnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a session over a generated tiny model")
+    demo.add_argument("--prompt", default="What is 2+2?")
+    demo.add_argument("--keep", metavar="DIR", help="write the model into DIR instead of a temporary directory")
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

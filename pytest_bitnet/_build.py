@@ -1,0 +1,94 @@
+"""cffi build script for the native bridge (out-of-line API mode).
+
+``pip install`` runs this through ``cffi_modules`` in setup.py and compiles
+every C file under ``native/`` into ``pytest_bitnet._bridge``.  The cdef is
+read from the headers themselves, so a declaration lives in one place.
+
+Build options (environment):
+
+``BITNET_SANITIZE``  e.g. ``address,undefined``: compile and link with
+                     ``-fsanitize=...`` (the sanitizer CI pass).
+``BITNET_CFLAGS``    extra compiler flags, split on whitespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "native"
+INCLUDE_DIRS = [NATIVE / "include", NATIVE / "common", NATIVE / "reference", NATIVE / "bridge"]
+SOURCE_DIRS = [NATIVE / "common", NATIVE / "reference", NATIVE / "bridge"]
+
+# Internal declarations the Python side uses besides the socket ABI: the
+# kernels, for the matvec benchmark and kernel tests.
+INTERNAL_CDEF = """
+typedef struct {
+    uint32_t type;
+    const void *data;
+    int64_t ncols;
+    int64_t nrows;
+    size_t row_bytes;
+    float scale;
+} bn_weight;
+size_t bn_act_size(const bn_weight *w, int64_t n_tokens);
+void bn_act_prepare(const bn_weight *w, const float *x, int64_t n_tokens, void *act);
+void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
+                    float *y, int64_t r0, int64_t r1);
+const char *bn_kernels_impl(void);
+void bn_kernels_force_portable(int on);
+"""
+
+
+def header_cdef(path: Path) -> str:
+    """The declarations of a C header in the subset cffi's cdef parses.
+
+    Drops preprocessor blocks (include guards, ``extern "C"``, export
+    macros) but keeps ``#define NAME <integer>`` constants.
+    """
+    text = path.read_text()
+    text = re.sub(r"#if(?:def)?[^\n]*(?:__cplusplus|_WIN32)[\s\S]*?#endif[^\n]*\n", "", text)
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if re.fullmatch(r"#define\s+\w+\s+-?\d+", stripped):
+                lines.append(stripped)
+            continue
+        lines.append(line.replace("BITNET_API ", ""))
+    return "\n".join(lines)
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    cflags = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    ldflags: list[str] = ["-lm", "-lpthread"]
+    sanitize = os.environ.get("BITNET_SANITIZE", "").strip()
+    if sanitize:
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
+        ldflags += [f"-fsanitize={sanitize}"]
+    cflags += os.environ.get("BITNET_CFLAGS", "").split()
+    return cflags, ldflags
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(
+    header_cdef(NATIVE / "include" / "bitnet.h")
+    + header_cdef(NATIVE / "include" / "bitnet_bridge.h")
+    + INTERNAL_CDEF
+)
+_cflags, _ldflags = _flags()
+ffibuilder.set_source(
+    "pytest_bitnet._bridge",
+    '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "kernels.h"\n',
+    sources=sorted(str(p.relative_to(ROOT)) for d in SOURCE_DIRS for p in d.glob("*.c")),
+    include_dirs=[str(d.relative_to(ROOT)) for d in INCLUDE_DIRS],
+    extra_compile_args=_cflags,
+    extra_link_args=_ldflags,
+)
+
+if __name__ == "__main__":  # python pytest_bitnet/_build.py: build in place
+    ffibuilder.compile(tmpdir=str(ROOT), verbose=True)

@@ -1,0 +1,351 @@
+"""Sessions and per-call functions over the socket ABI.
+
+A BitnetSession holds one native context: the model stays loaded and each
+sequence keeps its KV cache, so repeated calls pay no load cost.  The
+per-call functions load, work and free on every call (seed 003's MVP path).
+Results are numpy arrays that native code fills in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from . import errors
+from ._native import ffi, lib, new_err_buffer, raise_native
+
+__all__ = ["BitnetSession", "tokenize", "evaluate", "capabilities", "live_counters", "Capabilities"]
+
+log = logging.getLogger("pytest_bitnet")
+
+QUERY = "QUERY PHASE"
+FILL = "FILL PHASE"
+
+
+# ---- argument validation (before native code sees anything) -------------
+
+
+def _path_arg(model_path: str | os.PathLike[str]) -> bytes:
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise errors.InvalidArgument(
+            f"model_path must be a str or os.PathLike, got {type(model_path).__name__}",
+            errors.ErrorContext(operation="validate", parameters={"model_path": repr(model_path)}),
+        )
+    raw = os.fsencode(model_path)
+    if b"\0" in raw:
+        raise errors.InvalidArgument(
+            f"model_path {os.fspath(model_path)!r} contains a NUL byte",
+            errors.ErrorContext(operation="validate"),
+        )
+    return raw
+
+
+def _int_arg(name: str, value: Any, *, minimum: int, maximum: int = 2**31 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise errors.InvalidArgument(
+            f"{name} must be an int, got {type(value).__name__}",
+            errors.ErrorContext(operation="validate", parameters={name: repr(value)}),
+        )
+    if not minimum <= int(value) <= maximum:
+        raise errors.InvalidArgument(
+            f"{name}={int(value)} is out of range: expected {minimum}..{maximum}",
+            errors.ErrorContext(operation="validate", parameters={name: int(value)}),
+        )
+    return int(value)
+
+
+def _prompt_arg(prompt: str | bytes) -> bytes:
+    if isinstance(prompt, str):
+        try:
+            raw = prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise errors.InvalidArgument(
+                f"prompt is not valid Unicode text: {exc.reason} at index {exc.start}; "
+                "remove lone surrogates (for example decode bytes with errors='replace')",
+                errors.ErrorContext(operation="validate"),
+            ) from exc
+    elif isinstance(prompt, (bytes, bytearray)):
+        raw = bytes(prompt)
+    else:
+        raise errors.InvalidArgument(
+            f"prompt must be str or bytes, got {type(prompt).__name__}",
+            errors.ErrorContext(operation="validate"),
+        )
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise errors.InvalidArgument(
+            f"prompt contains a NUL byte at byte offset {nul}: the C API takes NUL-terminated "
+            "text; strip or replace NUL characters",
+            errors.ErrorContext(operation="validate", parameters={"offset": nul}),
+        )
+    return raw
+
+
+def _tokens_arg(tokens: npt.ArrayLike | Iterable[int]) -> npt.NDArray[np.int32]:
+    arr = np.asarray(tokens if not isinstance(tokens, (str, bytes)) else None)
+    if arr.dtype == object or arr.ndim != 1:
+        raise errors.InvalidArgument(
+            f"tokens must be a 1-D sequence of integer ids, got {type(tokens).__name__}"
+            + (f" with shape {arr.shape}" if arr.dtype != object else ""),
+            errors.ErrorContext(operation="validate"),
+        )
+    if arr.size == 0:
+        arr = arr.astype(np.int32)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise errors.InvalidArgument(
+            f"tokens must have an integer dtype, got {arr.dtype}; token ids are int32",
+            errors.ErrorContext(operation="validate", parameters={"dtype": str(arr.dtype)}),
+        )
+    if arr.dtype != np.int32:
+        info = np.iinfo(np.int32)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            bad = int(np.flatnonzero((arr < info.min) | (arr > info.max))[0])
+            raise errors.InferenceError(
+                f"invalid token id {int(arr[bad])} at position {bad}: does not fit in int32",
+                errors.ErrorContext(operation="validate", parameters={"position": bad}),
+            )
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+# ---- native two-pass helpers ---------------------------------------------
+
+
+def _tokenize_two_pass(call: Any, operation: str, params: dict[str, Any]) -> npt.NDArray[np.int32]:
+    """Runs a tokenize socket: query the count, then fill a numpy array."""
+    n = ffi.new("int32_t *")
+    err = new_err_buffer()
+    rc = call(ffi.NULL, 0, n, err)
+    if rc:
+        raise_native(rc, operation, err, phase=QUERY, parameters=params)
+    out = np.empty(n[0], dtype=np.int32)
+    rc = call(ffi.from_buffer("int32_t[]", out), out.size, n, err)
+    if rc:
+        raise_native(rc, operation, err, phase=FILL, parameters={**params, "expected_tokens": out.size})
+    return out[: n[0]]
+
+
+def _eval_two_pass(call: Any, operation: str, params: dict[str, Any]) -> npt.NDArray[np.float32]:
+    """Runs an eval socket: query rows x cols, then fill a numpy array."""
+    rows, cols = ffi.new("int32_t *"), ffi.new("int32_t *")
+    err = new_err_buffer()
+    rc = call(ffi.NULL, 0, rows, cols, err)
+    if rc:
+        raise_native(rc, operation, err, phase=QUERY, parameters=params)
+    out = np.empty((rows[0], cols[0]), dtype=np.float32)
+    if out.size > 2**31 - 1:
+        raise errors.OutOfMemory(
+            f"{operation}: {rows[0]} x {cols[0]} logits exceed the C API's int32 capacity; "
+            "evaluate fewer tokens per call",
+            errors.ErrorContext(operation=operation, phase=QUERY, parameters=params),
+        )
+    rc = call(ffi.from_buffer("float[]", out), out.size, rows, cols, err)
+    if rc:
+        raise_native(rc, operation, err, phase=FILL, parameters={**params, "rows": out.shape[0], "cols": out.shape[1]})
+    return out
+
+
+def _free_context(ctx: Any, path: str) -> None:
+    # weakref.finalize callback: the session was collected without close().
+    warnings.warn(
+        f"BitnetSession for {path!r} was not closed; freeing it in the finalizer "
+        "(use 'with BitnetSession.create(...)' or call close())",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
+    lib.bitnet_cpp_free_context(ctx)
+
+
+class BitnetSession:
+    """A loaded model with its context: create once, call many times.
+
+    Use as a context manager, or call close().  A session serves one call at
+    a time; give each thread its own.
+    """
+
+    __slots__ = ("_ctx", "_finalizer", "model_path", "n_ctx", "n_vocab", "backend_info", "__weakref__")
+
+    def __init__(self) -> None:  # use create()
+        raise TypeError("use BitnetSession.create(model_path, ...)")
+
+    @classmethod
+    def create(
+        cls,
+        model_path: str | os.PathLike[str],
+        n_ctx: int = 512,
+        n_gpu_layers: int = 0,
+    ) -> BitnetSession:
+        """Loads model_path with a context of n_ctx positions (0: the model's own)."""
+        raw_path = _path_arg(model_path)
+        n_ctx = _int_arg("n_ctx", n_ctx, minimum=0)
+        n_gpu_layers = _int_arg("n_gpu_layers", n_gpu_layers, minimum=0)
+        out = ffi.new("bitnet_context_t **")
+        err = new_err_buffer()
+        path = os.fsdecode(raw_path)
+        params = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers}
+        rc = lib.bitnet_cpp_init_context(out, raw_path, n_ctx, n_gpu_layers, err, len(err))
+        if rc:
+            raise_native(rc, "create", err, parameters=params)
+        self = object.__new__(cls)
+        self._ctx = out[0]
+        self.model_path = path
+        self._finalizer = weakref.finalize(self, _free_context, out[0], path)
+        info_v, info_c = ffi.new("int32_t *"), ffi.new("int32_t *")
+        lib.bitnet_cpp_get_model_info(self._ctx, info_v, info_c)
+        self.n_vocab = int(info_v[0])
+        self.n_ctx = int(info_c[0])
+        name = ffi.string(lib.bitnet_bridge_backend_name(self._ctx)).decode()
+        self.backend_info = {"create": name}
+        return self
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx is None
+
+    def close(self) -> None:
+        """Frees the native context.  Idempotent."""
+        if self._ctx is None:
+            return
+        rc = lib.bitnet_cpp_free_context(self._ctx)
+        if rc:
+            raise_native(rc, "close", None, parameters={"model_path": self.model_path})
+        self._finalizer.detach()
+        self._ctx = None
+
+    def __enter__(self) -> BitnetSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._ctx is None else f"n_ctx={self.n_ctx}, n_vocab={self.n_vocab}"
+        return f"<BitnetSession {self.model_path!r} {state}>"
+
+    def _live(self, operation: str) -> Any:
+        if self._ctx is None:
+            raise errors.InferenceError(
+                f"{operation} on a closed session: the session for {self.model_path!r} was "
+                "closed; create a new one with BitnetSession.create()",
+                errors.ErrorContext(operation=operation, parameters={"model_path": self.model_path}),
+            )
+        return self._ctx
+
+    # -- work --------------------------------------------------------------
+
+    def tokenize(self, prompt: str | bytes, add_bos: bool = True, parse_special: bool = False) -> npt.NDArray[np.int32]:
+        """Token ids of prompt (BOS first when add_bos), as int32."""
+        ctx = self._live("tokenize")
+        raw = _prompt_arg(prompt)
+        params = {"prompt_bytes": len(raw), "add_bos": bool(add_bos), "parse_special": bool(parse_special)}
+
+        def call(buf: Any, cap: int, n: Any, err: Any) -> int:
+            return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
+
+        out = _tokenize_two_pass(call, "tokenize", params)
+        self.backend_info["tokenize"] = self.backend_info["create"]
+        return out
+
+    def evaluate(self, tokens: npt.ArrayLike, seq_id: int = 0) -> npt.NDArray[np.float32]:
+        """Logits (n_tokens x n_vocab, float32) for tokens appended to seq_id."""
+        ctx = self._live("evaluate")
+        toks = _tokens_arg(tokens)
+        seq_id = _int_arg("seq_id", seq_id, minimum=0)
+        params = {"n_tokens": int(toks.size), "seq_id": seq_id, "n_past": self.n_past(seq_id)}
+        ptr = ffi.from_buffer("int32_t[]", toks)
+
+        def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+            return lib.bitnet_cpp_eval_with_context(ctx, ptr, toks.size, seq_id, buf, cap, rows, cols, err, len(err))
+
+        out = _eval_two_pass(call, "evaluate", params)
+        self.backend_info["evaluate"] = self.backend_info["create"]
+        return out
+
+    def n_past(self, seq_id: int = 0) -> int:
+        """Positions already evaluated in sequence seq_id."""
+        ctx = self._live("n_past")
+        out = ffi.new("int32_t *")
+        rc = lib.bitnet_cpp_get_n_past(ctx, _int_arg("seq_id", seq_id, minimum=0), out)
+        if rc:
+            raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
+        return int(out[0])
+
+    def reset(self, seq_id: int | None = None) -> None:
+        """Forgets sequence seq_id (every sequence when None)."""
+        ctx = self._live("reset")
+        seq = -1 if seq_id is None else _int_arg("seq_id", seq_id, minimum=0)
+        rc = lib.bitnet_cpp_reset_context(ctx, seq)
+        if rc:
+            raise_native(rc, "reset", None, parameters={"seq_id": seq_id})
+
+
+# ---- per-call functions ----------------------------------------------------
+
+
+def tokenize(
+    model_path: str | os.PathLike[str], prompt: str | bytes, add_bos: bool = True, parse_special: bool = False
+) -> npt.NDArray[np.int32]:
+    """Loads the model's vocabulary, tokenizes prompt, frees everything."""
+    raw_path, raw = _path_arg(model_path), _prompt_arg(prompt)
+    params = {"model_path": os.fsdecode(raw_path), "prompt_bytes": len(raw), "add_bos": bool(add_bos)}
+
+    def call(buf: Any, cap: int, n: Any, err: Any) -> int:
+        return lib.crossval_bitnet_tokenize(raw_path, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
+
+    return _tokenize_two_pass(call, "tokenize (per-call)", params)
+
+
+def evaluate(model_path: str | os.PathLike[str], tokens: npt.ArrayLike, n_ctx: int = 512) -> npt.NDArray[np.float32]:
+    """Loads the model, evaluates tokens from an empty context, frees everything."""
+    raw_path, toks = _path_arg(model_path), _tokens_arg(tokens)
+    n_ctx = _int_arg("n_ctx", n_ctx, minimum=0)
+    params = {"model_path": os.fsdecode(raw_path), "n_tokens": int(toks.size), "n_ctx": n_ctx}
+    ptr = ffi.from_buffer("int32_t[]", toks)
+
+    def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+        return lib.crossval_bitnet_eval_with_tokens(raw_path, ptr, toks.size, n_ctx, buf, cap, rows, cols, err, len(err))
+
+    return _eval_two_pass(call, "evaluate (per-call)", params)
+
+
+# ---- machine facts -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the native library can use on this machine (Socket 6)."""
+
+    has_avx2: bool
+    has_avx512: bool
+    has_neon: bool
+    has_cuda: bool
+    has_metal: bool
+    has_hip: bool
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+def capabilities() -> Capabilities:
+    caps = ffi.new("bitnet_capabilities_t *")
+    rc = lib.bitnet_cpp_get_capabilities(caps)
+    if rc:
+        raise_native(rc, "capabilities")
+    return Capabilities(**{f: bool(getattr(caps, f)) for f in Capabilities.__dataclass_fields__})
+
+
+def live_counters() -> dict[str, int]:
+    """Live native objects and bytes: contexts, sessions, models, bytes,
+    allocations; and the monotonic model_loads and peak_bytes."""
+    c = ffi.new("bitnet_counters_t *")
+    lib.bitnet_cpp_get_counters(c)
+    return {name: int(getattr(c, name)) for name in ("contexts", "sessions", "models", "bytes", "allocations", "model_loads", "peak_bytes")}

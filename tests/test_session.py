@@ -1,0 +1,205 @@
+"""The Python API of the core: sessions, per-call functions, counters."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pytest_bitnet as bn
+from pytest_bitnet import errors
+
+
+def test_session_tokenize_and_evaluate(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model, n_ctx=512) as s:
+        toks = s.tokenize("What is 2+2?")
+        assert toks.dtype == np.int32 and toks.ndim == 1
+        assert toks[0] == 1  # BOS of the generated vocabulary
+        assert len(toks) > 3
+        logits = s.evaluate(toks)
+        assert logits.dtype == np.float32
+        assert logits.shape == (len(toks), s.n_vocab)
+        assert np.isfinite(logits).all()
+        assert s.n_past() == len(toks)
+        assert s.backend_info == {"create": "reference", "tokenize": "reference", "evaluate": "reference"}
+    assert s.closed
+
+
+def test_per_call_matches_session(tiny_model: Path) -> None:
+    toks = bn.tokenize(tiny_model, "What is 2+2?")
+    with bn.BitnetSession.create(tiny_model, n_ctx=512) as s:
+        np.testing.assert_array_equal(toks, s.tokenize("What is 2+2?"))
+        session_logits = s.evaluate(toks)
+    per_call = bn.evaluate(tiny_model, toks)
+    np.testing.assert_array_equal(per_call, session_logits)
+
+
+def test_incremental_evaluation_equals_one_shot(tiny_model: Path) -> None:
+    # The KV cache must make token-by-token evaluation equal to one batch.
+    with bn.BitnetSession.create(tiny_model, n_ctx=64) as s:
+        toks = s.tokenize("The quick brown fox jumps")
+        whole = s.evaluate(toks)
+        s.reset()
+        assert s.n_past() == 0
+        rows = [s.evaluate(toks[i : i + 1])[0] for i in range(len(toks))]
+    np.testing.assert_allclose(np.stack(rows), whole, atol=1e-4, rtol=0)
+
+
+def test_sequences_are_independent(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model, n_ctx=64) as s:
+        a = s.tokenize("hello world")
+        b = s.tokenize("the cat")
+        la = s.evaluate(a, seq_id=0)
+        s.evaluate(b, seq_id=1)
+        assert s.n_past(0) == len(a) and s.n_past(1) == len(b)
+        s.reset(0)
+        np.testing.assert_array_equal(s.evaluate(a, seq_id=0), la)
+        assert s.n_past(1) == len(b)
+
+
+def test_closed_session_raises(tiny_model: Path) -> None:
+    s = bn.BitnetSession.create(tiny_model)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(errors.InferenceError, match="closed"):
+        s.tokenize("x")
+    with pytest.raises(errors.InferenceError, match="closed"):
+        s.evaluate([1, 2])
+
+
+def test_counters_return_to_baseline(tiny_model: Path) -> None:
+    before = bn.live_counters()
+    s = bn.BitnetSession.create(tiny_model)
+    during = bn.live_counters()
+    assert during["contexts"] == before["contexts"] + 1
+    assert during["models"] == before["models"] + 1
+    assert during["bytes"] > before["bytes"] + tiny_model.stat().st_size // 2  # weights are held
+    assert during["model_loads"] == before["model_loads"] + 1
+    s.close()
+    after = bn.live_counters()
+    for key in ("contexts", "sessions", "models", "bytes", "allocations"):
+        assert after[key] == before[key], key
+
+
+def test_unclosed_session_is_freed_with_resource_warning(tiny_model: Path) -> None:
+    before = bn.live_counters()["contexts"]
+    s = bn.BitnetSession.create(tiny_model)
+    with pytest.warns(ResourceWarning, match="not closed"):
+        del s
+        import gc
+
+        gc.collect()
+    assert bn.live_counters()["contexts"] == before
+
+
+def test_capabilities_are_real() -> None:
+    caps = bn.capabilities()
+    flags = open("/proc/cpuinfo").read().split() if Path("/proc/cpuinfo").exists() else []
+    if flags:
+        assert caps.has_avx2 == ("avx2" in flags and "fma" in flags and "f16c" in flags)
+        assert caps.has_avx512 == ("avx512f" in flags)
+    assert not caps.has_cuda and not caps.has_metal and not caps.has_hip
+    assert set(caps.as_dict()) == {"has_avx2", "has_avx512", "has_neon", "has_cuda", "has_metal", "has_hip"}
+
+
+def test_separate_sessions_in_threads_agree(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        toks = s.tokenize("threads agree")
+        expected = s.evaluate(toks)
+    results: list[np.ndarray] = []
+
+    def work() -> None:
+        with bn.BitnetSession.create(tiny_model) as mine:
+            results.append(mine.evaluate(toks))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"n_ctx": -1}, "n_ctx=-1 is out of range"),
+        ({"n_ctx": "512"}, "n_ctx must be an int"),
+        ({"n_gpu_layers": -2}, "n_gpu_layers=-2 is out of range"),
+    ],
+)
+def test_create_rejects_bad_arguments(tiny_model: Path, kwargs: dict, fragment: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match=fragment):
+        bn.BitnetSession.create(tiny_model, **kwargs)
+
+
+def test_gpu_layers_without_gpu_support(tiny_model: Path) -> None:
+    with pytest.raises(errors.Unsupported, match="has_cuda=0"):
+        bn.BitnetSession.create(tiny_model, n_gpu_layers=4)
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(errors.ModelLoadError, match="nope.gguf") as exc:
+        bn.BitnetSession.create(missing)
+    assert exc.value.context.native_code == -2
+    with pytest.raises(errors.ModelLoadError):
+        bn.BitnetSession.create(tmp_path)  # a directory
+
+
+@pytest.mark.parametrize(
+    "prompt, exc, fragment",
+    [
+        ("a\0b", errors.InvalidArgument, "NUL byte at byte offset 1"),
+        ("bad \udc80 surrogate", errors.InvalidArgument, "surrogate"),
+        (42, errors.InvalidArgument, "prompt must be str or bytes"),
+    ],
+)
+def test_tokenize_rejects_bad_prompts(tiny_model: Path, prompt: object, exc: type, fragment: str) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        with pytest.raises(exc, match=fragment):
+            s.tokenize(prompt)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "tokens, exc, fragment",
+    [
+        ([], errors.InferenceError, "empty token list"),
+        ([1, -5], errors.InferenceError, "invalid token id -5 at position 1"),
+        ([1, 10**6], errors.InferenceError, "invalid token id 1000000 at position 1"),
+        ([1, 2**40], errors.InferenceError, "does not fit in int32"),
+        (np.array([1.0, 2.0]), errors.InvalidArgument, "integer dtype"),
+        (np.array([[1, 2]]), errors.InvalidArgument, "1-D"),
+        ("12", errors.InvalidArgument, "1-D sequence"),
+    ],
+)
+def test_evaluate_rejects_bad_tokens(tiny_model: Path, tokens: object, exc: type, fragment: str) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        with pytest.raises(exc, match=fragment):
+            s.evaluate(tokens)  # type: ignore[arg-type]
+        assert s.n_past() == 0  # nothing was consumed
+
+
+def test_evaluate_accepts_any_integer_layout(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        base = s.evaluate(np.array([1, 5, 9], dtype=np.int32))
+        s.reset()
+        strided = np.array([1, 0, 5, 0, 9, 0], dtype=np.int64)[::2]  # non-contiguous int64
+        np.testing.assert_array_equal(s.evaluate(strided), base)
+
+
+def test_context_overflow_one_call_and_accumulated(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model, n_ctx=8) as s:
+        with pytest.raises(errors.ContextOverflow, match="n_ctx=8"):
+            s.evaluate(list(range(1, 10)))
+        s.evaluate([1, 2, 3, 4, 5])
+        with pytest.raises(errors.ContextOverflow, match="5 tokens already") as exc:
+            s.evaluate([6, 7, 8, 9])
+        assert exc.value.context.phase == "QUERY PHASE"
+        assert s.n_past() == 5  # unchanged by the failed call
+        s.evaluate([6, 7, 8])  # exactly fills the context
+        assert s.n_past() == 8
