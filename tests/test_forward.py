@@ -1,12 +1,25 @@
 """Logits of the native engine against the numpy reference in numpy_reference.py.
 
-Bounds reached (max abs difference of logits, default tiny models):
-  F32 weights          <= 1e-4 (float summation order only)
-  F16 weights          <= 1e-4 (activations rounded to fp16 on both sides)
-  TQ2_0 (Q8_K acts)    <= 1e-4 (same quantization on both sides)
-  I2_S (int8 row acts) <= 1e-4 against the reference in I2_S mode
+Bounds (max abs difference of logits; measured on seeds 1-3, logits up to ~47):
+  F32 weights          <= 1e-4   (measured <= 1.2e-5: float summation order)
+  TQ2_0 (Q8_K acts)    <= 1e-4   (measured <= 1.6e-5: same quantization both sides)
+  I2_S (int8 row acts) <= 1e-4   (measured <= 7.7e-6, reference in I2_S mode)
+  F16 weights          <= 2e-4 x max|logit| (measured 1.4e-4 relative, 8e-3
+                       absolute): rounding activations to fp16 turns last-ulp
+                       float differences into whole fp16 steps.
 TQ2_0 against I2_S files of the same seed differ only through activation
-quantization (per 256-block vs per row): bounded by TOL_TQ2_VS_I2S.
+quantization (per 256-block vs per row): measured <= 0.67 absolute (1.6% of
+the largest logit), argmax identical; bounded by TOL_TQ2_VS_I2S.
+
+Quantized activations make the forward pass discontinuous: when float
+summation order (~1e-7 relative) moves one activation across a rounding
+boundary of the int8 grid, that element changes by one step (1/127 of its
+block's largest value) and the difference carries to the logits.  We saw it
+once in the configurations tested (GQA 8/2 heads, n_ff=768, seed 4, AVX2
+kernels): 0.31 absolute on logits up to 30, argmax unchanged, while the
+portable kernels matched to 6e-6.  llama.cpp is subject to the same effect.
+Such shapes are therefore held to 1e-4 with F32 weights and to
+TOL_FLIP x max|logit| with TQ2_0.
 """
 
 from __future__ import annotations
@@ -23,7 +36,9 @@ from . import numpy_reference as ref
 
 PROMPT_TOKENS = [1, 17, 300, 45, 2, 99, 511, 260]
 TOL = 1e-4
-TOL_TQ2_VS_I2S = 0.25  # two different activation quantizations of one model
+TOL_F16_REL = 2e-4
+TOL_FLIP = 0.02
+TOL_TQ2_VS_I2S = 0.03  # x max|logit|: two activation quantizations of one model
 
 
 def native_logits(path: Path, tokens: list[int]) -> np.ndarray:
@@ -38,13 +53,14 @@ def test_logits_match_numpy_reference(make_model: Callable[..., Path], arch: str
     expected = ref.forward(ref.load(str(path)), PROMPT_TOKENS)
     got = native_logits(path, PROMPT_TOKENS)
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= TOL
+    bound = TOL_F16_REL * np.abs(expected).max() if weight_type == "f16" else TOL
+    assert np.abs(got - expected).max() <= bound
 
 
 def test_f16_embeddings_and_scales(make_model: Callable[..., Path]) -> None:
     path = make_model(arch="bitnet", seed=2, embd_type="f16", scales=True)
     expected = ref.forward(ref.load(str(path)), PROMPT_TOKENS)
-    assert np.abs(native_logits(path, PROMPT_TOKENS) - expected).max() <= TOL
+    assert np.abs(native_logits(path, PROMPT_TOKENS) - expected).max() <= TOL_F16_REL * np.abs(expected).max()
 
 
 def test_i2_s_matches_reference_in_i2_s_mode(make_model: Callable[..., Path]) -> None:
@@ -59,16 +75,21 @@ def test_same_ternary_weights_as_tq2_0_and_i2_s_agree(make_model: Callable[..., 
     tq2 = native_logits(make_model(arch="bitnet", seed=3, weight_type="tq2_0"), PROMPT_TOKENS)
     f32 = native_logits(make_model(arch="bitnet", seed=3, weight_type="f32"), PROMPT_TOKENS)
     # both quantized forms stay close to the exact float model, and to each other
-    assert np.abs(tq2 - f32).max() <= TOL_TQ2_VS_I2S
-    assert np.abs(i2s - f32).max() <= TOL_TQ2_VS_I2S
-    assert np.abs(i2s - tq2).max() <= TOL_TQ2_VS_I2S
-    assert (i2s.argmax(axis=1) == tq2.argmax(axis=1)).mean() >= 0.75
+    bound = TOL_TQ2_VS_I2S * np.abs(f32).max()
+    assert np.abs(tq2 - f32).max() <= bound
+    assert np.abs(i2s - f32).max() <= bound
+    assert np.abs(i2s - tq2).max() <= bound
+    assert (i2s.argmax(axis=1) == tq2.argmax(axis=1)).all()
 
 
-def test_gqa_and_deeper_model(make_model: Callable[..., Path]) -> None:
-    path = make_model(arch="bitnet", seed=4, n_layer=3, n_head=8, n_head_kv=2, n_ff=768)
+@pytest.mark.parametrize("weight_type", ["f32", "tq2_0"])
+def test_gqa_and_deeper_model(make_model: Callable[..., Path], weight_type: str) -> None:
+    path = make_model(arch="bitnet", seed=4, n_layer=3, n_head=8, n_head_kv=2, n_ff=768, weight_type=weight_type)
     expected = ref.forward(ref.load(str(path)), PROMPT_TOKENS)
-    assert np.abs(native_logits(path, PROMPT_TOKENS) - expected).max() <= TOL
+    got = native_logits(path, PROMPT_TOKENS)
+    bound = TOL if weight_type == "f32" else TOL_FLIP * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= bound
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
 def test_portable_and_avx2_kernels_agree(tiny_model: Path) -> None:
