@@ -40,14 +40,21 @@ int bn_error(int code, const char *fmt, ...)
 int bn_error_prefix(const char *fmt, ...)
 {
     char prefix[1024];
-    char old[BN_ERROR_CAP];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, last.msg, sizeof old);
-    snprintf(last.msg, sizeof last.msg, "%s%s", prefix, old);
-    cut_utf8(last.msg, sizeof last.msg);
+    /* shift the message right by the prefix, keeping the NUL in bounds */
+    size_t np = strlen(prefix), nm = strlen(last.msg);
+    if (np >= sizeof last.msg)
+        np = sizeof last.msg - 1;
+    if (np + nm >= sizeof last.msg)
+        nm = sizeof last.msg - 1 - np;
+    memmove(last.msg + np, last.msg, nm);
+    memcpy(last.msg, prefix, np);
+    last.msg[np + nm] = '\0';
+    if (np + nm == sizeof last.msg - 1)
+        cut_utf8(last.msg, sizeof last.msg);
     return last.code;
 }
 
