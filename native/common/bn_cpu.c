@@ -1,6 +1,7 @@
 /* bn_cpu.c — runtime CPU feature detection.  See bn_cpu.h. */
 #include "bn_cpu.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -8,7 +9,8 @@
 #define BN_X86 1
 #endif
 
-static int detected;
+/* Filled once, before anyone reads it. */
+static pthread_once_t once = PTHREAD_ONCE_INIT;
 static bitnet_capabilities_t caps;
 
 #ifdef BN_X86
@@ -43,13 +45,11 @@ static void detect(void)
     /* GPU back ends are not built into the reference engine: has_cuda,
      * has_metal and has_hip stay 0 (true only when built with one and a
      * device is present). */
-    __atomic_store_n(&detected, 1, __ATOMIC_RELEASE);
 }
 
 void bn_cpu_capabilities(bitnet_capabilities_t *out)
 {
-    if (!__atomic_load_n(&detected, __ATOMIC_ACQUIRE))
-        detect(); /* idempotent: racing first calls compute the same */
+    pthread_once(&once, detect);
     *out = caps;
 }
 

@@ -15,14 +15,24 @@
  *          is the element of largest magnitude, q = round-half-even(iscale*x)
  *          clamped to <= 127, d = 1/iscale; the dot product is exact in
  *          integers per block, then sum += (float)sumi * (d_x * fp16(d_w)).
+ *          (Bit-identical to ggml's generic / AVX2 kernels respectively.)
  *   I2_S   x quantized per vector to int8 as BitNet.cpp does:
- *          s = 127/max|x|, q = round-half-even(x*s) clamped to [-128,127];
- *          y = (sum code*q - sum q) / s * tensor_scale.
+ *          s = 127/max(max|x|, 1e-5) (BitNet.cpp's floor: an all-zero x
+ *          gives q = 0), q = round-half-even(x*s) clamped to [-128,127];
+ *          y = (float)(sum code*q - sum q) / s * tensor_scale.
+ *
+ * Non-finite input: F32/F16 follow IEEE; I2_S gives NaN for the whole
+ * vector if any x is NaN or inf; TQ2_0 follows ggml (a NaN activation
+ * quantizes to 0, an inf makes its block's result NaN).  Weight code 3
+ * (invalid in both ternary formats) reads as +2 everywhere, consistently.
  *
  * The split into bn_act_prepare + bn_matmul_rows lets a caller quantize once
- * and hand row ranges to several threads.  Kernels are chosen at run time:
- * AVX2 (+FMA, F16C) where the CPU has it, portable C otherwise; both give
- * identical integer sums, so results differ only by float summation order.
+ * and hand row ranges to several threads (the functions keep no state; any
+ * number of threads may call them at once on disjoint y rows).  Kernels are
+ * chosen at run time: AVX2 (+FMA, F16C) where the CPU has it, portable C
+ * otherwise (-DBN_NO_SIMD builds only the latter); both give identical
+ * integer sums, so results differ only by float summation order (I2_S
+ * results, one integer per row, are bit-identical).
  */
 #ifndef BN_KERNELS_H
 #define BN_KERNELS_H
@@ -41,14 +51,19 @@ typedef struct {
                           1.0 otherwise */
 } bn_weight;
 
-/* Bytes of the prepared-activation buffer for n_tokens vectors. */
+/* Bytes of the prepared-activation buffer for n_tokens vectors; always
+ * n_tokens * bn_act_size(w, 1) (0 for an unsupported type).  The buffer must
+ * be at least 4-byte aligned (32 or 64 is better); its layout is private. */
 size_t bn_act_size(const bn_weight *w, int64_t n_tokens);
 
 /* Converts x (n_tokens x ncols floats) into act (bn_act_size bytes). */
 void bn_act_prepare(const bn_weight *w, const float *x, int64_t n_tokens,
                     void *act);
 
-/* y rows [r0, r1) for every token, from prepared activations. */
+/* y rows [r0, r1) for every token, from prepared activations:
+ * y[t*nrows + r] for t < n_tokens, r0 <= r < r1; nothing else is written.
+ * The range is clipped to [0, nrows).  Several tokens share each pass over
+ * a weight row, so one call with n tokens is cheaper than n calls. */
 void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
                     float *y, int64_t r0, int64_t r1);
 

@@ -8,6 +8,7 @@
 
 #include "bn_alloc.h"
 #include "bn_error.h"
+#include "pool.h"
 
 typedef enum { ROPE_NORM, ROPE_NEOX } rope_kind;
 
@@ -52,6 +53,7 @@ typedef struct {
 struct bn_state {
     const bn_model *m;
     int32_t n_ctx;
+    bn_pool *pool; /* worker threads for the matmuls */
     seq_state seq[BN_MAX_SEQ];
 };
 
@@ -383,9 +385,12 @@ int bn_state_new(const bn_model *m, int32_t n_ctx, bn_state **out)
         return BITNET_E_OOM;
     s->m = m;
     s->n_ctx = n_ctx;
-    int rc = seq_alloc(s, 0); /* sequence 0 up front: OOM shows at create */
+    /* sequence 0 up front: OOM shows at create */
+    int rc = seq_alloc(s, 0);
+    if (!rc)
+        rc = bn_pool_new(bn_pool_default_threads(), &s->pool);
     if (rc) {
-        bn_free(s);
+        bn_state_free(s);
         return rc;
     }
     *out = s;
@@ -396,6 +401,7 @@ void bn_state_free(bn_state *s)
 {
     if (!s)
         return;
+    bn_pool_free(s->pool);
     for (int i = 0; i < BN_MAX_SEQ; i++) {
         bn_aligned_free(s->seq[i].k);
         bn_aligned_free(s->seq[i].v);
@@ -464,13 +470,38 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n,
         y[i] = (x[i] * scale) * w[i];
 }
 
+typedef struct {
+    const bn_weight *w;
+    const void *act;
+    int64_t n_tokens;
+    float *y;
+} mm_job;
+
+static void mm_rows(void *arg, int64_t r0, int64_t r1)
+{
+    const mm_job *j = arg;
+    bn_matmul_rows(j->w, j->act, j->n_tokens, j->y, r0, r1);
+}
+
+/* Below this many weight-times-token products a matmul stays on the
+ * calling thread: waking the workers would cost more than it saves. */
+#define PARALLEL_MIN_WORK (1 << 18)
+
 /* y[n_tokens x w->nrows] = W x, scaled by the weight's per-tensor scale
- * (already folded into the I2_S kernel). */
-static void matmul(const bn_weight *w, const float *x, int64_t n_tokens,
-                   float *y, void *act)
+ * (already folded into the I2_S kernel).  Rows are shared among the
+ * context's threads in chunks of a multiple of 16. */
+static void matmul(bn_pool *pool, const bn_weight *w, const float *x,
+                   int64_t n_tokens, float *y, void *act)
 {
     bn_act_prepare(w, x, n_tokens, act);
-    bn_matmul_rows(w, act, n_tokens, y, 0, w->nrows);
+    mm_job job = {w, act, n_tokens, y};
+    int threads = bn_pool_threads(pool);
+    if (threads > 1 && w->nrows * w->ncols * n_tokens >= PARALLEL_MIN_WORK) {
+        int64_t grain = (w->nrows / (threads * 4) + 15) & ~(int64_t)15;
+        bn_pool_run(pool, mm_rows, &job, w->nrows, grain < 16 ? 16 : grain);
+    } else {
+        mm_rows(&job, 0, w->nrows);
+    }
     if (w->type != BN_TYPE_I2_S && w->scale != 1.0f) {
         int64_t n = n_tokens * w->nrows;
         for (int64_t i = 0; i < n; i++)
@@ -571,9 +602,9 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
         for (int64_t t = 0; t < n; t++)
             rmsnorm(S.xb + t * d, S.x + t * d, L->attn_norm, d, m->eps);
-        matmul(&L->wq, S.xb, n, S.q, S.act);
-        matmul(&L->wk, S.xb, n, S.k, S.act);
-        matmul(&L->wv, S.xb, n, S.v, S.act);
+        matmul(s->pool, &L->wq, S.xb, n, S.q, S.act);
+        matmul(s->pool, &L->wk, S.xb, n, S.k, S.act);
+        matmul(s->pool, &L->wv, S.xb, n, S.v, S.act);
         for (int64_t t = 0; t < n; t++) {
             int32_t pos = n_past + (int32_t)t;
             for (int32_t h = 0; h < m->n_head; h++)
@@ -621,14 +652,14 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             if (L->attn_sub_norm)
                 rmsnorm(S.xb + t * d, S.xb + t * d, L->attn_sub_norm, d, m->eps);
         }
-        matmul(&L->wo, S.xb, n, S.q, S.act); /* S.q is free again */
+        matmul(s->pool, &L->wo, S.xb, n, S.q, S.act); /* S.q is free again */
         for (int64_t i = 0; i < n * d; i++)
             S.x[i] += S.q[i];
 
         for (int64_t t = 0; t < n; t++)
             rmsnorm(S.xb + t * d, S.x + t * d, L->ffn_norm, d, m->eps);
-        matmul(&L->gate, S.xb, n, S.hb, S.act);
-        matmul(&L->up, S.xb, n, S.hb2, S.act);
+        matmul(s->pool, &L->gate, S.xb, n, S.hb, S.act);
+        matmul(s->pool, &L->up, S.xb, n, S.hb2, S.act);
         for (int64_t i = 0; i < n * ff; i++) {
             const float g = S.hb[i];
             S.hb[i] = (g / (1.0f + expf(-g))) * S.hb2[i];
@@ -637,7 +668,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             for (int64_t t = 0; t < n; t++)
                 rmsnorm(S.hb + t * ff, S.hb + t * ff, L->ffn_sub_norm, ff,
                         m->eps);
-        matmul(&L->down, S.hb, n, S.q, S.act);
+        matmul(s->pool, &L->down, S.hb, n, S.q, S.act);
         for (int64_t i = 0; i < n * d; i++)
             S.x[i] += S.q[i];
     }
@@ -645,7 +676,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         goto out;
     for (int64_t t = 0; t < n; t++)
         rmsnorm(S.xb + t * d, S.x + t * d, m->output_norm, d, m->eps);
-    matmul(&m->output, S.xb, n, logits, S.act);
+    matmul(s->pool, &m->output, S.xb, n, logits, S.act);
     if ((rc = check_finite(logits, n, m->n_vocab)))
         goto out; /* unusable logits: the sequence does not advance */
     sq->n_past = n_past + n_tokens;

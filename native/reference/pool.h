@@ -1,0 +1,31 @@
+/*
+ * pool.h — a fixed set of worker threads owned by one context.
+ *
+ * bn_pool_run splits [0, n_items) into chunks of `grain` items that the
+ * caller and the workers take in turn, and returns when all are done.  The
+ * threads are created with the context and joined when it is freed: no
+ * thread per call, none left behind.  Workers spin briefly for the next job
+ * (dispatch in about a microsecond during a forward pass), then sleep on a
+ * condition variable, so an idle context costs no CPU.
+ */
+#ifndef BN_POOL_H
+#define BN_POOL_H
+
+#include <stdint.h>
+
+typedef struct bn_pool bn_pool;
+typedef void (*bn_task_fn)(void *arg, int64_t i0, int64_t i1);
+
+/* n_threads counts the caller: 1 creates no thread.  BITNET_E_OOM or
+ * BITNET_E_INTERNAL (thread creation refused) on failure. */
+int bn_pool_new(int n_threads, bn_pool **out);
+void bn_pool_free(bn_pool *p); /* NULL-safe; joins every worker */
+int bn_pool_threads(const bn_pool *p);
+void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
+                 int64_t grain);
+
+/* Threads to use when nothing says otherwise: BITNET_NUM_THREADS if set
+ * (1..64), else the online CPUs, at most 8. */
+int bn_pool_default_threads(void);
+
+#endif
