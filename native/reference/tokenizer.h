@@ -3,17 +3,28 @@
  * a GGUF vocabulary.
  *
  * It produces exactly the tokens llama.cpp's llm_tokenizer_spm produces for
- * the same vocabulary: special-token partitioning (control and user-defined
- * tokens; control tokens only with parse_special), the space prefix
- * (tokenizer.ggml.add_space_prefix, default true), whitespace escaped to
- * U+2581, greedy bigram merging by score, byte fallback to <0xXX> tokens,
- * the unknown token when no byte token exists, BOS when add_bos.
+ * the same vocabulary (checked against libllama on about a million cases):
+ * special-token partitioning (control and user-defined tokens, longest
+ * first in the order libstdc++'s unstable sort gives; control tokens only
+ * with parse_special), the space prefix (tokenizer.ggml.add_space_prefix,
+ * default true; also after every special token), spaces escaped to U+2581,
+ * greedy bigram merging by score, byte fallback to <0xXX> tokens.
+ *
+ * BOS is added when add_bos is set and tokenizer.ggml.add_bos_token is true
+ * (default true); EOS is appended when add_bos and add_eos_token are both
+ * set (default false), as llama.cpp's add_special does.
+ *
+ * Where llama.cpp would throw or abort this returns an error or a token
+ * instead: a byte with no byte token becomes the unknown token; duplicate
+ * token texts and out-of-range bos/eos/unk ids are BITNET_E_MODEL_LOAD;
+ * add_bos on a vocabulary without BOS is BITNET_E_INFERENCE.
  *
  * Keys read: tokenizer.ggml.model (must be "llama"), tokenizer.ggml.tokens,
- * tokenizer.ggml.scores (optional, default 0), tokenizer.ggml.token_type
- * (optional, default NORMAL), tokenizer.ggml.bos_token_id / eos_token_id /
- * unknown_token_id (optional, defaults 1 / 2 / 0),
- * tokenizer.ggml.add_space_prefix (optional, default true).
+ * tokenizer.ggml.scores, tokenizer.ggml.token_type (optional), the
+ * bos/eos/unknown/eot/eom/fim id keys (optional), add_bos_token,
+ * add_eos_token, add_space_prefix (optional), and general.name,
+ * general.architecture and tokenizer.ggml.pre for llama.cpp's name-based
+ * token-type rules (end-of-generation texts become CONTROL, Phi-3 rstrip).
  */
 #ifndef BN_TOKENIZER_H
 #define BN_TOKENIZER_H
