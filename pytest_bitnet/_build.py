@@ -41,6 +41,7 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
                     float *y, int64_t r0, int64_t r1);
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
+extern "Python" void _bitnet_log_sink(int level, const char *component, const char *line);
 """
 
 
@@ -63,9 +64,18 @@ def header_cdef(path: Path) -> str:
     return "\n".join(lines)
 
 
+def native_sources() -> list[str]:
+    """Every C file of the bridge and the reference engine, relative to the root."""
+    return sorted(str(p.relative_to(ROOT)) for d in SOURCE_DIRS if d.is_dir() for p in d.glob("*.c"))
+
+
+def include_dirs() -> list[str]:
+    return [str(d.relative_to(ROOT)) for d in INCLUDE_DIRS]
+
+
 def _flags() -> tuple[list[str], list[str]]:
-    cflags = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
-    ldflags: list[str] = ["-lm", "-lpthread"]
+    cflags = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
+    ldflags: list[str] = ["-lm", "-lpthread", "-ldl"]
     sanitize = os.environ.get("BITNET_SANITIZE", "").strip()
     if sanitize:
         cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
@@ -74,20 +84,21 @@ def _flags() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
+CFLAGS, LDFLAGS = _flags()
+
 ffibuilder = FFI()
 ffibuilder.cdef(
     header_cdef(NATIVE / "include" / "bitnet.h")
     + header_cdef(NATIVE / "include" / "bitnet_bridge.h")
     + INTERNAL_CDEF
 )
-_cflags, _ldflags = _flags()
 ffibuilder.set_source(
     "pytest_bitnet._bridge",
     '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "kernels.h"\n',
-    sources=sorted(str(p.relative_to(ROOT)) for d in SOURCE_DIRS for p in d.glob("*.c")),
-    include_dirs=[str(d.relative_to(ROOT)) for d in INCLUDE_DIRS],
-    extra_compile_args=_cflags,
-    extra_link_args=_ldflags,
+    sources=native_sources(),
+    include_dirs=include_dirs(),
+    extra_compile_args=CFLAGS,
+    extra_link_args=LDFLAGS,
 )
 
 if __name__ == "__main__":  # python pytest_bitnet/_build.py: build in place

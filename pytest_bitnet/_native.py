@@ -6,6 +6,7 @@ duration of the C call.  Nothing here knows about pytest.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
 from . import errors
@@ -28,6 +29,18 @@ def _check_code_table() -> None:
 
 
 _check_code_table()
+
+
+def bundled_library() -> Path | None:
+    """The reference engine built as a standalone libbitnet (setup.py)."""
+    found = sorted(Path(__file__).parent.glob("_libbitnet*.so"))
+    return found[0] if found else None
+
+
+# dlopen mode's last resort when BITNET_CPP_LIBDIR / BITNET_CPP_DIR are unset.
+_bundled = bundled_library()
+if _bundled is not None:
+    lib.bitnet_bridge_set_bundled_library(str(_bundled).encode())
 
 
 def new_err_buffer() -> Any:
@@ -76,4 +89,7 @@ def raise_native(
     text = f"{where} failed: {message or 'no message from native code'}"
     if detail:
         text += f" [{detail}]"
-    raise errors.error_for_code(code)(text, ctx)
+    cls = errors.error_for_code(code)
+    if cls is errors.OperationTimeout:
+        raise errors.OperationTimeout(text, ctx, duration=params.get("timeout"))
+    raise cls(text, ctx)

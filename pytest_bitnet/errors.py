@@ -17,6 +17,7 @@ __all__ = [
     "CppNotAvailable",
     "LibraryNotFound",
     "SymbolNotFound",
+    "AbiMismatch",
     "OptionalSymbolMissing",
     "ModelLoadError",
     "InferenceError",
@@ -62,6 +63,10 @@ class CppNotAvailable(BitnetError):
 
 class LibraryNotFound(BitnetError):
     """A native library could not be found or loaded."""
+
+
+class AbiMismatch(BitnetError):
+    """A library was built for another version of the socket ABI."""
 
 
 class SymbolNotFound(BitnetError):
@@ -140,6 +145,9 @@ CODE_CLASSES: Final[Mapping[int, type[BitnetError]]] = {
     -11: OperationTimeout,
     -12: SymbolNotFound,
     -13: CleanupFailed,
+    -14: CppNotAvailable,
+    -15: LibraryNotFound,
+    -16: AbiMismatch,
 }
 
 

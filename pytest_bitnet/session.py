@@ -8,17 +8,19 @@ Results are numpy arrays that native code fills in place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import warnings
 import weakref
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
-from . import errors
+from . import _logging, errors
 from ._native import ffi, lib, new_err_buffer, raise_native
 
 __all__ = ["BitnetSession", "tokenize", "evaluate", "capabilities", "live_counters", "Capabilities"]
@@ -27,6 +29,10 @@ log = logging.getLogger("pytest_bitnet")
 
 QUERY = "QUERY PHASE"
 FILL = "FILL PHASE"
+
+DEFAULT_TIMEOUT = 30.0  # seconds, when neither the call, the session nor BITNET_CPP_TIMEOUT says
+
+_logging.install()
 
 
 # ---- argument validation (before native code sees anything) -------------
@@ -114,6 +120,82 @@ def _tokens_arg(tokens: npt.ArrayLike | Iterable[int]) -> npt.NDArray[np.int32]:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def _timeout_arg(timeout: Any, source: str = "timeout") -> float:
+    """Seconds (math.inf for none) from a user value; InvalidArgument if bad."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise errors.InvalidArgument(
+            f"{source} must be a number of seconds or None, got {type(timeout).__name__}",
+            errors.ErrorContext(operation="validate", parameters={source: repr(timeout)}),
+        )
+    value = float(timeout)
+    if math.isnan(value) or value < 0:
+        raise errors.InvalidArgument(
+            f"{source}={value!r} is invalid: expected seconds >= 0 (math.inf for no deadline)",
+            errors.ErrorContext(operation="validate", parameters={source: value}),
+        )
+    return value
+
+
+def default_timeout() -> float:
+    """BITNET_CPP_TIMEOUT (seconds; 'inf' or 'none' for no deadline), else 30 s."""
+    raw = os.environ.get("BITNET_CPP_TIMEOUT")
+    if raw is None or not raw.strip():
+        return DEFAULT_TIMEOUT
+    if raw.strip().lower() in ("none", "inf", "infinity"):
+        return math.inf
+    try:
+        return _timeout_arg(float(raw), "BITNET_CPP_TIMEOUT")
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"BITNET_CPP_TIMEOUT={raw!r} is not a number of seconds",
+            errors.ErrorContext(operation="validate"),
+        ) from None
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    # The bridge reads a thread-local deadline at the start of each call;
+    # no thread is started, the native step points check it.
+    ns = 0 if math.isinf(seconds) else max(1, int(seconds * 1e9))
+    lib.bitnet_bridge_set_call_timeout(ns)
+    try:
+        yield
+    finally:
+        lib.bitnet_bridge_set_call_timeout(0)
+
+
+class _Options:
+    """bitnet_bridge_options with the strings it points to kept alive."""
+
+    __slots__ = ("cdata", "_keep")
+
+    def __init__(self, backend: str | None = None, library_path: str | os.PathLike[str] | None = None) -> None:
+        self.cdata = ffi.new("bitnet_bridge_options *")
+        self._keep: list[Any] = []
+        self.cdata.force_fallback = -1
+        if backend is not None:
+            if not isinstance(backend, str):
+                raise errors.InvalidArgument(
+                    f"backend must be a str, got {type(backend).__name__}", errors.ErrorContext(operation="validate")
+                )
+            self.cdata.backend = self._str(backend.encode())
+        if library_path is not None:
+            self.cdata.library_path = self._str(_path_arg(library_path))
+
+    def _str(self, raw: bytes) -> Any:
+        buf = ffi.new("char[]", raw)
+        self._keep.append(buf)
+        return buf
+
+
+def _warn_if_fallback(label: str, operation: str) -> None:
+    if label.startswith("fallback:"):
+        warnings.warn(
+            errors.OptionalSymbolMissing(f"{operation} served by {label}: the native tier lacks it"),
+            stacklevel=3,
+        )
+
+
 # ---- native two-pass helpers ---------------------------------------------
 
 
@@ -167,10 +249,12 @@ class BitnetSession:
     """A loaded model with its context: create once, call many times.
 
     Use as a context manager, or call close().  A session serves one call at
-    a time; give each thread its own.
+    a time (a second thread gets ThreadSafetyError); give each thread its
+    own.  Every operation takes a timeout in seconds: the call's, else the
+    session's, else BITNET_CPP_TIMEOUT, else 30 s; math.inf disables it.
     """
 
-    __slots__ = ("_ctx", "_finalizer", "model_path", "n_ctx", "n_vocab", "backend_info", "__weakref__")
+    __slots__ = ("_ctx", "_finalizer", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__")
 
     def __init__(self) -> None:  # use create()
         raise TypeError("use BitnetSession.create(model_path, ...)")
@@ -181,28 +265,41 @@ class BitnetSession:
         model_path: str | os.PathLike[str],
         n_ctx: int = 512,
         n_gpu_layers: int = 0,
+        timeout: float | None = None,
+        backend: str | None = None,
+        library_path: str | os.PathLike[str] | None = None,
     ) -> BitnetSession:
-        """Loads model_path with a context of n_ctx positions (0: the model's own)."""
+        """Loads model_path with a context of n_ctx positions (0: the model's own).
+
+        backend: "reference" (embedded), "dlopen" (a libbitnet.so found by
+        discovery, or library_path), "stub"; default BITNET_BACKEND, else
+        "reference".  timeout bounds the load and is the session's default.
+        """
         raw_path = _path_arg(model_path)
         n_ctx = _int_arg("n_ctx", n_ctx, minimum=0)
         n_gpu_layers = _int_arg("n_gpu_layers", n_gpu_layers, minimum=0)
+        session_timeout = default_timeout() if timeout is None else _timeout_arg(timeout)
+        opts = _Options(backend, library_path)
         out = ffi.new("bitnet_context_t **")
         err = new_err_buffer()
         path = os.fsdecode(raw_path)
-        params = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers}
-        rc = lib.bitnet_cpp_init_context(out, raw_path, n_ctx, n_gpu_layers, err, len(err))
+        params = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "timeout": session_timeout}
+        if backend is not None:
+            params["backend"] = backend
+        with _deadline(session_timeout):
+            rc = lib.bitnet_bridge_init_context(out, raw_path, n_ctx, n_gpu_layers, opts.cdata, err, len(err))
         if rc:
             raise_native(rc, "create", err, parameters=params)
         self = object.__new__(cls)
         self._ctx = out[0]
         self.model_path = path
+        self.timeout = session_timeout
         self._finalizer = weakref.finalize(self, _free_context, out[0], path)
         info_v, info_c = ffi.new("int32_t *"), ffi.new("int32_t *")
         lib.bitnet_cpp_get_model_info(self._ctx, info_v, info_c)
         self.n_vocab = int(info_v[0])
         self.n_ctx = int(info_c[0])
-        name = ffi.string(lib.bitnet_bridge_backend_name(self._ctx)).decode()
-        self.backend_info = {"create": name}
+        self.backend_info = {"create": ffi.string(lib.bitnet_bridge_backend_name(self._ctx)).decode()}
         return self
 
     # -- lifecycle ---------------------------------------------------------
@@ -212,14 +309,28 @@ class BitnetSession:
         return self._ctx is None
 
     def close(self) -> None:
-        """Frees the native context.  Idempotent."""
+        """Frees the native context.  Idempotent.
+
+        Raises CleanupFailed when the native free fails; the session then
+        stays open (and counted) so close() can be retried.
+        """
         if self._ctx is None:
             return
         rc = lib.bitnet_cpp_free_context(self._ctx)
         if rc:
-            raise_native(rc, "close", None, parameters={"model_path": self.model_path})
+            raise_native(-13 if rc != -7 else rc, "close", None, parameters={"model_path": self.model_path, "native_code": rc})
         self._finalizer.detach()
         self._ctx = None
+
+    def cancel(self) -> None:
+        """Stops the call running on this session (from another thread).
+
+        The call raises OperationTimeout at its next step point; the session
+        stays usable.  Does nothing when no call is running.
+        """
+        ctx = self._ctx
+        if ctx is not None:
+            lib.bitnet_bridge_cancel(ctx)
 
     def __enter__(self) -> BitnetSession:
         return self
@@ -240,34 +351,53 @@ class BitnetSession:
             )
         return self._ctx
 
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else _timeout_arg(timeout)
+
+    def _served(self, ctx: Any, operation: str) -> None:
+        label = lib.bitnet_bridge_served_by(ctx, operation.encode())
+        if label != ffi.NULL:
+            text = ffi.string(label).decode()
+            self.backend_info[operation] = text
+            _warn_if_fallback(text, operation)
+
     # -- work --------------------------------------------------------------
 
-    def tokenize(self, prompt: str | bytes, add_bos: bool = True, parse_special: bool = False) -> npt.NDArray[np.int32]:
+    def tokenize(
+        self, prompt: str | bytes, add_bos: bool = True, parse_special: bool = False, timeout: float | None = None
+    ) -> npt.NDArray[np.int32]:
         """Token ids of prompt (BOS first when add_bos), as int32."""
         ctx = self._live("tokenize")
         raw = _prompt_arg(prompt)
-        params = {"prompt_bytes": len(raw), "add_bos": bool(add_bos), "parse_special": bool(parse_special)}
+        seconds = self._timeout(timeout)
+        params = {"prompt_bytes": len(raw), "add_bos": bool(add_bos), "parse_special": bool(parse_special), "timeout": seconds}
 
         def call(buf: Any, cap: int, n: Any, err: Any) -> int:
             return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
 
-        out = _tokenize_two_pass(call, "tokenize", params)
-        self.backend_info["tokenize"] = self.backend_info["create"]
+        with _deadline(seconds):
+            out = _tokenize_two_pass(call, "tokenize", params)
+        self._served(ctx, "tokenize")
         return out
 
-    def evaluate(self, tokens: npt.ArrayLike, seq_id: int = 0) -> npt.NDArray[np.float32]:
-        """Logits (n_tokens x n_vocab, float32) for tokens appended to seq_id."""
+    def evaluate(self, tokens: npt.ArrayLike, seq_id: int = 0, timeout: float | None = None) -> npt.NDArray[np.float32]:
+        """Logits (n_tokens x n_vocab, float32) for tokens appended to seq_id.
+
+        A failed or timed-out call leaves the sequence as it was.
+        """
         ctx = self._live("evaluate")
         toks = _tokens_arg(tokens)
         seq_id = _int_arg("seq_id", seq_id, minimum=0)
-        params = {"n_tokens": int(toks.size), "seq_id": seq_id, "n_past": self.n_past(seq_id)}
+        seconds = self._timeout(timeout)
+        params = {"n_tokens": int(toks.size), "seq_id": seq_id, "n_past": self.n_past(seq_id), "timeout": seconds}
         ptr = ffi.from_buffer("int32_t[]", toks)
 
         def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
             return lib.bitnet_cpp_eval_with_context(ctx, ptr, toks.size, seq_id, buf, cap, rows, cols, err, len(err))
 
-        out = _eval_two_pass(call, "evaluate", params)
-        self.backend_info["evaluate"] = self.backend_info["create"]
+        with _deadline(seconds):
+            out = _eval_two_pass(call, "evaluate", params)
+        self._served(ctx, "evaluate")
         return out
 
     def n_past(self, seq_id: int = 0) -> int:
@@ -292,29 +422,46 @@ class BitnetSession:
 
 
 def tokenize(
-    model_path: str | os.PathLike[str], prompt: str | bytes, add_bos: bool = True, parse_special: bool = False
+    model_path: str | os.PathLike[str],
+    prompt: str | bytes,
+    add_bos: bool = True,
+    parse_special: bool = False,
+    timeout: float | None = None,
+    backend: str | None = None,
 ) -> npt.NDArray[np.int32]:
     """Loads the model's vocabulary, tokenizes prompt, frees everything."""
     raw_path, raw = _path_arg(model_path), _prompt_arg(prompt)
-    params = {"model_path": os.fsdecode(raw_path), "prompt_bytes": len(raw), "add_bos": bool(add_bos)}
+    seconds = default_timeout() if timeout is None else _timeout_arg(timeout)
+    opts = _Options(backend)
+    params = {"model_path": os.fsdecode(raw_path), "prompt_bytes": len(raw), "add_bos": bool(add_bos), "timeout": seconds}
 
     def call(buf: Any, cap: int, n: Any, err: Any) -> int:
-        return lib.crossval_bitnet_tokenize(raw_path, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
+        return lib.bitnet_bridge_percall_tokenize(opts.cdata, raw_path, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
 
-    return _tokenize_two_pass(call, "tokenize (per-call)", params)
+    with _deadline(seconds):
+        return _tokenize_two_pass(call, "tokenize (per-call)", params)
 
 
-def evaluate(model_path: str | os.PathLike[str], tokens: npt.ArrayLike, n_ctx: int = 512) -> npt.NDArray[np.float32]:
+def evaluate(
+    model_path: str | os.PathLike[str],
+    tokens: npt.ArrayLike,
+    n_ctx: int = 512,
+    timeout: float | None = None,
+    backend: str | None = None,
+) -> npt.NDArray[np.float32]:
     """Loads the model, evaluates tokens from an empty context, frees everything."""
     raw_path, toks = _path_arg(model_path), _tokens_arg(tokens)
     n_ctx = _int_arg("n_ctx", n_ctx, minimum=0)
-    params = {"model_path": os.fsdecode(raw_path), "n_tokens": int(toks.size), "n_ctx": n_ctx}
+    seconds = default_timeout() if timeout is None else _timeout_arg(timeout)
+    opts = _Options(backend)
+    params = {"model_path": os.fsdecode(raw_path), "n_tokens": int(toks.size), "n_ctx": n_ctx, "timeout": seconds}
     ptr = ffi.from_buffer("int32_t[]", toks)
 
     def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
-        return lib.crossval_bitnet_eval_with_tokens(raw_path, ptr, toks.size, n_ctx, buf, cap, rows, cols, err, len(err))
+        return lib.bitnet_bridge_percall_eval(opts.cdata, raw_path, ptr, toks.size, n_ctx, buf, cap, rows, cols, err, len(err))
 
-    return _eval_two_pass(call, "evaluate (per-call)", params)
+    with _deadline(seconds):
+        return _eval_two_pass(call, "evaluate (per-call)", params)
 
 
 # ---- machine facts -----------------------------------------------------------

@@ -16,7 +16,8 @@
 #include "bitnet.h"
 
 typedef struct bn_backend {
-    const char *name; /* "reference", ... */
+    const char *name; /* "reference", "dlopen:<path>", ... */
+    int embedded;     /* shares this module's last error and deadline */
 
     int (*init_context)(void **out_ctx, const char *model_path, int32_t n_ctx,
                         int32_t n_gpu_layers, char *err, int32_t err_len);
@@ -47,9 +48,13 @@ typedef struct bn_backend {
                         int32_t n_tokens, int32_t n_ctx, float *out_logits,
                         int32_t logits_capacity, int32_t *out_rows,
                         int32_t *out_cols, char *err, int32_t err_len);
+    /* a library's own last error, to recover messages longer than err */
+    int32_t (*get_last_error)(char *buf, int32_t buf_len);
 } bn_backend;
 
 /* The embedded reference engine (native/reference). */
 extern const bn_backend bn_reference_backend;
+/* No engine at all: every call fails with BITNET_E_NOT_AVAILABLE. */
+extern const bn_backend bn_stub_backend;
 
 #endif

@@ -1,32 +1,126 @@
 /*
- * bridge.c — the socket ABI (bitnet.h) as the Python module sees it.
+ * bridge.c — the socket ABI (bitnet.h) as the Python module sees it, and the
+ * bridge extensions of bitnet_bridge.h.
  *
- * Every handle given out is a bridge object wrapping a backend context.
- * The bridge owns what must hold whatever the backend: handle validation
- * (a freed or foreign pointer is BITNET_E_INVALID_HANDLE, never a crash),
- * the one-thread-at-a-time guard (BITNET_E_THREAD_SAFETY), the live
- * counters of contexts and sessions, and the error buffer contract.
+ * Every handle given out is a bridge object wrapping backend contexts.  The
+ * bridge owns what must hold whatever the backend: handle validation (a
+ * freed or foreign pointer is BITNET_E_INVALID_HANDLE, never a crash), the
+ * one-call-at-a-time guard (BITNET_E_THREAD_SAFETY), the fallback chain,
+ * deadlines and cancellation, the live counters of contexts and sessions,
+ * and the error buffer contract.
  */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "backend.h"
 #include "bitnet_bridge.h"
 #include "bn_alloc.h"
+#include "bn_deadline.h"
 #include "bn_error.h"
+#include "bn_log.h"
+#include "loader.h"
 
 typedef enum { KIND_CONTEXT = 1, KIND_SESSION = 2 } handle_kind;
 
-struct bitnet_context_t {
+/* Which tier serves an operation of a context. */
+typedef struct {
     const bn_backend *be;
-    void *impl;       /* the backend's context */
-    atomic_int busy;  /* 1 while a call runs on this handle */
+    void *impl;
+    char label[160]; /* what bitnet_bridge_served_by reports */
+} tier;
+
+struct bitnet_context_t {
+    const bn_backend *be;   /* the selected backend */
+    void *impl;             /* its context */
+    const bn_backend *fb;   /* fallback tier (embedded reference), or NULL */
+    void *fb_impl;          /* its context: the model stays loaded */
+    tier tok, eval;         /* who serves tokenize / eval (and n_past...) */
+    atomic_int busy;        /* 1 while a call runs on this handle */
+    atomic_int cancel;      /* set by bitnet_bridge_cancel */
 };
 
 struct bitnet_session_t {
     bitnet_context_t *ctx; /* a session is a context plus its tokenizer */
 };
+
+/* ---- options ------------------------------------------------------------- */
+
+typedef struct {
+    const char *backend;
+    const char *library_path;
+    int force_fallback;
+    int fallback_allowed;
+} resolved;
+
+static int env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0 && strcasecmp(v, "false") != 0 &&
+           strcasecmp(v, "no") != 0;
+}
+
+static int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r)
+{
+#ifdef BN_STANDALONE_LIBRARY
+    /* Built as libbitnet: the library serves its own engine.  Backend
+     * choice and the fallback chain belong to the bridge that loads it, so
+     * the environment that steers that bridge must not steer this too. */
+    (void)o;
+    r->backend = "reference";
+    r->library_path = NULL;
+    r->force_fallback = 0;
+    r->fallback_allowed = 1;
+    return BITNET_OK;
+#endif
+    r->backend = o && o->backend ? o->backend : getenv("BITNET_BACKEND");
+    if (!r->backend || !*r->backend)
+        r->backend = "reference";
+    r->library_path = o ? o->library_path : NULL;
+    r->force_fallback = o && o->force_fallback >= 0
+                            ? o->force_fallback
+                            : env_flag("BITNET_FORCE_LLAMA_FALLBACK");
+    const char *fb = o && o->fallback ? o->fallback : getenv("BITNET_FALLBACK");
+    if (!fb || !*fb)
+        fb = "reference";
+    if (strcmp(fb, "reference") != 0 && strcmp(fb, "none") != 0)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "unknown fallback '%s' (valid: reference, none); check "
+                        "BITNET_FALLBACK",
+                        fb);
+    r->fallback_allowed = strcmp(fb, "none") != 0;
+    if (strcmp(r->backend, "reference") && strcmp(r->backend, "dlopen") &&
+        strcmp(r->backend, "stub"))
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "unknown backend '%s' (valid: reference, dlopen, "
+                        "stub); check the backend= argument or BITNET_BACKEND",
+                        r->backend);
+    return BITNET_OK;
+}
+
+/* The backend for resolved options (loading a library for dlopen). */
+static int select_backend(const resolved *r, const bn_backend **out)
+{
+    if (strcmp(r->backend, "reference") == 0) {
+        *out = &bn_reference_backend;
+        return BITNET_OK;
+    }
+    if (strcmp(r->backend, "stub") == 0) {
+        *out = &bn_stub_backend;
+        return BITNET_OK;
+    }
+    bn_discovery d;
+    bn_library *lib;
+    int rc = bn_library_open(r->library_path, &d, &lib);
+    if (rc)
+        return rc;
+    *out = bn_library_backend(lib);
+    return BITNET_OK;
+}
 
 /* ---- live handle registry ---------------------------------------------
  * A small set of live pointers under one mutex.  Lookups are linear: a
@@ -89,10 +183,34 @@ static int bad_handle(const char *what)
 static int busy_error(void)
 {
     return bn_error(BITNET_E_THREAD_SAFETY,
-                    "the handle is in use by another thread: a context "
+                    "the session is in use by another thread: a context "
                     "serves one call at a time; give each thread its own "
                     "session, or serialize calls with a lock");
 }
+
+/* ---- per-call state: guard, deadline ------------------------------------ */
+
+static _Thread_local int64_t call_timeout_ns;
+
+BITNET_API void bitnet_bridge_set_call_timeout(int64_t timeout_ns)
+{
+    call_timeout_ns = timeout_ns > 0 ? timeout_ns : 0;
+}
+
+typedef struct {
+    bn_deadline dl;
+    const bn_deadline *prev;
+} call_scope;
+
+static void scope_enter(call_scope *s, atomic_int *cancel, const char *op)
+{
+    s->dl.at_ns = call_timeout_ns ? bn_now_ns() + call_timeout_ns : 0;
+    s->dl.cancel = cancel;
+    s->dl.operation = op;
+    s->prev = bn_deadline_enter(&s->dl);
+}
+
+static void scope_leave(call_scope *s) { bn_deadline_leave(s->prev); }
 
 /* Validates ctx and marks it busy.  remove != 0 also unregisters it (free). */
 static int enter(const bitnet_context_t *ctx, int remove)
@@ -104,11 +222,14 @@ static int enter(const bitnet_context_t *ctx, int remove)
         rc = bad_handle("context");
     else {
         int expected = 0;
-        if (!atomic_compare_exchange_strong(
-                &((bitnet_context_t *)ctx)->busy, &expected, 1))
+        bitnet_context_t *c = (bitnet_context_t *)ctx;
+        if (!atomic_compare_exchange_strong(&c->busy, &expected, 1))
             rc = busy_error();
-        else if (remove)
-            live_remove_at(i);
+        else {
+            atomic_store(&c->cancel, 0); /* cancel is for the call in flight */
+            if (remove)
+                live_remove_at(i);
+        }
     }
     pthread_mutex_unlock(&live.lock);
     return rc;
@@ -119,6 +240,27 @@ static void leave(const bitnet_context_t *ctx)
     atomic_store(&((bitnet_context_t *)ctx)->busy, 0);
 }
 
+/* After a backend call failed: make the bridge's last error the backend's
+ * whole message (a library keeps its own last error; err may hold only its
+ * beginning), then copy it into the caller's buffer. */
+static int failed(const bn_backend *be, int rc, char *err, int32_t err_len)
+{
+    if (rc == BITNET_OK)
+        return rc;
+    if (!be->embedded) {
+        char buf[4096] = "";
+        if (be->get_last_error)
+            be->get_last_error(buf, sizeof buf);
+        else if (err && err_len > 0)
+            snprintf(buf, sizeof buf, "%s", err);
+        bn_error(rc, "%s%s", buf[0] ? buf : "the library reported code ",
+                 buf[0] ? "" : bn_error_name(rc));
+        bn_error_prefix("%s: ", be->name);
+    }
+    bn_error_copy(err, err_len);
+    return rc;
+}
+
 static int done(int rc, char *err, int32_t err_len)
 {
     if (rc != BITNET_OK)
@@ -126,38 +268,129 @@ static int done(int rc, char *err, int32_t err_len)
     return rc;
 }
 
-static const bn_backend *default_backend(void) { return &bn_reference_backend; }
-
 /* ---- Socket 1 ---------------------------------------------------------- */
 
-BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
-                                       const char *model_path, int32_t n_ctx,
-                                       int32_t n_gpu_layers, char *err,
-                                       int32_t err_len)
+static void set_tier(tier *t, const bn_backend *be, void *impl,
+                     const char *why)
+{
+    t->be = be;
+    t->impl = impl;
+    if (why)
+        snprintf(t->label, sizeof t->label, "fallback:%s (%s)", be->name, why);
+    else
+        snprintf(t->label, sizeof t->label, "%s", be->name);
+}
+
+/* Decides who serves tokenize and eval, creating the fallback context when
+ * one is needed.  The fallback loads the model once, for the context's
+ * whole life (seed 003: no reload per call). */
+static int route(bitnet_context_t *c, const resolved *r, const char *path,
+                 int32_t n_ctx, int32_t n_gpu_layers, char *err,
+                 int32_t err_len)
+{
+    const char *tok_why = NULL, *eval_why = NULL;
+    if (r->force_fallback && !c->be->embedded) {
+        tok_why = eval_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
+    } else if (r->force_fallback) {
+        tok_why = eval_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
+    }
+    if (!tok_why && !c->be->tokenize_with_context)
+        tok_why = "bitnet_cpp_tokenize_with_context missing";
+    if (!eval_why && !c->be->eval_with_context)
+        eval_why = "bitnet_cpp_eval_with_context missing";
+    if ((tok_why || eval_why) && !r->fallback_allowed) {
+        const char *sym = tok_why ? "bitnet_cpp_tokenize_with_context"
+                                  : "bitnet_cpp_eval_with_context";
+        return done(bn_error(BITNET_E_NOT_AVAILABLE,
+                             "no tier can serve %s: the native tier (%s) lacks "
+                             "%s and the fallback tier is disabled "
+                             "(BITNET_FALLBACK=none); rebuild the library with "
+                             "the optional sockets or enable the fallback",
+                             tok_why ? "tokenize" : "evaluate", c->be->name,
+                             sym),
+                    err, err_len);
+    }
+    if (tok_why || eval_why) {
+        c->fb = &bn_reference_backend;
+        int rc = c->fb->init_context(&c->fb_impl, path, n_ctx, n_gpu_layers,
+                                     err, err_len);
+        if (rc)
+            return rc;
+        if (tok_why)
+            BN_LOG(BN_LOG_WARN, "fallback",
+                   "%s: %s; tokenize is served by the fallback tier "
+                   "(reference engine)",
+                   c->be->name, tok_why);
+        if (eval_why)
+            BN_LOG(BN_LOG_WARN, "fallback",
+                   "%s: %s; evaluate is served by the fallback tier "
+                   "(reference engine)",
+                   c->be->name, eval_why);
+    }
+    set_tier(&c->tok, tok_why ? c->fb : c->be, tok_why ? c->fb_impl : c->impl,
+             tok_why);
+    set_tier(&c->eval, eval_why ? c->fb : c->be,
+             eval_why ? c->fb_impl : c->impl, eval_why);
+    return BITNET_OK;
+}
+
+static void free_impls(bitnet_context_t *c)
+{
+    if (c->fb_impl)
+        c->fb->free_context(c->fb_impl);
+    if (c->impl)
+        c->be->free_context(c->impl);
+}
+
+BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
+                                          const char *model_path,
+                                          int32_t n_ctx, int32_t n_gpu_layers,
+                                          const bitnet_bridge_options *opts,
+                                          char *err, int32_t err_len)
 {
     bn_error_clear();
     if (!out_ctx)
         return done(bn_error(BITNET_E_INVALID_ARG, "out_ctx is NULL"), err,
                     err_len);
     *out_ctx = NULL;
-    const bn_backend *be = default_backend();
+    resolved r;
+    const bn_backend *be;
+    int rc = bn_bridge_resolve(opts, &r);
+    if (!rc)
+        rc = select_backend(&r, &be);
+    if (rc)
+        return done(rc, err, err_len);
     bitnet_context_t *c = bn_calloc(1, sizeof *c, "context handle");
     if (!c)
         return done(BITNET_E_OOM, err, err_len);
     c->be = be;
-    int rc = be->init_context(&c->impl, model_path, n_ctx, n_gpu_layers, err,
-                              err_len);
-    if (rc == BITNET_OK && (rc = live_add(c, KIND_CONTEXT))) {
-        be->free_context(c->impl);
+    call_scope scope;
+    scope_enter(&scope, &c->cancel, "create");
+    rc = failed(be, be->init_context(&c->impl, model_path, n_ctx, n_gpu_layers,
+                                     err, err_len),
+                err, err_len);
+    if (!rc)
+        rc = route(c, &r, model_path, n_ctx, n_gpu_layers, err, err_len);
+    if (!rc && (rc = live_add(c, KIND_CONTEXT)))
         done(rc, err, err_len);
-    }
+    scope_leave(&scope);
     if (rc) {
+        free_impls(c);
         bn_free(c);
         return rc;
     }
     bn_counter_add(BN_COUNTER_CONTEXTS, 1);
     *out_ctx = c;
     return BITNET_OK;
+}
+
+BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
+                                       const char *model_path, int32_t n_ctx,
+                                       int32_t n_gpu_layers, char *err,
+                                       int32_t err_len)
+{
+    return bitnet_bridge_init_context(out_ctx, model_path, n_ctx, n_gpu_layers,
+                                      NULL, err, err_len);
 }
 
 BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
@@ -168,16 +401,21 @@ BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
     int rc = enter(ctx, 1);
     if (rc)
         return rc;
-    rc = ctx->be->free_context(ctx->impl);
-    if (rc) {
-        /* the backend kept its context: keep the handle usable for a retry */
-        live_add(ctx, KIND_CONTEXT);
-        leave(ctx);
-        return rc;
+    if (ctx->fb_impl) {
+        if ((rc = failed(ctx->fb, ctx->fb->free_context(ctx->fb_impl), NULL, 0)))
+            goto keep;
+        ctx->fb_impl = NULL;
     }
+    if ((rc = failed(ctx->be, ctx->be->free_context(ctx->impl), NULL, 0)))
+        goto keep;
     bn_free(ctx);
     bn_counter_add(BN_COUNTER_CONTEXTS, -1);
     return BITNET_OK;
+keep:
+    /* the backend kept its context: keep the handle usable for a retry */
+    live_add(ctx, KIND_CONTEXT);
+    leave(ctx);
+    return rc;
 }
 
 /* ---- Sockets 2, 3, 5 ---------------------------------------------------- */
@@ -191,16 +429,16 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     int rc = enter(ctx, 0);
     if (rc)
         return done(rc, err, err_len);
-    if (!ctx->be->tokenize_with_context)
-        rc = done(bn_error(BITNET_E_UNSUPPORTED,
-                           "backend '%s' does not provide tokenize",
-                           ctx->be->name),
-                  err, err_len);
-    else
-        rc = ctx->be->tokenize_with_context(ctx->impl, prompt, add_bos,
-                                            parse_special, out_tokens,
-                                            out_capacity, out_len, err,
-                                            err_len);
+    bitnet_context_t *c = (bitnet_context_t *)ctx;
+    call_scope scope;
+    scope_enter(&scope, &c->cancel, "tokenize");
+    rc = failed(c->tok.be,
+                c->tok.be->tokenize_with_context(c->tok.impl, prompt, add_bos,
+                                                 parse_special, out_tokens,
+                                                 out_capacity, out_len, err,
+                                                 err_len),
+                err, err_len);
+    scope_leave(&scope);
     leave(ctx);
     return rc;
 }
@@ -214,15 +452,16 @@ BITNET_API int bitnet_cpp_eval_with_context(
     int rc = enter(ctx, 0);
     if (rc)
         return done(rc, err, err_len);
-    if (!ctx->be->eval_with_context)
-        rc = done(bn_error(BITNET_E_UNSUPPORTED,
-                           "backend '%s' does not provide eval",
-                           ctx->be->name),
-                  err, err_len);
-    else
-        rc = ctx->be->eval_with_context(ctx->impl, tokens, n_tokens, seq_id,
-                                        out_logits, logits_capacity, out_rows,
-                                        out_cols, err, err_len);
+    bitnet_context_t *c = (bitnet_context_t *)ctx;
+    call_scope scope;
+    scope_enter(&scope, &c->cancel, "evaluate");
+    rc = failed(c->eval.be,
+                c->eval.be->eval_with_context(c->eval.impl, tokens, n_tokens,
+                                              seq_id, out_logits,
+                                              logits_capacity, out_rows,
+                                              out_cols, err, err_len),
+                err, err_len);
+    scope_leave(&scope);
     leave(ctx);
     return rc;
 }
@@ -237,43 +476,52 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
     int rc = enter(ctx, 0);
     if (rc)
         return done(rc, err, err_len);
-    if (!ctx->be->eval_gpu)
+    const bn_backend *be = ctx->be;
+    if (!be->eval_gpu)
         rc = done(bn_error(BITNET_E_UNSUPPORTED,
                            "GPU evaluation is not available: backend '%s' "
-                           "has no GPU support",
-                           ctx->be->name),
+                           "does not export bitnet_cpp_eval_gpu (has_cuda=0, "
+                           "has_metal=0, has_hip=0); use evaluate() on the CPU",
+                           be->name),
                   err, err_len);
     else
-        rc = ctx->be->eval_gpu(ctx->impl, tokens, n_tokens, out_logits,
-                               logits_capacity, out_rows, out_cols, err,
-                               err_len);
+        rc = failed(be, be->eval_gpu(ctx->impl, tokens, n_tokens, out_logits,
+                                     logits_capacity, out_rows, out_cols, err,
+                                     err_len),
+                    err, err_len);
     leave(ctx);
     return rc;
 }
 
 /* ---- context helpers ---------------------------------------------------- */
 
+/* The eval tier's optional helper, or an UNSUPPORTED error. */
+#define EVAL_HELPER(ctx, field, ...)                                          \
+    do {                                                                      \
+        int rc_ = enter(ctx, 0);                                              \
+        if (rc_)                                                              \
+            return rc_;                                                       \
+        const tier *t_ = &(ctx)->eval;                                        \
+        rc_ = t_->be->field ? failed(t_->be, t_->be->field(t_->impl, __VA_ARGS__), NULL, 0) \
+                            : bn_error(BITNET_E_UNSUPPORTED,                  \
+                                       "backend '%s' does not export the "     \
+                                       "helper behind " #field,                \
+                                       t_->be->name);                         \
+        leave(ctx);                                                           \
+        return rc_;                                                           \
+    } while (0)
+
 BITNET_API int bitnet_cpp_get_n_past(const bitnet_context_t *ctx,
                                      int32_t seq_id, int32_t *out_n_past)
 {
     bn_error_clear();
-    int rc = enter(ctx, 0);
-    if (rc)
-        return rc;
-    rc = ctx->be->get_n_past(ctx->impl, seq_id, out_n_past);
-    leave(ctx);
-    return rc;
+    EVAL_HELPER(ctx, get_n_past, seq_id, out_n_past);
 }
 
 BITNET_API int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id)
 {
     bn_error_clear();
-    int rc = enter(ctx, 0);
-    if (rc)
-        return rc;
-    rc = ctx->be->reset_context(ctx->impl, seq_id);
-    leave(ctx);
-    return rc;
+    EVAL_HELPER(ctx, reset_context, seq_id);
 }
 
 BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,
@@ -281,12 +529,7 @@ BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,
                                          int32_t *out_n_ctx)
 {
     bn_error_clear();
-    int rc = enter(ctx, 0);
-    if (rc)
-        return rc;
-    rc = ctx->be->get_model_info(ctx->impl, out_n_vocab, out_n_ctx);
-    leave(ctx);
-    return rc;
+    EVAL_HELPER(ctx, get_model_info, out_n_vocab, out_n_ctx);
 }
 
 /* ---- Socket 4: sessions over contexts ----------------------------------- */
@@ -390,12 +633,87 @@ BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
                                         err, err_len);
 }
 
-/* ---- Socket 6, per-call, version, errors, counters ----------------------- */
+/* ---- per-call functions: the same chain, one call long ------------------- */
 
-BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
+typedef struct {
+    resolved r;
+    const bn_backend *be;
+    int use_fallback;
+} percall_route;
+
+static int percall_select(const bitnet_bridge_options *opts, int has_socket,
+                          int (*get)(const bn_backend *), percall_route *p)
+{
+    int rc = bn_bridge_resolve(opts, &p->r);
+    if (!rc)
+        rc = select_backend(&p->r, &p->be);
+    if (rc)
+        return rc;
+    p->use_fallback = p->r.force_fallback || !get(p->be);
+    (void)has_socket;
+    if (p->use_fallback && !p->r.fallback_allowed)
+        return bn_error(BITNET_E_NOT_AVAILABLE,
+                        "no tier can serve the per-call function: %s lacks "
+                        "it and the fallback tier is disabled "
+                        "(BITNET_FALLBACK=none)",
+                        p->be->name);
+    if (p->use_fallback && p->be != &bn_stub_backend)
+        BN_LOG(BN_LOG_WARN, "fallback",
+               "%s: per-call function %s; served by the fallback tier "
+               "(reference engine)",
+               p->be->name,
+               p->r.force_fallback ? "forced to fallback" : "missing");
+    return BITNET_OK;
+}
+
+static int has_percall_tok(const bn_backend *be) { return be->percall_tokenize != NULL; }
+static int has_percall_eval(const bn_backend *be) { return be->percall_eval != NULL; }
+
+BITNET_API int bitnet_bridge_percall_tokenize(
+    const bitnet_bridge_options *opts, const char *model_path,
+    const char *prompt, int add_bos, int parse_special, int32_t *out_tokens,
+    int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
     bn_error_clear();
-    return default_backend()->get_capabilities(out_caps);
+    percall_route p;
+    int rc = percall_select(opts, 0, has_percall_tok, &p);
+    if (rc)
+        return done(rc, err, err_len);
+    const bn_backend *be = p.use_fallback && p.be != &bn_stub_backend
+                               ? &bn_reference_backend
+                               : p.be;
+    call_scope scope;
+    scope_enter(&scope, NULL, "tokenize");
+    rc = failed(be, be->percall_tokenize(model_path, prompt, add_bos,
+                                         parse_special, out_tokens,
+                                         out_capacity, out_len, err, err_len),
+                err, err_len);
+    scope_leave(&scope);
+    return rc;
+}
+
+BITNET_API int bitnet_bridge_percall_eval(
+    const bitnet_bridge_options *opts, const char *model_path,
+    const int32_t *tokens, int32_t n_tokens, int32_t n_ctx,
+    float *out_logits, int32_t logits_capacity, int32_t *out_rows,
+    int32_t *out_cols, char *err, int32_t err_len)
+{
+    bn_error_clear();
+    percall_route p;
+    int rc = percall_select(opts, 0, has_percall_eval, &p);
+    if (rc)
+        return done(rc, err, err_len);
+    const bn_backend *be = p.use_fallback && p.be != &bn_stub_backend
+                               ? &bn_reference_backend
+                               : p.be;
+    call_scope scope;
+    scope_enter(&scope, NULL, "evaluate");
+    rc = failed(be, be->percall_eval(model_path, tokens, n_tokens, n_ctx,
+                                     out_logits, logits_capacity, out_rows,
+                                     out_cols, err, err_len),
+                err, err_len);
+    scope_leave(&scope);
+    return rc;
 }
 
 BITNET_API int crossval_bitnet_tokenize(const char *model_path,
@@ -404,11 +722,9 @@ BITNET_API int crossval_bitnet_tokenize(const char *model_path,
                                         int32_t out_capacity, int32_t *out_len,
                                         char *err, int32_t err_len)
 {
-    bn_error_clear();
-    return default_backend()->percall_tokenize(model_path, prompt, add_bos,
-                                               parse_special, out_tokens,
-                                               out_capacity, out_len, err,
-                                               err_len);
+    return bitnet_bridge_percall_tokenize(NULL, model_path, prompt, add_bos,
+                                          parse_special, out_tokens,
+                                          out_capacity, out_len, err, err_len);
 }
 
 BITNET_API int crossval_bitnet_eval_with_tokens(
@@ -416,10 +732,17 @@ BITNET_API int crossval_bitnet_eval_with_tokens(
     int32_t n_ctx, float *out_logits, int32_t logits_capacity,
     int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
 {
+    return bitnet_bridge_percall_eval(NULL, model_path, tokens, n_tokens,
+                                      n_ctx, out_logits, logits_capacity,
+                                      out_rows, out_cols, err, err_len);
+}
+
+/* ---- Socket 6, version, errors, counters --------------------------------- */
+
+BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
+{
     bn_error_clear();
-    return default_backend()->percall_eval(model_path, tokens, n_tokens, n_ctx,
-                                           out_logits, logits_capacity,
-                                           out_rows, out_cols, err, err_len);
+    return bn_reference_backend.get_capabilities(out_caps);
 }
 
 BITNET_API int32_t bitnet_cpp_abi_version(void) { return BITNET_ABI_VERSION; }
@@ -441,8 +764,11 @@ BITNET_API int bitnet_cpp_get_counters(bitnet_counters_t *out)
     if (!out)
         return BITNET_E_INVALID_ARG;
     bn_counters_read(out);
+    bn_libraries_add_counters(out); /* objects living in loaded libraries */
     return BITNET_OK;
 }
+
+/* ---- bridge extensions -------------------------------------------------- */
 
 BITNET_API const char *bitnet_bridge_backend_name(const bitnet_context_t *ctx)
 {
@@ -450,4 +776,130 @@ BITNET_API const char *bitnet_bridge_backend_name(const bitnet_context_t *ctx)
     const char *name = (ctx && live_find(ctx, KIND_CONTEXT) >= 0) ? ctx->be->name : NULL;
     pthread_mutex_unlock(&live.lock);
     return name;
+}
+
+BITNET_API const char *bitnet_bridge_served_by(const bitnet_context_t *ctx,
+                                               const char *operation)
+{
+    const char *label = NULL;
+    pthread_mutex_lock(&live.lock);
+    if (ctx && operation && live_find(ctx, KIND_CONTEXT) >= 0) {
+        if (strcmp(operation, "tokenize") == 0)
+            label = ctx->tok.label;
+        else if (strcmp(operation, "evaluate") == 0)
+            label = ctx->eval.label;
+    }
+    pthread_mutex_unlock(&live.lock);
+    return label;
+}
+
+BITNET_API int bitnet_bridge_cancel(const bitnet_context_t *ctx)
+{
+    pthread_mutex_lock(&live.lock);
+    int ok = ctx && live_find(ctx, KIND_CONTEXT) >= 0;
+    if (ok)
+        atomic_store(&((bitnet_context_t *)ctx)->cancel, 1);
+    pthread_mutex_unlock(&live.lock);
+    return ok ? BITNET_OK : bad_handle("context");
+}
+
+BITNET_API void bitnet_bridge_set_log_sink(void (*sink)(int, const char *,
+                                                        const char *))
+{
+    bn_log_set_sink(sink);
+}
+
+BITNET_API void bitnet_bridge_set_log_level(int level)
+{
+    bn_log_threshold = level < 0 ? -1 : level > 4 ? 4 : level;
+}
+
+BITNET_API int bitnet_bridge_get_log_level(void) { return bn_log_threshold; }
+
+BITNET_API void bitnet_bridge_set_bundled_library(const char *path)
+{
+    bn_loader_set_bundled(path);
+}
+
+/* ---- discovery report ---------------------------------------------------- */
+
+typedef struct {
+    char *buf;
+    size_t cap, len; /* len counts what would have been written */
+} report;
+
+static void put(report *r, const char *fmt, ...) BN_PRINTF(2, 3);
+static void put(report *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *dst = r->buf && r->len < r->cap ? r->buf + r->len : NULL;
+    size_t room = dst ? r->cap - r->len : 0;
+    int n = vsnprintf(dst, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        r->len += (size_t)n;
+}
+
+/* What serves a socket symbol of a library: itself, or the fallback. */
+static const char *serves(const bn_symbol_info *s, int found,
+                          const resolved *r)
+{
+    int has_fallback = !strcmp(s->name, "bitnet_cpp_tokenize_with_context") ||
+                       !strcmp(s->name, "bitnet_cpp_eval_with_context") ||
+                       !strcmp(s->name, "crossval_bitnet_tokenize") ||
+                       !strcmp(s->name, "crossval_bitnet_eval_with_tokens");
+    if (has_fallback && r->force_fallback)
+        return r->fallback_allowed ? "fallback:reference (forced)" : "none";
+    if (found)
+        return "library";
+    if (has_fallback)
+        return r->fallback_allowed ? "fallback:reference" : "none";
+    return s->required ? "none (required)" : "not used";
+}
+
+BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
+                                          char *buf, int32_t buf_len)
+{
+    report rep = {buf, buf && buf_len > 0 ? (size_t)buf_len : 0, 0};
+    resolved r;
+    int rc = bn_bridge_resolve(opts, &r);
+    if (rc) {
+        put(&rep, "error\t%s\n", bn_error_message());
+    } else {
+        put(&rep, "mode\t%s\n", r.backend);
+        put(&rep, "fallback\t%s\n", r.fallback_allowed ? "reference" : "none");
+        put(&rep, "force_fallback\t%d\n", r.force_fallback);
+        if (!strcmp(r.backend, "dlopen")) {
+            bn_discovery d;
+            bn_library *lib = NULL;
+            rc = bn_library_open(r.library_path, &d, &lib);
+            for (int i = 0; i < d.n_tried; i++)
+                put(&rep, "tried\t%s\t%s\n", d.tried[i].path, d.tried[i].result);
+            if (rc)
+                put(&rep, "error\t%s\n", bn_error_message());
+            if (lib) {
+                put(&rep, "library\t%s\n", bn_library_path(lib));
+                put(&rep, "abi\t%d\t%d\n", (int)bn_library_abi(lib), BITNET_ABI_VERSION);
+                put(&rep, "version\t%s\n", bn_library_version(lib));
+            }
+            for (int i = 0; i < bn_n_socket_symbols; i++) {
+                const bn_symbol_info *s = &bn_socket_symbols[i];
+                int found = lib && bn_library_symbol(lib, s->name);
+                put(&rep, "symbol\t%s\t%s\t%s\t%s\n", s->name,
+                    s->required ? "required" : "optional",
+                    lib ? (found ? "found" : "missing") : "unknown",
+                    serves(s, found, &r));
+            }
+        } else {
+            put(&rep, "library\t(embedded %s)\n", r.backend);
+            put(&rep, "abi\t%d\t%d\n", BITNET_ABI_VERSION, BITNET_ABI_VERSION);
+            put(&rep, "version\t%s\n", bitnet_cpp_version());
+            if (!strcmp(r.backend, "stub"))
+                put(&rep, "error\tSTUB mode: no backend serves any call\n");
+        }
+    }
+    if (rep.len > INT32_MAX - 1)
+        return BITNET_E_INTERNAL;
+    return (int32_t)rep.len; /* without the NUL: query with buf NULL */
 }

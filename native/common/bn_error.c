@@ -98,6 +98,9 @@ const char *bn_error_name(int code)
     case BITNET_E_TIMEOUT: return "BITNET_E_TIMEOUT";
     case BITNET_E_SYMBOL_MISSING: return "BITNET_E_SYMBOL_MISSING";
     case BITNET_E_CLEANUP: return "BITNET_E_CLEANUP";
+    case BITNET_E_NOT_AVAILABLE: return "BITNET_E_NOT_AVAILABLE";
+    case BITNET_E_LIBRARY_NOT_FOUND: return "BITNET_E_LIBRARY_NOT_FOUND";
+    case BITNET_E_ABI_MISMATCH: return "BITNET_E_ABI_MISMATCH";
     default: return "BITNET_E_UNKNOWN";
     }
 }

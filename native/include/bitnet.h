@@ -63,9 +63,13 @@ enum {
     BITNET_E_INTERNAL = -10,        /* a bug: an invariant did not hold     */
     BITNET_E_TIMEOUT = -11,         /* deadline passed or cancelled         */
     BITNET_E_SYMBOL_MISSING = -12,  /* a required symbol is not exported    */
-    BITNET_E_CLEANUP = -13          /* freeing a handle failed              */
+    BITNET_E_CLEANUP = -13,         /* freeing a handle failed              */
+    /* bridge-level codes: raised by the loader and router, not backends */
+    BITNET_E_NOT_AVAILABLE = -14,   /* no backend tier can serve the call   */
+    BITNET_E_LIBRARY_NOT_FOUND = -15, /* no loadable library was found      */
+    BITNET_E_ABI_MISMATCH = -16     /* library built for another ABI        */
 };
-#define BITNET_E_MIN BITNET_E_CLEANUP
+#define BITNET_E_MIN BITNET_E_ABI_MISMATCH
 
 typedef struct bitnet_context_t bitnet_context_t;
 typedef struct bitnet_session_t bitnet_session_t;

@@ -1,7 +1,24 @@
 /*
- * bitnet_bridge.h — what the bridge offers beyond the socket ABI: facts
- * about the backend behind a handle.  Only the bridge implements these; a
- * backend library does not export them.
+ * bitnet_bridge.h — what the bridge offers beyond the socket ABI: backend
+ * selection and the fallback chain, deadlines and cancellation, logging,
+ * and discovery reports.  Only the bridge implements these; a backend
+ * library does not export them.
+ *
+ * Backends ("modes"):
+ *   reference  the embedded engine, linked in (default)
+ *   dlopen     a library exporting bitnet.h, found by discovery:
+ *              BITNET_CPP_LIBDIR/libbitnet.so, then
+ *              BITNET_CPP_DIR/build/bin/libbitnet.so, then the system loader
+ *              path ("libbitnet.so"), then -- only when neither variable is
+ *              set -- the reference library bundled with the package
+ *   stub       no backend: every call fails with BITNET_E_NOT_AVAILABLE
+ *
+ * Fallback chain (seed 003 section 2): tokenize and eval are served by the
+ * backend's optional socket when it exports it, else by the fallback tier
+ * (the embedded reference engine, holding the model for the context's whole
+ * life), else BITNET_E_NOT_AVAILABLE naming both tiers.
+ * BITNET_FORCE_LLAMA_FALLBACK=1 sends every call to the fallback tier;
+ * BITNET_FALLBACK=none disables it.
  */
 #ifndef BITNET_BRIDGE_H
 #define BITNET_BRIDGE_H
@@ -12,9 +29,73 @@
 extern "C" {
 #endif
 
-/* Name of the backend serving ctx ("reference", ...), static storage;
- * NULL for an invalid handle. */
+typedef struct {
+    const char *backend;      /* "reference" | "dlopen" | "stub"; NULL:
+                                 BITNET_BACKEND, else "reference" */
+    const char *library_path; /* dlopen: this file; NULL: discovery */
+    int force_fallback;       /* 1/0; -1: BITNET_FORCE_LLAMA_FALLBACK */
+    const char *fallback;     /* "reference" | "none"; NULL: BITNET_FALLBACK,
+                                 else "reference" */
+} bitnet_bridge_options;
+
+/* bitnet_cpp_init_context with explicit options (NULL: all defaults). */
+BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
+                                          const char *model_path,
+                                          int32_t n_ctx, int32_t n_gpu_layers,
+                                          const bitnet_bridge_options *opts,
+                                          char *err, int32_t err_len);
+/* The per-call functions with explicit options. */
+BITNET_API int bitnet_bridge_percall_tokenize(
+    const bitnet_bridge_options *opts, const char *model_path,
+    const char *prompt, int add_bos, int parse_special, int32_t *out_tokens,
+    int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len);
+BITNET_API int bitnet_bridge_percall_eval(
+    const bitnet_bridge_options *opts, const char *model_path,
+    const int32_t *tokens, int32_t n_tokens, int32_t n_ctx,
+    float *out_logits, int32_t logits_capacity, int32_t *out_rows,
+    int32_t *out_cols, char *err, int32_t err_len);
+
+/* Name of the backend serving ctx ("reference", "dlopen:/path", "stub"),
+ * static storage; NULL for an invalid handle. */
 BITNET_API const char *bitnet_bridge_backend_name(const bitnet_context_t *ctx);
+/* Which tier serves `operation` ("tokenize" or "evaluate") for ctx:
+ * the backend's name, or "fallback:reference (<why>)"; NULL if unknown. */
+BITNET_API const char *bitnet_bridge_served_by(const bitnet_context_t *ctx,
+                                               const char *operation);
+
+/* Deadline for the bridge calls this thread makes from now on:
+ * timeout_ns > 0 sets one (measured from the start of each call), 0 clears
+ * it.  Checked at step points (load chunks, tokenizer chunks, every layer). */
+BITNET_API void bitnet_bridge_set_call_timeout(int64_t timeout_ns);
+/* Asks the call running on ctx (from another thread) to stop: it returns
+ * BITNET_E_TIMEOUT at its next step point, leaving ctx usable. */
+BITNET_API int bitnet_bridge_cancel(const bitnet_context_t *ctx);
+
+/* Logging: lines "[time] [LEVEL] [component] message" go to sink (NULL:
+ * stderr).  Levels 0=error .. 4=trace; lines above the level are dropped
+ * before formatting. */
+BITNET_API void bitnet_bridge_set_log_sink(void (*sink)(int level,
+                                                        const char *component,
+                                                        const char *line));
+BITNET_API void bitnet_bridge_set_log_level(int level);
+BITNET_API int bitnet_bridge_get_log_level(void);
+
+/* Where the dlopen mode's last-resort bundled library lives (set by the
+ * Python package at import). */
+BITNET_API void bitnet_bridge_set_bundled_library(const char *path);
+
+/* Discovery report for the given options, as text lines (two-pass: buf NULL
+ * returns the size needed including the NUL):
+ *   mode\t<backend>
+ *   tried\t<path>\t<result>
+ *   library\t<path>
+ *   abi\t<found>\t<expected>
+ *   version\t<text>
+ *   symbol\t<name>\t<required|optional>\t<found|missing>\t<served by>
+ *   error\t<message>
+ * Returns the length written (without NUL), or a negative code. */
+BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
+                                          char *buf, int32_t buf_len);
 
 #ifdef __cplusplus
 }

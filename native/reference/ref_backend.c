@@ -13,6 +13,7 @@
 #include "backend.h"
 #include "bn_alloc.h"
 #include "bn_cpu.h"
+#include "bn_deadline.h"
 #include "bn_error.h"
 #include "model.h"
 
@@ -20,6 +21,14 @@ typedef struct {
     bn_model *model;
     bn_state *state;
 } ref_ctx;
+
+/* The step callback handed to the loader, tokenizer and forward pass: the
+ * calling thread's deadline and its context's cancel flag (bn_deadline.h). */
+static int step(void *user)
+{
+    (void)user;
+    return bn_deadline_check();
+}
 
 /* Records the error in the caller's buffer too; returns rc. */
 static int done(int rc, char *err, int32_t err_len)
@@ -74,7 +83,7 @@ static int ref_init_context(void **out, const char *path, int32_t n_ctx,
     ref_ctx *c = bn_calloc(1, sizeof *c, "context");
     if (!c)
         return done(BITNET_E_OOM, err, err_len);
-    if ((rc = bn_model_load(path, 0, NULL, NULL, &c->model)) ||
+    if ((rc = bn_model_load(path, 0, step, NULL, &c->model)) ||
         (rc = bn_state_new(c->model, n_ctx, &c->state))) {
         bn_model_free(c->model);
         bn_free(c);
@@ -110,7 +119,7 @@ static int tokenize_two_pass(const bn_vocab *v, const char *prompt,
                         "out_capacity=%d is negative", (int)out_capacity);
     bn_tokens toks = {0};
     int rc = bn_tokenize(v, prompt, strlen(prompt), add_bos != 0,
-                         parse_special != 0, &toks, NULL, NULL);
+                         parse_special != 0, &toks, step, NULL);
     if (rc) {
         bn_tokens_free(&toks);
         return rc;
@@ -167,7 +176,7 @@ static int eval_two_pass(bn_state *st, int32_t n_vocab, const int32_t *tokens,
                         "buffer too small (need %lld, got %d): call first "
                         "with out_logits=NULL to query rows x cols",
                         (long long)need, (int)logits_capacity);
-    return bn_forward(st, seq_id, tokens, n_tokens, out_logits, NULL, NULL);
+    return bn_forward(st, seq_id, tokens, n_tokens, out_logits, step, NULL);
 }
 
 static int ref_eval(void *ctx, const int32_t *tokens, int32_t n_tokens,
@@ -248,7 +257,7 @@ static int ref_percall_tokenize(const char *path, const char *prompt,
     bn_model *m = NULL;
     int rc = check_path(path);
     if (!rc)
-        rc = bn_model_load(path, BN_MODEL_VOCAB_ONLY, NULL, NULL, &m);
+        rc = bn_model_load(path, BN_MODEL_VOCAB_ONLY, step, NULL, &m);
     if (!rc)
         rc = tokenize_two_pass(bn_model_vocab(m), prompt, add_bos,
                                parse_special, out_tokens, out_capacity,
@@ -271,7 +280,7 @@ static int ref_percall_eval(const char *path, const int32_t *tokens,
         rc = bn_error(BITNET_E_INVALID_ARG, "n_ctx=%d is negative",
                       (int)n_ctx);
     if (!rc)
-        rc = bn_model_load(path, out_logits ? 0 : BN_MODEL_VOCAB_ONLY, NULL,
+        rc = bn_model_load(path, out_logits ? 0 : BN_MODEL_VOCAB_ONLY, step,
                            NULL, &m);
     if (!rc && !out_logits) {
         /* size query: validate what can be validated without weights */
@@ -299,6 +308,7 @@ static int ref_percall_eval(const char *path, const int32_t *tokens,
 
 const bn_backend bn_reference_backend = {
     .name = "reference",
+    .embedded = 1,
     .init_context = ref_init_context,
     .free_context = ref_free_context,
     .tokenize_with_context = ref_tokenize,

@@ -1,0 +1,301 @@
+/* loader.c — library discovery and symbol resolution.  See loader.h. */
+#define _GNU_SOURCE
+#include "loader.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <stdarg.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "bn_error.h"
+#include "bn_log.h"
+
+#define LIB_NAME "libbitnet.so"
+
+const bn_symbol_info bn_socket_symbols[] = {
+    {"bitnet_cpp_init_context", 1},
+    {"bitnet_cpp_free_context", 1},
+    {"bitnet_cpp_tokenize_with_context", 0},
+    {"bitnet_cpp_eval_with_context", 0},
+    {"bitnet_cpp_session_create", 0},
+    {"bitnet_cpp_session_free", 0},
+    {"bitnet_cpp_session_tokenize", 0},
+    {"bitnet_cpp_session_eval", 0},
+    {"bitnet_cpp_eval_gpu", 0},
+    {"bitnet_cpp_get_capabilities", 0},
+    {"crossval_bitnet_tokenize", 0},
+    {"crossval_bitnet_eval_with_tokens", 0},
+    {"bitnet_cpp_get_n_past", 0},
+    {"bitnet_cpp_reset_context", 0},
+    {"bitnet_cpp_get_model_info", 0},
+    {"bitnet_cpp_abi_version", 0},
+    {"bitnet_cpp_version", 0},
+    {"bitnet_cpp_get_last_error", 0},
+    {"bitnet_cpp_get_counters", 0},
+};
+const int bn_n_socket_symbols = sizeof bn_socket_symbols / sizeof bn_socket_symbols[0];
+
+struct bn_library {
+    char path[PATH_MAX];
+    char name[PATH_MAX + 8]; /* "dlopen:<path>", the backend's name */
+    void *handle;
+    void *syms[sizeof bn_socket_symbols / sizeof bn_socket_symbols[0]];
+    int32_t abi;
+    char version[128];
+    bn_backend be;
+    bn_library *next;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    bn_library *head;
+    char bundled[PATH_MAX];
+} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, ""};
+
+void bn_loader_set_bundled(const char *path)
+{
+    pthread_mutex_lock(&libs.lock);
+    snprintf(libs.bundled, sizeof libs.bundled, "%s", path ? path : "");
+    pthread_mutex_unlock(&libs.lock);
+}
+
+static void note(bn_discovery *d, const char *path, const char *fmt, ...)
+    BN_PRINTF(3, 4);
+static void note(bn_discovery *d, const char *path, const char *fmt, ...)
+{
+    if (d->n_tried >= BN_MAX_ATTEMPTS)
+        return;
+    bn_attempt *a = &d->tried[d->n_tried++];
+    snprintf(a->path, sizeof a->path, "%s", path);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->result, sizeof a->result, fmt, ap);
+    va_end(ap);
+}
+
+static int sym_index(const char *name)
+{
+    for (int i = 0; i < bn_n_socket_symbols; i++)
+        if (strcmp(bn_socket_symbols[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+void *bn_library_symbol(const bn_library *lib, const char *name)
+{
+    int i = sym_index(name);
+    return i < 0 ? NULL : lib->syms[i];
+}
+
+/* The backend table of a library.  The library's functions take
+ * bitnet_context_t* where the table says void*: the same representation
+ * on every ABI we build for, so the pointers are stored as they are. */
+static void fill_backend(bn_library *lib)
+{
+    bn_backend *be = &lib->be;
+    snprintf(lib->name, sizeof lib->name, "dlopen:%s", lib->path);
+    be->name = lib->name;
+#define SYM(field, sym) be->field = (__typeof__(be->field))bn_library_symbol(lib, sym)
+    SYM(init_context, "bitnet_cpp_init_context");
+    SYM(free_context, "bitnet_cpp_free_context");
+    SYM(tokenize_with_context, "bitnet_cpp_tokenize_with_context");
+    SYM(eval_with_context, "bitnet_cpp_eval_with_context");
+    SYM(eval_gpu, "bitnet_cpp_eval_gpu");
+    SYM(get_n_past, "bitnet_cpp_get_n_past");
+    SYM(reset_context, "bitnet_cpp_reset_context");
+    SYM(get_model_info, "bitnet_cpp_get_model_info");
+    SYM(get_capabilities, "bitnet_cpp_get_capabilities");
+    SYM(percall_tokenize, "crossval_bitnet_tokenize");
+    SYM(percall_eval, "crossval_bitnet_eval_with_tokens");
+    SYM(get_last_error, "bitnet_cpp_get_last_error");
+#undef SYM
+}
+
+static int load_file(const char *path, bn_discovery *d, bn_library **out)
+{
+    char real[PATH_MAX];
+    if (!realpath(path, real))
+        snprintf(real, sizeof real, "%s", path);
+    for (bn_library *l = libs.head; l; l = l->next)
+        if (strcmp(l->path, real) == 0) {
+            note(d, path, "already loaded");
+            *out = l;
+            return BITNET_OK;
+        }
+    dlerror();
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *why = dlerror();
+        note(d, path, "dlopen failed: %s", why ? why : "unknown error");
+        return BITNET_E_LIBRARY_NOT_FOUND;
+    }
+    bn_library *lib = calloc(1, sizeof *lib); /* lives until exit, not counted */
+    if (!lib) {
+        dlclose(h);
+        return bn_error(BITNET_E_OOM, "out of memory loading '%s'", path);
+    }
+    /* the path actually mapped, for a bare name found on the loader path */
+    struct link_map *lm = NULL;
+    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name && lm->l_name[0])
+        snprintf(lib->path, sizeof lib->path, "%s", lm->l_name);
+    else
+        snprintf(lib->path, sizeof lib->path, "%s", real);
+    lib->handle = h;
+    for (int i = 0; i < bn_n_socket_symbols; i++)
+        lib->syms[i] = dlsym(h, bn_socket_symbols[i].name);
+    for (int i = 0; i < bn_n_socket_symbols; i++)
+        if (bn_socket_symbols[i].required && !lib->syms[i]) {
+            note(d, path, "loaded, but required symbol %s is missing",
+                 bn_socket_symbols[i].name);
+            int rc = bn_error(BITNET_E_SYMBOL_MISSING,
+                              "required symbol '%s' not found in '%s': the "
+                              "library was built without the socket ABI or is "
+                              "too old; rebuild BitNet.cpp with bitnet.h (ABI "
+                              "version %d) or point BITNET_CPP_LIBDIR at a "
+                              "build that exports it (check with: nm -D %s | "
+                              "grep bitnet_cpp_)",
+                              bn_socket_symbols[i].name, lib->path,
+                              BITNET_ABI_VERSION, lib->path);
+            dlclose(h);
+            free(lib);
+            return rc;
+        }
+    lib->abi = -1;
+    int32_t (*abi_fn)(void) = (int32_t (*)(void))bn_library_symbol(lib, "bitnet_cpp_abi_version");
+    if (abi_fn)
+        lib->abi = abi_fn();
+    const char *(*ver_fn)(void) = (const char *(*)(void))bn_library_symbol(lib, "bitnet_cpp_version");
+    if (ver_fn) {
+        const char *v = ver_fn();
+        snprintf(lib->version, sizeof lib->version, "%s", v ? v : "");
+    }
+    if (lib->abi != -1 && lib->abi != BITNET_ABI_VERSION) {
+        note(d, path, "loaded, but ABI version %d != %d", (int)lib->abi,
+             BITNET_ABI_VERSION);
+        int rc = bn_error(BITNET_E_ABI_MISMATCH,
+                          "incompatible library '%s': it reports ABI version "
+                          "%d, this bridge expects %d; rebuild the library "
+                          "against this project's bitnet.h, or install the "
+                          "pytest-bitnet release that matches it",
+                          lib->path, (int)lib->abi, BITNET_ABI_VERSION);
+        dlclose(h);
+        free(lib);
+        return rc;
+    }
+    if (lib->abi == -1)
+        BN_LOG(BN_LOG_INFO, "loader",
+               "%s does not export bitnet_cpp_abi_version; assuming ABI %d",
+               lib->path, BITNET_ABI_VERSION);
+    fill_backend(lib);
+    lib->next = libs.head;
+    libs.head = lib;
+    note(d, path, "loaded");
+    BN_LOG(BN_LOG_INFO, "loader", "loaded %s (ABI %d, %s)", lib->path,
+           (int)lib->abi, lib->version[0] ? lib->version : "no version");
+    *out = lib;
+    return BITNET_OK;
+}
+
+/* Tries dir/libbitnet.so: absent is recorded and skipped. */
+static int try_dir(const char *dir, bn_discovery *d, bn_library **out)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, LIB_NAME);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        note(d, path, "not found");
+        return BITNET_E_LIBRARY_NOT_FOUND;
+    }
+    return load_file(path, d, out);
+}
+
+static int not_found(const bn_discovery *d)
+{
+    char list[3000] = "";
+    size_t used = 0;
+    for (int i = 0; i < d->n_tried && used < sizeof list; i++)
+        used += (size_t)snprintf(list + used, sizeof list - used,
+                                 "\n  %s: %s", d->tried[i].path,
+                                 d->tried[i].result);
+    return bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                    "BitNet library %s not found or not loadable; searched:%s"
+                    "\nSet BITNET_CPP_LIBDIR to the directory holding %s (or "
+                    "BITNET_CPP_DIR to a BitNet.cpp checkout with "
+                    "build/bin/%s), or add that directory to "
+                    "LD_LIBRARY_PATH; or use BITNET_BACKEND=reference for the "
+                    "embedded engine",
+                    LIB_NAME, list, LIB_NAME, LIB_NAME);
+}
+
+int bn_library_open(const char *explicit_path, bn_discovery *d,
+                    bn_library **out)
+{
+    *out = NULL;
+    memset(d, 0, sizeof *d);
+    pthread_mutex_lock(&libs.lock);
+    int rc;
+    if (explicit_path) {
+        rc = load_file(explicit_path, d, out);
+        goto done;
+    }
+    const char *libdir = getenv("BITNET_CPP_LIBDIR");
+    const char *cppdir = getenv("BITNET_CPP_DIR");
+    rc = BITNET_E_LIBRARY_NOT_FOUND;
+    if (libdir && *libdir) {
+        rc = try_dir(libdir, d, out);
+        if (rc != BITNET_E_LIBRARY_NOT_FOUND)
+            goto done;
+    }
+    if (cppdir && *cppdir) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s/build/bin", cppdir);
+        rc = try_dir(dir, d, out);
+        if (rc != BITNET_E_LIBRARY_NOT_FOUND)
+            goto done;
+    }
+    rc = load_file(LIB_NAME, d, out); /* the system loader's search path */
+    if (rc != BITNET_E_LIBRARY_NOT_FOUND)
+        goto done;
+    /* Explicit configuration is honoured strictly: the bundled library is
+     * the last resort only when neither variable names a place. */
+    if (!(libdir && *libdir) && !(cppdir && *cppdir) && libs.bundled[0]) {
+        rc = load_file(libs.bundled, d, out);
+        if (rc != BITNET_E_LIBRARY_NOT_FOUND)
+            goto done;
+    }
+done:
+    pthread_mutex_unlock(&libs.lock);
+    if (rc == BITNET_E_LIBRARY_NOT_FOUND)
+        return not_found(d);
+    return rc;
+}
+
+const bn_backend *bn_library_backend(const bn_library *lib) { return &lib->be; }
+const char *bn_library_path(const bn_library *lib) { return lib->path; }
+int32_t bn_library_abi(const bn_library *lib) { return lib->abi; }
+const char *bn_library_version(const bn_library *lib) { return lib->version; }
+
+void bn_libraries_add_counters(bitnet_counters_t *out)
+{
+    pthread_mutex_lock(&libs.lock);
+    for (bn_library *l = libs.head; l; l = l->next) {
+        int (*fn)(bitnet_counters_t *) =
+            (int (*)(bitnet_counters_t *))bn_library_symbol(l, "bitnet_cpp_get_counters");
+        bitnet_counters_t c;
+        if (fn && fn(&c) == BITNET_OK) {
+            out->contexts += c.contexts;
+            out->sessions += c.sessions;
+            out->models += c.models;
+            out->bytes += c.bytes;
+            out->allocations += c.allocations;
+            out->model_loads += c.model_loads;
+            out->peak_bytes += c.peak_bytes;
+        }
+    }
+    pthread_mutex_unlock(&libs.lock);
+}

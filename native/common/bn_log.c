@@ -1,0 +1,66 @@
+/* bn_log.c — see bn_log.h. */
+#include "bn_log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <time.h>
+
+static const char *const NAMES[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
+
+static int initial_threshold(void)
+{
+    const char *env = getenv("BITNET_CPP_LOG_LEVEL");
+    int level = env ? bn_log_parse_level(env) : -1;
+    return level < 0 ? BN_LOG_WARN : level;
+}
+
+int bn_log_threshold = BN_LOG_WARN;
+static bn_log_sink sink;
+
+__attribute__((constructor)) static void log_init(void)
+{
+    bn_log_threshold = initial_threshold();
+}
+
+int bn_log_parse_level(const char *s)
+{
+    if (!s)
+        return -1;
+    for (int i = 0; i < 5; i++)
+        if (strcasecmp(s, NAMES[i]) == 0)
+            return i;
+    if (strcasecmp(s, "warning") == 0)
+        return BN_LOG_WARN;
+    if (s[0] >= '0' && s[0] <= '4' && s[1] == '\0')
+        return s[0] - '0';
+    return -1;
+}
+
+const char *bn_log_level_name(int level)
+{
+    return level >= 0 && level < 5 ? NAMES[level] : "?";
+}
+
+void bn_log_set_sink(bn_log_sink s) { __atomic_store_n(&sink, s, __ATOMIC_RELEASE); }
+
+void bn_log_emit(int level, const char *component, const char *fmt, ...)
+{
+    char msg[2048], line[2300], stamp[32];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(line, sizeof line, "[%s] [%s] [%s] %s", stamp,
+             bn_log_level_name(level), component, msg);
+    bn_log_sink s = __atomic_load_n(&sink, __ATOMIC_ACQUIRE);
+    if (s)
+        s(level, component, line);
+    else
+        fprintf(stderr, "%s\n", line);
+}
