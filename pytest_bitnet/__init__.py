@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from . import errors, models
+from .diagnostics import diagnostics
 from .errors import BitnetError, ErrorContext
 from .session import BitnetSession, Capabilities, capabilities, evaluate, live_counters, tokenize
 
@@ -18,6 +19,7 @@ __all__ = [
     "Capabilities",
     "ErrorContext",
     "capabilities",
+    "diagnostics",
     "errors",
     "evaluate",
     "live_counters",

@@ -2,11 +2,15 @@
 
   demo [--keep DIR]   build a tiny BitNet model, run a session over it and
                       print tokens, logits and live counters
+  diagnostics [--backend B] [--library PATH] [--json]
+                      what the bridge would load and why; exit 1 when a
+                      required part is missing
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +40,14 @@ def _demo(args: argparse.Namespace) -> int:
         return 0 if after["contexts"] == 0 and after["bytes"] == 0 else 1
 
 
+def _diagnostics(args: argparse.Namespace) -> int:
+    from .diagnostics import diagnostics, format_text
+
+    report = diagnostics(args.backend, args.library)
+    print(json.dumps(report, indent=2) if args.json else format_text(report))
+    return 0 if report["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_bitnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--prompt", default="What is 2+2?")
     demo.add_argument("--keep", metavar="DIR", help="write the model into DIR instead of a temporary directory")
     demo.set_defaults(func=_demo)
+    diag = sub.add_parser("diagnostics", help="environment, library discovery, symbols and fallbacks")
+    diag.add_argument("--backend", choices=("reference", "dlopen", "stub"))
+    diag.add_argument("--library", metavar="PATH", help="dlopen this library instead of discovering one")
+    diag.add_argument("--json", action="store_true", help="print the report as JSON")
+    diag.set_defaults(func=_diagnostics)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

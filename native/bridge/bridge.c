@@ -841,6 +841,23 @@ static void put(report *r, const char *fmt, ...)
         r->len += (size_t)n;
 }
 
+/* An error line: the report is one record per line, so newlines in the
+ * message become "; ". */
+static void put_error(report *r, const char *msg)
+{
+    put(r, "error\t");
+    for (const char *p = msg; *p; p++) {
+        if (*p == '\n') {
+            put(r, "; ");
+            while (p[1] == ' ')
+                p++;
+        } else {
+            put(r, "%c", *p);
+        }
+    }
+    put(r, "\n");
+}
+
 /* What serves a socket symbol of a library: itself, or the fallback. */
 static const char *serves(const bn_symbol_info *s, int found,
                           const resolved *r)
@@ -853,6 +870,8 @@ static const char *serves(const bn_symbol_info *s, int found,
         return r->fallback_allowed ? "fallback:reference (forced)" : "none";
     if (found)
         return "library";
+    if (!strcmp(s->name, "bitnet_cpp_get_counters"))
+        return "bridge counters only";
     if (has_fallback)
         return r->fallback_allowed ? "fallback:reference" : "none";
     return s->required ? "none (required)" : "not used";
@@ -865,7 +884,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
     resolved r;
     int rc = bn_bridge_resolve(opts, &r);
     if (rc) {
-        put(&rep, "error\t%s\n", bn_error_message());
+        put_error(&rep, bn_error_message());
     } else {
         put(&rep, "mode\t%s\n", r.backend);
         put(&rep, "fallback\t%s\n", r.fallback_allowed ? "reference" : "none");
@@ -877,7 +896,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
             for (int i = 0; i < d.n_tried; i++)
                 put(&rep, "tried\t%s\t%s\n", d.tried[i].path, d.tried[i].result);
             if (rc)
-                put(&rep, "error\t%s\n", bn_error_message());
+                put_error(&rep, bn_error_message());
             if (lib) {
                 put(&rep, "library\t%s\n", bn_library_path(lib));
                 put(&rep, "abi\t%d\t%d\n", (int)bn_library_abi(lib), BITNET_ABI_VERSION);

@@ -45,8 +45,12 @@ extern "C" {
 #define BITNET_API __attribute__((visibility("default")))
 #endif
 
-/* Bumped whenever a signature or a struct layout in this file changes. */
+/* Bumped whenever a signature or a struct layout in this file changes.
+ * Overridable only so tests can build a library "from another release"
+ * (-DBITNET_ABI_VERSION=99) and check the loader refuses it. */
+#ifndef BITNET_ABI_VERSION
 #define BITNET_ABI_VERSION 1
+#endif
 
 /* Error codes.  One Python exception class per code (pytest_bitnet.errors). */
 enum {

@@ -1,0 +1,126 @@
+"""What the bridge would do and why: environment, mode, library discovery,
+symbols and the tier serving each, build options, capabilities, versions.
+
+    bn.diagnostics(backend="dlopen")             # a dict
+    python -m pytest_bitnet diagnostics [--backend dlopen] [--json]
+
+The command exits non-zero when a required part is missing (no library, a
+required symbol absent, stub mode).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+from ._native import bundled_library, ffi, lib
+from .session import _Options, capabilities
+
+__all__ = ["diagnostics", "format_text", "ENV_VARS"]
+
+ENV_VARS = (
+    "BITNET_BACKEND",
+    "BITNET_CPP_LIBDIR",
+    "BITNET_CPP_DIR",
+    "BITNET_FORCE_LLAMA_FALLBACK",
+    "BITNET_FALLBACK",
+    "BITNET_CPP_TIMEOUT",
+    "BITNET_CPP_LOG_LEVEL",
+    "BITNET_NUM_THREADS",
+    "BITNET_INJECT",
+    "LD_LIBRARY_PATH",
+    "LLAMA_CPP_LIB_PATH",
+)
+
+
+def _describe(backend: str | None, library_path: str | None) -> str:
+    opts = _Options(backend, library_path)
+    # Discovery runs again on every call and may word an attempt differently
+    # the second time ("already loaded"), so size generously and re-check.
+    size = lib.bitnet_bridge_describe(opts.cdata, ffi.NULL, 0) + 1024
+    while True:
+        buf = ffi.new("char[]", size)
+        n = lib.bitnet_bridge_describe(opts.cdata, buf, size)
+        if n < size:
+            return ffi.string(buf).decode("utf-8", "replace")
+        size = n + 1024
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def diagnostics(backend: str | None = None, library_path: str | None = None) -> dict[str, Any]:
+    """A JSON-serialisable report; ``report["ok"]`` is False when a required part is missing."""
+    report: dict[str, Any] = {
+        "env": {k: os.environ.get(k) for k in ENV_VARS},
+        "tried": [],
+        "symbols": [],
+        "errors": [],
+    }
+    for line in _describe(backend, library_path).splitlines():
+        kind, _, rest = line.partition("\t")
+        fields = rest.split("\t")
+        if kind == "tried":
+            report["tried"].append({"path": fields[0], "result": fields[1]})
+        elif kind == "symbol":
+            name, need, status, served = fields
+            report["symbols"].append({"name": name, "required": need == "required", "status": status, "served_by": served})
+        elif kind == "abi":
+            report["abi"] = {"found": int(fields[0]), "expected": int(fields[1])}
+        elif kind == "error":
+            report["errors"].append(rest)
+        elif kind in ("mode", "fallback", "library", "version"):
+            report[kind] = rest
+        elif kind == "force_fallback":
+            report["force_fallback"] = rest == "1"
+    report["build"] = {
+        "kernels": ffi.string(lib.bn_kernels_impl()).decode(),
+        "bundled_library": str(bundled_library()) if bundled_library() else None,
+        "abi_version": int(lib.BITNET_ABI_VERSION),
+        "native_log_level": ("error", "warn", "info", "debug", "trace")[max(0, lib.bitnet_bridge_get_log_level())],
+    }
+    report["capabilities"] = capabilities().as_dict()
+    report["versions"] = {
+        "pytest-bitnet": _version("pytest-bitnet"),
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "gguf": _version("gguf"),
+        "cffi": _version("cffi"),
+        "llama-cpp-python": _version("llama-cpp-python"),
+    }
+    missing_required = [s["name"] for s in report["symbols"] if s["required"] and s["status"] != "found"]
+    report["ok"] = not report["errors"] and not missing_required
+    return report
+
+
+def format_text(report: dict[str, Any]) -> str:
+    """The report as the command prints it."""
+    out = [f"mode            {report.get('mode', '?')}   (fallback tier: {report.get('fallback', '?')}, forced: {report.get('force_fallback', False)})"]
+    out.append(f"library         {report.get('library', '-')}")
+    if "abi" in report:
+        out.append(f"abi             found {report['abi']['found']}, expected {report['abi']['expected']}")
+    out.append(f"version         {report.get('version', '-')}")
+    if report["tried"]:
+        out.append("library search:")
+        out += [f"  {t['path']}: {t['result']}" for t in report["tried"]]
+    if report["symbols"]:
+        out.append("symbols:")
+        out += [
+            f"  {s['name']:36} {'required' if s['required'] else 'optional':8} {s['status']:8} -> {s['served_by']}"
+            for s in report["symbols"]
+        ]
+    out.append("environment:")
+    out += [f"  {k}={v}" for k, v in report["env"].items() if v is not None] or ["  (no BITNET_* variables set)"]
+    out.append(f"build           {report['build']}")
+    out.append(f"capabilities    {report['capabilities']}")
+    out.append(f"versions        {report['versions']}")
+    for e in report["errors"]:
+        out.append(f"ERROR: {e}")
+    out.append("status          " + ("ok" if report["ok"] else "MISSING REQUIRED PARTS"))
+    return "\n".join(out)

@@ -1,0 +1,74 @@
+"""Real shared libraries for the loader tests, built with the C compiler.
+
+``build_library(out_dir, hide=..., defines=...)`` compiles the reference
+engine and bridge into ``out_dir/libbitnet.so`` exactly as setup.py does,
+with a linker version script that leaves the named socket symbols out of
+the dynamic symbol table: a real library that lacks them, not a simulation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOCKET_SYMBOLS = (
+    "bitnet_cpp_init_context",
+    "bitnet_cpp_free_context",
+    "bitnet_cpp_tokenize_with_context",
+    "bitnet_cpp_eval_with_context",
+    "bitnet_cpp_session_create",
+    "bitnet_cpp_session_free",
+    "bitnet_cpp_session_tokenize",
+    "bitnet_cpp_session_eval",
+    "bitnet_cpp_eval_gpu",
+    "bitnet_cpp_get_capabilities",
+    "crossval_bitnet_tokenize",
+    "crossval_bitnet_eval_with_tokens",
+    "bitnet_cpp_get_n_past",
+    "bitnet_cpp_reset_context",
+    "bitnet_cpp_get_model_info",
+    "bitnet_cpp_abi_version",
+    "bitnet_cpp_version",
+    "bitnet_cpp_get_last_error",
+    "bitnet_cpp_get_last_error_code",
+    "bitnet_cpp_get_counters",
+)
+
+
+def _build_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bitnet_build", ROOT / "pytest_bitnet" / "_build.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str] = ()) -> Path:
+    """Compiles libbitnet.so into out_dir without the `hide` symbols."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build test libraries")
+    b = _build_module()
+    hidden = set(hide)
+    unknown = hidden - set(SOCKET_SYMBOLS)
+    assert not unknown, f"not socket symbols: {unknown}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    script = out_dir / "exports.map"
+    keep = [s for s in SOCKET_SYMBOLS if s not in hidden] + ["bitnet_bridge_*"]
+    script.write_text("{ global: " + " ".join(f"{s};" for s in keep) + " local: *; };\n")
+    lib = out_dir / "libbitnet.so"
+    cmd = [cc, "-shared", "-fPIC", "-O1", *[f for f in b.CFLAGS if not f.startswith("-O")],
+           "-DBN_STANDALONE_LIBRARY=1", *[f"-D{d}" for d in defines],
+           *[f"-I{ROOT / d}" for d in b.include_dirs()], *[str(ROOT / s) for s in b.native_sources()],
+           f"-Wl,--version-script={script}", "-o", str(lib), *b.LDFLAGS]
+    subprocess.run(cmd, check=True, capture_output=True)
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], check=True, capture_output=True, text=True).stdout
+    for sym in hidden:
+        assert f" {sym}\n" not in exported, f"{sym} still exported"
+    return lib

@@ -1,0 +1,199 @@
+"""Modes, library discovery, symbols and the fallback chain (seed 003 sections 2-3).
+
+The libraries here are real: the bundled reference library, and variants
+compiled by tests/native_builds.py without chosen symbols.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pytest_bitnet as bn
+from pytest_bitnet import errors
+
+from .native_builds import build_library
+
+LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|DEBUG|TRACE)\] \[[\w.-]+\] .+")
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("libs")
+    return {
+        "no_tokenize": build_library(root / "no_tokenize", hide=["bitnet_cpp_tokenize_with_context", "crossval_bitnet_tokenize"]),
+        "no_eval": build_library(root / "no_eval", hide=["bitnet_cpp_eval_with_context", "crossval_bitnet_eval_with_tokens"]),
+        "no_init": build_library(root / "no_init", hide=["bitnet_cpp_init_context"]),
+        "abi99": build_library(root / "abi99", defines=["BITNET_ABI_VERSION=99"]),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BITNET_FORCE_LLAMA_FALLBACK", "BITNET_FALLBACK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def reference_logits(model: Path, text: str = "hello world") -> tuple[np.ndarray, np.ndarray]:
+    with bn.BitnetSession.create(model) as s:
+        toks = s.tokenize(text)
+        return toks, s.evaluate(toks)
+
+
+def test_dlopen_bundled_library_matches_embedded(tiny_model: Path) -> None:
+    toks, expected = reference_logits(tiny_model)
+    with bn.BitnetSession.create(tiny_model, backend="dlopen") as s:
+        assert s.backend_info["create"].startswith("dlopen:") and "_libbitnet" in s.backend_info["create"]
+        np.testing.assert_array_equal(s.tokenize("hello world"), toks)
+        np.testing.assert_array_equal(s.evaluate(toks), expected)
+        assert s.backend_info["evaluate"] == s.backend_info["create"]
+
+
+def test_backend_from_environment(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITNET_BACKEND", "dlopen")
+    with bn.BitnetSession.create(tiny_model) as s:
+        assert s.backend_info["create"].startswith("dlopen:")
+    monkeypatch.setenv("BITNET_BACKEND", "bogus")
+    with pytest.raises(errors.InvalidArgument, match=r"unknown backend 'bogus' \(valid: reference, dlopen, stub\)"):
+        bn.BitnetSession.create(tiny_model)
+
+
+def test_e01_stub_mode(tiny_model: Path) -> None:
+    with pytest.raises(errors.CppNotAvailable, match="STUB mode") as exc:
+        bn.BitnetSession.create(tiny_model, backend="stub")
+    assert "BITNET_BACKEND=reference" in str(exc.value)
+    with pytest.raises(errors.CppNotAvailable, match="STUB mode"):
+        bn.tokenize(tiny_model, "x", backend="stub")
+    with pytest.raises(errors.CppNotAvailable, match="STUB mode"):
+        bn.evaluate(tiny_model, [1, 2], backend="stub")
+
+
+def test_e02_empty_library_dir_names_every_path(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITNET_CPP_LIBDIR", str(tmp_path))
+    monkeypatch.setenv("BITNET_CPP_DIR", str(tmp_path / "checkout"))
+    with pytest.raises(errors.LibraryNotFound) as exc:
+        bn.BitnetSession.create(tiny_model, backend="dlopen")
+    msg = str(exc.value)
+    assert f"{tmp_path}/libbitnet.so: not found" in msg
+    assert f"{tmp_path}/checkout/build/bin/libbitnet.so: not found" in msg
+    assert "libbitnet.so: dlopen failed" in msg  # the system loader path
+    assert "BITNET_CPP_LIBDIR" in msg and "LD_LIBRARY_PATH" in msg
+    assert "_libbitnet" not in msg  # explicit configuration: no bundled fallback
+
+
+def test_e03_unloadable_file_carries_loader_message(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "libbitnet.so").write_bytes(b"this is not an ELF file\n" * 10)
+    monkeypatch.setenv("BITNET_CPP_LIBDIR", str(tmp_path))
+    with pytest.raises(errors.LibraryNotFound, match=r"libbitnet.so: dlopen failed: .*(invalid ELF header|file too short)"):
+        bn.BitnetSession.create(tiny_model, backend="dlopen")
+
+
+def test_e05_required_symbol_missing(tiny_model: Path, libs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITNET_CPP_LIBDIR", str(libs["no_init"].parent))
+    with pytest.raises(errors.SymbolNotFound) as exc:
+        bn.BitnetSession.create(tiny_model, backend="dlopen")
+    msg = str(exc.value)
+    assert "required symbol 'bitnet_cpp_init_context' not found" in msg
+    assert str(libs["no_init"]) in msg
+    assert "ABI version 1" in msg and "nm -D" in msg
+
+
+@pytest.mark.parametrize("variant, operation", [("no_tokenize", "tokenize"), ("no_eval", "evaluate")])
+def test_e06_e07_optional_symbol_served_by_fallback(
+    tiny_model: Path, libs: dict[str, Path], variant: str, operation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    toks, expected = reference_logits(tiny_model)
+    caplog.set_level(logging.WARNING, logger="pytest_bitnet.native")
+    with pytest.warns(errors.OptionalSymbolMissing, match=f"{operation} served by fallback:reference"):
+        with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=libs[variant]) as s:
+            np.testing.assert_array_equal(s.tokenize("hello world"), toks)
+            np.testing.assert_array_equal(s.evaluate(toks), expected)  # E38: identical, not just close
+            served = s.backend_info[operation]
+            other = s.backend_info["evaluate" if operation == "tokenize" else "tokenize"]
+    missing = "bitnet_cpp_tokenize_with_context" if operation == "tokenize" else "bitnet_cpp_eval_with_context"
+    assert served == f"fallback:reference ({missing} missing)"
+    assert other.startswith("dlopen:")  # no silent fallback for what the library has (E43)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pytest_bitnet.native"]
+    assert any(missing in line and "fallback tier" in line and LOG_LINE.match(line) for line in lines), lines  # E36/E39
+
+
+def test_e34_e37_forced_fallback(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toks, expected = reference_logits(tiny_model)
+    monkeypatch.setenv("BITNET_FORCE_LLAMA_FALLBACK", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", errors.OptionalSymbolMissing)
+        with bn.BitnetSession.create(tiny_model, backend="dlopen") as s:
+            got = s.tokenize("hello world")
+            assert got[0] == 1  # BOS first (E34)
+            logits = s.evaluate(got)
+            assert logits.shape == (len(got), s.n_vocab)  # one row per token (E37)
+            assert s.backend_info["tokenize"] == s.backend_info["evaluate"] == "fallback:reference (BITNET_FORCE_LLAMA_FALLBACK=1)"
+    np.testing.assert_array_equal(logits, expected)
+
+
+def test_e40_no_tier_left(tiny_model: Path, libs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITNET_FALLBACK", "none")
+    with pytest.raises(errors.CppNotAvailable) as exc:
+        bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=libs["no_eval"])
+    msg = str(exc.value)
+    assert "bitnet_cpp_eval_with_context" in msg and "fallback tier is disabled" in msg
+
+
+def test_e41_session_fallback_loads_model_once(tiny_model: Path, libs: dict[str, Path]) -> None:
+    before = bn.live_counters()["model_loads"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", errors.OptionalSymbolMissing)
+        with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=libs["no_eval"]) as s:
+            after_create = bn.live_counters()["model_loads"]
+            toks = s.tokenize("ten calls")
+            for _ in range(10):
+                s.reset()
+                s.evaluate(toks)
+            assert bn.live_counters()["model_loads"] == after_create
+    assert after_create - before == 2  # the library's context and the fallback's, once each
+
+
+def test_e08_incompatible_abi(tiny_model: Path, libs: dict[str, Path]) -> None:
+    with pytest.raises(errors.AbiMismatch) as exc:
+        bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=libs["abi99"])
+    msg = str(exc.value)
+    assert "reports ABI version 99, this bridge expects 1" in msg and "rebuild" in msg
+
+
+def test_library_errors_are_recovered_whole(tmp_path: Path) -> None:
+    missing = tmp_path / ("y" * 300 + ".gguf")
+    with pytest.raises(errors.ModelLoadError) as exc:
+        bn.BitnetSession.create(missing, backend="dlopen")
+    assert "y" * 300 in str(exc.value)  # longer than the 512-byte buffer with its prefix
+    assert str(exc.value).count("dlopen:") == 1
+
+
+def test_e42_diagnostics(libs: dict[str, Path]) -> None:
+    report = bn.diagnostics(backend="dlopen", library_path=str(libs["no_tokenize"]))
+    assert report["mode"] == "dlopen" and report["library"] == str(libs["no_tokenize"])
+    assert report["ok"]
+    symbols = {s["name"]: s for s in report["symbols"]}
+    assert symbols["bitnet_cpp_init_context"] == {"name": "bitnet_cpp_init_context", "required": True, "status": "found", "served_by": "library"}
+    assert symbols["bitnet_cpp_tokenize_with_context"]["status"] == "missing"
+    assert symbols["bitnet_cpp_tokenize_with_context"]["served_by"] == "fallback:reference"
+    assert "BITNET_CPP_LIBDIR" in report["env"] and report["abi"] == {"found": 1, "expected": 1}
+    bad = bn.diagnostics(backend="dlopen", library_path=str(libs["no_init"]))
+    assert not bad["ok"] and any("bitnet_cpp_init_context" in e for e in bad["errors"])
+
+
+def test_diagnostics_command_exit_codes(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "pytest_bitnet", "diagnostics", "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["mode"] == "reference"
+    env = {"BITNET_CPP_LIBDIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    bad = subprocess.run([sys.executable, "-m", "pytest_bitnet", "diagnostics", "--backend", "dlopen"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert "MISSING REQUIRED PARTS" in bad.stdout and f"{tmp_path}/libbitnet.so: not found" in bad.stdout
