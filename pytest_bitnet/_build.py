@@ -9,6 +9,8 @@ Build options (environment):
 ``BITNET_SANITIZE``  e.g. ``address,undefined``: compile and link with
                      ``-fsanitize=...`` (the sanitizer CI pass).
 ``BITNET_CFLAGS``    extra compiler flags, split on whitespace.
+``BITNET_FAULTS``    ``0``: compile every fault point out (``-DBN_NO_FAULTS``);
+                     fault_inject then reports injection as not compiled in.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
-INCLUDE_DIRS = [NATIVE / "include", NATIVE / "common", NATIVE / "reference", NATIVE / "bridge"]
-SOURCE_DIRS = [NATIVE / "common", NATIVE / "reference", NATIVE / "bridge"]
+INCLUDE_DIRS = [NATIVE / "include", NATIVE / "common", NATIVE / "reference", NATIVE / "bridge", NATIVE / "fault"]
+SOURCE_DIRS = [NATIVE / "common", NATIVE / "reference", NATIVE / "bridge", NATIVE / "fault"]
 
 # Internal declarations the Python side uses besides the socket ABI: the
 # kernels, for the matvec benchmark and kernel tests.
@@ -42,6 +44,11 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
 extern "Python" void _bitnet_log_sink(int level, const char *component, const char *line);
+"""
+
+# The fault engine's firing callback (fault_inject.control defines it).
+FAULT_CDEF = """
+extern "Python" void _bitnet_fault_fired(void *user, const bitnet_fault_event_t *event);
 """
 
 
@@ -80,6 +87,8 @@ def _flags() -> tuple[list[str], list[str]]:
     if sanitize:
         cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
         ldflags += [f"-fsanitize={sanitize}"]
+    if os.environ.get("BITNET_FAULTS", "").strip() == "0":
+        cflags.append("-DBN_NO_FAULTS")
     cflags += os.environ.get("BITNET_CFLAGS", "").split()
     return cflags, ldflags
 
@@ -90,16 +99,21 @@ ffibuilder = FFI()
 ffibuilder.cdef(
     header_cdef(NATIVE / "include" / "bitnet.h")
     + header_cdef(NATIVE / "include" / "bitnet_bridge.h")
+    + header_cdef(NATIVE / "include" / "bitnet_fault.h")
     + INTERNAL_CDEF
+    + FAULT_CDEF
 )
 ffibuilder.set_source(
     "pytest_bitnet._bridge",
-    '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "kernels.h"\n',
+    '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "bitnet_fault.h"\n#include "kernels.h"\n',
     sources=native_sources(),
     include_dirs=include_dirs(),
     extra_compile_args=CFLAGS,
     extra_link_args=LDFLAGS,
 )
 
-if __name__ == "__main__":  # python pytest_bitnet/_build.py: build in place
-    ffibuilder.compile(tmpdir=str(ROOT), verbose=True)
+if __name__ == "__main__":
+    # An in-place build would leave a _bridge.cpython-*.so beside the
+    # editable install's _bridge.abi3.so, and Python prefers the former: a
+    # stale module that silently wins.  Build one way only.
+    raise SystemExit("build with: pip install -e .   (or BITNET_SANITIZE=... bash .ci/sanitize)")

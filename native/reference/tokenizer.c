@@ -30,6 +30,7 @@
 
 #include "bn_alloc.h"
 #include "bn_error.h"
+#include "bn_fault.h"
 
 /* llama_token_attr bits. */
 enum {
@@ -760,15 +761,25 @@ static void *reserve(void *p, size_t *cap, size_t need, size_t elem,
     return p;
 }
 
+/* A step of the tokenizer: every text fragment and every 1024 merges.  The
+ * `tokenize.step` fault point is reached on each; the step callback (the
+ * deadline check) only every STEP_BYTES of text. */
 static int tick(work *w, size_t bytes)
 {
+    int rc = BN_FAULT(TOKENIZE_STEP);
+    if (rc)
+        return rc;
     w->since_step += bytes;
     if (w->since_step >= STEP_BYTES && w->step) {
         w->since_step = 0;
-        int rc = w->step(w->user);
-        if (rc)
+        rc = w->step(w->user);
+        /* a callback that explains itself (a deadline, an injected fault)
+         * keeps its message; a bare code gets a generic one */
+        if (rc && bn_error_code() != rc)
             return bn_error(rc, "tokenizing cancelled by the step callback "
                                 "(code %d)", rc);
+        if (rc)
+            return rc;
     }
     return BITNET_OK;
 }

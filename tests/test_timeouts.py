@@ -1,0 +1,88 @@
+"""Deadlines: per call, per session, BITNET_CPP_TIMEOUT; checked at native
+step points, with no thread per call and the session left usable."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pytest_bitnet as bn
+from pytest_bitnet import errors
+
+
+def test_expired_deadline_on_evaluate_leaves_session_usable(tiny_model: Path) -> None:
+    threads_before = threading.active_count()
+    with bn.BitnetSession.create(tiny_model) as s:
+        toks = s.tokenize("deadline")
+        s.evaluate(toks[:2])
+        with pytest.raises(errors.OperationTimeout, match="evaluate timed out") as exc:
+            s.evaluate(toks[2:], timeout=0)
+        assert exc.value.duration == 0
+        assert exc.value.context.phase == "FILL PHASE"
+        assert s.n_past() == 2  # the failed call left the KV state as it was
+        whole = s.evaluate(toks[2:])
+    with bn.BitnetSession.create(tiny_model) as fresh:
+        np.testing.assert_array_equal(fresh.evaluate(toks)[2:], whole)
+    assert threading.active_count() == threads_before
+
+
+def test_expired_deadline_on_create_leaks_nothing(tiny_model: Path) -> None:
+    before = bn.live_counters()
+    with pytest.raises(errors.OperationTimeout, match="create timed out"):
+        bn.BitnetSession.create(tiny_model, timeout=0)
+    after = bn.live_counters()
+    assert {k: after[k] for k in ("contexts", "models", "bytes")} == {k: before[k] for k in ("contexts", "models", "bytes")}
+
+
+def test_expired_deadline_on_long_tokenize(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        with pytest.raises(errors.OperationTimeout, match="tokenize timed out"):
+            s.tokenize("word " * 5000, timeout=0)
+        assert len(s.tokenize("still works")) > 1
+
+
+def test_session_default_and_environment(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with bn.BitnetSession.create(tiny_model, timeout=math.inf) as s:
+        assert s.timeout == math.inf
+        with pytest.raises(errors.OperationTimeout):
+            s.evaluate([1, 2], timeout=0)  # the call's timeout wins
+    monkeypatch.setenv("BITNET_CPP_TIMEOUT", "0")
+    with pytest.raises(errors.OperationTimeout):
+        bn.BitnetSession.create(tiny_model)
+    with pytest.raises(errors.OperationTimeout):
+        bn.evaluate(tiny_model, [1, 2])
+    monkeypatch.setenv("BITNET_CPP_TIMEOUT", "none")
+    with bn.BitnetSession.create(tiny_model) as s:
+        assert s.timeout == math.inf
+    monkeypatch.setenv("BITNET_CPP_TIMEOUT", "soon")
+    with pytest.raises(errors.InvalidArgument, match="BITNET_CPP_TIMEOUT='soon'"):
+        bn.BitnetSession.create(tiny_model)
+
+
+def test_default_is_thirty_seconds(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BITNET_CPP_TIMEOUT", raising=False)
+    with bn.BitnetSession.create(tiny_model) as s:
+        assert s.timeout == 30.0
+
+
+@pytest.mark.parametrize("bad, fragment", [(float("nan"), "nan"), (-1, "-1.0"), ("5", "must be a number"), (True, "must be a number")])
+def test_bad_timeouts_are_refused(tiny_model: Path, bad: object, fragment: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match=fragment):
+        bn.BitnetSession.create(tiny_model, timeout=bad)  # type: ignore[arg-type]
+    with bn.BitnetSession.create(tiny_model) as s:
+        with pytest.raises(errors.InvalidArgument, match=fragment):
+            s.evaluate([1], timeout=bad)  # type: ignore[arg-type]
+
+
+def test_e46_timed_work_equals_untimed(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model, timeout=math.inf) as s:
+        toks = s.tokenize("same result with or without a deadline")
+        untimed = s.evaluate(toks)
+        s.reset()
+        timed = s.evaluate(toks, timeout=5.0)
+    np.testing.assert_array_equal(timed, untimed)
+    np.testing.assert_array_equal(bn.evaluate(tiny_model, toks, timeout=5.0), untimed)
