@@ -13,6 +13,9 @@ import logging
 from ._native import ffi, lib
 
 native_log = logging.getLogger("pytest_bitnet.native")
+# A library leaves output to the application: without this, Python's
+# last-resort handler would print every native warning to stderr.
+logging.getLogger("pytest_bitnet").addHandler(logging.NullHandler())
 
 # native level -> logging level (error, warn, info, debug, trace)
 LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG, 5)
