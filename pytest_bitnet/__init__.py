@@ -27,3 +27,10 @@ __all__ = [
     "tokenize",
 ]
 __version__ = "0.1.0"
+
+# A program run with BITNET_INJECT set gets its faults armed as soon as the
+# bridge is imported, without importing fault_inject itself.
+import os as _os
+
+if _os.environ.get("BITNET_INJECT"):
+    import fault_inject  # noqa: F401  (arms BITNET_INJECT on import)

@@ -7,6 +7,7 @@ compiled by tests/native_builds.py without chosen symbols.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import re
 import subprocess
@@ -193,7 +194,7 @@ def test_diagnostics_command_exit_codes(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "pytest_bitnet", "diagnostics", "--json"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["mode"] == "reference"
-    env = {"BITNET_CPP_LIBDIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "BITNET_CPP_LIBDIR": str(tmp_path)}
     bad = subprocess.run([sys.executable, "-m", "pytest_bitnet", "diagnostics", "--backend", "dlopen"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1
     assert "MISSING REQUIRED PARTS" in bad.stdout and f"{tmp_path}/libbitnet.so: not found" in bad.stdout

@@ -21,6 +21,7 @@
 #include "bitnet_bridge.h"
 #include "bn_alloc.h"
 #include "bn_deadline.h"
+#include "bn_fault.h"
 #include "bn_error.h"
 #include "bn_log.h"
 #include "loader.h"
@@ -366,9 +367,13 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
     c->be = be;
     call_scope scope;
     scope_enter(&scope, &c->cancel, "create");
-    rc = failed(be, be->init_context(&c->impl, model_path, n_ctx, n_gpu_layers,
-                                     err, err_len),
-                err, err_len);
+    rc = BN_FAULT(INIT_CONTEXT);
+    if (rc)
+        done(rc, err, err_len);
+    else
+        rc = failed(be, be->init_context(&c->impl, model_path, n_ctx,
+                                         n_gpu_layers, err, err_len),
+                    err, err_len);
     if (!rc)
         rc = route(c, &r, model_path, n_ctx, n_gpu_layers, err, err_len);
     if (!rc && (rc = live_add(c, KIND_CONTEXT)))
@@ -401,6 +406,8 @@ BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
     int rc = enter(ctx, 1);
     if (rc)
         return rc;
+    if ((rc = BN_FAULT(FREE_CONTEXT)))
+        goto keep;
     if (ctx->fb_impl) {
         if ((rc = failed(ctx->fb, ctx->fb->free_context(ctx->fb_impl), NULL, 0)))
             goto keep;
@@ -418,6 +425,65 @@ keep:
     return rc;
 }
 
+/* ---- the `grow` fault: a fill pass that needs more than its query said ----
+ * A backend whose output changes between the two passes (a bug, or state
+ * that moved) must be reported with both sizes, and nothing may be written
+ * past the caller's capacity.  The bridge asks the real query, adds the
+ * injected growth, and refuses before the backend writes anything. */
+
+static int grow_tokens_error(int32_t n, int32_t cap, int32_t *out_len,
+                             const bn_fault_special *fs)
+{
+    int64_t need = (int64_t)n + fs->arg;
+    if (out_len)
+        *out_len = need > INT32_MAX ? INT32_MAX : (int32_t)need;
+    return bn_error(BITNET_E_INFERENCE,
+                    "the fill pass needs %lld tokens but the query pass said "
+                    "%d (buffer holds %d): the tokenizer's output changed "
+                    "between the passes; nothing was written (%s)",
+                    (long long)need, (int)n, (int)cap, bn_fault_note());
+}
+
+static int grow_logits_error(int32_t rows, int32_t cols, int32_t cap,
+                             int32_t *out_rows, int32_t *out_cols,
+                             const bn_fault_special *fs)
+{
+    int64_t grown = (int64_t)rows + fs->arg;
+    if (out_rows && out_cols) {
+        *out_rows = grown > INT32_MAX ? INT32_MAX : (int32_t)grown;
+        *out_cols = cols;
+    }
+    return bn_error(BITNET_E_INFERENCE,
+                    "the fill pass needs %lld logits but the query pass said "
+                    "%lld (%d x %d; buffer holds %d): the evaluation's shape "
+                    "changed between the passes; nothing was written (%s)",
+                    (long long)(grown * cols), (long long)rows * cols,
+                    (int)rows, (int)cols, (int)cap, bn_fault_note());
+}
+
+static int grown_tokenize(bitnet_context_t *c, const char *prompt, int add_bos,
+                          int parse_special, int32_t cap, int32_t *out_len,
+                          const bn_fault_special *fs)
+{
+    int32_t n = 0;
+    int rc = c->tok.be->tokenize_with_context(c->tok.impl, prompt, add_bos,
+                                              parse_special, NULL, 0, &n,
+                                              NULL, 0);
+    return rc ? rc : grow_tokens_error(n, cap, out_len, fs);
+}
+
+static int grown_eval(bitnet_context_t *c, const int32_t *tokens,
+                      int32_t n_tokens, int32_t seq_id, int32_t cap,
+                      int32_t *out_rows, int32_t *out_cols,
+                      const bn_fault_special *fs)
+{
+    int32_t rows = 0, cols = 0;
+    int rc = c->eval.be->eval_with_context(c->eval.impl, tokens, n_tokens,
+                                           seq_id, NULL, 0, &rows, &cols,
+                                           NULL, 0);
+    return rc ? rc : grow_logits_error(rows, cols, cap, out_rows, out_cols, fs);
+}
+
 /* ---- Sockets 2, 3, 5 ---------------------------------------------------- */
 
 BITNET_API int bitnet_cpp_tokenize_with_context(
@@ -432,12 +498,20 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     bitnet_context_t *c = (bitnet_context_t *)ctx;
     call_scope scope;
     scope_enter(&scope, &c->cancel, "tokenize");
-    rc = failed(c->tok.be,
-                c->tok.be->tokenize_with_context(c->tok.impl, prompt, add_bos,
-                                                 parse_special, out_tokens,
-                                                 out_capacity, out_len, err,
-                                                 err_len),
-                err, err_len);
+    bn_fault_special fs;
+    rc = out_tokens ? BN_FAULT_SPECIAL(TOKENIZE_FILL, &fs)
+                    : BN_FAULT(TOKENIZE_QUERY);
+    if (rc > 0) /* grow: the fill pass needs more than the query said */
+        rc = grown_tokenize(c, prompt, add_bos, parse_special, out_capacity,
+                            out_len, &fs);
+    if (rc)
+        done(rc, err, err_len);
+    else
+        rc = failed(c->tok.be,
+                    c->tok.be->tokenize_with_context(
+                        c->tok.impl, prompt, add_bos, parse_special,
+                        out_tokens, out_capacity, out_len, err, err_len),
+                    err, err_len);
     scope_leave(&scope);
     leave(ctx);
     return rc;
@@ -455,12 +529,19 @@ BITNET_API int bitnet_cpp_eval_with_context(
     bitnet_context_t *c = (bitnet_context_t *)ctx;
     call_scope scope;
     scope_enter(&scope, &c->cancel, "evaluate");
-    rc = failed(c->eval.be,
-                c->eval.be->eval_with_context(c->eval.impl, tokens, n_tokens,
-                                              seq_id, out_logits,
-                                              logits_capacity, out_rows,
-                                              out_cols, err, err_len),
-                err, err_len);
+    bn_fault_special fs;
+    rc = out_logits ? BN_FAULT_SPECIAL(EVAL_FILL, &fs) : BN_FAULT(EVAL_QUERY);
+    if (rc > 0) /* grow: the fill pass needs more than the query said */
+        rc = grown_eval(c, tokens, n_tokens, seq_id, logits_capacity,
+                        out_rows, out_cols, &fs);
+    if (rc)
+        done(rc, err, err_len);
+    else
+        rc = failed(c->eval.be,
+                    c->eval.be->eval_with_context(
+                        c->eval.impl, tokens, n_tokens, seq_id, out_logits,
+                        logits_capacity, out_rows, out_cols, err, err_len),
+                    err, err_len);
     scope_leave(&scope);
     leave(ctx);
     return rc;
@@ -477,7 +558,9 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
     if (rc)
         return done(rc, err, err_len);
     const bn_backend *be = ctx->be;
-    if (!be->eval_gpu)
+    if ((rc = BN_FAULT(EVAL_GPU)))
+        done(rc, err, err_len);
+    else if (!be->eval_gpu)
         rc = done(bn_error(BITNET_E_UNSUPPORTED,
                            "GPU evaluation is not available: backend '%s' "
                            "does not export bitnet_cpp_eval_gpu (has_cuda=0, "
@@ -552,10 +635,13 @@ BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
                              "GGUF model; pass tokenizer_path=NULL",
                              tokenizer_path),
                     err, err_len);
+    int rc = BN_FAULT(SESSION_CREATE);
+    if (rc)
+        return done(rc, err, err_len);
     bitnet_session_t *s = bn_calloc(1, sizeof *s, "session handle");
     if (!s)
         return done(BITNET_E_OOM, err, err_len);
-    int rc = bitnet_cpp_init_context(&s->ctx, model_path, n_ctx, n_gpu_layers,
+    rc = bitnet_cpp_init_context(&s->ctx, model_path, n_ctx, n_gpu_layers,
                                      err, err_len);
     if (rc == BITNET_OK && (rc = live_add(s, KIND_SESSION))) {
         bitnet_cpp_free_context(s->ctx);
@@ -589,10 +675,13 @@ BITNET_API int bitnet_cpp_session_free(bitnet_session_t *session)
     if (!session)
         return BITNET_OK;
     bn_error_clear();
+    int rc = BN_FAULT(SESSION_FREE);
+    if (rc)
+        return rc; /* the session stays alive for a retry */
     bitnet_context_t *ctx = session_ctx(session, 1);
     if (!ctx)
         return BITNET_E_INVALID_HANDLE;
-    int rc = bitnet_cpp_free_context(ctx);
+    rc = bitnet_cpp_free_context(ctx);
     if (rc) {
         live_add(session, KIND_SESSION); /* still alive: allow a retry */
         return rc;
@@ -611,6 +700,9 @@ BITNET_API int bitnet_cpp_session_tokenize(
     bitnet_context_t *ctx = session_ctx(session, 0);
     if (!ctx)
         return done(BITNET_E_INVALID_HANDLE, err, err_len);
+    int rc = BN_FAULT(SESSION_TOKENIZE);
+    if (rc)
+        return done(rc, err, err_len);
     return bitnet_cpp_tokenize_with_context(ctx, prompt, add_bos,
                                             parse_special, out_tokens,
                                             out_capacity, out_len, err,
@@ -628,6 +720,9 @@ BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
     bitnet_context_t *ctx = session_ctx(session, 0);
     if (!ctx)
         return done(BITNET_E_INVALID_HANDLE, err, err_len);
+    int rc = BN_FAULT(SESSION_EVAL);
+    if (rc)
+        return done(rc, err, err_len);
     return bitnet_cpp_eval_with_context(ctx, tokens, n_tokens, 0, out_logits,
                                         logits_capacity, out_rows, out_cols,
                                         err, err_len);
@@ -684,10 +779,24 @@ BITNET_API int bitnet_bridge_percall_tokenize(
                                : p.be;
     call_scope scope;
     scope_enter(&scope, NULL, "tokenize");
-    rc = failed(be, be->percall_tokenize(model_path, prompt, add_bos,
-                                         parse_special, out_tokens,
-                                         out_capacity, out_len, err, err_len),
-                err, err_len);
+    bn_fault_special fs;
+    rc = out_tokens ? BN_FAULT_SPECIAL(TOKENIZE_FILL, &fs)
+                    : BN_FAULT(TOKENIZE_QUERY);
+    if (rc > 0) { /* grow */
+        int32_t n = 0;
+        rc = be->percall_tokenize(model_path, prompt, add_bos, parse_special,
+                                  NULL, 0, &n, NULL, 0);
+        if (!rc)
+            rc = grow_tokens_error(n, out_capacity, out_len, &fs);
+    }
+    if (rc)
+        done(rc, err, err_len);
+    else
+        rc = failed(be, be->percall_tokenize(model_path, prompt, add_bos,
+                                             parse_special, out_tokens,
+                                             out_capacity, out_len, err,
+                                             err_len),
+                    err, err_len);
     scope_leave(&scope);
     return rc;
 }
@@ -708,10 +817,23 @@ BITNET_API int bitnet_bridge_percall_eval(
                                : p.be;
     call_scope scope;
     scope_enter(&scope, NULL, "evaluate");
-    rc = failed(be, be->percall_eval(model_path, tokens, n_tokens, n_ctx,
-                                     out_logits, logits_capacity, out_rows,
-                                     out_cols, err, err_len),
-                err, err_len);
+    bn_fault_special fs;
+    rc = out_logits ? BN_FAULT_SPECIAL(EVAL_FILL, &fs) : BN_FAULT(EVAL_QUERY);
+    if (rc > 0) { /* grow */
+        int32_t rows = 0, cols = 0;
+        rc = be->percall_eval(model_path, tokens, n_tokens, n_ctx, NULL, 0,
+                              &rows, &cols, NULL, 0);
+        if (!rc)
+            rc = grow_logits_error(rows, cols, logits_capacity, out_rows,
+                                   out_cols, &fs);
+    }
+    if (rc)
+        done(rc, err, err_len);
+    else
+        rc = failed(be, be->percall_eval(model_path, tokens, n_tokens, n_ctx,
+                                         out_logits, logits_capacity,
+                                         out_rows, out_cols, err, err_len),
+                    err, err_len);
     scope_leave(&scope);
     return rc;
 }

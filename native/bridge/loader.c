@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "bn_error.h"
+#include "bn_fault.h"
 #include "bn_log.h"
 
 #define LIB_NAME "libbitnet.so"
@@ -48,6 +49,7 @@ struct bn_library {
     int32_t abi;
     char version[128];
     bn_backend be;
+    int faulted;      /* a dlsym fault removed a symbol: never reused */
     bn_library *next;
 };
 
@@ -121,12 +123,25 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
     char real[PATH_MAX];
     if (!realpath(path, real))
         snprintf(real, sizeof real, "%s", path);
-    for (bn_library *l = libs.head; l; l = l->next)
-        if (strcmp(l->path, real) == 0) {
-            note(d, path, "already loaded");
-            *out = l;
-            return BITNET_OK;
-        }
+    /* While a fault is armed, resolve afresh: a cached library would skip
+     * the dlopen and dlsym.<symbol> points. */
+    if (!BN_FAULT_ANY_ARMED())
+        for (bn_library *l = libs.head; l; l = l->next)
+            if (strcmp(l->path, real) == 0 && !l->faulted) {
+                note(d, path, "already loaded");
+                *out = l;
+                return BITNET_OK;
+            }
+    bn_fault_special fs;
+    int frc = BN_FAULT_SPECIAL(DLOPEN, &fs);
+    if (frc < 0) {
+        note(d, path, "dlopen failed: %s", bn_error_message());
+        return frc;
+    }
+    if (frc > 0) { /* missing: as if the file were not there */
+        note(d, path, "not found (%s)", bn_fault_note());
+        return BITNET_E_LIBRARY_NOT_FOUND;
+    }
     dlerror();
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
@@ -146,8 +161,23 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
     else
         snprintf(lib->path, sizeof lib->path, "%s", real);
     lib->handle = h;
-    for (int i = 0; i < bn_n_socket_symbols; i++)
+    for (int i = 0; i < bn_n_socket_symbols; i++) {
         lib->syms[i] = dlsym(h, bn_socket_symbols[i].name);
+        /* dlsym.<symbol>=missing: the library lacks it, for this load */
+        bn_fault_special sfs;
+        int src = BN_FAULT_AT(bn_fault_id("dlsym.", bn_socket_symbols[i].name), &sfs);
+        if (src > 0) {
+            lib->syms[i] = NULL;
+            lib->faulted = 1;
+        }
+        else if (src < 0) {
+            note(d, path, "dlsym(%s) failed: %s", bn_socket_symbols[i].name,
+                 bn_error_message());
+            dlclose(h);
+            free(lib);
+            return src;
+        }
+    }
     for (int i = 0; i < bn_n_socket_symbols; i++)
         if (bn_socket_symbols[i].required && !lib->syms[i]) {
             note(d, path, "loaded, but required symbol %s is missing",

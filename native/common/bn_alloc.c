@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "bn_error.h"
+#include "bn_fault.h"
 
 /* The header keeps the block's size; 64 bytes so that the payload of an
  * aligned block stays 64-byte aligned and plain blocks stay max-aligned. */
@@ -40,8 +41,23 @@ static void *oom(size_t size, const char *what)
     return NULL;
 }
 
+/* The `alloc` fault point fired.  Callers can only report a NULL as out of
+ * memory, so every action there (fail, oom, a delay cut by the deadline)
+ * becomes an OOM naming the allocation and the injection. */
+static void *injected(size_t size, const char *what)
+{
+    bn_error(BITNET_E_OOM,
+             "out of memory: could not allocate %zu bytes for %s (%s): the "
+             "allocation was refused by a fault-injection spec; disarm the "
+             "point to stop it",
+             size, what ? what : "a buffer", bn_fault_note());
+    return NULL;
+}
+
 void *bn_malloc(size_t size, const char *what)
 {
+    if (BN_FAULT(ALLOC))
+        return injected(size, what);
     if (size > BN_MAX_ALLOC)
         return oom(size, what);
     unsigned char *raw = aligned_alloc(BN_HDR, BN_HDR + ((size + BN_HDR - 1) / BN_HDR) * BN_HDR);

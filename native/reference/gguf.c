@@ -32,6 +32,7 @@
 
 #include "bn_alloc.h"
 #include "bn_error.h"
+#include "bn_fault.h"
 
 /* GGUF is little-endian and so is every host this project builds for;
  * values and tensor data are copied as they are. */
@@ -385,13 +386,19 @@ static int read_strlen(reader *r, uint64_t *len, const char *field)
 
 /* Calls the step callback.  A non-zero return aborts the load with that
  * code: the callback's own message is kept (with this file and position in
- * front) when it recorded one, else one is written here. */
+ * front) when it recorded one, else one is written here.  The `load.step`
+ * fault point is reached first, callback or not. */
 static int step(const reader *r, const char *doing)
 {
+    int rc = BN_FAULT(LOAD_STEP);
+    if (rc)
+        return bn_error_prefix("'%s': load aborted while reading %s at "
+                               "offset %" PRIu64 ": ",
+                               r->path, doing, r->pos);
     if (!r->step)
         return BITNET_OK;
     bn_error_clear();
-    int rc = r->step(r->step_user);
+    rc = r->step(r->step_user);
     if (rc == 0)
         return BITNET_OK;
     if (bn_error_code() == rc && bn_error_message()[0])

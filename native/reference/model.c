@@ -8,6 +8,7 @@
 
 #include "bn_alloc.h"
 #include "bn_error.h"
+#include "bn_fault.h"
 #include "pool.h"
 
 typedef enum { ROPE_NORM, ROPE_NEOX } rope_kind;
@@ -542,6 +543,23 @@ static int check_finite(const float *logits, int64_t rows, int64_t cols)
     return BITNET_OK;
 }
 
+/* The `eval.logits` fault point: < 0 a generic action fired (return it),
+ * 1 nan poisoned the last token's first logit (the finiteness check then
+ * reports it), 0 nothing.  Out of line, so that placing the point leaves
+ * the code of bn_forward as it was. */
+static __attribute__((noinline, cold)) int logits_fault(float *logits,
+                                                         int64_t rows,
+                                                         int64_t cols)
+{
+    bn_fault_special fs;
+    int rc = BN_FAULT_SPECIAL(EVAL_LOGITS, &fs);
+    if (rc > 0 && fs.action == BITNET_FAULT_NAN) {
+        logits[(rows - 1) * cols] = NAN;
+        return 1;
+    }
+    return rc;
+}
+
 typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     void *act;
@@ -594,7 +612,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
     seq_state *sq = &s->seq[seq];
     for (int32_t l = 0; l < m->n_layer; l++) {
-        if (step && (rc = step(step_user)))
+        if ((step && (rc = step(step_user))) || (rc = BN_FAULT(EVAL_STEP)))
             goto out;
         const layer *L = &m->layers[l];
         float *kc = sq->k + (size_t)l * s->n_ctx * kvd;
@@ -677,8 +695,16 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     for (int64_t t = 0; t < n; t++)
         rmsnorm(S.xb + t * d, S.x + t * d, m->output_norm, d, m->eps);
     matmul(s->pool, &m->output, S.xb, n, logits, S.act);
-    if ((rc = check_finite(logits, n, m->n_vocab)))
+    const int poisoned = BN_FAULT_ANY_ARMED() ? logits_fault(logits, n, m->n_vocab) : 0;
+    if (poisoned < 0) {
+        rc = poisoned;
+        goto out;
+    }
+    if ((rc = check_finite(logits, n, m->n_vocab))) {
+        if (poisoned)
+            bn_error_prefix("%s: ", bn_fault_note());
         goto out; /* unusable logits: the sequence does not advance */
+    }
     sq->n_past = n_past + n_tokens;
 out:
     bn_aligned_free(block);

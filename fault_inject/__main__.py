@@ -1,0 +1,104 @@
+"""python -m fault_inject: list points, check a spec, run a program with faults.
+
+    python -m fault_inject points                 # the registry
+    python -m fault_inject check 'alloc=2*off->oom'   # parse + resolve, print the canonical form
+    python -m fault_inject run [--spec S] [--seed N] [--thread] script.py [args...]
+    python -m fault_inject run --spec S -m package.module [args...]
+
+``run`` arms the spec (default: $BITNET_INJECT) for the whole program and
+prints, on exit, the hits and firings of every armed point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import runpy
+import sys
+from typing import Sequence
+
+from . import control, spec
+
+
+def _points(args: argparse.Namespace) -> int:
+    rows = control.points()
+    width = max(len(p.name) for p in rows)
+    state = "compiled in" if control.compiled_in() else "NOT compiled in (built with BITNET_FAULTS=0)"
+    print(f"{len(rows)} fault points, {state}")
+    for p in rows:
+        acts = ",".join(a for a in spec.ACTIONS if a in p.actions)
+        print(f"{p.name:<{width}}  {p.default_error:<27} [{acts}]")
+        if args.verbose:
+            print(f"{'':<{width}}  {p.description}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        parsed = spec.parse(args.spec, source="the command line")
+        compiled = spec.resolve(parsed, {p.name: p for p in control.points()}, control.error_codes(), source="the command line")
+    except spec.FaultSpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(parsed)
+    for ce in compiled:
+        print(f"  {ce.pattern}: arms {', '.join(ce.points)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    text = args.spec or os.environ.get(control.ENV_SPEC, "")
+    if not text.strip():
+        print(f"fault_inject run: no spec: pass --spec or set {control.ENV_SPEC}", file=sys.stderr)
+        return 2
+    # Importing this package armed $BITNET_INJECT already: take it over, so
+    # the spec is armed once, with this command's seed and scope.
+    env_armed = control._STATE.env_armed
+    if env_armed is not None:
+        atexit.unregister(control._report_env)
+        env_armed.disarm()
+        control._STATE.env_armed = None
+    try:
+        armed = control.arm(text, seed=args.seed, thread=args.thread, source="--spec" if args.spec else control.ENV_SPEC)
+    except (spec.FaultSpecError, control.FaultStateError, control.InjectionNotCompiled) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    code = 0
+    sys.argv = [args.target, *args.args]
+    try:
+        if args.module:
+            runpy.run_module(args.target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(args.target, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        report = armed.disarm()
+        print(f"fault_inject: {report.summary()}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fault_inject", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("points", help="list the registered fault points")
+    p.add_argument("-v", "--verbose", action="store_true", help="with descriptions")
+    p.set_defaults(fn=_points)
+    c = sub.add_parser("check", help="parse and resolve a spec")
+    c.add_argument("spec")
+    c.set_defaults(fn=_check)
+    r = sub.add_parser("run", help="run a Python program with a spec armed")
+    r.add_argument("--spec", help=f"the spec (default: ${control.ENV_SPEC})")
+    r.add_argument("--seed", type=int, help=f"seed of probability terms (default: ${control.ENV_SEED} or random)")
+    r.add_argument("--thread", action="store_true", help="only the main thread's hits count")
+    r.add_argument("-m", dest="module", action="store_true", help="target is a module name")
+    r.add_argument("target")
+    r.add_argument("args", nargs=argparse.REMAINDER)
+    r.set_defaults(fn=_run)
+    args = ap.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+/*
+ * bn_fault.h — what code under test includes to place fault points.
+ *
+ * A point is reached with
+ *
+ *     int rc = BN_FAULT(TOKENIZE_FILL);      // 0, or a code to return
+ *     if (rc)
+ *         return rc;                          // the error is already recorded
+ *
+ * which is 0 when nothing fires.  When something fires, the engine has
+ * already performed the generic action: fail / oom record an error
+ * ("injected fault at 'tokenize.fill' (fail(-4), hit 3): ...") and return
+ * its code; delay sleeps (0 when the time is up, BITNET_E_TIMEOUT when the
+ * caller's deadline passed or it was cancelled meanwhile); hang sleeps
+ * until the deadline or cancellation; crash aborts.
+ *
+ * Points whose entry in points.def accepts missing, nan or grow are placed
+ * with the variant that hands those back:
+ *
+ *     bn_fault_special fs;
+ *     int rc = BN_FAULT_SPECIAL(EVAL_LOGITS, &fs);
+ *     if (rc < 0) return rc;                  // a generic action fired
+ *     if (rc > 0) { ... fs.action == BITNET_FAULT_NAN: poison ...; }
+ *
+ * and points chosen at run time (dlsym.<symbol>) with
+ *
+ *     BN_FAULT_AT(bn_fault_id("dlsym.", name), &fs)
+ *
+ * (the id expression is evaluated only while something is armed).
+ *
+ * Cost.  Disarmed, a point is one relaxed load of a global and a
+ * predictable branch.  While some other point is armed, it adds a call and
+ * one relaxed load of this point's own slot: no lock, no shared write.
+ * Built with BN_NO_FAULTS every macro is the constant 0.
+ */
+#ifndef BN_FAULT_H
+#define BN_FAULT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "bitnet_fault.h"
+#include "bn_error.h"
+
+#define BN_FA(a) (1u << BITNET_FAULT_##a)
+#define BN_FA_GENERIC                                                         \
+    (BN_FA(OFF) | BN_FA(FAIL) | BN_FA(OOM) | BN_FA(DELAY) | BN_FA(HANG) |     \
+     BN_FA(CRASH))
+
+/* Point ids: BN_FP_<ID> for every entry of points.def. */
+typedef enum {
+#define BN_FAULT_POINT(id, name, code, actions, desc) BN_FP_##id,
+#include "points.def"
+#undef BN_FAULT_POINT
+    BN_FP__N
+} bn_fault_point;
+
+/* A point-specific action handed back to the code at the point. */
+typedef struct {
+    int action;   /* BITNET_FAULT_MISSING, _NAN or _GROW */
+    int64_t arg;  /* the term's argument (grow: at least 1) */
+    uint64_t hit; /* hit number at the point */
+} bn_fault_special;
+
+#if defined(__GNUC__)
+#define BN_FAULT_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BN_FAULT_HIDDEN
+#endif
+
+#ifndef BN_NO_FAULTS
+
+/* Number of armed points: the one thing a disarmed point reads. */
+extern atomic_int bn_fault_armed_points BN_FAULT_HIDDEN;
+
+/* The slow path: 0 = nothing fired (or a delay ran out), < 0 = a generic
+ * action fired (error recorded), > 0 = a point-specific action, described
+ * in *special (a site passing NULL gets a recorded BITNET_E_INTERNAL
+ * instead: arming refuses that, so it means a misplaced point). */
+int bn_fault_eval(int point, bn_fault_special *special) BN_FAULT_HIDDEN;
+
+#define BN_FAULT_ANY_ARMED()                                                  \
+    BN_UNLIKELY(atomic_load_explicit(&bn_fault_armed_points,                  \
+                                     memory_order_relaxed) != 0)
+#define BN_FAULT(id) (BN_FAULT_ANY_ARMED() ? bn_fault_eval(BN_FP_##id, NULL) : 0)
+#define BN_FAULT_SPECIAL(id, sp)                                              \
+    (BN_FAULT_ANY_ARMED() ? bn_fault_eval(BN_FP_##id, (sp)) : 0)
+#define BN_FAULT_AT(point_expr, sp)                                           \
+    (BN_FAULT_ANY_ARMED() ? bn_fault_eval((point_expr), (sp)) : 0)
+
+#else /* BN_NO_FAULTS: every point is gone */
+
+#define BN_FAULT_ANY_ARMED() 0
+#define BN_FAULT(id) 0
+#define BN_FAULT_SPECIAL(id, sp) ((void)(sp), 0)
+#define BN_FAULT_AT(point_expr, sp) ((void)(sp), 0)
+
+#endif
+
+/* Id of the point named prefix + name (prefix may be NULL), or -1.  A
+ * linear scan: for run-time names like "dlsym.<symbol>", not hot paths. */
+int bn_fault_id(const char *prefix, const char *name) BN_FAULT_HIDDEN;
+
+/* "injected fault at 'eval.logits' (nan, hit 1)": the calling thread's
+ * last firing, for sites that write their own message around a
+ * point-specific action.  "" when nothing fired on this thread. */
+const char *bn_fault_note(void) BN_FAULT_HIDDEN;
+
+#endif /* BN_FAULT_H */

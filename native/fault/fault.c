@@ -1,0 +1,762 @@
+/*
+ * fault.c — the fault-point registry, triggers and actions.
+ * API docs: bitnet_fault.h (control) and bn_fault.h (placing points).
+ *
+ * Concurrency design.  A hit must never take a lock, and a point that is
+ * not armed must not even write shared memory, so:
+ *
+ *   - bn_fault_armed_points counts armed points; disarmed code reads only
+ *     that (relaxed: a hit racing with arm/disarm may go either way, which
+ *     is what "arming while calls run" can promise anyway);
+ *   - each point has its own cache line holding its chain pointer; an
+ *     unrelated point reads its own NULL and returns;
+ *   - an armed point's hit announces itself in `inside`, reads the chain,
+ *     picks a term with atomics only, copies what the action needs and
+ *     leaves; disarm swaps the pointer to NULL and waits for `inside` to
+ *     drain before freeing.  Nothing sleeps, calls back or takes a lock
+ *     while inside, so that wait is short and cannot deadlock.
+ *
+ * The engine's own memory comes from plain malloc/free: it must not move
+ * the live counters tests assert on, nor hit the `alloc` point.  A
+ * thread-local guard makes points reached while a firing is being handled
+ * (the callback into Python, the backtrace, a fail message) pass through,
+ * so an allocator hook cannot recurse.
+ */
+#include "bn_fault.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bn_deadline.h"
+
+#if defined(__GLIBC__)
+#include <execinfo.h>
+#define HAVE_BACKTRACE 1
+#endif
+
+/* ---- the registry (always compiled: compile-out builds can list it) ---- */
+
+static const bitnet_fault_point_t registry[] = {
+#define BN_FAULT_POINT(id, name, code, actions, desc) {name, desc, code, actions},
+#include "points.def"
+#undef BN_FAULT_POINT
+};
+_Static_assert(sizeof registry / sizeof registry[0] == BN_FP__N,
+               "registry and point ids disagree");
+
+int32_t bitnet_fault_point_count(void) { return BN_FP__N; }
+
+int bitnet_fault_point_info(int32_t index, bitnet_fault_point_t *out)
+{
+    if (!out)
+        return bn_error(BITNET_E_INVALID_ARG, "bitnet_fault_point_info: out "
+                                              "is NULL");
+    if (index < 0 || index >= BN_FP__N)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "fault point index %d is out of range 0..%d",
+                        (int)index, BN_FP__N - 1);
+    *out = registry[index];
+    return BITNET_OK;
+}
+
+int32_t bitnet_fault_point_index(const char *name)
+{
+    return bn_fault_id(NULL, name);
+}
+
+int bn_fault_id(const char *prefix, const char *name)
+{
+    if (!name)
+        return -1;
+    size_t np = prefix ? strlen(prefix) : 0;
+    for (int i = 0; i < BN_FP__N; i++) {
+        const char *r = registry[i].name;
+        if ((np == 0 || strncmp(r, prefix, np) == 0) && strcmp(r + np, name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static int done(int rc, char *err, int32_t err_len)
+{
+    if (rc != BITNET_OK)
+        bn_error_copy(err, err_len);
+    return rc;
+}
+
+#ifndef BN_NO_FAULTS
+
+static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
+    "off", "fail", "oom", "delay", "hang", "missing", "nan", "grow", "crash"};
+
+/* Does point i match pattern: exact, "prefix*", or "*"? */
+static int matches(const char *pattern, size_t len, int i)
+{
+    if (len > 0 && pattern[len - 1] == '*')
+        return strncmp(registry[i].name, pattern, len - 1) == 0;
+    return strcmp(registry[i].name, pattern) == 0;
+}
+
+/* Edit distance, capped: enough to suggest close names. */
+static size_t distance(const char *a, size_t na, const char *b, size_t nb)
+{
+    size_t row[BITNET_FAULT_MAX_NAME + 1];
+    if (na > BITNET_FAULT_MAX_NAME || nb > BITNET_FAULT_MAX_NAME)
+        return (size_t)-1;
+    for (size_t j = 0; j <= nb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= nb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[nb];
+}
+
+/* "'a', 'b', 'c'": up to three registered names closest to pattern. */
+static void closest(const char *pattern, char *out, size_t cap)
+{
+    size_t len = strlen(pattern);
+    int prefix = len > 0 && pattern[len - 1] == '*';
+    if (prefix)
+        len--;
+    int best[3] = {-1, -1, -1};
+    size_t bd[3] = {(size_t)-1, (size_t)-1, (size_t)-1};
+    for (int i = 0; i < BN_FP__N; i++) {
+        const char *n = registry[i].name;
+        size_t nl = strlen(n);
+        if (prefix && nl > len)
+            nl = len; /* compare against the name cut to the prefix */
+        size_t d = distance(pattern, len, n, nl);
+        for (int k = 0; k < 3; k++)
+            if (d < bd[k]) {
+                for (int m = 2; m > k; m--) {
+                    bd[m] = bd[m - 1];
+                    best[m] = best[m - 1];
+                }
+                bd[k] = d;
+                best[k] = i;
+                break;
+            }
+    }
+    out[0] = '\0';
+    for (int k = 0; k < 3 && best[k] >= 0; k++) {
+        size_t used = strlen(out);
+        snprintf(out + used, cap - used, "%s'%s'", k ? ", " : "",
+                 registry[best[k]].name);
+    }
+}
+
+
+/* ---- state --------------------------------------------------------------- */
+
+typedef struct {
+    int always;             /* probability 1: no draw */
+    uint64_t threshold;     /* otherwise: applies when draw < threshold */
+    uint64_t count;         /* times it may be taken; 0 = no limit */
+    _Atomic uint64_t taken; /* times taken so far */
+    int32_t action;         /* BITNET_FAULT_* */
+    int32_t code;           /* fail / oom: the code returned */
+    int64_t arg;            /* as in bitnet_fault_term_t, defaults applied */
+    char text[40];          /* "fail(-4)", for messages */
+} term;
+
+typedef struct {
+    uint64_t mix;    /* seed mixed with the point's name: the draw's key */
+    uint64_t thread; /* arming thread's id; 0 = every thread */
+    int n_terms;
+    term terms[];
+} chain;
+
+/* One cache line per point: a hit on one point never writes a line that
+ * another point reads. */
+typedef struct {
+    _Alignas(64) _Atomic(chain *) chain; /* NULL when disarmed */
+    atomic_int inside;                   /* hits holding `chain` right now */
+    atomic_int thread_scoped;            /* armed with THIS_THREAD */
+    _Atomic uint64_t hits;               /* since armed */
+    _Atomic uint64_t fired;              /* since armed */
+    _Atomic uint64_t first_fired_hit;    /* 0 until the first firing */
+    _Atomic uint64_t generation;         /* bumped per arm, under lock */
+    char *backtrace;                     /* first firing's; under lock */
+} point_state;
+
+atomic_int bn_fault_armed_points; /* see bn_fault.h */
+
+static struct {
+    pthread_mutex_t lock;          /* arm, disarm, backtraces */
+    point_state points[BN_FP__N];  /* indexed by bn_fault_point */
+    _Atomic(bitnet_fault_callback_t) callback; /* firing observer or NULL */
+    _Atomic(void *) callback_user;             /* its argument */
+    _Atomic uint64_t next_thread_id;           /* thread ids start at 1 */
+} engine = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static _Thread_local struct {
+    uint64_t id;     /* 0 until first needed */
+    int busy;        /* handling a hit: nested points pass through */
+    char note[192];  /* the last firing, for bn_fault_note() */
+} tl;
+
+static uint64_t thread_id(void)
+{
+    if (!tl.id)
+        tl.id = atomic_fetch_add(&engine.next_thread_id, 1) + 1;
+    return tl.id;
+}
+
+static uint64_t splitmix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t name_hash(const char *s) /* FNV-1a */
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* Does term i of c apply to this hit?  Takes it (counts) if so. */
+static int take(term *t, uint64_t mix, uint64_t hit, int i)
+{
+    if (t->count && atomic_load_explicit(&t->taken, memory_order_relaxed) >=
+                        t->count)
+        return 0;
+    if (!t->always &&
+        splitmix(mix ^ splitmix(hit * 0x100 + (uint64_t)i)) >= t->threshold)
+        return 0;
+    if (!t->count)
+        return 1;
+    uint64_t n = atomic_load(&t->taken);
+    while (n < t->count)
+        if (atomic_compare_exchange_weak(&t->taken, &n, n + 1))
+            return 1;
+    return 0; /* other threads used the last ones meanwhile */
+}
+
+/* Exists so a debugger can break on the first firing of any point. */
+__attribute__((noinline)) void bn_fault_first_firing(int point)
+{
+    __asm__ volatile("" ::"r"(point) : "memory");
+}
+
+static void capture_backtrace(int point, uint64_t generation)
+{
+#ifdef HAVE_BACKTRACE
+    void *frames[48];
+    int n = backtrace(frames, 48);
+    char **names = backtrace_symbols(frames, n);
+    if (!names)
+        return;
+    size_t len = 1;
+    for (int i = 2; i < n; i++) /* skip this function and fire() */
+        len += strlen(names[i]) + 1;
+    char *text = malloc(len);
+    if (text) {
+        text[0] = '\0';
+        char *p = text;
+        for (int i = 2; i < n; i++) {
+            size_t l = strlen(names[i]);
+            memcpy(p, names[i], l);
+            p[l] = '\n';
+            p += l + 1;
+            *p = '\0';
+        }
+        pthread_mutex_lock(&engine.lock);
+        point_state *ps = &engine.points[point];
+        if (ps->generation == generation && !ps->backtrace) {
+            ps->backtrace = text;
+            text = NULL;
+        }
+        pthread_mutex_unlock(&engine.lock);
+        free(text);
+    }
+    free(names);
+#else
+    (void)point;
+    (void)generation;
+#endif
+}
+
+typedef struct {
+    int32_t term, action, code;
+    int64_t arg;
+    uint64_t hit, generation;
+    int first;
+    char text[40];
+} firing;
+
+/* Performs a firing; called outside the `inside` window, guard held. */
+static int fire(int point, const firing *f, bn_fault_special *special)
+{
+    const char *name = registry[point].name;
+    snprintf(tl.note, sizeof tl.note, "injected fault at '%s' (%s, hit %llu)",
+             name, f->text, (unsigned long long)f->hit);
+    if (f->first) {
+        capture_backtrace(point, f->generation);
+        bn_fault_first_firing(point);
+    }
+    bitnet_fault_callback_t cb = atomic_load(&engine.callback);
+    if (cb) {
+        bitnet_fault_event_t ev = {point, f->term, f->action, f->code,
+                                   f->arg, f->hit, f->first};
+        cb(atomic_load(&engine.callback_user), &ev);
+    }
+    int rc;
+    switch (f->action) {
+    case BITNET_FAULT_FAIL:
+        return bn_error(f->code,
+                        "%s: this failure was requested by a fault-injection "
+                        "spec; disarm the point (fault_inject.disarm_all(), "
+                        "or unset BITNET_INJECT) to stop it",
+                        tl.note);
+    case BITNET_FAULT_OOM:
+        return bn_error(BITNET_E_OOM,
+                        "%s: out of memory simulated by a fault-injection "
+                        "spec; disarm the point to stop it",
+                        tl.note);
+    case BITNET_FAULT_DELAY:
+    case BITNET_FAULT_HANG:
+        rc = bn_deadline_sleep(f->action == BITNET_FAULT_DELAY ? f->arg : -1);
+        if (rc)
+            bn_error_prefix("%s: ", tl.note);
+        return rc;
+    case BITNET_FAULT_CRASH:
+        fprintf(stderr, "bitnet: %s: aborting the process, as the "
+                        "fault-injection spec asks\n", tl.note);
+        fflush(stderr);
+        abort();
+    default: /* missing, nan, grow: the site performs them */
+        if (special) {
+            special->action = f->action;
+            special->arg = f->arg;
+            special->hit = f->hit;
+            return 1;
+        }
+        return bn_error(BITNET_E_INTERNAL,
+                        "%s: this site cannot perform '%s' (placed with "
+                        "BN_FAULT, not BN_FAULT_SPECIAL): a bug in the "
+                        "bridge, please report it",
+                        tl.note, action_names[f->action]);
+    }
+}
+
+int bn_fault_eval(int point, bn_fault_special *special)
+{
+    if ((unsigned)point >= (unsigned)BN_FP__N)
+        return 0;
+    point_state *ps = &engine.points[point];
+    /* the per-point check, before anything that costs */
+    if (!atomic_load_explicit(&ps->chain, memory_order_relaxed))
+        return 0;
+    if (tl.busy)
+        return 0;
+    tl.busy = 1;
+    firing f = {.term = -1};
+    atomic_fetch_add(&ps->inside, 1);
+    chain *c = atomic_load(&ps->chain);
+    if (c && (!c->thread || c->thread == thread_id())) {
+        f.hit = atomic_fetch_add(&ps->hits, 1) + 1;
+        for (int i = 0; i < c->n_terms; i++) {
+            term *t = &c->terms[i];
+            if (!take(t, c->mix, f.hit, i))
+                continue;
+            f.term = i;
+            f.action = t->action;
+            f.code = t->code;
+            f.arg = t->arg;
+            memcpy(f.text, t->text, sizeof f.text);
+            break;
+        }
+        if (f.term >= 0 && f.action != BITNET_FAULT_OFF) {
+            f.first = atomic_fetch_add(&ps->fired, 1) == 0;
+            if (f.first)
+                atomic_store(&ps->first_fired_hit, f.hit);
+        }
+    }
+    /* generation is written under the lock only while chain is NULL and
+     * inside is 0, so this read is stable */
+    f.generation = ps->generation;
+    atomic_fetch_sub(&ps->inside, 1);
+    int rc = 0;
+    if (f.term >= 0 && f.action != BITNET_FAULT_OFF)
+        rc = fire(point, &f, special);
+    tl.busy = 0;
+    return rc;
+}
+
+const char *bn_fault_note(void) { return tl.note; }
+
+/* ---- control ------------------------------------------------------------- */
+
+int32_t bitnet_fault_compiled_in(void) { return 1; }
+
+/* Max delay: an hour.  Longer is a mistake, and hang exists for forever. */
+#define MAX_DELAY_MS 3600000LL
+#define MAX_GROW (1LL << 20)
+
+static int check_term(const bitnet_fault_term_t *t, int i)
+{
+    if (!(t->probability > 0.0 && t->probability <= 1.0))
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "term %d: probability %g is out of range: expected "
+                        "more than 0 and at most 1 (0%% never fires: use "
+                        "off)",
+                        i + 1, t->probability);
+    if (t->count > UINT32_MAX)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "term %d: count %llu is too large: expected at most "
+                        "%u (0 = no limit)",
+                        i + 1, (unsigned long long)t->count, UINT32_MAX);
+    if (t->action < 0 || t->action >= BITNET_FAULT_N_ACTIONS)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "term %d: unknown action %d: expected 0..%d "
+                        "(BITNET_FAULT_*)",
+                        i + 1, (int)t->action, BITNET_FAULT_N_ACTIONS - 1);
+    const char *an = action_names[t->action];
+    switch (t->action) {
+    case BITNET_FAULT_FAIL:
+        if (t->arg != 0 && (t->arg < BITNET_E_MIN || t->arg > -1))
+            return bn_error(BITNET_E_INVALID_ARG,
+                            "term %d: fail(%lld): not an error code; expected "
+                            "%d..-1 (a BITNET_E_* code) or none for the "
+                            "point's default",
+                            i + 1, (long long)t->arg, BITNET_E_MIN);
+        break;
+    case BITNET_FAULT_DELAY:
+        if (t->arg < 0 || t->arg > MAX_DELAY_MS)
+            return bn_error(BITNET_E_INVALID_ARG,
+                            "term %d: delay(%lld): expected 0..%lld ms (use "
+                            "hang to wait for the deadline)",
+                            i + 1, (long long)t->arg, MAX_DELAY_MS);
+        break;
+    case BITNET_FAULT_GROW:
+        if (t->arg < 0 || t->arg > MAX_GROW)
+            return bn_error(BITNET_E_INVALID_ARG,
+                            "term %d: grow(%lld): expected 1..%lld",
+                            i + 1, (long long)t->arg, MAX_GROW);
+        break;
+    default:
+        if (t->arg != 0)
+            return bn_error(BITNET_E_INVALID_ARG,
+                            "term %d: '%s' takes no argument (got %lld)",
+                            i + 1, an, (long long)t->arg);
+    }
+    return BITNET_OK;
+}
+
+static void term_text(const bitnet_fault_term_t *t, term *out, int point)
+{
+    out->action = t->action;
+    out->arg = t->arg;
+    out->code = 0;
+    if (t->action == BITNET_FAULT_FAIL)
+        out->code = out->arg ? (int32_t)out->arg : registry[point].default_code;
+    if (t->action == BITNET_FAULT_OOM)
+        out->code = BITNET_E_OOM;
+    if (t->action == BITNET_FAULT_GROW && out->arg == 0)
+        out->arg = 1;
+    const char *an = action_names[t->action];
+    if (t->action == BITNET_FAULT_FAIL)
+        snprintf(out->text, sizeof out->text, "fail(%d)", (int)out->code);
+    else if (t->action == BITNET_FAULT_DELAY || t->action == BITNET_FAULT_GROW)
+        snprintf(out->text, sizeof out->text, "%s(%lld)", an,
+                 (long long)out->arg);
+    else
+        snprintf(out->text, sizeof out->text, "%s", an);
+}
+
+int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
+                     int32_t n_terms, uint64_t seed, int32_t flags,
+                     int32_t *out_armed, char *err, int32_t err_len)
+{
+    if (out_armed)
+        *out_armed = 0;
+    if (!pattern || !*pattern)
+        return done(bn_error(BITNET_E_INVALID_ARG,
+                             "fault point pattern is %s: name a point (see "
+                             "fault_inject.points())",
+                             pattern ? "empty" : "NULL"),
+                    err, err_len);
+    size_t len = strlen(pattern);
+    if (len >= BITNET_FAULT_MAX_NAME)
+        return done(bn_error(BITNET_E_INVALID_ARG,
+                             "fault point pattern is %zu bytes long: the "
+                             "limit is %d",
+                             len, BITNET_FAULT_MAX_NAME - 1),
+                    err, err_len);
+    if (!terms || n_terms < 1 || n_terms > BITNET_FAULT_MAX_TERMS)
+        return done(bn_error(BITNET_E_INVALID_ARG,
+                             "'%s': %d terms: a chain has 1..%d terms", pattern,
+                             (int)n_terms, BITNET_FAULT_MAX_TERMS),
+                    err, err_len);
+    if (flags & ~BITNET_FAULT_THIS_THREAD)
+        return done(bn_error(BITNET_E_INVALID_ARG,
+                             "'%s': unknown flags 0x%x (known: "
+                             "BITNET_FAULT_THIS_THREAD)",
+                             pattern, (unsigned)flags),
+                    err, err_len);
+    int rc;
+    for (int i = 0; i < n_terms; i++)
+        if ((rc = check_term(&terms[i], i))) {
+            bn_error_prefix("arming '%s': ", pattern);
+            return done(rc, err, err_len);
+        }
+
+    chain *made[BN_FP__N] = {0};
+    int n_made = 0;
+    pthread_mutex_lock(&engine.lock);
+    for (int p = 0; p < BN_FP__N; p++) {
+        if (!matches(pattern, len, p))
+            continue;
+        if (atomic_load(&engine.points[p].chain)) {
+            rc = bn_error(BITNET_E_INVALID_ARG,
+                          "fault point '%s' is already armed: disarm it "
+                          "first (one chain per point; chain terms with "
+                          "'->' instead)",
+                          registry[p].name);
+            goto fail;
+        }
+        for (int i = 0; i < n_terms; i++)
+            if (!(registry[p].actions & (1u << terms[i].action))) {
+                char ok[128] = "";
+                for (int a = 0; a < BITNET_FAULT_N_ACTIONS; a++)
+                    if (registry[p].actions & (1u << a)) {
+                        size_t u = strlen(ok);
+                        snprintf(ok + u, sizeof ok - u, "%s%s", u ? ", " : "",
+                                 action_names[a]);
+                    }
+                rc = bn_error(BITNET_E_INVALID_ARG,
+                              "fault point '%s' does not support '%s'; it "
+                              "supports: %s",
+                              registry[p].name, action_names[terms[i].action],
+                              ok);
+                goto fail;
+            }
+        chain *c = malloc(sizeof *c + (size_t)n_terms * sizeof(term));
+        if (!c) {
+            rc = bn_error(BITNET_E_OOM, "arming '%s': out of memory",
+                          pattern);
+            goto fail;
+        }
+        c->mix = splitmix(seed) ^ name_hash(registry[p].name);
+        c->thread = (flags & BITNET_FAULT_THIS_THREAD) ? thread_id() : 0;
+        c->n_terms = n_terms;
+        for (int i = 0; i < n_terms; i++) {
+            term *t = &c->terms[i];
+            double pr = terms[i].probability;
+            t->always = pr >= 1.0;
+            t->threshold = t->always ? 0 : (uint64_t)ldexp(pr, 64);
+            t->count = terms[i].count;
+            atomic_init(&t->taken, 0);
+            term_text(&terms[i], t, p);
+        }
+        made[p] = c;
+        n_made++;
+    }
+    if (n_made == 0) {
+        char near[3 * BITNET_FAULT_MAX_NAME];
+        closest(pattern, near, sizeof near);
+        rc = bn_error(BITNET_E_INVALID_ARG,
+                      "unknown fault point '%s': no registered point matches "
+                      "it; closest: %s (fault_inject.points() lists all)",
+                      pattern, near);
+        goto fail;
+    }
+    for (int p = 0; p < BN_FP__N; p++) {
+        if (!made[p])
+            continue;
+        point_state *ps = &engine.points[p];
+        /* counters first: a hit that sees the chain sees them reset */
+        atomic_store(&ps->hits, 0);
+        atomic_store(&ps->fired, 0);
+        atomic_store(&ps->first_fired_hit, 0);
+        atomic_store(&ps->thread_scoped, (flags & BITNET_FAULT_THIS_THREAD) != 0);
+        free(ps->backtrace);
+        ps->backtrace = NULL;
+        ps->generation++;
+        atomic_store(&ps->chain, made[p]);
+        atomic_fetch_add(&bn_fault_armed_points, 1);
+    }
+    pthread_mutex_unlock(&engine.lock);
+    if (out_armed)
+        *out_armed = n_made;
+    return BITNET_OK;
+
+fail:
+    pthread_mutex_unlock(&engine.lock);
+    for (int p = 0; p < BN_FP__N; p++)
+        free(made[p]);
+    return done(rc, err, err_len);
+}
+
+/* Caller holds the lock. */
+static void disarm_point(int p)
+{
+    point_state *ps = &engine.points[p];
+    chain *c = atomic_exchange(&ps->chain, NULL);
+    if (!c)
+        return;
+    atomic_fetch_sub(&bn_fault_armed_points, 1);
+    while (atomic_load(&ps->inside))
+        sched_yield();
+    free(c);
+}
+
+int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
+                        int32_t err_len)
+{
+    if (out_disarmed)
+        *out_disarmed = 0;
+    if (!pattern || !*pattern)
+        return done(bn_error(BITNET_E_INVALID_ARG,
+                             "fault point pattern is %s",
+                             pattern ? "empty" : "NULL"),
+                    err, err_len);
+    size_t len = strlen(pattern);
+    int n = 0;
+    pthread_mutex_lock(&engine.lock);
+    for (int p = 0; p < BN_FP__N; p++)
+        if (matches(pattern, len, p) && atomic_load(&engine.points[p].chain)) {
+            disarm_point(p);
+            n++;
+        }
+    pthread_mutex_unlock(&engine.lock);
+    if (out_disarmed)
+        *out_disarmed = n;
+    if (n == 0)
+        return done(bn_error(BITNET_E_INVALID_ARG,
+                             "nothing to disarm: no armed fault point "
+                             "matches '%s'",
+                             pattern),
+                    err, err_len);
+    return BITNET_OK;
+}
+
+int32_t bitnet_fault_disarm_all(void)
+{
+    int n = 0;
+    pthread_mutex_lock(&engine.lock);
+    for (int p = 0; p < BN_FP__N; p++)
+        if (atomic_load(&engine.points[p].chain)) {
+            disarm_point(p);
+            n++;
+        }
+    pthread_mutex_unlock(&engine.lock);
+    return n;
+}
+
+int bitnet_fault_stats(int32_t index, bitnet_fault_stats_t *out)
+{
+    if (!out || index < 0 || index >= BN_FP__N)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "bitnet_fault_stats: %s", !out ? "out is NULL" :
+                        "point index out of range");
+    point_state *ps = &engine.points[index];
+    out->hits = atomic_load(&ps->hits);
+    out->fired = atomic_load(&ps->fired);
+    out->first_fired_hit = atomic_load(&ps->first_fired_hit);
+    out->armed = atomic_load(&ps->chain) != NULL;
+    out->thread_scoped = atomic_load(&ps->thread_scoped);
+    return BITNET_OK;
+}
+
+int32_t bitnet_fault_backtrace(int32_t index, char *buf, int32_t buf_len)
+{
+    if (index < 0 || index >= BN_FP__N)
+        return 0;
+    pthread_mutex_lock(&engine.lock);
+    const char *bt = engine.points[index].backtrace;
+    size_t n = bt ? strlen(bt) : 0;
+    if (buf && buf_len > 0) {
+        size_t c = n < (size_t)buf_len - 1 ? n : (size_t)buf_len - 1;
+        if (c)
+            memcpy(buf, bt, c);
+        buf[c] = '\0';
+    }
+    pthread_mutex_unlock(&engine.lock);
+    return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
+void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
+{
+    atomic_store(&engine.callback_user, user);
+    atomic_store(&engine.callback, fn);
+}
+
+#else /* BN_NO_FAULTS: the control ABI says injection is not compiled in */
+
+int32_t bitnet_fault_compiled_in(void) { return 0; }
+
+static int not_compiled(const char *pattern)
+{
+    return bn_error(BITNET_E_UNSUPPORTED,
+                    "fault injection is not compiled in: this bridge was "
+                    "built with BITNET_FAULTS=0 (BN_NO_FAULTS), which removes "
+                    "every fault point, so '%s' cannot be armed; rebuild "
+                    "without it (pip install -e .)",
+                    pattern ? pattern : "(null)");
+}
+
+int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
+                     int32_t n_terms, uint64_t seed, int32_t flags,
+                     int32_t *out_armed, char *err, int32_t err_len)
+{
+    (void)terms; (void)n_terms; (void)seed; (void)flags;
+    if (out_armed)
+        *out_armed = 0;
+    return done(not_compiled(pattern), err, err_len);
+}
+
+int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
+                        int32_t err_len)
+{
+    if (out_disarmed)
+        *out_disarmed = 0;
+    return done(not_compiled(pattern), err, err_len);
+}
+
+int32_t bitnet_fault_disarm_all(void) { return 0; }
+
+int bitnet_fault_stats(int32_t index, bitnet_fault_stats_t *out)
+{
+    if (!out || index < 0 || index >= BN_FP__N)
+        return bn_error(BITNET_E_INVALID_ARG, "bitnet_fault_stats: bad "
+                                              "argument");
+    memset(out, 0, sizeof *out);
+    return BITNET_OK;
+}
+
+int32_t bitnet_fault_backtrace(int32_t index, char *buf, int32_t buf_len)
+{
+    (void)index;
+    if (buf && buf_len > 0)
+        buf[0] = '\0';
+    return 0;
+}
+
+void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
+{
+    (void)fn; (void)user;
+}
+
+const char *bn_fault_note(void) { return ""; }
+
+#endif

@@ -1,0 +1,140 @@
+"""Thread safety, cancellation and cleanup validation, made deterministic
+with fault points (a delay holds a call open; a failing free)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fault_inject as fi
+import pytest_bitnet as bn
+from pytest_bitnet import errors
+
+
+def test_e50_second_thread_gets_thread_safety_error(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        toks = s.tokenize("one call at a time")
+        expected = s.evaluate(toks)
+        s.reset()
+        result: dict[str, object] = {}
+        started = threading.Event()
+
+        def slow() -> None:
+            started.set()
+            result["logits"] = s.evaluate(toks)
+
+        with fi.inject("eval.step=1*delay(300)"):
+            t = threading.Thread(target=slow)
+            t.start()
+            started.wait()
+            time.sleep(0.05)  # the first call is inside its delayed layer
+            with pytest.raises(errors.ThreadSafetyError, match="in use by another thread"):
+                s.tokenize("intruder")
+            t.join()
+        np.testing.assert_array_equal(result["logits"], expected)  # not corrupted
+        assert s.n_past() == len(toks)
+
+
+def test_cancel_from_another_thread(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        caught: list[BaseException] = []
+
+        def hang() -> None:
+            try:
+                s.evaluate([1, 2, 3], timeout=30)
+            except errors.OperationTimeout as exc:
+                caught.append(exc)
+
+        with fi.inject("eval.step=1*hang"):
+            t = threading.Thread(target=hang)
+            t0 = time.monotonic()
+            t.start()
+            time.sleep(0.1)
+            s.cancel()
+            t.join(5)
+            elapsed = time.monotonic() - t0
+        assert not t.is_alive() and elapsed < 2
+        assert caught and "cancelled" in str(caught[0])
+        assert s.n_past() == 0
+        assert s.evaluate([1, 2, 3]).shape[0] == 3  # usable afterwards
+
+
+def test_e13_slow_load_past_timeout_leaks_nothing(tiny_model: Path) -> None:
+    before = bn.live_counters()
+    with fi.inject("load.step=delay(100)"):
+        t0 = time.monotonic()
+        with pytest.raises(errors.OperationTimeout, match="create timed out") as exc:
+            bn.BitnetSession.create(tiny_model, timeout=0.2)
+        assert time.monotonic() - t0 < 0.2 + 0.3
+    assert exc.value.duration == 0.2
+    after = bn.live_counters()
+    for key in ("contexts", "models", "bytes", "allocations"):
+        assert after[key] == before[key], key
+
+
+def test_e45_tokenize_hang_times_out(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        threads = threading.active_count()
+        with fi.inject("tokenize.step=hang"):
+            t0 = time.monotonic()
+            with pytest.raises(errors.OperationTimeout, match="tokenize timed out"):
+                s.tokenize("hang here", timeout=0.2)
+            assert time.monotonic() - t0 < 0.2 + 0.1
+        assert threading.active_count() == threads  # no thread left running
+        assert len(s.tokenize("fine now")) > 1
+
+
+def test_e31_close_failure_keeps_session_for_retry(tiny_model: Path) -> None:
+    s = bn.BitnetSession.create(tiny_model)
+    contexts = bn.live_counters()["contexts"]
+    with fi.inject("free_context=1*fail"):
+        with pytest.raises(errors.CleanupFailed, match="free_context"):
+            s.close()
+    assert not s.closed and bn.live_counters()["contexts"] == contexts  # still alive, still counted
+    assert len(s.tokenize("still usable")) > 1
+    s.close()  # the retry frees it
+    assert s.closed and bn.live_counters()["contexts"] == contexts - 1
+
+
+def test_e31_finalizer_only_warns(tiny_model: Path) -> None:
+    s = bn.BitnetSession.create(tiny_model)
+    contexts = bn.live_counters()["contexts"]
+    with pytest.warns(ResourceWarning, match="not closed"):
+        del s
+        gc.collect()
+    assert bn.live_counters()["contexts"] == contexts - 1
+
+
+def test_e51_sessions_in_parallel_threads(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        toks = s.tokenize("parallel sessions agree")
+        expected = s.evaluate(toks)
+    before = bn.live_counters()
+    out: list[np.ndarray] = []
+    errs: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with bn.BitnetSession.create(tiny_model) as mine:
+                for _ in range(5):
+                    mine.reset()
+                    out.append(mine.evaluate(toks))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errs.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errs and len(out) == 20
+    for r in out:
+        np.testing.assert_array_equal(r, expected)
+    after = bn.live_counters()
+    assert {k: after[k] for k in ("contexts", "bytes")} == {k: before[k] for k in ("contexts", "bytes")}
