@@ -45,6 +45,10 @@ SOCKET_SYMBOLS = (
     "bitnet_cpp_get_last_error",
     "crossval_bitnet_tokenize",
     "crossval_bitnet_eval_with_tokens",
+    "bitnet_cpp_get_n_past",
+    "bitnet_cpp_reset_context",
+    "bitnet_cpp_get_model_info",
+    "bitnet_cpp_get_counters",
 )
 
 

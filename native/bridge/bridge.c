@@ -730,34 +730,33 @@ BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
 
 /* ---- per-call functions: the same chain, one call long ------------------- */
 
-typedef struct {
+/* The backend serving a per-call function: the selected one when it exports
+ * the function (has() says), else the fallback tier. */
+static int percall_backend(const bitnet_bridge_options *opts,
+                           int (*has)(const bn_backend *),
+                           const bn_backend **out)
+{
     resolved r;
     const bn_backend *be;
-    int use_fallback;
-} percall_route;
-
-static int percall_select(const bitnet_bridge_options *opts, int has_socket,
-                          int (*get)(const bn_backend *), percall_route *p)
-{
-    int rc = bn_bridge_resolve(opts, &p->r);
+    int rc = bn_bridge_resolve(opts, &r);
     if (!rc)
-        rc = select_backend(&p->r, &p->be);
+        rc = select_backend(&r, &be);
     if (rc)
         return rc;
-    p->use_fallback = p->r.force_fallback || !get(p->be);
-    (void)has_socket;
-    if (p->use_fallback && !p->r.fallback_allowed)
+    *out = be;
+    if (be == &bn_stub_backend || (!r.force_fallback && has(be)))
+        return BITNET_OK;
+    if (!r.fallback_allowed)
         return bn_error(BITNET_E_NOT_AVAILABLE,
                         "no tier can serve the per-call function: %s lacks "
                         "it and the fallback tier is disabled "
                         "(BITNET_FALLBACK=none)",
-                        p->be->name);
-    if (p->use_fallback && p->be != &bn_stub_backend)
-        BN_LOG(BN_LOG_WARN, "fallback",
-               "%s: per-call function %s; served by the fallback tier "
-               "(reference engine)",
-               p->be->name,
-               p->r.force_fallback ? "forced to fallback" : "missing");
+                        be->name);
+    BN_LOG(BN_LOG_WARN, "fallback",
+           "%s: per-call function %s; served by the fallback tier "
+           "(reference engine)",
+           be->name, r.force_fallback ? "forced to fallback" : "missing");
+    *out = &bn_reference_backend;
     return BITNET_OK;
 }
 
@@ -770,13 +769,10 @@ BITNET_API int bitnet_bridge_percall_tokenize(
     int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
     bn_error_clear();
-    percall_route p;
-    int rc = percall_select(opts, 0, has_percall_tok, &p);
+    const bn_backend *be;
+    int rc = percall_backend(opts, has_percall_tok, &be);
     if (rc)
         return done(rc, err, err_len);
-    const bn_backend *be = p.use_fallback && p.be != &bn_stub_backend
-                               ? &bn_reference_backend
-                               : p.be;
     call_scope scope;
     scope_enter(&scope, NULL, "tokenize");
     bn_fault_special fs;
@@ -808,13 +804,10 @@ BITNET_API int bitnet_bridge_percall_eval(
     int32_t *out_cols, char *err, int32_t err_len)
 {
     bn_error_clear();
-    percall_route p;
-    int rc = percall_select(opts, 0, has_percall_eval, &p);
+    const bn_backend *be;
+    int rc = percall_backend(opts, has_percall_eval, &be);
     if (rc)
         return done(rc, err, err_len);
-    const bn_backend *be = p.use_fallback && p.be != &bn_stub_backend
-                               ? &bn_reference_backend
-                               : p.be;
     call_scope scope;
     scope_enter(&scope, NULL, "evaluate");
     bn_fault_special fs;
