@@ -41,7 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _diagnostics(args: argparse.Namespace) -> int:
-    from .diagnostics import diagnostics, format_text
+    from ._diagnostics import diagnostics, format_text
 
     report = diagnostics(args.backend, args.library)
     print(json.dumps(report, indent=2) if args.json else format_text(report))

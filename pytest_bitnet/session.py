@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import traceback
 import warnings
 import weakref
 from dataclasses import asdict, dataclass
@@ -300,6 +301,8 @@ class BitnetSession:
         self.n_vocab = int(info_v[0])
         self.n_ctx = int(info_c[0])
         self.backend_info = {"create": ffi.string(lib.bitnet_bridge_backend_name(self._ctx)).decode()}
+        if _CREATED.enabled:
+            _CREATED.record(self)
         return self
 
     # -- lifecycle ---------------------------------------------------------
@@ -416,6 +419,63 @@ class BitnetSession:
         rc = lib.bitnet_cpp_reset_context(ctx, seq)
         if rc:
             raise_native(rc, "reset", None, parameters={"seq_id": seq_id})
+
+
+# ---- creation stacks (for leak reports) -------------------------------------
+
+
+TRACK_ENV = "BITNET_TRACK_CREATION"  # "1": track from import on (see track_creation)
+
+
+class _CreationRegistry:
+    """Where each live session was created, while tracking is on.
+
+    The pytest plugin's leak check turns tracking on so a leaked session can
+    be named with the Python stack that created it; off (the default) it
+    costs create() one branch.
+    """
+
+    __slots__ = ("enabled", "live", "seq")
+
+    def __init__(self) -> None:
+        # record stacks in create(); the plugin sets the variable when it
+        # turns tracking on before this module is imported
+        self.enabled = os.environ.get(TRACK_ENV) == "1"
+        self.seq = 0  # sessions recorded so far (a creation order)
+        self.live: weakref.WeakKeyDictionary[BitnetSession, tuple[int, traceback.StackSummary]] = weakref.WeakKeyDictionary()
+
+    def record(self, session: BitnetSession) -> None:
+        self.seq += 1
+        # [:-2]: drop record() and create() themselves
+        self.live[session] = (self.seq, traceback.StackSummary.from_list(traceback.extract_stack()[:-2]))
+
+
+_CREATED = _CreationRegistry()
+
+
+def track_creation(enabled: bool) -> bool:
+    """Records the creating stack of every session from now on (or stops).
+
+    Returns the previous setting, so nested users can restore it.
+    """
+    previous = _CREATED.enabled
+    _CREATED.enabled = bool(enabled)
+    if not enabled:
+        _CREATED.live.clear()
+    return previous
+
+
+def creation_seq() -> int:
+    """The number of sessions recorded so far; compare with open_sessions()."""
+    return _CREATED.seq
+
+
+def open_sessions(after: int = 0) -> list[tuple[int, BitnetSession, traceback.StackSummary]]:
+    """Open sessions recorded after creation number `after`: (number, session, stack)."""
+    return sorted(
+        ((seq, s, stack) for s, (seq, stack) in list(_CREATED.live.items()) if seq > after and not s.closed),
+        key=lambda t: t[0],
+    )
 
 
 # ---- per-call functions ----------------------------------------------------

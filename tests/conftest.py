@@ -1,4 +1,6 @@
-"""Shared fixtures: test models built once per run, and a leak check.
+"""Shared fixtures: test models built once per run.
+
+The leak check is the bitnet plugin's own (on by default, see pytest_bitnet.plugin).
 
 Models are written by pytest_bitnet.models into one directory per run (per
 xdist worker too; names hash the parameters, so a model is written once).
@@ -6,7 +8,6 @@ xdist worker too; names hash the parameters, so a model is written once).
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,14 +35,3 @@ def make_model(model_dir: Path) -> Callable[..., Path]:
 def tiny_model(make_model: Callable[..., Path]) -> Path:
     """The default tiny bitnet model: TQ2_0 projections, 512 tokens."""
     return make_model(arch="bitnet", seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _no_native_leaks() -> Any:
-    # Every test must give back every native object and byte it took.
-    before = bn.live_counters()
-    yield
-    gc.collect()
-    after = bn.live_counters()
-    leaked = {k: after[k] - before[k] for k in ("contexts", "sessions", "models", "bytes", "allocations") if after[k] != before[k]}
-    assert not leaked, f"native objects leaked by this test: {leaked}"

@@ -1,0 +1,29 @@
+"""The plugin's tests run real pytest sessions with pytester.
+
+``pytest_plugins = ["pytester"]`` is refused in a conftest below the
+initial ones (pytest's "non-top-level conftest" rule), so the plugin is
+loaded here instead; pytester's options get their defaults when it is
+registered.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("pytester"):
+        config.pluginmanager.import_plugin("pytester")
+
+
+@pytest.fixture(autouse=True)
+def _share_models(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, model_dir: object) -> None:
+    # Inner runs (in-process and subprocess) reuse this run's models
+    # instead of each writing its own, and skip plugins they do not need
+    # (hypothesis' terminal summary alone costs ~1 s per run).  After
+    # pytester, which clears PYTEST_ADDOPTS when it is set up.
+    # faulthandler: an in-process run re-enables it on its captured stderr
+    # when it ends, which silences crash reports of later tests (forked
+    # sweeps read "Fatal Python error" from their children's stderr).
+    monkeypatch.setenv("BITNET_MODEL_CACHE", str(model_dir))
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark -p no:cacheprovider -p no:faulthandler")

@@ -1,0 +1,141 @@
+"""Leak assertion, reports (header, sections, summary, JUnit) and the plugin's hooks."""
+
+from __future__ import annotations
+
+import pytest
+
+LEAKY = """
+import pytest, pytest_bitnet as bn
+KEEP = []
+
+def open_and_forget(path):
+    KEEP.append(bn.BitnetSession.create(path))
+
+def test_leaks(bitnet_model):
+    open_and_forget(bitnet_model)
+
+def test_clean(bitnet_session):
+    bitnet_session.tokenize("fine")
+"""
+
+
+def test_leak_fails_the_run_and_names_where_created(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_leaky=LEAKY)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks*",
+            "bitnet: native objects leaked by test_leaky.py::test_leaks: contexts +1*",
+            "*bitnet leaked native objects*",
+            "*<BitnetSession * created at (most recent call last):",
+            '  File "*test_leaky.py", line 8, in test_leaks',
+            '  File "*test_leaky.py", line 5, in open_and_forget',
+            "*= bitnet =*",
+            "native leaks in 1 test(s):",
+        ]
+    )
+    # creation stacks start at the test, not in pytest's machinery
+    assert "_pytest" not in result.stdout.str().split("bitnet leaked native objects")[1].split("= bitnet =")[0]
+
+
+def test_warn_mode_reports_without_failing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_leaky=LEAKY)
+    result = pytester.runpytest_subprocess("--bitnet-leak-check=warn")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["native leaks in 1 test(s) (warn mode: not failing):", "*leaked by test_leaky.py::test_leaks*"])
+
+
+def test_off_mode_and_allow_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_leaky=LEAKY)
+    result = pytester.runpytest_subprocess("--bitnet-leak-check=off")
+    assert result.ret == pytest.ExitCode.OK
+    assert "leaked" not in result.stdout.str()
+    pytester.makepyfile(test_leaky=LEAKY.replace("def test_leaks", "@pytest.mark.bitnet_allow_leaks\ndef test_leaks"))
+    assert pytester.runpytest_subprocess().ret == pytest.ExitCode.OK
+
+
+def test_higher_scoped_fixtures_are_not_leaks(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest, pytest_bitnet as bn
+        KEEP = []
+        @pytest.fixture(scope="session")
+        def shared(bitnet_model):
+            with bn.BitnetSession.create(bitnet_model) as s:
+                yield s
+        @pytest.fixture(scope="module")
+        def per_module(bitnet_model):
+            with bn.BitnetSession.create(bitnet_model) as s:
+                yield s
+        def test_a(shared, per_module):
+            shared.tokenize("a"); per_module.tokenize("a")
+        def test_b(shared, per_module, bitnet_model):
+            # per_module is closed in this test's teardown: that must not hide this leak
+            KEEP.append(bn.BitnetSession.create(bitnet_model))
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*leaked by test_higher_scoped_fixtures_are_not_leaks.py::test_b: contexts +1*"])
+    assert "::test_a" not in result.stdout.str().split("short test summary")[1]
+
+
+def test_header_summary_and_junit(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest, pytest_bitnet as bn
+        def test_fill(bitnet_session):
+            with pytest.raises(bn.errors.InferenceError):
+                bitnet_session.tokenize("x")
+        def test_no_tokenize():
+            pass
+        """
+    )
+    result = pytester.runpytest("--bitnet-inject=tokenize.fill=fail", "--bitnet-seed=11", "--junitxml=out.xml")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "bitnet: backend=reference*leak-check=strict*",
+            "bitnet: inject='tokenize.fill=fail' (--bitnet-inject), seed=11 (--bitnet-seed); reproduce with --bitnet-inject='tokenize.fill=fail' --bitnet-seed=11",
+            "*= bitnet =*",
+            "fault spec 'tokenize.fill=fail' (seed 11) armed in 2 test(s):",
+            "  tokenize.fill: 1 hits, 1 fired",
+            "  armed but never hit: tokenize.fill (in *::test_no_tokenize)",
+        ]
+    )
+    xml = (pytester.path / "out.xml").read_text()
+    assert '<property name="bitnet_inject" value="tokenize.fill=fail (seed 11)" />' in xml
+    assert '<property name="bitnet_hits" value="{&quot;tokenize.fill&quot;: 1}" />' in xml
+    assert '<property name="bitnet_never_hit" value="tokenize.fill" />' in xml
+
+
+def test_hooks_fault_fired_and_leak_found(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        FIRED = []
+        def pytest_bitnet_fault_fired(item, event):
+            FIRED.append((item.name, event.point, event.action, event.hit))
+            print("FIRED", item.name, event.point, event.action, event.hit)
+        def pytest_bitnet_leak_found(item, leak):
+            print("LEAK", item.name, ",".join(sorted(leak.counters)), len(leak.objects))
+            if item.name == "test_known":
+                return False
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest, pytest_bitnet as bn
+        KEEP = []
+        @pytest.mark.bitnet_inject("eval.fill=fail")
+        def test_fires(bitnet_session):
+            with pytest.raises(bn.errors.InferenceError):
+                bitnet_session.evaluate([1])
+        def test_known(bitnet_model):
+            KEEP.append(bn.BitnetSession.create(bitnet_model))
+        """
+    )
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*FIRED test_fires eval.fill fail 1*", "*LEAK test_known allocations,bytes,contexts,models 1*"])

@@ -1,0 +1,70 @@
+"""Under pytest-xdist: settings reach workers, data travels on reports, crashes are named."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("xdist")
+
+
+def test_spec_and_seed_reach_every_worker_and_are_summarised(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, pytest, pytest_bitnet as bn
+        @pytest.mark.parametrize("i", range(6))
+        def test_armed(i, bitnet_session, bitnet_inject, tmp_path_factory):
+            (armed,) = bitnet_inject.armed
+            out = tmp_path_factory.getbasetemp().parent / f"seen-{os.environ['PYTEST_XDIST_WORKER']}-{i}"
+            out.write_text(f"{armed.spec}|{armed.seed}")
+            with pytest.raises(bn.errors.InferenceError):
+                bitnet_session.tokenize("x")
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--bitnet-inject=tokenize.fill=fail")
+    result.assert_outcomes(passed=6)
+    header = next(line for line in result.outlines if line.startswith("bitnet: inject="))
+    seed = header.split("seed=")[1].split(" ")[0]
+    seen = {p.read_text() for p in pytester.path.glob("**/seen-*")}
+    workers = {p.name.split("-")[1] for p in pytester.path.glob("**/seen-*")}
+    assert seen == {f"tokenize.fill=fail|{seed}"}
+    assert len(workers) == 2
+    result.stdout.fnmatch_lines([f"fault spec 'tokenize.fill=fail' (seed {seed}) armed in 6 test(s):", "  tokenize.fill: 6 hits, 6 fired"])
+
+
+def test_leak_under_xdist_fails_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest_bitnet as bn
+        KEEP = []
+        def test_leak(bitnet_model):
+            KEEP.append(bn.BitnetSession.create(bitnet_model))
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["native leaks in 1 test(s):", "*leaked by test_leak_under_xdist_fails_the_run.py::test_leak*", "*in test_leak"])
+
+
+def test_worker_crash_names_test_and_fault_spec(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.bitnet_inject("tokenize.fill=crash", seed=42)
+        def test_crashes(bitnet_session):
+            bitnet_session.tokenize("boom")
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*worker 'gw*' crashed while running 'test_worker_crash_names_test_and_fault_spec.py::test_crashes'",
+            "bitnet: test_worker_crash_names_test_and_fault_spec.py::test_crashes crashed the worker with fault spec 'tokenize.fill=crash' (seed 42) armed",
+            "bitnet: reproduce: pytest *--bitnet-inject='tokenize.fill=crash' --bitnet-seed=42",
+        ]
+    )
+    result.stdout.fnmatch_lines(["worker crash: *test_crashes crashed the worker with fault spec 'tokenize.fill=crash'*"])
