@@ -44,6 +44,7 @@ from .control import (
     inject,
     on_fire,
     points,
+    release_env,
 )
 from .spec import FaultSpecError, Spec, parse
 from .sweep import Iteration, SweepFailed, SweepReport, sweep
@@ -77,6 +78,7 @@ __all__ = [
     "on_fire",
     "parse",
     "points",
+    "release_env",
     "sweep",
 ]
 

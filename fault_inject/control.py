@@ -662,6 +662,22 @@ def arm_from_env(environ: Mapping[str, str] | None = None) -> Armed | None:
     return armed_env
 
 
+def release_env() -> bool:
+    """Disarms what BITNET_INJECT armed, without the exit report.
+
+    For a harness that arms the same spec itself in smaller scopes (the
+    pytest plugin arms it per test).  Returns whether anything was armed.
+    """
+    with _STATE.lock:
+        armed_env, _STATE.env_armed = _STATE.env_armed, None
+    if armed_env is None:
+        return False
+    atexit.unregister(_report_env)
+    if armed_env.active:
+        armed_env.disarm()
+    return True
+
+
 def _report_env(armed_env: Armed) -> None:
     report = armed_env.disarm()
     if report.never_hit:

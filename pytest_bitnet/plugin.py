@@ -12,7 +12,6 @@ or a test needs it.
 
 from __future__ import annotations
 
-import atexit
 import gc
 import json
 import os
@@ -541,14 +540,7 @@ def _take_over_env_arm() -> None:
     # BITNET_INJECT was armed run-wide when pytest_bitnet was imported
     # (fault_inject.arm_from_env).  Under pytest the plugin arms it per test
     # instead, so hits are counted per test and disarmed between tests.
-    _fault_inject()
-    from fault_inject import control
-
-    env = control._STATE.env_armed
-    if env is not None:
-        atexit.unregister(control._report_env)
-        env.disarm()
-        control._STATE.env_armed = None
+    _fault_inject().release_env()
 
 
 # ---- hook implementations ------------------------------------------------------------
