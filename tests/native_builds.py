@@ -40,6 +40,11 @@ SOCKET_SYMBOLS = (
 )
 
 
+# What the bridge's loader resolves in a library, each with a dlsym.<symbol>
+# fault point (bitnet_cpp_get_last_error_code is exported but not needed).
+LOADER_SYMBOLS = tuple(s for s in SOCKET_SYMBOLS if s != "bitnet_cpp_get_last_error_code")
+
+
 def _build_module():  # type: ignore[no-untyped-def]
     import importlib.util
 

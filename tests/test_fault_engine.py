@@ -26,30 +26,12 @@ from fault_inject import control
 from pytest_bitnet import errors
 from pytest_bitnet._native import ffi, lib
 
+from .native_builds import LOADER_SYMBOLS
+
 ROOT = Path(__file__).resolve().parent.parent
 LEAK_KEYS = ("contexts", "sessions", "models", "bytes", "allocations")
 
-SOCKET_SYMBOLS = (
-    "bitnet_cpp_init_context",
-    "bitnet_cpp_free_context",
-    "bitnet_cpp_tokenize_with_context",
-    "bitnet_cpp_eval_with_context",
-    "bitnet_cpp_session_create",
-    "bitnet_cpp_session_free",
-    "bitnet_cpp_session_tokenize",
-    "bitnet_cpp_session_eval",
-    "bitnet_cpp_eval_gpu",
-    "bitnet_cpp_get_capabilities",
-    "bitnet_cpp_abi_version",
-    "bitnet_cpp_version",
-    "bitnet_cpp_get_last_error",
-    "crossval_bitnet_tokenize",
-    "crossval_bitnet_eval_with_tokens",
-    "bitnet_cpp_get_n_past",
-    "bitnet_cpp_reset_context",
-    "bitnet_cpp_get_model_info",
-    "bitnet_cpp_get_counters",
-)
+SOCKET_SYMBOLS = LOADER_SYMBOLS  # one list: tests/native_builds.py
 
 
 @pytest.fixture(autouse=True)
