@@ -290,11 +290,8 @@ static int route(bitnet_context_t *c, const resolved *r, const char *path,
                  int32_t err_len)
 {
     const char *tok_why = NULL, *eval_why = NULL;
-    if (r->force_fallback && !c->be->embedded) {
+    if (r->force_fallback)
         tok_why = eval_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
-    } else if (r->force_fallback) {
-        tok_why = eval_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
-    }
     if (!tok_why && !c->be->tokenize_with_context)
         tok_why = "bitnet_cpp_tokenize_with_context missing";
     if (!eval_why && !c->be->eval_with_context)
