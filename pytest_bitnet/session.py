@@ -54,16 +54,16 @@ def _path_arg(model_path: str | os.PathLike[str]) -> bytes:
     return raw
 
 
-def _int_arg(name: str, value: Any, *, minimum: int, maximum: int = 2**31 - 1) -> int:
+def _int_arg(operation: str, name: str, value: Any, *, minimum: int, maximum: int = 2**31 - 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise errors.InvalidArgument(
-            f"{name} must be an int, got {type(value).__name__}",
-            errors.ErrorContext(operation="validate", parameters={name: repr(value)}),
+            f"{operation}: {name} must be an int, got {type(value).__name__}; pass a whole number",
+            errors.ErrorContext(operation=operation, parameters={name: repr(value)}),
         )
     if not minimum <= int(value) <= maximum:
         raise errors.InvalidArgument(
-            f"{name}={int(value)} is out of range: expected {minimum}..{maximum}",
-            errors.ErrorContext(operation="validate", parameters={name: int(value)}),
+            f"{operation}: {name}={int(value)} is out of range: expected {minimum}..{maximum}; pass a value in that range",
+            errors.ErrorContext(operation=operation, parameters={name: int(value)}),
         )
     return int(value)
 
@@ -277,8 +277,8 @@ class BitnetSession:
         "reference".  timeout bounds the load and is the session's default.
         """
         raw_path = _path_arg(model_path)
-        n_ctx = _int_arg("n_ctx", n_ctx, minimum=0)
-        n_gpu_layers = _int_arg("n_gpu_layers", n_gpu_layers, minimum=0)
+        n_ctx = _int_arg("create", "n_ctx", n_ctx, minimum=0)
+        n_gpu_layers = _int_arg("create", "n_gpu_layers", n_gpu_layers, minimum=0)
         session_timeout = default_timeout() if timeout is None else _timeout_arg(timeout)
         opts = _Options(backend, library_path)
         out = ffi.new("bitnet_context_t **")
@@ -321,7 +321,13 @@ class BitnetSession:
             return
         rc = lib.bitnet_cpp_free_context(self._ctx)
         if rc:
-            raise_native(-13 if rc != -7 else rc, "close", None, parameters={"model_path": self.model_path, "native_code": rc})
+            # Whatever stopped the free, the caller's question is "is it
+            # freed?": CleanupFailed (the class says retry), naming the
+            # cause's class when it was something else.
+            params: dict[str, Any] = {"model_path": self.model_path}
+            if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
+                params["cause"] = errors.error_for_code(rc).__name__
+            raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None, parameters=params)
         self._finalizer.detach()
         self._ctx = None
 
@@ -390,7 +396,7 @@ class BitnetSession:
         """
         ctx = self._live("evaluate")
         toks = _tokens_arg(tokens)
-        seq_id = _int_arg("seq_id", seq_id, minimum=0)
+        seq_id = _int_arg("evaluate", "seq_id", seq_id, minimum=0)
         seconds = self._timeout(timeout)
         params = {"n_tokens": int(toks.size), "seq_id": seq_id, "n_past": self.n_past(seq_id), "timeout": seconds}
         ptr = ffi.from_buffer("int32_t[]", toks)
@@ -407,7 +413,7 @@ class BitnetSession:
         """Positions already evaluated in sequence seq_id."""
         ctx = self._live("n_past")
         out = ffi.new("int32_t *")
-        rc = lib.bitnet_cpp_get_n_past(ctx, _int_arg("seq_id", seq_id, minimum=0), out)
+        rc = lib.bitnet_cpp_get_n_past(ctx, _int_arg("n_past", "seq_id", seq_id, minimum=0), out)
         if rc:
             raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
         return int(out[0])
@@ -415,7 +421,7 @@ class BitnetSession:
     def reset(self, seq_id: int | None = None) -> None:
         """Forgets sequence seq_id (every sequence when None)."""
         ctx = self._live("reset")
-        seq = -1 if seq_id is None else _int_arg("seq_id", seq_id, minimum=0)
+        seq = -1 if seq_id is None else _int_arg("reset", "seq_id", seq_id, minimum=0)
         rc = lib.bitnet_cpp_reset_context(ctx, seq)
         if rc:
             raise_native(rc, "reset", None, parameters={"seq_id": seq_id})
@@ -511,7 +517,7 @@ def evaluate(
 ) -> npt.NDArray[np.float32]:
     """Loads the model, evaluates tokens from an empty context, frees everything."""
     raw_path, toks = _path_arg(model_path), _tokens_arg(tokens)
-    n_ctx = _int_arg("n_ctx", n_ctx, minimum=0)
+    n_ctx = _int_arg("evaluate", "n_ctx", n_ctx, minimum=0)
     seconds = default_timeout() if timeout is None else _timeout_arg(timeout)
     opts = _Options(backend)
     params = {"model_path": os.fsdecode(raw_path), "n_tokens": int(toks.size), "n_ctx": n_ctx, "timeout": seconds}

@@ -1,0 +1,187 @@
+"""E44-E52: timeouts, memory, threads and logging."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import pytest_bitnet as bn
+from pytest_bitnet import _logging, errors
+
+from .. import control
+from ..sweep import sweep
+from ._core import Scenario, entry
+
+_TIMEOUT = 0.2
+# How late a timed-out call may return before the entry calls it a hang.
+# Generous: the catalog checks that the deadline ends the call, not how
+# fast this machine is (the figure itself is reported with the outcome).
+_LATE = 2.0
+
+
+def _timed_out(s: Scenario, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    threads = threading.active_count()
+    start = time.monotonic()
+    s.fails(fn, *args, timeout=_TIMEOUT, **kw)
+    late = time.monotonic() - start - _TIMEOUT
+    s.note(f"returned {late * 1000:+.0f} ms after the deadline")
+    s.check(late < _LATE, f"the call returned {late:.2f} s after its {_TIMEOUT} s deadline")
+    s.check(threading.active_count() == threads, "a thread was left running")
+
+
+@entry("E44", "timeouts", "`eval.step=hang`, timeout 0.2 s → OperationTimeout within the deadline; session not corrupted; no thread left running",
+       expect="OperationTimeout", inject="eval.step=hang", arm_in_scenario=True,
+       fragments=("evaluate timed out", "raise the timeout"))
+def e44(s: Scenario) -> None:
+    """session.evaluate(tokens, timeout=0.2) while every layer step hangs; then the same call unarmed"""
+    sess = s.session()
+    tokens = sess.tokenize("hang in the middle")
+    with s.armed():
+        _timed_out(s, sess.evaluate, tokens)
+    s.check(sess.n_past() == 0, "the timed-out evaluation moved the position")
+    s.check(np.array_equal(sess.evaluate(tokens), s.session().evaluate(tokens)), "the session computes differently after the timeout")
+
+
+@entry("E45", "timeouts", "same for tokenize",
+       expect="OperationTimeout", inject="tokenize.step=hang", arm_in_scenario=True,
+       fragments=("tokenize timed out", "raise the timeout"))
+def e45(s: Scenario) -> None:
+    """session.tokenize(prompt, timeout=0.2) while the tokenizer hangs; then the same call unarmed"""
+    sess = s.session()
+    with s.armed():
+        _timed_out(s, sess.tokenize, "hang here")
+    s.check(list(sess.tokenize("fine now")) == list(s.session().tokenize("fine now")), "the session tokenizes differently after the timeout")
+
+
+@entry("E46", "timeouts", "ordinary work under a timeout succeeds with results equal to untimed")
+def e46(s: Scenario) -> None:
+    """tokenize + evaluate with timeout=30 s and with timeout=inf, on two sessions"""
+    timed = s.session(timeout=30.0)
+    untimed = s.session(timeout=float("inf"))
+    prompt = "ordinary work under a deadline"
+    tokens = timed.tokenize(prompt)
+    s.check(np.array_equal(tokens, untimed.tokenize(prompt)), "tokens differ under a timeout")
+    s.check(np.array_equal(timed.evaluate(tokens, timeout=5.0), untimed.evaluate(tokens)), "logits differ under a timeout")
+
+
+@entry("E47", "memory", "OOM during create → OutOfMemory with n_ctx guidance; nothing leaked",
+       expect="OutOfMemory", inject="alloc=oom", fragments=("out of memory", "n_ctx"))
+def e47(s: Scenario) -> None:
+    """BitnetSession.create(model) with every allocation refused"""
+    s.fails(s.session)
+
+
+@entry("E48", "memory", "OOM during eval → OutOfMemory; session still works",
+       expect="OutOfMemory", inject="alloc=oom", arm_in_scenario=True, fragments=("out of memory", "evaluate"))
+def e48(s: Scenario) -> None:
+    """session.evaluate(tokens) with every allocation refused; then the same call unarmed"""
+    sess = s.session()
+    tokens = sess.tokenize("memory runs out")
+    with s.armed():
+        s.fails(sess.evaluate, tokens)
+    s.check(sess.n_past() == 0, "the failed evaluation moved the position")
+    s.check(np.array_equal(sess.evaluate(tokens), s.session().evaluate(tokens)), "the session computes differently after OOM")
+
+
+@entry("E49", "memory", "sweep: fail each allocation in turn over create → tokenize → evaluate → close; never a crash, never a leak",
+       expect="OutOfMemory")
+def e49(s: Scenario) -> None:
+    """fault_inject.sweep('alloc', create → tokenize → evaluate → close, action='oom')"""
+    s.session().close()
+
+    def lifecycle() -> None:
+        with bn.BitnetSession.create(s.model, n_ctx=64, **s.backend_args()) as sess:
+            sess.evaluate(sess.tokenize("What is 2+2?"))
+
+    report = sweep("alloc", lifecycle, action="oom", expected=errors.OutOfMemory)
+    s.note(report.summary())
+    s.check(report.ok, report.describe(failures_only=True))
+    s.check(report.sites > 10, f"only {report.sites} allocations were failed: the sweep did not reach the backend's allocator")
+
+
+@entry("E50", "threads", "two threads on one session at once → ThreadSafetyError for one, no corruption",
+       expect="ThreadSafetyError", fragments=("another thread", "one call at a time"))
+def e50(s: Scenario) -> None:
+    """thread A: session.evaluate (slowed by eval.step=delay(50)); meanwhile thread B: session.tokenize"""
+    sess = s.session()
+    tokens = sess.tokenize("two threads, one session")
+    want = s.session().evaluate(tokens)
+    got: list[np.ndarray] = []
+    failed: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            got.append(sess.evaluate(tokens))
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    with s.inject("eval.step=delay(50)"):
+        busy = threading.Thread(target=evaluate, name="E50-evaluate")
+        busy.start()
+        deadline = time.monotonic() + 10
+        while control.hits("eval.step") == 0 and busy.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)  # wait until A is inside the native call
+        s.fails(sess.tokenize, "meanwhile")
+        busy.join()
+    s.check(not failed, f"the first thread failed: {failed}")
+    s.check(len(got) == 1 and np.array_equal(got[0], want), "the first thread's logits are corrupted")
+
+
+@entry("E51", "threads", "N threads, own sessions → all succeed, results equal single-threaded, counters back to baseline")
+def e51(s: Scenario) -> None:
+    """4 threads × (own session; 5 × reset + evaluate)"""
+    tokens = s.session().tokenize("parallel sessions agree")
+    want = s.session().evaluate(tokens)
+    out: list[np.ndarray] = []
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with bn.BitnetSession.create(s.model, **s.backend_args()) as mine:
+                for _ in range(5):
+                    mine.reset()
+                    out.append(mine.evaluate(tokens))
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=work, name=f"E51-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed and isinstance(failed[0], errors.BitnetError):
+        raise failed[0]
+    s.check(not failed and len(out) == 20, f"{len(failed)} threads failed: {failed[:1]}")
+    s.check(all(np.array_equal(r, want) for r in out), "a thread's logits differ from the single-threaded ones")
+
+
+LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|DEBUG|TRACE)\] \[[\w.-]+\] .+")
+
+
+@entry("E52", "logging", "native errors logged as `[time] [LEVEL] [component] message`, honouring BITNET_CPP_LOG_LEVEL, and visible to Python logging",
+       expect="ModelLoadError", fragments=("not found",))
+def e52(s: Scenario) -> None:
+    """create('<absent>.gguf') at native level 'warn' (an ERROR line); a session at level 'error' (no lower lines)"""
+    saved = _logging.native_level()
+    missing = s.tmp / "absent.gguf"
+    try:
+        _logging.set_native_level("warn")
+        with s.logs() as records:
+            s.fails(s.session, missing)
+        native = [r for r in records if r.name == "pytest_bitnet.native"]
+        lines = [r.getMessage() for r in native if r.levelno == logging.ERROR and str(missing) in r.getMessage()]
+        s.check(lines, f"the error was not logged at ERROR: {[r.getMessage() for r in native]}")
+        s.check(all(LOG_LINE.match(r.getMessage()) for r in native), f"a line is not in the documented format: {[r.getMessage() for r in native]}")
+        _logging.set_native_level("error")
+        with s.logs() as records:
+            sess = s.session()
+            sess.tokenize("quiet")
+        s.check(not [r for r in records if r.name == "pytest_bitnet.native" and r.levelno < logging.ERROR],
+                "lines below the native level reached Python")
+    finally:
+        _logging.set_native_level(saved)
