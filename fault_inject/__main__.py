@@ -4,6 +4,8 @@
     python -m fault_inject check 'alloc=2*off->oom'   # parse + resolve, print the canonical form
     python -m fault_inject run [--spec S] [--seed N] [--thread] script.py [args...]
     python -m fault_inject run --spec S -m package.module [args...]
+    python -m fault_inject matrix [--backend B]... [--only E20,E21] [--category C] [-n N]
+                                  [--json F] [--junit F] [--markdown F]
 
 ``run`` arms the spec (default: $BITNET_INJECT) for the whole program and
 prints, on exit, the hits and firings of every armed point.
@@ -19,6 +21,7 @@ import sys
 from typing import Sequence
 
 from . import control, spec
+from . import matrix as _matrix
 
 
 def _points(args: argparse.Namespace) -> int:
@@ -96,6 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("target")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(fn=_run)
+    m = sub.add_parser("matrix", help="run the 52 catalogued error paths on one or more backends",
+                       description=_matrix.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--backend", action="append", metavar="B",
+                   help="reference (default), dlopen, stub, llama; repeat or comma-separate for side-by-side columns")
+    m.add_argument("--only", action="append", metavar="IDS", help="only these entries, e.g. E20,E21")
+    m.add_argument("--category", action="append", metavar="C", help="only this category (repeatable)")
+    m.add_argument("-n", dest="workers", type=int, default=0, metavar="N", help="run on N pytest-xdist workers (default: in this process)")
+    m.add_argument("--library", metavar="PATH", help="the library the dlopen column loads (default: discovery)")
+    m.add_argument("--models", metavar="DIR", help="where to generate the test models (default: a temporary directory)")
+    m.add_argument("--json", metavar="F", help="write the matrix as JSON")
+    m.add_argument("--junit", metavar="F", help="write a JUnit XML report")
+    m.add_argument("--markdown", metavar="F", help="write a Markdown table")
+    m.add_argument("-v", "--verbose", action="store_true", help="print each cell as it finishes (in process)")
+    m.set_defaults(fn=_matrix.main)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

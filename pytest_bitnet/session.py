@@ -494,11 +494,15 @@ def tokenize(
     parse_special: bool = False,
     timeout: float | None = None,
     backend: str | None = None,
+    library_path: str | os.PathLike[str] | None = None,
 ) -> npt.NDArray[np.int32]:
-    """Loads the model's vocabulary, tokenizes prompt, frees everything."""
+    """Loads the model's vocabulary, tokenizes prompt, frees everything.
+
+    backend / library_path: as for BitnetSession.create.
+    """
     raw_path, raw = _path_arg(model_path), _prompt_arg(prompt)
     seconds = default_timeout() if timeout is None else _timeout_arg(timeout)
-    opts = _Options(backend)
+    opts = _Options(backend, library_path)
     params = {"model_path": os.fsdecode(raw_path), "prompt_bytes": len(raw), "add_bos": bool(add_bos), "timeout": seconds}
 
     def call(buf: Any, cap: int, n: Any, err: Any) -> int:
@@ -514,12 +518,16 @@ def evaluate(
     n_ctx: int = 512,
     timeout: float | None = None,
     backend: str | None = None,
+    library_path: str | os.PathLike[str] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Loads the model, evaluates tokens from an empty context, frees everything."""
+    """Loads the model, evaluates tokens from an empty context, frees everything.
+
+    backend / library_path: as for BitnetSession.create.
+    """
     raw_path, toks = _path_arg(model_path), _tokens_arg(tokens)
     n_ctx = _int_arg("evaluate", "n_ctx", n_ctx, minimum=0)
     seconds = default_timeout() if timeout is None else _timeout_arg(timeout)
-    opts = _Options(backend)
+    opts = _Options(backend, library_path)
     params = {"model_path": os.fsdecode(raw_path), "n_tokens": int(toks.size), "n_ctx": n_ctx, "timeout": seconds}
     ptr = ffi.from_buffer("int32_t[]", toks)
 

@@ -77,3 +77,21 @@ def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str
     for sym in hidden:
         assert f" {sym}\n" not in exported, f"{sym} still exported"
     return lib
+
+
+BROKEN_BACKEND_BUGS = ("LEAK_ON_TOKENIZE_ERROR", "GENERIC_CODE", "WRITE_PAST_BUFFER")
+
+
+def build_broken_backend(out_dir: Path, bug: str, real_library: Path) -> Path:
+    """out_dir/libbitnet.so: real_library behind tests/broken_backend.c with one bug compiled in."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build test libraries")
+    assert bug in BROKEN_BACKEND_BUGS, bug
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / "libbitnet.so"
+    cmd = [cc, "-shared", "-fPIC", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'native' / 'include'}",
+           f'-DREAL_LIBRARY="{real_library}"', f"-DBUG_{bug}", str(ROOT / "tests" / "broken_backend.c"), "-o", str(lib), "-ldl", "-lpthread"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return lib

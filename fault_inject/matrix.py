@@ -1,0 +1,279 @@
+"""The error-path matrix: every catalog entry on every backend asked for.
+
+::
+
+    python -m fault_inject matrix                          # reference column, in this process
+    python -m fault_inject matrix --backend reference --backend dlopen --backend stub -n 2
+    python -m fault_inject matrix --only E20,E21 --json m.json --junit m.xml --markdown m.md
+
+Rows are entries, columns backends.  A cell passes when the entry behaved
+as catalogued and the live counters came back to their baseline; an entry
+that does not apply to a backend is shown as ``n/a`` with the reason.  The
+exit status is 0 only when no applicable cell failed.
+
+``-n N`` runs the cells on N pytest-xdist workers (``pytest_bitnet.matrix``
+is the pytest side); a cell that crashes its worker is a failed cell, not
+the end of the run.  Without it the cells run in this process, one after
+the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .catalog import BACKENDS, CATALOG, CATEGORIES, FAIL, NOT_APPLICABLE, PASS, Entry, Outcome, run_entry
+from .spec import closest_names
+
+__all__ = ["Matrix", "select", "run_in_process", "run_on_workers", "main"]
+
+
+@dataclass
+class Matrix:
+    """The outcomes of a run, keyed by (entry id, backend)."""
+
+    entries: list[Entry]
+    backends: list[str]
+    outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    workers: int = 0  # 0: in process
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.result == FAIL for o in self.outcomes.values())
+
+    def cell(self, entry_id: str, backend: str) -> Outcome:
+        return self.outcomes.get((entry_id, backend)) or Outcome(entry_id, backend, FAIL, reason="no result (the run stopped before this cell)")
+
+    def counts(self, backend: str) -> dict[str, int]:
+        out = {PASS: 0, FAIL: 0, NOT_APPLICABLE: 0}
+        for e in self.entries:
+            out[self.cell(e.id, backend).result] += 1
+        return out
+
+    # -- reports ----------------------------------------------------------------------
+
+    def summary(self) -> str:
+        parts = []
+        for b in self.backends:
+            c = self.counts(b)
+            applicable = c[PASS] + c[FAIL]
+            text = f"{b} {c[PASS]}/{applicable} passed"
+            if c[FAIL]:
+                text += f", {c[FAIL]} FAILED"
+            if c[NOT_APPLICABLE]:
+                text += f", {c[NOT_APPLICABLE]} n/a"
+            parts.append(text)
+        where = f"{self.workers} workers" if self.workers else "in process"
+        return f"{'; '.join(parts)}  ({len(self.entries)} entries, {self.wall_seconds:.1f} s wall, {where})"
+
+    def table(self, width: int = 58) -> str:
+        head = f"{'id':4} {'category':17} {'scenario':{width}}"
+        cols = [max(16, len(b) + 2) for b in self.backends]
+        lines = [head + "".join(f" {b:<{w}}" for b, w in zip(self.backends, cols))]
+        lines.append("-" * len(lines[0]))
+        for e in self.entries:
+            title = e.title if len(e.title) <= width else e.title[: width - 1] + "…"
+            row = f"{e.id:4} {e.category:17} {title:{width}}"
+            for b, w in zip(self.backends, cols):
+                row += f" {_cell_text(self.cell(e.id, b)):<{w}}"
+            lines.append(row.rstrip())
+        failed = [(e, b) for e in self.entries for b in self.backends if self.cell(e.id, b).result == FAIL]
+        if failed:
+            lines.append("")
+            lines.append("failures:")
+            for e, b in failed:
+                lines.append(f"  {e.id} [{b}] {self.cell(e.id, b).reason}")
+        skipped = [(e, b) for e in self.entries for b in self.backends if self.cell(e.id, b).result == NOT_APPLICABLE]
+        if skipped:
+            lines.append("")
+            lines.append("not applicable:")
+            for e, b in skipped:
+                lines.append(f"  {e.id} [{b}] {self.cell(e.id, b).reason}")
+        lines.append("")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "backends": self.backends,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "workers": self.workers,
+            "ok": self.ok,
+            "summary": {b: self.counts(b) for b in self.backends},
+            "rows": [
+                {
+                    "id": e.id, "category": e.category, "title": e.title, "operation": e.operation,
+                    "expect": e.expect, "fragments": list(e.fragments), "inject": e.inject,
+                    "cells": {b: self.cell(e.id, b).as_dict() for b in self.backends},
+                }
+                for e in self.entries
+            ],
+        }  # fmt: skip
+
+    def junit(self) -> ET.ElementTree:
+        suites = ET.Element("testsuites", name="bitnet error-path matrix", time=f"{self.wall_seconds:.3f}")
+        for b in self.backends:
+            c = self.counts(b)
+            suite = ET.SubElement(suites, "testsuite", name=f"matrix[{b}]", tests=str(len(self.entries)),
+                                  failures=str(c[FAIL]), skipped=str(c[NOT_APPLICABLE]), errors="0")
+            for e in self.entries:
+                o = self.cell(e.id, b)
+                case = ET.SubElement(suite, "testcase", classname=f"matrix.{b}.{e.category}", name=f"{e.id} {e.title}",
+                                     time=f"{o.seconds:.3f}")
+                if o.result == FAIL:
+                    ET.SubElement(case, "failure", message=o.reason[:200]).text = o.reason
+                elif o.result == NOT_APPLICABLE:
+                    ET.SubElement(case, "skipped", message=o.reason)
+                if o.observed or o.notes:
+                    ET.SubElement(case, "system-out").text = "\n".join(filter(None, [o.observed, *o.notes]))
+        return ET.ElementTree(suites)
+
+    def markdown(self) -> str:
+        lines = ["| id | category | scenario | " + " | ".join(self.backends) + " |",
+                 "|---|---|---|" + "---|" * len(self.backends)]
+        for e in self.entries:
+            cells = " | ".join(_cell_text(self.cell(e.id, b)).replace("FAIL", "**FAIL**") for b in self.backends)
+            lines.append(f"| {e.id} | {e.category} | {e.title.replace('|', '/')} | {cells} |")
+        lines.append("")
+        lines.append(self.summary())
+        failed = [(e, b) for e in self.entries for b in self.backends if self.cell(e.id, b).result == FAIL]
+        if failed:
+            lines += ["", "Failures:", ""] + [f"- {e.id} [{b}]: {self.cell(e.id, b).reason}" for e, b in failed]
+        return "\n".join(lines) + "\n"
+
+
+def _cell_text(o: Outcome) -> str:
+    if o.result == PASS:
+        label = "CppNotAvailable" if o.backend == "stub" and o.observed.startswith("CppNotAvailable") else "pass"
+        return f"{label} {o.seconds:.2f}s"
+    return "n/a" if o.result == NOT_APPLICABLE else f"FAIL {o.seconds:.2f}s"
+
+
+# ---- choosing and running cells -----------------------------------------------------
+
+
+class SelectionError(ValueError):
+    """--only / --category / --backend named something that does not exist."""
+
+
+def select(only: Iterable[str] = (), categories: Iterable[str] = ()) -> list[Entry]:
+    """The entries named by --only ids and --category names (all when neither is given)."""
+    ids = [i.strip().upper() for part in only for i in part.split(",") if i.strip()]
+    cats = [c.strip() for part in categories for c in part.split(",") if c.strip()]
+    for i in ids:
+        if i not in CATALOG:
+            near = closest_names(i, CATALOG)
+            raise SelectionError(f"no catalog entry {i!r}" + (f"; did you mean {', '.join(near)}?" if near else " (ids are E01..E52)"))
+    for c in cats:
+        if c not in CATEGORIES:
+            near = closest_names(c, CATEGORIES)
+            raise SelectionError(f"no category {c!r}" + (f"; did you mean {', '.join(near)}?" if near else f"; categories: {', '.join(CATEGORIES)}"))
+    return [e for e in CATALOG.values() if (not ids or e.id in ids) and (not cats or e.category in cats)]
+
+
+def _check_backends(backends: Sequence[str]) -> list[str]:
+    out = []
+    for b in backends or ["reference"]:
+        for name in b.split(","):
+            name = name.strip()
+            if name not in BACKENDS:
+                raise SelectionError(f"unknown backend {name!r} (valid: {', '.join(BACKENDS)})")
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, library: str | None = None,
+                   progress: bool = False) -> Matrix:
+    """Every cell in this process, entry by entry."""
+    m = Matrix(entries, backends)
+    start = time.perf_counter()
+    for e in entries:
+        for b in backends:
+            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library)
+            if progress:
+                print(f"{e.id} [{b}] {o.result}" + (f": {o.reason}" if o.result == FAIL else ""), file=sys.stderr, flush=True)
+    m.wall_seconds = time.perf_counter() - start
+    return m
+
+
+def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, models: Path,
+                   library: str | None = None) -> Matrix:
+    """Every cell as a pytest item, distributed over `workers` pytest-xdist processes."""
+    try:
+        import xdist  # noqa: F401  (only to say what is missing)
+    except ImportError:
+        raise SelectionError("-n needs pytest-xdist: pip install 'pytest-bitnet[test]' (or pytest-xdist)") from None
+    m = Matrix(entries, backends, workers=workers)
+    with tempfile.TemporaryDirectory(prefix="bitnet-matrix-") as tmp:
+        out = Path(tmp, "cells.json")
+        empty = Path(tmp, "collect")  # nothing to collect: the plugin makes the items
+        empty.mkdir()
+        cmd = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:bitnet", "-p", "pytest_bitnet.matrix",
+            "-n", str(workers), "--rootdir", tmp, "-c", os.devnull,
+            "--bitnet-matrix", ",".join(backends), "--bitnet-matrix-ids", ",".join(e.id for e in entries),
+            "--bitnet-matrix-models", str(models), "--bitnet-matrix-out", str(out), str(empty),
+        ]  # fmt: skip
+        if library:
+            cmd += ["--bitnet-matrix-library", library]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        m.wall_seconds = time.perf_counter() - start
+        if not out.exists():
+            raise RuntimeError(f"the pytest run wrote no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        for d in json.loads(out.read_text()):
+            o = Outcome(d["id"], d["backend"], d["result"], d["seconds"], d["reason"], d["observed"], tuple(d.get("notes", ())))
+            m.outcomes[(o.id, o.backend)] = o
+    return m
+
+
+def main(args: object) -> int:
+    """``python -m fault_inject matrix`` (arguments parsed by fault_inject.__main__)."""
+    try:
+        entries = select(getattr(args, "only") or (), getattr(args, "category") or ())
+        backends = _check_backends(getattr(args, "backend") or [])
+    except SelectionError as exc:
+        print(f"fault_inject matrix: {exc}", file=sys.stderr)
+        return 2
+    library = getattr(args, "library", None)
+    models_arg = getattr(args, "models", None)
+    cleanup = None
+    if models_arg:
+        models = Path(models_arg)
+    else:
+        models = Path(cleanup := tempfile.mkdtemp(prefix="bitnet-matrix-models-"))
+    try:
+        import pytest_bitnet as bn
+
+        bn.models.cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
+        workers = int(getattr(args, "workers", 0) or 0)
+        try:
+            if workers > 0:
+                m = run_on_workers(entries, backends, workers, models=models, library=library)
+            else:
+                m = run_in_process(entries, backends, models=models, library=library, progress=getattr(args, "verbose", False))
+        except SelectionError as exc:
+            print(f"fault_inject matrix: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        if cleanup:
+            shutil.rmtree(cleanup, ignore_errors=True)
+    print(m.table())
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps(m.as_json(), indent=1) + "\n")  # type: ignore[attr-defined]
+    if getattr(args, "junit", None):
+        m.junit().write(args.junit, encoding="utf-8", xml_declaration=True)  # type: ignore[attr-defined]
+    if getattr(args, "markdown", None):
+        Path(args.markdown).write_text(m.markdown())  # type: ignore[attr-defined]
+    return 0 if m.ok else 1

@@ -1,0 +1,257 @@
+/*
+ * broken_backend.c — deliberately broken backend libraries, to prove that
+ * the error-path matrix notices when a backend gets an error path wrong.
+ *
+ * Each build wraps the real reference library (REAL_LIBRARY, opened with
+ * dlopen) and forwards every socket of bitnet.h to it, except for one bug,
+ * chosen at compile time:
+ *
+ *   BUG_LEAK_ON_TOKENIZE_ERROR  every tokenize call takes a scratch context
+ *                               and frees it only when the tokenize succeeds
+ *                               (a cleanup forgotten on the error path);
+ *   BUG_GENERIC_CODE            every failure is reported as
+ *                               BITNET_E_INTERNAL, whatever went wrong (the
+ *                               message stays right: only the code lies);
+ *   BUG_WRITE_PAST_BUFFER       a fill pass given too small a buffer writes
+ *                               the whole result anyway, then reports the
+ *                               buffer too small.
+ *
+ * tests/native_builds.py builds them; tests/test_matrix.py checks that the
+ * matrix turns red on exactly the rows each bug should break.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bitnet.h"
+#include "bitnet_host.h"
+
+#ifndef REAL_LIBRARY
+#error "build with -DREAL_LIBRARY=\"/path/to/the/real/libbitnet.so\""
+#endif
+
+static void *real_handle;
+static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+
+static void open_real(void)
+{
+    real_handle = dlopen(REAL_LIBRARY, RTLD_NOW | RTLD_LOCAL);
+    if (!real_handle) {
+        fprintf(stderr, "broken_backend: cannot open %s: %s\n", REAL_LIBRARY, dlerror());
+        abort();
+    }
+}
+
+static void *real(const char *name)
+{
+    pthread_once(&real_once, open_real);
+    return dlsym(real_handle, name);
+}
+
+/* The real library's function of the same name and type. */
+#define REAL(fn) ((__typeof__(&fn))real(#fn))
+
+static int reported(int rc)
+{
+#ifdef BUG_GENERIC_CODE
+    return rc ? BITNET_E_INTERNAL : rc;
+#else
+    return rc;
+#endif
+}
+
+/* ---- model paths of live contexts (for the leaking variant) ------------- */
+
+#ifdef BUG_LEAK_ON_TOKENIZE_ERROR
+#define MAX_TRACKED 256
+static struct {
+    const bitnet_context_t *ctx;
+    char path[4096];
+} tracked[MAX_TRACKED];
+static pthread_mutex_t tracked_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void track(const bitnet_context_t *ctx, const char *path)
+{
+    pthread_mutex_lock(&tracked_lock);
+    for (int i = 0; i < MAX_TRACKED; i++)
+        if (!tracked[i].ctx) {
+            tracked[i].ctx = ctx;
+            snprintf(tracked[i].path, sizeof tracked[i].path, "%s", path);
+            break;
+        }
+    pthread_mutex_unlock(&tracked_lock);
+}
+
+static void untrack(const bitnet_context_t *ctx)
+{
+    pthread_mutex_lock(&tracked_lock);
+    for (int i = 0; i < MAX_TRACKED; i++)
+        if (tracked[i].ctx == ctx)
+            tracked[i].ctx = NULL;
+    pthread_mutex_unlock(&tracked_lock);
+}
+
+/* A scratch context on the same model: freed on success only (the bug). */
+static bitnet_context_t *scratch_for(const bitnet_context_t *ctx)
+{
+    char path[4096] = "";
+    pthread_mutex_lock(&tracked_lock);
+    for (int i = 0; i < MAX_TRACKED; i++)
+        if (tracked[i].ctx == ctx)
+            snprintf(path, sizeof path, "%s", tracked[i].path);
+    pthread_mutex_unlock(&tracked_lock);
+    bitnet_context_t *scratch = NULL;
+    if (path[0] && REAL(bitnet_cpp_init_context)(&scratch, path, 16, 0, NULL, 0) != BITNET_OK)
+        scratch = NULL;
+    return scratch;
+}
+#else
+static void track(const bitnet_context_t *ctx, const char *path) { (void)ctx, (void)path; }
+static void untrack(const bitnet_context_t *ctx) { (void)ctx; }
+#endif
+
+/* ---- the sockets ----------------------------------------------------------- */
+
+int bitnet_cpp_init_context(bitnet_context_t **out_ctx, const char *model_path, int32_t n_ctx,
+                            int32_t n_gpu_layers, char *err, int32_t err_len)
+{
+    int rc = REAL(bitnet_cpp_init_context)(out_ctx, model_path, n_ctx, n_gpu_layers, err, err_len);
+    if (rc == BITNET_OK)
+        track(*out_ctx, model_path);
+    return reported(rc);
+}
+
+int bitnet_cpp_free_context(bitnet_context_t *ctx)
+{
+    int rc = REAL(bitnet_cpp_free_context)(ctx);
+    if (rc == BITNET_OK)
+        untrack(ctx);
+    return reported(rc);
+}
+
+int bitnet_cpp_tokenize_with_context(const bitnet_context_t *ctx, const char *prompt, int add_bos,
+                                     int parse_special, int32_t *out_tokens, int32_t out_capacity,
+                                     int32_t *out_len, char *err, int32_t err_len)
+{
+#ifdef BUG_LEAK_ON_TOKENIZE_ERROR
+    bitnet_context_t *scratch = scratch_for(ctx);
+#endif
+#ifdef BUG_WRITE_PAST_BUFFER
+    if (out_tokens) {
+        int32_t need = 0;
+        if (REAL(bitnet_cpp_tokenize_with_context)(ctx, prompt, add_bos, parse_special, NULL, 0, &need, NULL, 0) == BITNET_OK &&
+            need > out_capacity) {
+            int32_t *all = malloc(sizeof *all * (size_t)need);
+            int32_t n = 0;
+            if (all && REAL(bitnet_cpp_tokenize_with_context)(ctx, prompt, add_bos, parse_special, all, need, &n, NULL, 0) == BITNET_OK)
+                memcpy(out_tokens, all, sizeof *all * (size_t)n); /* the bug: n > out_capacity */
+            free(all);
+        }
+    }
+#endif
+    int rc = REAL(bitnet_cpp_tokenize_with_context)(ctx, prompt, add_bos, parse_special, out_tokens, out_capacity,
+                                                   out_len, err, err_len);
+#ifdef BUG_LEAK_ON_TOKENIZE_ERROR
+    if (rc == BITNET_OK && scratch)
+        REAL(bitnet_cpp_free_context)(scratch); /* the bug: not on the error path */
+#endif
+    return reported(rc);
+}
+
+int bitnet_cpp_eval_with_context(const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+                                 int32_t seq_id, float *out_logits, int32_t logits_capacity, int32_t *out_rows,
+                                 int32_t *out_cols, char *err, int32_t err_len)
+{
+#ifdef BUG_WRITE_PAST_BUFFER
+    if (out_logits) {
+        int32_t rows = 0, cols = 0;
+        if (REAL(bitnet_cpp_eval_with_context)(ctx, tokens, n_tokens, seq_id, NULL, 0, &rows, &cols, NULL, 0) == BITNET_OK &&
+            (int64_t)rows * cols > logits_capacity) {
+            size_t n = (size_t)rows * (size_t)cols;
+            float *all = malloc(sizeof *all * n);
+            if (all) {
+                for (size_t i = 0; i < n; i++)
+                    all[i] = -1.0f;
+                memcpy(out_logits, all, sizeof *all * n); /* the bug: n > logits_capacity */
+            }
+            free(all);
+        }
+    }
+#endif
+    return reported(REAL(bitnet_cpp_eval_with_context)(ctx, tokens, n_tokens, seq_id, out_logits, logits_capacity,
+                                                       out_rows, out_cols, err, err_len));
+}
+
+int bitnet_cpp_session_create(bitnet_session_t **out_session, const char *model_path, const char *tokenizer_path,
+                              int32_t n_ctx, int32_t n_gpu_layers, char *err, int32_t err_len)
+{
+    return reported(REAL(bitnet_cpp_session_create)(out_session, model_path, tokenizer_path, n_ctx, n_gpu_layers, err, err_len));
+}
+
+int bitnet_cpp_session_free(bitnet_session_t *session) { return reported(REAL(bitnet_cpp_session_free)(session)); }
+
+int bitnet_cpp_session_tokenize(const bitnet_session_t *session, const char *prompt, int add_bos, int parse_special,
+                                int32_t *out_tokens, int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
+{
+    return reported(REAL(bitnet_cpp_session_tokenize)(session, prompt, add_bos, parse_special, out_tokens, out_capacity,
+                                                      out_len, err, err_len));
+}
+
+int bitnet_cpp_session_eval(const bitnet_session_t *session, const int32_t *tokens, int32_t n_tokens, float *out_logits,
+                            int32_t logits_capacity, int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
+{
+    return reported(REAL(bitnet_cpp_session_eval)(session, tokens, n_tokens, out_logits, logits_capacity, out_rows,
+                                                  out_cols, err, err_len));
+}
+
+int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens, float *out_logits,
+                        int32_t logits_capacity, int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
+{
+    return reported(REAL(bitnet_cpp_eval_gpu)(ctx, tokens, n_tokens, out_logits, logits_capacity, out_rows, out_cols,
+                                              err, err_len));
+}
+
+int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps) { return reported(REAL(bitnet_cpp_get_capabilities)(out_caps)); }
+
+int crossval_bitnet_tokenize(const char *model_path, const char *prompt, int add_bos, int parse_special,
+                             int32_t *out_tokens, int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
+{
+    return reported(REAL(crossval_bitnet_tokenize)(model_path, prompt, add_bos, parse_special, out_tokens, out_capacity,
+                                                   out_len, err, err_len));
+}
+
+int crossval_bitnet_eval_with_tokens(const char *model_path, const int32_t *tokens, int32_t n_tokens, int32_t n_ctx,
+                                     float *out_logits, int32_t logits_capacity, int32_t *out_rows, int32_t *out_cols,
+                                     char *err, int32_t err_len)
+{
+    return reported(REAL(crossval_bitnet_eval_with_tokens)(model_path, tokens, n_tokens, n_ctx, out_logits,
+                                                           logits_capacity, out_rows, out_cols, err, err_len));
+}
+
+int bitnet_cpp_get_n_past(const bitnet_context_t *ctx, int32_t seq_id, int32_t *out_n_past)
+{
+    return reported(REAL(bitnet_cpp_get_n_past)(ctx, seq_id, out_n_past));
+}
+
+int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id) { return reported(REAL(bitnet_cpp_reset_context)(ctx, seq_id)); }
+
+int bitnet_cpp_get_model_info(const bitnet_context_t *ctx, int32_t *out_n_vocab, int32_t *out_n_ctx)
+{
+    return reported(REAL(bitnet_cpp_get_model_info)(ctx, out_n_vocab, out_n_ctx));
+}
+
+int32_t bitnet_cpp_abi_version(void) { return REAL(bitnet_cpp_abi_version)(); }
+const char *bitnet_cpp_version(void) { return REAL(bitnet_cpp_version)(); }
+int32_t bitnet_cpp_get_last_error(char *buf, int32_t buf_len) { return REAL(bitnet_cpp_get_last_error)(buf, buf_len); }
+int32_t bitnet_cpp_get_last_error_code(void) { return REAL(bitnet_cpp_get_last_error_code)(); }
+int bitnet_cpp_get_counters(bitnet_counters_t *out) { return REAL(bitnet_cpp_get_counters)(out); }
+
+/* Deadlines, logging and fault points reach the real library through us. */
+int bitnet_host_attach(const bitnet_host_t *host)
+{
+    bitnet_host_attach_fn attach = (bitnet_host_attach_fn)real("bitnet_host_attach");
+    return attach ? attach(host) : BITNET_E_UNSUPPORTED;
+}
