@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import control
 from .catalog import BACKENDS, CATALOG, CATEGORIES, FAIL, NOT_APPLICABLE, PASS, Entry, Outcome, run_entry
 from .spec import closest_names
 
@@ -227,8 +228,9 @@ def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, m
         ]  # fmt: skip
         if library:
             cmd += ["--bitnet-matrix-library", library]
+        env = {k: v for k, v in os.environ.items() if k != control.ENV_SPEC}  # cells arm their own faults
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         m.wall_seconds = time.perf_counter() - start
         if not out.exists():
             raise RuntimeError(f"the pytest run wrote no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -246,6 +248,8 @@ def main(args: object) -> int:
     except SelectionError as exc:
         print(f"fault_inject matrix: {exc}", file=sys.stderr)
         return 2
+    if control.release_env():
+        print(f"fault_inject matrix: ignoring ${control.ENV_SPEC}: every cell arms its own faults", file=sys.stderr)
     library = getattr(args, "library", None)
     models_arg = getattr(args, "models", None)
     cleanup = None

@@ -14,7 +14,9 @@
  *                               message stays right: only the code lies);
  *   BUG_WRITE_PAST_BUFFER       a fill pass given too small a buffer writes
  *                               the whole result anyway, then reports the
- *                               buffer too small.
+ *                               buffer too small;
+ *   BUG_CRASH_IN_EVAL           every evaluation's fill pass aborts the
+ *                               process.
  *
  * tests/native_builds.py builds them; tests/test_matrix.py checks that the
  * matrix turns red on exactly the rows each bug should break.
@@ -165,6 +167,10 @@ int bitnet_cpp_eval_with_context(const bitnet_context_t *ctx, const int32_t *tok
                                  int32_t seq_id, float *out_logits, int32_t logits_capacity, int32_t *out_rows,
                                  int32_t *out_cols, char *err, int32_t err_len)
 {
+#ifdef BUG_CRASH_IN_EVAL
+    if (out_logits)
+        abort();
+#endif
 #ifdef BUG_WRITE_PAST_BUFFER
     if (out_logits) {
         int32_t rows = 0, cols = 0;

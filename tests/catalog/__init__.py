@@ -1,0 +1,1 @@
+"""One readable test per catalogued error path (fault_inject.catalog, E01..E52)."""

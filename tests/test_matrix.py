@@ -1,0 +1,147 @@
+"""The error-path matrix: its command, its reports, and that it catches broken backends.
+
+The broken backends are real libraries: tests/broken_backend.c wraps the
+bundled reference library with one deliberate bug each.  The matrix must
+turn red on exactly the rows that bug breaks, and stay green elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from fault_inject.catalog import CATALOG, FAIL, PASS
+from fault_inject.matrix import SelectionError, run_in_process, select
+from pytest_bitnet._native import bundled_library
+
+from .native_builds import build_broken_backend
+
+
+def matrix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fault_inject", "matrix", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("matrix-models")
+
+
+def test_every_entry_passes_on_the_reference_backend_in_process(models: Path) -> None:
+    m = run_in_process(list(CATALOG.values()), ["reference"], models=models)
+    failed = {e: o.reason for (e, _), o in m.outcomes.items() if o.result == FAIL}
+    assert not failed
+    assert m.counts("reference")[PASS] == 52
+
+
+def test_every_entry_passes_through_dlopen(models: Path) -> None:
+    m = run_in_process(list(CATALOG.values()), ["dlopen"], models=models)
+    failed = {e: o.reason for (e, _), o in m.outcomes.items() if o.result == FAIL}
+    assert not failed
+    assert m.counts("dlopen")[PASS] == 52
+
+
+def test_stub_column_says_cpp_not_available_where_a_backend_is_needed(models: Path) -> None:
+    m = run_in_process(list(CATALOG.values()), ["stub"], models=models)
+    assert m.ok, m.table()
+    unavailable = [e.id for e in m.entries if m.cell(e.id, "stub").observed.startswith("CppNotAvailable")]
+    # the entries about the loader pick dlopen themselves; the rest meet the stub first
+    assert {"E09", "E20", "E44", "E49", "E51"} <= set(unavailable)
+    assert "E06" not in unavailable and "E42" not in unavailable
+    assert "CppNotAvailable" in m.table()
+
+
+# ---- broken backends: red on exactly the right rows ------------------------------------
+
+# Rows each bug must break, and why:
+BROKEN_ROWS = {
+    # the library's own tokenize fails only where the fault or the error is
+    # inside the engine (the bridge's query/fill points fire before the call)
+    "LEAK_ON_TOKENIZE_ERROR": {"E24", "E30", "E45", "E49"},
+    # wherever the library's error (not the bridge's) decides the class
+    "GENERIC_CODE": {"E09", "E10", "E11", "E12", "E13", "E15", "E16", "E17", "E18", "E19", "E24", "E26", "E32",
+                     "E44", "E45", "E47", "E48", "E49", "E52"},
+    # only a C caller hands the library a buffer smaller than the query said
+    "WRITE_PAST_BUFFER": {"E24"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("bug", sorted(BROKEN_ROWS))
+def test_matrix_turns_red_on_exactly_the_rows_a_bug_breaks(bug: str, tmp_path: Path, models: Path) -> None:
+    real = bundled_library()
+    assert real is not None
+    library = build_broken_backend(tmp_path, bug, real)
+    m = run_in_process(list(CATALOG.values()), ["dlopen"], models=models, library=str(library))
+    red = {e.id for e in m.entries if m.cell(e.id, "dlopen").result == FAIL}
+    assert red == BROKEN_ROWS[bug], "\n".join(f"{i}: {m.cell(i, 'dlopen').reason}" for i in sorted(red ^ BROKEN_ROWS[bug]))
+
+
+# ---- the command ------------------------------------------------------------------------
+
+
+def test_command_writes_json_junit_and_markdown(tmp_path: Path) -> None:
+    out = matrix("--backend", "reference", "--backend", "stub", "--only", "E20,E21", "--category", "buffers",
+                 "--json", str(tmp_path / "m.json"), "--junit", str(tmp_path / "m.xml"), "--markdown", str(tmp_path / "m.md"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "E20  buffers" in out.stdout and "CppNotAvailable" in out.stdout
+    assert "reference 2/2 passed; stub 2/2 passed" in out.stdout
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["ok"] and data["backends"] == ["reference", "stub"]
+    assert [r["id"] for r in data["rows"]] == ["E20", "E21"]
+    assert data["rows"][1]["inject"] == "tokenize.fill=fail" and data["rows"][1]["cells"]["reference"]["result"] == "pass"
+    suites = ET.parse(tmp_path / "m.xml").getroot()
+    assert [s.get("name") for s in suites] == ["matrix[reference]", "matrix[stub]"]
+    assert all(s.get("failures") == "0" for s in suites)
+    assert "| E21 | buffers |" in (tmp_path / "m.md").read_text()
+
+
+def test_command_exit_status_and_failure_reasons(tmp_path: Path) -> None:
+    real = bundled_library()
+    assert real is not None
+    library = build_broken_backend(tmp_path, "WRITE_PAST_BUFFER", real)
+    out = matrix("--backend", "dlopen", "--library", str(library), "--only", "E23,E24", "--junit", str(tmp_path / "m.xml"))
+    assert out.returncode == 1
+    assert "E24 [dlopen] tokenize wrote into a buffer it reported too small" in out.stdout
+    assert "dlopen 1/2 passed, 1 FAILED" in out.stdout
+    failure = ET.parse(tmp_path / "m.xml").getroot().find(".//failure")
+    assert failure is not None and "wrote into a buffer" in (failure.text or "")
+
+
+def test_selection_errors_name_what_exists() -> None:
+    with pytest.raises(SelectionError, match="no catalog entry 'E99'"):
+        select(["E99"])
+    with pytest.raises(SelectionError, match="did you mean buffers"):
+        select(categories=["bufers"])
+    assert [e.id for e in select(["e01, E02"])] == ["E01", "E02"]
+    out = matrix("--backend", "gpu")
+    assert out.returncode == 2 and "unknown backend 'gpu' (valid: reference, dlopen, stub, llama)" in out.stderr
+
+
+def test_workers_give_the_same_cells_as_in_process(tmp_path: Path, models: Path) -> None:
+    pytest.importorskip("xdist")
+    ids = ["E01", "E20", "E31", "E44", "E50"]
+    out = matrix("--backend", "reference,stub", "--only", ",".join(ids), "-n", "2", "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["workers"] == 2
+    in_process = run_in_process([CATALOG[i] for i in ids], ["reference", "stub"], models=models)
+    for row in data["rows"]:
+        for backend, cell in row["cells"].items():
+            assert cell["result"] == in_process.cell(row["id"], backend).result, (row["id"], backend, cell)
+
+
+def test_a_cell_that_crashes_its_worker_is_a_red_row(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    real = bundled_library()
+    assert real is not None
+    library = build_broken_backend(tmp_path, "CRASH_IN_EVAL", real)  # aborts in every evaluation
+    out = matrix("--backend", "dlopen", "--library", str(library), "--only", "E20,E46", "-n", "1", "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    cells = {r["id"]: r["cells"]["dlopen"] for r in json.loads((tmp_path / "m.json").read_text())["rows"]}
+    assert cells["E46"]["result"] == "fail" and cells["E46"]["reason"].startswith("crashed"), cells
+    assert cells["E20"]["result"] == "pass"  # the run went on after the crash
