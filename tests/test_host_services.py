@@ -293,3 +293,23 @@ def test_registry_mismatch_declines_faults_but_keeps_deadlines_and_logging(
                 s.evaluate(toks)
         with pytest.raises(errors.OperationTimeout, match="tokenize timed out"):
             s.tokenize("word " * 5000, timeout=0)  # deadlines attached
+
+
+def test_a_library_reloaded_while_armed_is_attached_and_counted_once(
+    other_registry_library: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # While anything is armed the loader resolves afresh (so dlopen and
+    # dlsym.* are reachable); dlopen hands back the same library, which was
+    # attached on its first load and whose objects must count once.
+    caplog.set_level(logging.DEBUG, logger="pytest_bitnet.native")
+
+    def attaches() -> int:
+        return sum("declined fault points" in r.getMessage() or "attached host services" in r.getMessage() for r in caplog.records)
+
+    models = bn.live_counters()["models"]
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=other_registry_library):
+        first = attaches()  # 1, or 0 when an earlier test loaded it
+        with fi.inject("init_context=off"):
+            with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=other_registry_library):
+                assert bn.live_counters()["models"] == models + 2  # one per session, not per list entry
+    assert first <= 1 and attaches() == first
