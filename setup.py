@@ -24,10 +24,12 @@ setup(
             include_dirs=_build.include_dirs(),
             extra_compile_args=_build.CFLAGS,
             extra_link_args=_build.LDFLAGS,
-            # Faults are armed in the bridge that loads the library (its own
-            # points wrap every call); a second, unreachable engine inside
-            # the library would only cost.
-            define_macros=[("BN_STANDALONE_LIBRARY", "1"), ("BN_NO_FAULTS", "1")],
+            # A guest of the bridge that loads it (native/include/
+            # bitnet_host.h): it exports bitnet_host_attach, and once
+            # attached its deadlines, logging and engine fault points are
+            # the bridge's.  It has no fault engine of its own: faults are
+            # armed and counted in the bridge.
+            define_macros=_build.STANDALONE_DEFINES,
         )
     ],
 )

@@ -95,6 +95,11 @@ def _flags() -> tuple[list[str], list[str]]:
 
 CFLAGS, LDFLAGS = _flags()
 
+# The standalone library (setup.py) and the test variants built like it
+# (tests/native_builds.py): the reference engine as a guest of the bridge
+# that dlopens it (BN_GUEST, see native/include/bitnet_host.h).
+STANDALONE_DEFINES = [("BN_STANDALONE_LIBRARY", "1"), ("BN_GUEST", "1")]
+
 ffibuilder = FFI()
 ffibuilder.cdef(
     header_cdef(NATIVE / "include" / "bitnet.h")

@@ -65,11 +65,11 @@ def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str
     assert not unknown, f"not socket symbols: {unknown}"
     out_dir.mkdir(parents=True, exist_ok=True)
     script = out_dir / "exports.map"
-    keep = [s for s in SOCKET_SYMBOLS if s not in hidden] + ["bitnet_bridge_*"]
+    keep = [s for s in SOCKET_SYMBOLS if s not in hidden] + ["bitnet_bridge_*", "bitnet_host_attach"]
     script.write_text("{ global: " + " ".join(f"{s};" for s in keep) + " local: *; };\n")
     lib = out_dir / "libbitnet.so"
     cmd = [cc, "-shared", "-fPIC", "-O1", *[f for f in b.CFLAGS if not f.startswith("-O")],
-           "-DBN_STANDALONE_LIBRARY=1", *[f"-D{d}" for d in defines],
+           *[f"-D{name}={value}" for name, value in b.STANDALONE_DEFINES], *[f"-D{d}" for d in defines],
            *[f"-I{ROOT / d}" for d in b.include_dirs()], *[str(ROOT / s) for s in b.native_sources()],
            f"-Wl,--version-script={script}", "-o", str(lib), *b.LDFLAGS]
     subprocess.run(cmd, check=True, capture_output=True)

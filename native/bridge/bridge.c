@@ -9,6 +9,10 @@
  * deadlines and cancellation, the live counters of contexts and sessions,
  * and the error buffer contract.
  */
+/* every point here wraps a backend call: in a guest library (the bridge
+ * layer compiled into libbitnet) they must stay silent, the loading
+ * bridge's copies already counted the call (bn_fault.h) */
+#define BN_FAULT_BOUNDARY 1
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>

@@ -1,4 +1,7 @@
 /* loader.c — library discovery and symbol resolution.  See loader.h. */
+/* the loader's points sit at the boundary: a guest library's copy of this
+ * file must not fire them a second time (bn_fault.h) */
+#define BN_FAULT_BOUNDARY 1
 #define _GNU_SOURCE
 #include "loader.h"
 
@@ -14,6 +17,7 @@
 
 #include "bn_error.h"
 #include "bn_fault.h"
+#include "bn_host.h"
 #include "bn_log.h"
 
 #define LIB_NAME "libbitnet.so"
@@ -116,6 +120,65 @@ static void fill_backend(bn_library *lib)
     SYM(percall_eval, "crossval_bitnet_eval_with_tokens");
     SYM(get_last_error, "bitnet_cpp_get_last_error");
 #undef SYM
+}
+
+/* An entry already holding dlopen handle h: the same library, loaded
+ * again afresh while a fault was armed (dlopen hands back the same
+ * handle).  Caller holds libs.lock. */
+static const bn_library *same_handle(const void *h, const bn_library *until)
+{
+    for (const bn_library *l = libs.head; l && l != until; l = l->next)
+        if (l->handle == h)
+            return l;
+    return NULL;
+}
+
+/* "<why>": the library's own last error after a failed call into it. */
+static const char *library_error(const bn_library *lib, char *buf, size_t cap)
+{
+    int32_t (*fn)(char *, int32_t) =
+        (int32_t (*)(char *, int32_t))bn_library_symbol(lib, "bitnet_cpp_get_last_error");
+    buf[0] = '\0';
+    if (fn)
+        fn(buf, (int32_t)cap);
+    return buf[0] ? buf : "no reason given";
+}
+
+/* Lends the bridge's deadlines, logging and fault engine to a library that
+ * exports bitnet_host_attach (bitnet_host.h).  Once per library: a handle
+ * already in the list was attached when it was first loaded. */
+static void attach_host(const bn_library *lib)
+{
+    if (same_handle(lib->handle, NULL))
+        return;
+    bitnet_host_attach_fn attach =
+        (bitnet_host_attach_fn)dlsym(lib->handle, "bitnet_host_attach");
+    if (!attach) {
+        BN_LOG(BN_LOG_DEBUG, "loader",
+               "%s does not export bitnet_host_attach: the caller's "
+               "deadlines, bridge logging and fault points stop at its "
+               "boundary",
+               lib->path);
+        return;
+    }
+    const bitnet_host_t *host = bn_host_table();
+    int rc = attach(host);
+    char why[1024];
+    if (rc == 0)
+        BN_LOG(BN_LOG_DEBUG, "loader",
+               "attached host services to %s: deadlines, logging%s", lib->path,
+               host->fault_eval ? ", fault points" : "");
+    else if (rc > 0)
+        BN_LOG(BN_LOG_WARN, "loader",
+               "%s took deadlines and logging but declined fault points "
+               "(they stay inert inside it): %s",
+               lib->path, library_error(lib, why, sizeof why));
+    else
+        BN_LOG(BN_LOG_WARN, "loader",
+               "%s refused the host table (%s): %s; the caller's deadlines, "
+               "bridge logging and fault points stop at its boundary",
+               lib->path, bn_error_name(rc),
+               library_error(lib, why, sizeof why));
 }
 
 static int load_file(const char *path, bn_discovery *d, bn_library **out)
@@ -222,6 +285,7 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
                "%s does not export bitnet_cpp_abi_version; assuming ABI %d",
                lib->path, BITNET_ABI_VERSION);
     fill_backend(lib);
+    attach_host(lib); /* before the first call into it, as promised */
     lib->next = libs.head;
     libs.head = lib;
     note(d, path, "loaded");
@@ -314,6 +378,8 @@ void bn_libraries_add_counters(bitnet_counters_t *out)
 {
     pthread_mutex_lock(&libs.lock);
     for (bn_library *l = libs.head; l; l = l->next) {
+        if (same_handle(l->handle, l))
+            continue; /* one library reloaded: its objects count once */
         int (*fn)(bitnet_counters_t *) =
             (int (*)(bitnet_counters_t *))bn_library_symbol(l, "bitnet_cpp_get_counters");
         bitnet_counters_t c;

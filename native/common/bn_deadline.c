@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "bn_error.h"
+#include "bn_host.h"
 
 /* Wake-up period while waiting: bounds how late a timeout or a cancel is
  * noticed during a sleep. */
@@ -47,7 +48,7 @@ static int expired(const bn_deadline *d, int64_t now)
     return BITNET_OK;
 }
 
-int bn_deadline_check(void)
+static int check_local(void)
 {
     const bn_deadline *d = current;
     if (BN_LIKELY(!d))
@@ -57,7 +58,39 @@ int bn_deadline_check(void)
     return expired(d, d->at_ns ? bn_now_ns() : 0);
 }
 
+/*
+ * In an attached guest library (bn_host.h) the caller's deadline lives in
+ * the bridge that called in: its thread-local state is not ours.  So the
+ * host's check comes first; the library's own deadline (set by its copy of
+ * the bridge layer: no timeout, a cancel flag nobody outside reaches) is
+ * still honoured, so a library called directly behaves as before.
+ */
+int bn_deadline_check(void)
+{
+    const bitnet_host_t *h = bn_host();
+    if (h) {
+        int rc = h->deadline_check();
+        if (rc)
+            return bn_host_error(h, rc);
+    }
+    return check_local();
+}
+
+static int sleep_local(int64_t ms);
+
+/* Attached: the host sleeps, watching the caller's deadline and cancel
+ * flag (a hang with neither is refused there, as it would be in-process);
+ * the library's own deadline is looked at when the sleep ends. */
 int bn_deadline_sleep(int64_t ms)
+{
+    const bitnet_host_t *h = bn_host();
+    if (!h)
+        return sleep_local(ms);
+    int rc = h->deadline_sleep(ms);
+    return rc ? bn_host_error(h, rc) : check_local();
+}
+
+static int sleep_local(int64_t ms)
 {
     const bn_deadline *d = current;
     if (ms < 0 && (!d || (!d->at_ns && !d->cancel)))

@@ -7,6 +7,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "bn_host.h"
+
 static const char *const NAMES[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
 
 static int initial_threshold(void)
@@ -45,13 +47,32 @@ const char *bn_log_level_name(int level)
 
 void bn_log_set_sink(bn_log_sink s) { __atomic_store_n(&sink, s, __ATOMIC_RELEASE); }
 
+#ifdef BN_GUEST
+int bn_log_effective_threshold(void)
+{
+    const bitnet_host_t *h = bn_host();
+    return h ? h->log_threshold() : bn_log_threshold;
+}
+#endif
+
 void bn_log_emit(int level, const char *component, const char *fmt, ...)
 {
-    char msg[2048], line[2300], stamp[32];
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    bn_log_write(level, component, msg);
+}
+
+void bn_log_write(int level, const char *component, const char *msg)
+{
+    const bitnet_host_t *h = bn_host();
+    if (h) { /* attached guest: one line, formatted by the bridge */
+        h->log(level, component, msg);
+        return;
+    }
+    char line[2300], stamp[32];
     time_t now = time(NULL);
     struct tm tm;
     localtime_r(&now, &tm);

@@ -27,14 +27,28 @@ typedef void (*bn_log_sink)(int level, const char *component,
 
 extern int bn_log_threshold; /* lines above it are dropped */
 
+/* A guest library (BN_GUEST) logs through the bridge that loaded it, so
+ * the bridge's threshold decides (one call: logging is off hot paths). */
+#ifdef BN_GUEST
+int bn_log_effective_threshold(void);
+#define BN_LOG_THRESHOLD() bn_log_effective_threshold()
+#else
+#define BN_LOG_THRESHOLD() bn_log_threshold
+#endif
+
 #define BN_LOG(level, component, ...)                                      \
     do {                                                                   \
-        if (BN_UNLIKELY((level) <= bn_log_threshold))                      \
+        if (BN_UNLIKELY((level) <= BN_LOG_THRESHOLD()))                    \
             bn_log_emit((level), (component), __VA_ARGS__);                \
     } while (0)
 
 void bn_log_emit(int level, const char *component, const char *fmt, ...)
     BN_PRINTF(3, 4);
+/* Emits an already formatted message: adds the "[time] [LEVEL]
+ * [component]" prefix and hands the line to the sink (or, in an attached
+ * guest, hands the message to the bridge, which does that).  No threshold
+ * check: callers have made it. */
+void bn_log_write(int level, const char *component, const char *message);
 void bn_log_set_sink(bn_log_sink sink);
 /* Parses "error".."trace" or "0".."4"; -1 when not recognised. */
 int bn_log_parse_level(const char *s);

@@ -32,6 +32,27 @@
  * predictable branch.  While some other point is armed, it adds a call and
  * one relaxed load of this point's own slot: no lock, no shared write.
  * Built with BN_NO_FAULTS every macro is the constant 0.
+ *
+ * Three builds of the same points:
+ *
+ *   engine  (default)      the registry, arming and counting live here:
+ *                          the bridge (_bridge).
+ *   guest   (BN_GUEST)     a library a bridge loads (the standalone
+ *                          libbitnet): it owns no engine; its points forward
+ *                          to the loading bridge's engine through the table
+ *                          of bitnet_host.h (fault_armed / fault_eval), and
+ *                          are inert until attached.  The disarmed cost is
+ *                          the same one relaxed load, through a pointer set
+ *                          at attach (to a local zero before).
+ *   none    (BN_NO_FAULTS) every point is the constant 0.
+ *
+ * Boundary points.  The bridge places points around every backend call
+ * (init_context, tokenize.fill, dlsym.*, ...).  A guest library contains a
+ * copy of that bridge code, and when it runs inside a loading bridge the
+ * same call has already passed the loader's copy of the point: firing it
+ * again would double every hit count.  Files of the bridge layer define
+ * BN_FAULT_BOUNDARY before including this header; in a guest build their
+ * points are the constant 0.
  */
 #ifndef BN_FAULT_H
 #define BN_FAULT_H
@@ -68,10 +89,26 @@ typedef struct {
 #define BN_FAULT_HIDDEN
 #endif
 
-#ifndef BN_NO_FAULTS
+/* Which build this is (see the top of this file). */
+#if !defined(BN_NO_FAULTS) && !defined(BN_GUEST)
+#define BN_FAULT_ENGINE 1 /* the registry's engine is compiled here */
+#endif
+#if defined(BN_NO_FAULTS) || (defined(BN_GUEST) && defined(BN_FAULT_BOUNDARY))
+#define BN_FAULT_INERT 1 /* the points of this file are the constant 0 */
+#endif
 
+#ifndef BN_FAULT_INERT
+
+#ifdef BN_FAULT_ENGINE
 /* Number of armed points: the one thing a disarmed point reads. */
 extern atomic_int bn_fault_armed_points BN_FAULT_HIDDEN;
+#define BN_FAULT_ARMED_COUNTER (&bn_fault_armed_points)
+#else
+/* Guest: the loading bridge's counter once attached, a local zero before. */
+extern _Atomic(const atomic_int *) bn_fault_armed_ref BN_FAULT_HIDDEN;
+#define BN_FAULT_ARMED_COUNTER                                                \
+    atomic_load_explicit(&bn_fault_armed_ref, memory_order_relaxed)
+#endif
 
 /* The slow path: 0 = nothing fired (or a delay ran out), < 0 = a generic
  * action fired (error recorded), > 0 = a point-specific action, described
@@ -80,7 +117,7 @@ extern atomic_int bn_fault_armed_points BN_FAULT_HIDDEN;
 int bn_fault_eval(int point, bn_fault_special *special) BN_FAULT_HIDDEN;
 
 #define BN_FAULT_ANY_ARMED()                                                  \
-    BN_UNLIKELY(atomic_load_explicit(&bn_fault_armed_points,                  \
+    BN_UNLIKELY(atomic_load_explicit(BN_FAULT_ARMED_COUNTER,                  \
                                      memory_order_relaxed) != 0)
 #define BN_FAULT(id) (BN_FAULT_ANY_ARMED() ? bn_fault_eval(BN_FP_##id, NULL) : 0)
 #define BN_FAULT_SPECIAL(id, sp)                                              \
@@ -88,7 +125,7 @@ int bn_fault_eval(int point, bn_fault_special *special) BN_FAULT_HIDDEN;
 #define BN_FAULT_AT(point_expr, sp)                                           \
     (BN_FAULT_ANY_ARMED() ? bn_fault_eval((point_expr), (sp)) : 0)
 
-#else /* BN_NO_FAULTS: every point is gone */
+#else /* inert: every point is gone */
 
 #define BN_FAULT_ANY_ARMED() 0
 #define BN_FAULT(id) 0
@@ -105,5 +142,10 @@ int bn_fault_id(const char *prefix, const char *name) BN_FAULT_HIDDEN;
  * last firing, for sites that write their own message around a
  * point-specific action.  "" when nothing fired on this thread. */
 const char *bn_fault_note(void) BN_FAULT_HIDDEN;
+
+/* FNV-1a over the point names in points.def order, joined by '\n': equal
+ * hashes mean the same index names the same point, which is what lets a
+ * guest hand its point indexes to a host's engine (bitnet_host.h). */
+uint64_t bn_fault_registry_hash(void) BN_FAULT_HIDDEN;
 
 #endif /* BN_FAULT_H */

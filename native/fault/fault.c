@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "bn_deadline.h"
+#include "bn_host.h"
 
 #if defined(__GLIBC__)
 #include <execinfo.h>
@@ -68,6 +69,22 @@ int32_t bitnet_fault_point_index(const char *name)
     return bn_fault_id(NULL, name);
 }
 
+uint64_t bn_fault_registry_hash(void)
+{
+    /* FNV-1a; the names alone decide, since index -> name is all a guest
+     * and a host must agree on (actions and codes are checked by the
+     * engine that arms, against its own registry). */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < BN_FP__N; i++)
+        for (const char *c = registry[i].name;; c++) {
+            /* the terminator becomes the '\n' joining this name to the next */
+            h = (h ^ (unsigned char)(*c ? *c : '\n')) * 0x100000001b3ull;
+            if (!*c)
+                break;
+        }
+    return h;
+}
+
 int bn_fault_id(const char *prefix, const char *name)
 {
     if (!name)
@@ -88,7 +105,7 @@ static int done(int rc, char *err, int32_t err_len)
     return rc;
 }
 
-#ifndef BN_NO_FAULTS
+#ifdef BN_FAULT_ENGINE
 
 static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
     "off", "fail", "oom", "delay", "hang", "missing", "nan", "grow", "crash"};
@@ -701,18 +718,33 @@ void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
     atomic_store(&engine.callback, fn);
 }
 
-#else /* BN_NO_FAULTS: the control ABI says injection is not compiled in */
+#else /* no engine here: the control ABI says injection is not compiled in */
 
+/* A guest reports 0 too, on purpose: compiled_in answers "can this
+ * registry be armed?", and a guest's cannot: its points are armed,
+ * counted and reported by the engine of the bridge that loads it.  Saying
+ * 1 while arm() refuses (or forwarding arm() to a host it may not have)
+ * would make two registries look armable; the listing functions above
+ * still describe the points the library places. */
 int32_t bitnet_fault_compiled_in(void) { return 0; }
 
 static int not_compiled(const char *pattern)
 {
+#ifdef BN_GUEST
+    return bn_error(BITNET_E_UNSUPPORTED,
+                    "this library does not arm fault points itself: its "
+                    "points forward to the bridge that loads it (dlopen "
+                    "mode), so '%s' must be armed there (fault_inject.arm, "
+                    "BITNET_INJECT)",
+                    pattern ? pattern : "(null)");
+#else
     return bn_error(BITNET_E_UNSUPPORTED,
                     "fault injection is not compiled in: this bridge was "
                     "built with BITNET_FAULTS=0 (BN_NO_FAULTS), which removes "
                     "every fault point, so '%s' cannot be armed; rebuild "
                     "without it (pip install -e .)",
                     pattern ? pattern : "(null)");
+#endif
 }
 
 int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
@@ -757,6 +789,79 @@ void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
     (void)fn; (void)user;
 }
 
+#ifndef BN_GUEST
+const char *bn_fault_note(void) { return ""; }
+#endif
+
+#endif /* BN_FAULT_ENGINE */
+
+/* ---- guest: points forwarded to the loading bridge's engine ------------- */
+
+#ifdef BN_GUEST
+
+#ifndef BN_NO_FAULTS
+
+/* What a point reads before attach (or after a refused one): a zero that
+ * never changes, so an unattached library pays what it paid with
+ * BN_NO_FAULTS plus one pointer load. */
+static const atomic_int never_armed;
+_Atomic(const atomic_int *) bn_fault_armed_ref = &never_armed;
+
+/* The host whose engine evaluates this library's points; NULL until an
+ * attach with a matching registry. */
+static _Atomic(const bitnet_host_t *) fault_host;
+
+int bn_fault_eval(int point, bn_fault_special *special)
+{
+    const bitnet_host_t *h = atomic_load_explicit(&fault_host,
+                                                  memory_order_acquire);
+    if (!h)
+        return 0;
+    int rc = h->fault_eval(point, special);
+    /* the host recorded the firing in its own last error: this library's
+     * callers (and the bridge, via bitnet_cpp_get_last_error) read ours */
+    if (rc < 0)
+        bn_error(rc, "%s", h->last_error());
+    return rc;
+}
+
+const char *bn_fault_note(void)
+{
+    const bitnet_host_t *h = atomic_load_explicit(&fault_host,
+                                                  memory_order_acquire);
+    return h ? h->fault_note() : "";
+}
+
+int bn_fault_guest_attach(const bitnet_host_t *host)
+{
+    if (!host->fault_eval || !host->fault_armed || !host->fault_note)
+        return 0; /* the bridge has no engine: nothing offered, none taken */
+    uint64_t mine = bn_fault_registry_hash();
+    if (host->fault_registry_hash != mine) {
+        bn_error(BITNET_E_ABI_MISMATCH,
+                 "fault registry hash %016llx differs from the bridge's "
+                 "%016llx: this library was built from another points.def, "
+                 "so its point indexes would name other points; its fault "
+                 "points stay inert (rebuild it with this bridge's sources)",
+                 (unsigned long long)mine,
+                 (unsigned long long)host->fault_registry_hash);
+        return BITNET_HOST_DECLINED_FAULTS;
+    }
+    atomic_store_explicit(&fault_host, host, memory_order_release);
+    atomic_store_explicit(&bn_fault_armed_ref, host->fault_armed,
+                          memory_order_release);
+    return 0;
+}
+
+#else /* BN_GUEST with BN_NO_FAULTS: no points to forward */
+
 const char *bn_fault_note(void) { return ""; }
 
+int bn_fault_guest_attach(const bitnet_host_t *host)
+{
+    (void)host;
+    return 0;
+}
+
 #endif
+#endif /* BN_GUEST */

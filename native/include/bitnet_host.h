@@ -22,8 +22,14 @@
  *
  * The table stays valid as long as the library stays loaded.  The hook is
  * optional: a library without it (BitNet.cpp, say) is loaded the same way
- * and simply cannot see deadlines, bridge logging or fault points.  A
- * non-zero return refuses the table (the bridge logs why and carries on).
+ * and simply cannot see deadlines, bridge logging or fault points.
+ *
+ * The return value: 0 = attached; < 0 (a BITNET_E_* code) = the whole
+ * table refused; > 0 = attached, but without the services flagged
+ * (BITNET_HOST_DECLINED_*): e.g. a library built from another points.def
+ * still takes deadlines and logging, and leaves its fault points inert.
+ * Unless 0, the library's last error (bitnet_cpp_get_last_error) says why;
+ * the bridge logs it and carries on.
  *
  * Not part of the socket ABI (bitnet.h): it is an agreement between this
  * bridge and the libraries built to cooperate with it (the standalone
@@ -72,6 +78,9 @@ typedef struct {
     int (*fault_eval)(int point, void *special);
     const char *(*fault_note)(void);
 } bitnet_host_t;
+
+/* Positive returns of bitnet_host_attach (flags). */
+#define BITNET_HOST_DECLINED_FAULTS 1 /* registry hashes differ */
 
 /* Exported by cooperating libraries (never by the bridge itself). */
 typedef int (*bitnet_host_attach_fn)(const bitnet_host_t *host);

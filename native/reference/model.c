@@ -9,6 +9,7 @@
 #include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
+#include "bn_log.h"
 #include "pool.h"
 
 typedef enum { ROPE_NORM, ROPE_NEOX } rope_kind;
@@ -300,6 +301,9 @@ int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
         goto fail_ctx;
     bn_counter_add(BN_COUNTER_MODELS, 1);
     bn_counter_add(BN_COUNTER_MODEL_LOADS, 1);
+    BN_LOG(BN_LOG_DEBUG, "model", "loaded '%s': %d layers, vocab %d%s", path,
+           (int)m->n_layer, (int)m->n_vocab,
+           (flags & BN_MODEL_VOCAB_ONLY) ? " (vocabulary only)" : "");
     *out = m;
     return BITNET_OK;
 fail_ctx:

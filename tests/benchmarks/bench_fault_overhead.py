@@ -14,6 +14,15 @@ inside the lifecycle (``--toggle-collect``), single-threaded
   compiled in, an unrelated point armed (``eval_gpu``, never reached)
                                        limit: <= 5% more
 
+and, for the standalone library (what dlopen mode loads), the same
+lifecycle called straight into it, as a program that never attaches it
+would: a guest build (BN_GUEST: points forward through a pointer to a
+local zero, deadline and log checks look for a host first) against the
+library as it was built before guests, with faults compiled out.
+
+  standalone, compiled out             the baseline
+  standalone guest, not attached       limit: <= 1% more
+
 Prints both ratios; exits 1 if a limit is exceeded, 2 without valgrind.
 """
 
@@ -30,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMITS = {"disarmed": 1.01, "armed": 1.05}
+LIMITS = {"disarmed": 1.01, "armed": 1.05, "guest": 1.01}
 
 DRIVER = r"""
 #include <stdio.h>
@@ -138,14 +147,30 @@ def main() -> int:
     (work / "out").mkdir(exist_ok=True)
     exe_in = build(work / "in" / "points_in", [])
     exe_out = build(work / "out" / "points_out", ["-DBN_NO_FAULTS"])
+    (work / "guest").mkdir(exist_ok=True)
+    (work / "standalone").mkdir(exist_ok=True)
+    standalone = [f"-D{name}={value}" for name, value in load_build().STANDALONE_DEFINES if name != "BN_GUEST"]  # type: ignore[attr-defined]
+    exe_guest = build(work / "guest" / "guest", [*standalone, "-DBN_GUEST=1"])
+    exe_sa_out = build(work / "standalone" / "standalone_out", [*standalone, "-DBN_NO_FAULTS"])
     base = instructions(exe_out, model, "disarmed", work)
     disarmed = instructions(exe_in, model, "disarmed", work)
     armed = instructions(exe_in, model, "armed", work)
+    sa_base = instructions(exe_sa_out, model, "disarmed", work)
+    guest = instructions(exe_guest, model, "disarmed", work)
     print(f"callgrind: instructions in one session lifecycle (create, tokenize, evaluate, close) of {model.name}, 1 thread")
-    print(f"  points compiled out               {base:>14,}")
     worst = 0
-    for name, count, label in (("disarmed", disarmed, "compiled in, nothing armed"), ("armed", armed, "compiled in, 'eval_gpu' armed")):
-        ratio = count / base
+    rows = (
+        ("points compiled out", base, None, base),
+        ("compiled in, nothing armed", disarmed, "disarmed", base),
+        ("compiled in, 'eval_gpu' armed", armed, "armed", base),
+        ("standalone, compiled out", sa_base, None, sa_base),
+        ("standalone guest, not attached", guest, "guest", sa_base),
+    )
+    for label, count, name, against in rows:
+        if name is None:
+            print(f"  {label:<33}{count:>14,}")
+            continue
+        ratio = count / against
         ok = ratio <= LIMITS[name]
         worst |= not ok
         print(f"  {label:<33}{count:>14,}   ratio {ratio:.5f}  (limit {LIMITS[name]:.2f}: {'ok' if ok else 'OVER'})")
