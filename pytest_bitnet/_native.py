@@ -71,8 +71,13 @@ def raise_native(
     *,
     phase: str | None = None,
     parameters: Mapping[str, Any] | None = None,
+    hint: str | None = None,
 ) -> NoReturn:
-    """Raises the exception class for a native code with a full context."""
+    """Raises the exception class for a native code with a full context.
+
+    hint: advice the caller's layer can give and the native side cannot
+    (it knows the arguments), appended to the native message.
+    """
     message, truncated = native_message(err)
     params = dict(parameters or {})
     if truncated:
@@ -87,6 +92,8 @@ def raise_native(
     where = f"{operation} ({phase})" if phase else operation
     detail = ", ".join(f"{k}={v!r}" for k, v in params.items())
     text = f"{where} failed: {message or 'no message from native code'}"
+    if hint:
+        text += f"; {hint}"
     if detail:
         text += f" [{detail}]"
     cls = errors.error_for_code(code)

@@ -290,7 +290,10 @@ class BitnetSession:
         with _deadline(session_timeout):
             rc = lib.bitnet_bridge_init_context(out, raw_path, n_ctx, n_gpu_layers, opts.cdata, err, len(err))
         if rc:
-            raise_native(rc, "create", err, parameters=params)
+            hint = None
+            if rc == lib.BITNET_E_OOM and n_ctx != 1:
+                hint = f"the KV cache grows with n_ctx: lower n_ctx (now {n_ctx or 'the model default'}) to need less memory"
+            raise_native(rc, "create", err, parameters=params, hint=hint)
         self = object.__new__(cls)
         self._ctx = out[0]
         self.model_path = path

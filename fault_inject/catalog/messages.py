@@ -63,7 +63,7 @@ def _failures(s: Scenario) -> list[tuple[str, str, Callable[[], Any]]]:
         ("AbiMismatch", "rebuild", lambda: bn.BitnetSession.create(s.model, backend="dlopen", library_path=abi_lib)),
         ("ModelLoadError", "check the path", lambda: s.session(s.tmp / "absent.gguf")),
         ("InferenceError", "ids must be in", lambda: sess.evaluate([1, 10_000])),
-        ("OutOfMemory", "n_ctx", injected("alloc=oom", lambda: s.session())),
+        ("OutOfMemory", "lower n_ctx", injected("alloc=oom", lambda: s.session())),
         ("ContextOverflow", "n_ctx", lambda: sess.evaluate([1] * 600)),
         ("ThreadSafetyError", "give each thread its own", two_threads),
         ("CleanupFailed", "disarm", injected("free_context=1*fail", closed_twice(s))),

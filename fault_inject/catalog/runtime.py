@@ -70,7 +70,7 @@ def e46(s: Scenario) -> None:
 
 
 @entry("E47", "memory", "OOM during create → OutOfMemory with n_ctx guidance; nothing leaked",
-       expect="OutOfMemory", inject="alloc=oom", fragments=("out of memory", "n_ctx"))
+       expect="OutOfMemory", inject="alloc=oom", fragments=("out of memory", "lower n_ctx (now 512)"))
 def e47(s: Scenario) -> None:
     """BitnetSession.create(model) with every allocation refused"""
     s.fails(s.session)

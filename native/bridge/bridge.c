@@ -248,6 +248,8 @@ static void leave(const bitnet_context_t *ctx)
 /* After a backend call failed: make the bridge's last error the backend's
  * whole message (a library keeps its own last error; err may hold only its
  * beginning), then copy it into the caller's buffer. */
+static int done(int rc, char *err, int32_t err_len);
+
 static int failed(const bn_backend *be, int rc, char *err, int32_t err_len)
 {
     if (rc == BITNET_OK)
@@ -262,14 +264,21 @@ static int failed(const bn_backend *be, int rc, char *err, int32_t err_len)
                  buf[0] ? "" : bn_error_name(rc));
         bn_error_prefix("%s: ", be->name);
     }
-    bn_error_copy(err, err_len);
-    return rc;
+    return done(rc, err, err_len);
 }
 
+/* Every error a socket returns leaves through here: copied to the caller's
+ * buffer, and logged, so an application that only watches its logs sees
+ * native failures too.  A guest library's own bridge layer stays quiet:
+ * the bridge that loaded it logs what it returns, once. */
 static int done(int rc, char *err, int32_t err_len)
 {
-    if (rc != BITNET_OK)
+    if (rc != BITNET_OK) {
         bn_error_copy(err, err_len);
+#ifndef BN_GUEST
+        BN_LOG(BN_LOG_ERROR, "bridge", "%s: %s", bn_error_name(rc), bn_error_message());
+#endif
+    }
     return rc;
 }
 
