@@ -15,6 +15,7 @@
 #include "bn_error.h"
 #include "bn_fault.h"
 #include "bn_log.h"
+#include "host_min.h"
 
 #define LIB_NAME "libbitnet.so"
 
@@ -57,13 +58,38 @@ static struct {
     pthread_mutex_t lock;
     bn_library *head;
     char bundled[PATH_MAX];
-} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, ""};
+    /* the llama.cpp adapter (see bn_loader_set_llama) */
+    char llama_adapter[PATH_MAX];
+    char llama_lib[PATH_MAX];
+    char llama_unavailable[1024];
+} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, "", "", "", ""};
 
 void bn_loader_set_bundled(const char *path)
 {
     pthread_mutex_lock(&libs.lock);
     snprintf(libs.bundled, sizeof libs.bundled, "%s", path ? path : "");
     pthread_mutex_unlock(&libs.lock);
+}
+
+void bn_loader_set_llama(const char *adapter, const char *libllama,
+                         const char *unavailable)
+{
+    pthread_mutex_lock(&libs.lock);
+    snprintf(libs.llama_adapter, sizeof libs.llama_adapter, "%s",
+             adapter ? adapter : "");
+    snprintf(libs.llama_lib, sizeof libs.llama_lib, "%s",
+             libllama ? libllama : "");
+    snprintf(libs.llama_unavailable, sizeof libs.llama_unavailable, "%s",
+             unavailable ? unavailable : "");
+    pthread_mutex_unlock(&libs.lock);
+}
+
+int bn_llama_configured(void)
+{
+    pthread_mutex_lock(&libs.lock);
+    int yes = libs.llama_adapter[0] != '\0';
+    pthread_mutex_unlock(&libs.lock);
+    return yes;
 }
 
 static void note(bn_discovery *d, const char *path, const char *fmt, ...)
@@ -116,6 +142,22 @@ static void fill_backend(bn_library *lib)
     SYM(percall_eval, "crossval_bitnet_eval_with_tokens");
     SYM(get_last_error, "bitnet_cpp_get_last_error");
 #undef SYM
+}
+
+/* Lends the bridge's deadlines and logging to a library that exports
+ * bitnet_host_attach (bitnet_host.h); a refusal is logged, not fatal. */
+static void attach_host(const bn_library *lib)
+{
+    bitnet_host_attach_fn attach =
+        (bitnet_host_attach_fn)dlsym(lib->handle, "bitnet_host_attach");
+    if (!attach)
+        return;
+    int rc = attach(bn_host_table());
+    if (rc)
+        BN_LOG(BN_LOG_WARN, "loader",
+               "%s refused the host table (code %d): it runs without the "
+               "bridge's deadlines and logging",
+               lib->path, rc);
 }
 
 static int load_file(const char *path, bn_discovery *d, bn_library **out)
@@ -222,6 +264,7 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
                "%s does not export bitnet_cpp_abi_version; assuming ABI %d",
                lib->path, BITNET_ABI_VERSION);
     fill_backend(lib);
+    attach_host(lib);
     lib->next = libs.head;
     libs.head = lib;
     note(d, path, "loaded");
@@ -302,6 +345,39 @@ done:
     pthread_mutex_unlock(&libs.lock);
     if (rc == BITNET_E_LIBRARY_NOT_FOUND)
         return not_found(d);
+    return rc;
+}
+
+int bn_llama_open(bn_discovery *d, bn_library **out)
+{
+    *out = NULL;
+    memset(d, 0, sizeof *d);
+    pthread_mutex_lock(&libs.lock);
+    int rc;
+    if (!libs.llama_adapter[0]) {
+        rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                      "the llama.cpp backend is not available: %s",
+                      libs.llama_unavailable[0]
+                          ? libs.llama_unavailable
+                          : "no adapter was configured (import pytest_bitnet "
+                            "with llama-cpp-python installed: pip install "
+                            "'pytest-bitnet[llama]'; its first build takes "
+                            "~8 min)");
+    } else {
+        rc = load_file(libs.llama_adapter, d, out);
+        if (rc == BITNET_E_LIBRARY_NOT_FOUND)
+            rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                          "the llama.cpp adapter '%s' (for %s) could not be "
+                          "loaded: %s; remove it to have it rebuilt, or "
+                          "reinstall llama-cpp-python",
+                          libs.llama_adapter, libs.llama_lib,
+                          d->n_tried ? d->tried[d->n_tried - 1].result : "?");
+        else if (!rc)
+            /* served_by and backend_info name llama.cpp, not the adapter */
+            snprintf((*out)->name, sizeof (*out)->name, "llama.cpp:%.4000s",
+                     libs.llama_lib);
+    }
+    pthread_mutex_unlock(&libs.lock);
     return rc;
 }
 
