@@ -390,6 +390,13 @@ void bn_libraries_add_counters(bitnet_counters_t *out)
 {
     pthread_mutex_lock(&libs.lock);
     for (bn_library *l = libs.head; l; l = l->next) {
+        /* A load while a fault was armed resolves afresh: one library may
+         * have several entries (one dlopen handle); count it once. */
+        int seen = 0;
+        for (bn_library *e = libs.head; e != l && !seen; e = e->next)
+            seen = e->handle == l->handle;
+        if (seen)
+            continue;
         int (*fn)(bitnet_counters_t *) =
             (int (*)(bitnet_counters_t *))bn_library_symbol(l, "bitnet_cpp_get_counters");
         bitnet_counters_t c;
