@@ -58,6 +58,17 @@ class _Unavailable(Exception):
     pass
 
 
+def _package_dir() -> Path | None:
+    """llama_cpp's directory, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _lib_dir() -> Path:
     override = os.environ.get("LLAMA_CPP_LIB_PATH", "").strip()
     if override:
@@ -68,10 +79,10 @@ def _lib_dir() -> Path:
                 "with llama-cpp-python's libllama.so (<site-packages>/llama_cpp/lib) or unset it"
             )
         return lib_dir
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
+    package = _package_dir()
+    if package is None:
         raise _Unavailable(f"llama-cpp-python is not installed: {INSTALL_HINT}")
-    lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    lib_dir = package / "lib"
     if not (lib_dir / "libllama.so").is_file():
         raise _Unavailable(
             f"llama-cpp-python is installed but {lib_dir} holds no libllama.so; reinstall it: {INSTALL_HINT}"
@@ -82,9 +93,9 @@ def _lib_dir() -> Path:
 def _include_dir(lib_dir: Path) -> Path:
     """The directory of the llama.h released with lib_dir's libllama."""
     candidates = [lib_dir.parent / "include", lib_dir / "include", lib_dir.parent.parent / "include"]
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is not None and spec.submodule_search_locations:
-        candidates.append(Path(next(iter(spec.submodule_search_locations))).parent / "include")
+    package = _package_dir()
+    if package is not None:
+        candidates.append(package.parent / "include")
     for d in candidates:
         if (d / "llama.h").is_file() and (d / "ggml.h").is_file():
             return d

@@ -604,8 +604,8 @@ static int eval_two_pass(ad_ctx *c, const int32_t *tokens, int32_t n_tokens,
                     "buffer too small (need %lld, got %d): call first with "
                     "out_logits=NULL to query rows x cols",
                     (long long)need, (int)logits_capacity);
-    if (deadline_passed())
-        return timeout_error("evaluate");
+    /* No deadline check of our own here: llama_decode polls it through
+     * the abort callback from its first graph node on. */
     rc = decode_all(c, seq, tokens, n_tokens, out_logits);
     if (rc) {
         /* A failed call leaves the sequence as it was: drop whatever the
