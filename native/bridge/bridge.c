@@ -1033,6 +1033,8 @@ static void put_error(report *r, const char *msg)
 /* The fallback tier's name as the report shows it, without loading it. */
 static const char *fallback_label(const resolved *r)
 {
+    if (!strcmp(r->backend, "llama")) /* never its own fallback */
+        return "reference";
     if (!strcmp(r->fallback, "llama") ||
         (!strcmp(r->fallback, "auto") && bn_llama_configured()))
         return "llama.cpp";
