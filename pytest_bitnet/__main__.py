@@ -5,6 +5,9 @@
   diagnostics [--backend B] [--library PATH] [--json]
                       what the bridge would load and why; exit 1 when a
                       required part is missing
+  crossval MODEL [--prompts FILE] [--tolerance T]
+                      reference engine vs llama.cpp: tokens and logits per
+                      prompt; exit 1 on divergence
 """
 
 from __future__ import annotations
@@ -48,6 +51,25 @@ def _diagnostics(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _crossval(args: argparse.Namespace) -> int:
+    from . import crossval
+    from .errors import BitnetError
+
+    prompts = crossval.read_prompts(args.prompts) if args.prompts else list(crossval.DEFAULT_PROMPTS)
+    try:
+        results = crossval.compare(args.model, prompts)
+    except BitnetError as exc:
+        print(f"crossval could not run: {exc}", file=sys.stderr)
+        return 2
+    print(crossval.format_table(results, args.tolerance))
+    bad = [r for r in results if r.diverges(args.tolerance)]
+    worst = max((r.max_abs_diff for r in results if r.tokens_equal), default=0.0)
+    print(f"{len(results)} prompts, {len(bad)} diverging, worst max abs diff {worst:.3g} (tolerance {args.tolerance:g})")
+    for r in bad:
+        print(f"DIVERGENCE {r.describe()}")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_bitnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", metavar="DIR", help="write the model into DIR instead of a temporary directory")
     demo.set_defaults(func=_demo)
     diag = sub.add_parser("diagnostics", help="environment, library discovery, symbols and fallbacks")
-    diag.add_argument("--backend", choices=("reference", "dlopen", "stub"))
+    diag.add_argument("--backend", choices=("reference", "dlopen", "llama", "stub"))
     diag.add_argument("--library", metavar="PATH", help="dlopen this library instead of discovering one")
     diag.add_argument("--json", action="store_true", help="print the report as JSON")
     diag.set_defaults(func=_diagnostics)
+    cv = sub.add_parser("crossval", help="reference engine vs llama.cpp on one model")
+    cv.add_argument("model", help="a .gguf model both can load (e.g. bitnet TQ2_0)")
+    cv.add_argument("--prompts", metavar="FILE", help="one prompt per line (\\t \\n \\uXXXX escapes; an empty line is the empty prompt)")
+    cv.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
+    cv.set_defaults(func=_crossval)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -43,6 +43,13 @@ if _bundled is not None:
     lib.bitnet_bridge_set_bundled_library(str(_bundled).encode())
 
 
+# llama.cpp (backend "llama", and the fallback tier when available): the
+# adapter is found or built now, so the bridge can route to it.
+from . import _llama  # noqa: E402  (needs lib)
+
+LLAMA = _llama.configure(lib, ffi)
+
+
 def new_err_buffer() -> Any:
     return ffi.new("char[]", ERR_LEN)
 

@@ -39,8 +39,12 @@ def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BITNET_FORCE_LLAMA_FALLBACK", "BITNET_FALLBACK"):
+    for var in ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BITNET_FORCE_LLAMA_FALLBACK"):
         monkeypatch.delenv(var, raising=False)
+    # These tests pin the reference engine as the fallback tier (their
+    # logits must be identical, E38); tests/test_llama.py covers llama.cpp
+    # in that place.
+    monkeypatch.setenv("BITNET_FALLBACK", "reference")
 
 
 def reference_logits(model: Path, text: str = "hello world") -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +67,7 @@ def test_backend_from_environment(tiny_model: Path, monkeypatch: pytest.MonkeyPa
     with bn.BitnetSession.create(tiny_model) as s:
         assert s.backend_info["create"].startswith("dlopen:")
     monkeypatch.setenv("BITNET_BACKEND", "bogus")
-    with pytest.raises(errors.InvalidArgument, match=r"unknown backend 'bogus' \(valid: reference, dlopen, stub\)"):
+    with pytest.raises(errors.InvalidArgument, match=r"unknown backend 'bogus' \(valid: reference, dlopen, llama, stub\)"):
         bn.BitnetSession.create(tiny_model)
 
 

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <limits.h>
 
 #include "backend.h"
 #include "bitnet_bridge.h"
@@ -36,13 +37,13 @@ typedef enum { KIND_CONTEXT = 1, KIND_SESSION = 2 } handle_kind;
 typedef struct {
     const bn_backend *be;
     void *impl;
-    char label[160]; /* what bitnet_bridge_served_by reports */
+    char label[PATH_MAX + 200]; /* what bitnet_bridge_served_by reports */
 } tier;
 
 struct bitnet_context_t {
     const bn_backend *be;   /* the selected backend */
     void *impl;             /* its context */
-    const bn_backend *fb;   /* fallback tier (embedded reference), or NULL */
+    const bn_backend *fb;   /* fallback tier (llama.cpp or reference), or NULL */
     void *fb_impl;          /* its context: the model stays loaded */
     tier tok, eval;         /* who serves tokenize / eval (and n_past...) */
     atomic_int busy;        /* 1 while a call runs on this handle */
@@ -60,6 +61,7 @@ typedef struct {
     const char *library_path;
     int force_fallback;
     int fallback_allowed;
+    const char *fallback; /* "auto" | "llama" | "reference" | "none" */
 } resolved;
 
 static int env_flag(const char *name)
@@ -80,6 +82,7 @@ static int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r)
     r->library_path = NULL;
     r->force_fallback = 0;
     r->fallback_allowed = 1;
+    r->fallback = "reference";
     return BITNET_OK;
 #endif
     r->backend = o && o->backend ? o->backend : getenv("BITNET_BACKEND");
@@ -91,18 +94,21 @@ static int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r)
                             : env_flag("BITNET_FORCE_LLAMA_FALLBACK");
     const char *fb = o && o->fallback ? o->fallback : getenv("BITNET_FALLBACK");
     if (!fb || !*fb)
-        fb = "reference";
-    if (strcmp(fb, "reference") != 0 && strcmp(fb, "none") != 0)
+        fb = "auto";
+    if (strcmp(fb, "auto") && strcmp(fb, "llama") && strcmp(fb, "reference") &&
+        strcmp(fb, "none"))
         return bn_error(BITNET_E_INVALID_ARG,
-                        "unknown fallback '%s' (valid: reference, none); check "
-                        "BITNET_FALLBACK",
+                        "unknown fallback '%s' (valid: auto, llama, reference, "
+                        "none); check BITNET_FALLBACK",
                         fb);
+    r->fallback = fb;
     r->fallback_allowed = strcmp(fb, "none") != 0;
     if (strcmp(r->backend, "reference") && strcmp(r->backend, "dlopen") &&
-        strcmp(r->backend, "stub"))
+        strcmp(r->backend, "llama") && strcmp(r->backend, "stub"))
         return bn_error(BITNET_E_INVALID_ARG,
                         "unknown backend '%s' (valid: reference, dlopen, "
-                        "stub); check the backend= argument or BITNET_BACKEND",
+                        "llama, stub); check the backend= argument or "
+                        "BITNET_BACKEND",
                         r->backend);
     return BITNET_OK;
 }
@@ -120,11 +126,54 @@ static int select_backend(const resolved *r, const bn_backend **out)
     }
     bn_discovery d;
     bn_library *lib;
-    int rc = bn_library_open(r->library_path, &d, &lib);
+    int rc = strcmp(r->backend, "llama") == 0
+                 ? bn_llama_open(&d, &lib)
+                 : bn_library_open(r->library_path, &d, &lib);
     if (rc)
         return rc;
     *out = bn_library_backend(lib);
     return BITNET_OK;
+}
+
+/* The fallback tier (seed 003 section 2), in this order: llama.cpp when
+ * its adapter is configured (BITNET_FALLBACK=auto, the default, or
+ * =llama, which insists on it), else the embedded reference engine
+ * (=reference forces it).  `serving` is the tier that needs a fallback:
+ * llama.cpp never falls back to itself. */
+static int fallback_backend(const resolved *r, const bn_backend *serving,
+                            const bn_backend **out)
+{
+    *out = &bn_reference_backend;
+    if (!strcmp(r->fallback, "reference"))
+        return BITNET_OK;
+    int want_llama = !strcmp(r->fallback, "llama");
+    if (!want_llama && !bn_llama_configured())
+        return BITNET_OK;
+    bn_discovery d;
+    bn_library *lib;
+    int rc = bn_llama_open(&d, &lib);
+    if (!rc && bn_library_backend(lib) != serving) {
+        *out = bn_library_backend(lib);
+        return BITNET_OK;
+    }
+    if (want_llama)
+        return rc ? rc
+                  : bn_error(BITNET_E_NOT_AVAILABLE,
+                             "BITNET_FALLBACK=llama, but llama.cpp is the "
+                             "backend itself: it cannot be its own fallback");
+    if (rc)
+        BN_LOG(BN_LOG_WARN, "fallback",
+               "llama.cpp cannot serve the fallback tier (%s); the "
+               "reference engine serves it",
+               bn_error_message());
+    bn_error_clear();
+    return BITNET_OK;
+}
+
+/* The tier's name for messages: "llama.cpp" or "reference engine". */
+static const char *tier_name(const bn_backend *be)
+{
+    return be == &bn_reference_backend ? "reference engine" : "llama.cpp";
 }
 
 /* ---- live handle registry ---------------------------------------------
@@ -322,21 +371,22 @@ static int route(bitnet_context_t *c, const resolved *r, const char *path,
                     err, err_len);
     }
     if (tok_why || eval_why) {
-        c->fb = &bn_reference_backend;
-        int rc = c->fb->init_context(&c->fb_impl, path, n_ctx, n_gpu_layers,
-                                     err, err_len);
+        int rc = fallback_backend(r, c->be, &c->fb);
+        if (rc)
+            return done(rc, err, err_len);
+        rc = failed(c->fb, c->fb->init_context(&c->fb_impl, path, n_ctx,
+                                               n_gpu_layers, err, err_len),
+                    err, err_len);
         if (rc)
             return rc;
         if (tok_why)
             BN_LOG(BN_LOG_WARN, "fallback",
-                   "%s: %s; tokenize is served by the fallback tier "
-                   "(reference engine)",
-                   c->be->name, tok_why);
+                   "%s: %s; tokenize is served by the fallback tier (%s)",
+                   c->be->name, tok_why, tier_name(c->fb));
         if (eval_why)
             BN_LOG(BN_LOG_WARN, "fallback",
-                   "%s: %s; evaluate is served by the fallback tier "
-                   "(reference engine)",
-                   c->be->name, eval_why);
+                   "%s: %s; evaluate is served by the fallback tier (%s)",
+                   c->be->name, eval_why, tier_name(c->fb));
     }
     set_tier(&c->tok, tok_why ? c->fb : c->be, tok_why ? c->fb_impl : c->impl,
              tok_why);
@@ -762,11 +812,14 @@ static int percall_backend(const bitnet_bridge_options *opts,
                         "it and the fallback tier is disabled "
                         "(BITNET_FALLBACK=none)",
                         be->name);
+    const bn_backend *fb;
+    if ((rc = fallback_backend(&r, be, &fb)))
+        return rc;
     BN_LOG(BN_LOG_WARN, "fallback",
-           "%s: per-call function %s; served by the fallback tier "
-           "(reference engine)",
-           be->name, r.force_fallback ? "forced to fallback" : "missing");
-    *out = &bn_reference_backend;
+           "%s: per-call function %s; served by the fallback tier (%s)",
+           be->name, r.force_fallback ? "forced to fallback" : "missing",
+           tier_name(fb));
+    *out = fb;
     return BITNET_OK;
 }
 
@@ -946,6 +999,13 @@ BITNET_API void bitnet_bridge_set_bundled_library(const char *path)
     bn_loader_set_bundled(path);
 }
 
+BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
+                                                const char *libllama_path,
+                                                const char *unavailable)
+{
+    bn_loader_set_llama(adapter_path, libllama_path, unavailable);
+}
+
 /* ---- discovery report ---------------------------------------------------- */
 
 typedef struct {
@@ -983,22 +1043,36 @@ static void put_error(report *r, const char *msg)
     put(r, "\n");
 }
 
+/* The fallback tier's name as the report shows it, without loading it. */
+static const char *fallback_label(const resolved *r)
+{
+    if (!strcmp(r->backend, "llama")) /* never its own fallback */
+        return "reference";
+    if (!strcmp(r->fallback, "llama") ||
+        (!strcmp(r->fallback, "auto") && bn_llama_configured()))
+        return "llama.cpp";
+    return "reference";
+}
+
 /* What serves a socket symbol of a library: itself, or the fallback. */
 static const char *serves(const bn_symbol_info *s, int found,
                           const resolved *r)
 {
+    static _Thread_local char forced[64], plain[64];
+    snprintf(forced, sizeof forced, "fallback:%s (forced)", fallback_label(r));
+    snprintf(plain, sizeof plain, "fallback:%s", fallback_label(r));
     int has_fallback = !strcmp(s->name, "bitnet_cpp_tokenize_with_context") ||
                        !strcmp(s->name, "bitnet_cpp_eval_with_context") ||
                        !strcmp(s->name, "crossval_bitnet_tokenize") ||
                        !strcmp(s->name, "crossval_bitnet_eval_with_tokens");
     if (has_fallback && r->force_fallback)
-        return r->fallback_allowed ? "fallback:reference (forced)" : "none";
+        return r->fallback_allowed ? forced : "none";
     if (found)
         return "library";
     if (!strcmp(s->name, "bitnet_cpp_get_counters"))
         return "bridge counters only";
     if (has_fallback)
-        return r->fallback_allowed ? "fallback:reference" : "none";
+        return r->fallback_allowed ? plain : "none";
     return s->required ? "none (required)" : "not used";
 }
 
@@ -1012,12 +1086,14 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
         put_error(&rep, bn_error_message());
     } else {
         put(&rep, "mode\t%s\n", r.backend);
-        put(&rep, "fallback\t%s\n", r.fallback_allowed ? "reference" : "none");
+        put(&rep, "fallback\t%s\n", r.fallback_allowed ? fallback_label(&r) : "none");
         put(&rep, "force_fallback\t%d\n", r.force_fallback);
-        if (!strcmp(r.backend, "dlopen")) {
+        if (!strcmp(r.backend, "dlopen") || !strcmp(r.backend, "llama")) {
             bn_discovery d;
             bn_library *lib = NULL;
-            rc = bn_library_open(r.library_path, &d, &lib);
+            rc = !strcmp(r.backend, "llama")
+                     ? bn_llama_open(&d, &lib)
+                     : bn_library_open(r.library_path, &d, &lib);
             for (int i = 0; i < d.n_tried; i++)
                 put(&rep, "tried\t%s\t%s\n", d.tried[i].path, d.tried[i].result);
             if (rc)

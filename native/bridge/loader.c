@@ -61,13 +61,38 @@ static struct {
     pthread_mutex_t lock;
     bn_library *head;
     char bundled[PATH_MAX];
-} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, ""};
+    /* the llama.cpp adapter (see bn_loader_set_llama) */
+    char llama_adapter[PATH_MAX];
+    char llama_lib[PATH_MAX];
+    char llama_unavailable[1024];
+} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, "", "", "", ""};
 
 void bn_loader_set_bundled(const char *path)
 {
     pthread_mutex_lock(&libs.lock);
     snprintf(libs.bundled, sizeof libs.bundled, "%s", path ? path : "");
     pthread_mutex_unlock(&libs.lock);
+}
+
+void bn_loader_set_llama(const char *adapter, const char *libllama,
+                         const char *unavailable)
+{
+    pthread_mutex_lock(&libs.lock);
+    snprintf(libs.llama_adapter, sizeof libs.llama_adapter, "%s",
+             adapter ? adapter : "");
+    snprintf(libs.llama_lib, sizeof libs.llama_lib, "%s",
+             libllama ? libllama : "");
+    snprintf(libs.llama_unavailable, sizeof libs.llama_unavailable, "%s",
+             unavailable ? unavailable : "");
+    pthread_mutex_unlock(&libs.lock);
+}
+
+int bn_llama_configured(void)
+{
+    pthread_mutex_lock(&libs.lock);
+    int yes = libs.llama_adapter[0] != '\0';
+    pthread_mutex_unlock(&libs.lock);
+    return yes;
 }
 
 static void note(bn_discovery *d, const char *path, const char *fmt, ...)
@@ -366,6 +391,39 @@ done:
     pthread_mutex_unlock(&libs.lock);
     if (rc == BITNET_E_LIBRARY_NOT_FOUND)
         return not_found(d);
+    return rc;
+}
+
+int bn_llama_open(bn_discovery *d, bn_library **out)
+{
+    *out = NULL;
+    memset(d, 0, sizeof *d);
+    pthread_mutex_lock(&libs.lock);
+    int rc;
+    if (!libs.llama_adapter[0]) {
+        rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                      "the llama.cpp backend is not available: %s",
+                      libs.llama_unavailable[0]
+                          ? libs.llama_unavailable
+                          : "no adapter was configured (import pytest_bitnet "
+                            "with llama-cpp-python installed: pip install "
+                            "'pytest-bitnet[llama]'; its first build takes "
+                            "~8 min)");
+    } else {
+        rc = load_file(libs.llama_adapter, d, out);
+        if (rc == BITNET_E_LIBRARY_NOT_FOUND)
+            rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                          "the llama.cpp adapter '%s' (for %s) could not be "
+                          "loaded: %s; remove it to have it rebuilt, or "
+                          "reinstall llama-cpp-python",
+                          libs.llama_adapter, libs.llama_lib,
+                          d->n_tried ? d->tried[d->n_tried - 1].result : "?");
+        else if (!rc)
+            /* served_by and backend_info name llama.cpp, not the adapter */
+            snprintf((*out)->name, sizeof (*out)->name, "llama.cpp:%.4000s",
+                     libs.llama_lib);
+    }
+    pthread_mutex_unlock(&libs.lock);
     return rc;
 }
 

@@ -53,4 +53,14 @@ void bn_libraries_add_counters(bitnet_counters_t *out);
 
 void bn_loader_set_bundled(const char *path);
 
+/* The llama.cpp adapter (native/llama/adapter.c, built by
+ * pytest_bitnet/_llama.py) and the libllama it links, or NULL and why it
+ * is unavailable (shown when the llama backend is asked for). */
+void bn_loader_set_llama(const char *adapter, const char *libllama,
+                         const char *unavailable);
+int bn_llama_configured(void);
+/* Loads the configured adapter (backend name "llama.cpp:<libllama>"), or
+ * BITNET_E_LIBRARY_NOT_FOUND saying why there is none. */
+int bn_llama_open(bn_discovery *d, bn_library **out);
+
 #endif

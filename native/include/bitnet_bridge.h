@@ -11,14 +11,18 @@
  *              BITNET_CPP_DIR/build/bin/libbitnet.so, then the system loader
  *              path ("libbitnet.so"), then -- only when neither variable is
  *              set -- the reference library bundled with the package
+ *   llama      llama.cpp (libllama.so of llama-cpp-python) through the
+ *              adapter set with bitnet_bridge_set_llama_library
  *   stub       no backend: every call fails with BITNET_E_NOT_AVAILABLE
  *
  * Fallback chain (seed 003 section 2): tokenize and eval are served by the
  * backend's optional socket when it exports it, else by the fallback tier
- * (the embedded reference engine, holding the model for the context's whole
- * life), else BITNET_E_NOT_AVAILABLE naming both tiers.
- * BITNET_FORCE_LLAMA_FALLBACK=1 sends every call to the fallback tier;
- * BITNET_FALLBACK=none disables it.
+ * (holding the model for the context's whole life), else
+ * BITNET_E_NOT_AVAILABLE naming both tiers.  The fallback tier is
+ * llama.cpp when its adapter is configured, else the embedded reference
+ * engine; BITNET_FALLBACK=auto (default) | llama | reference | none picks
+ * or disables it.  BITNET_FORCE_LLAMA_FALLBACK=1 sends every call to the
+ * fallback tier.
  */
 #ifndef BITNET_BRIDGE_H
 #define BITNET_BRIDGE_H
@@ -30,12 +34,12 @@ extern "C" {
 #endif
 
 typedef struct {
-    const char *backend;      /* "reference" | "dlopen" | "stub"; NULL:
+    const char *backend;      /* "reference" | "dlopen" | "llama" | "stub"; NULL:
                                  BITNET_BACKEND, else "reference" */
     const char *library_path; /* dlopen: this file; NULL: discovery */
     int force_fallback;       /* 1/0; -1: BITNET_FORCE_LLAMA_FALLBACK */
-    const char *fallback;     /* "reference" | "none"; NULL: BITNET_FALLBACK,
-                                 else "reference" */
+    const char *fallback;     /* "auto" | "llama" | "reference" | "none";
+                                 NULL: BITNET_FALLBACK, else "auto" */
 } bitnet_bridge_options;
 
 /* bitnet_cpp_init_context with explicit options (NULL: all defaults). */
@@ -83,6 +87,15 @@ BITNET_API int bitnet_bridge_get_log_level(void);
 /* Where the dlopen mode's last-resort bundled library lives (set by the
  * Python package at import). */
 BITNET_API void bitnet_bridge_set_bundled_library(const char *path);
+
+/* The llama.cpp adapter (a library exporting bitnet.h over libllama, built
+ * by pytest_bitnet/_llama.py) and the libllama.so it links; or
+ * adapter_path NULL and `unavailable` saying why (the message of the
+ * LibraryNotFound a llama backend request then raises).  Set by the
+ * Python package at import. */
+BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
+                                                const char *libllama_path,
+                                                const char *unavailable);
 
 /* Discovery report for the given options, as text lines (two-pass: buf NULL
  * returns the size needed including the NUL):

@@ -16,6 +16,7 @@ import pytest
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
 from pytest_bitnet._native import lib
+from pytest_bitnet.plugin import Counters
 from tests.native_builds import build_library
 
 
@@ -34,7 +35,7 @@ def _assert_same_as_reference(model: Path, tokens: np.ndarray, logits: np.ndarra
     np.testing.assert_allclose(logits, want_logits, atol=1e-3, rtol=0)
 
 
-def test_e01_stub_mode_says_how_to_enable_a_backend(bitnet_model: Path, bitnet_counters) -> None:
+def test_e01_stub_mode_says_how_to_enable_a_backend(bitnet_model: Path, bitnet_counters: Counters) -> None:
     entry = CATALOG["E01"]
     with pytest.raises(entry.error_class) as exc:
         bn.BitnetSession.create(bitnet_model, backend="stub")
@@ -49,7 +50,7 @@ def test_e01_stub_mode_says_how_to_enable_a_backend(bitnet_model: Path, bitnet_c
 
 
 def test_e02_empty_library_dir_names_every_path_searched(
-    bitnet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitnet_counters
+    bitnet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitnet_counters: Counters
 ) -> None:
     entry = CATALOG["E02"]
     monkeypatch.setenv("BITNET_CPP_LIBDIR", str(tmp_path))
@@ -62,7 +63,7 @@ def test_e02_empty_library_dir_names_every_path_searched(
 
 
 def test_e03_unloadable_library_carries_the_loader_message(
-    bitnet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitnet_counters
+    bitnet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bitnet_counters: Counters
 ) -> None:
     entry = CATALOG["E03"]
     (tmp_path / "libbitnet.so").write_bytes(b"this is not an ELF file\n" * 10)
@@ -74,7 +75,7 @@ def test_e03_unloadable_library_carries_the_loader_message(
     assert bitnet_counters.delta() == {}
 
 
-def test_e04_no_native_tier_and_no_fallback(bitnet_model: Path, monkeypatch: pytest.MonkeyPatch, bitnet_counters) -> None:
+def test_e04_no_native_tier_and_no_fallback(bitnet_model: Path, monkeypatch: pytest.MonkeyPatch, bitnet_counters: Counters) -> None:
     entry = CATALOG["E04"]
     monkeypatch.setenv("BITNET_FORCE_LLAMA_FALLBACK", "1")  # the native tier is not used...
     monkeypatch.setenv("BITNET_FALLBACK", "none")  # ...and the fallback tier is disabled
@@ -85,7 +86,7 @@ def test_e04_no_native_tier_and_no_fallback(bitnet_model: Path, monkeypatch: pyt
 
 
 @pytest.mark.bitnet_inject("dlsym.bitnet_cpp_init_context=missing")
-def test_e05_required_symbol_missing(bitnet_model: Path, library_without_init: Path, bitnet_counters) -> None:
+def test_e05_required_symbol_missing(bitnet_model: Path, library_without_init: Path, bitnet_counters: Counters) -> None:
     entry = CATALOG["E05"]
     # The bundled library, its symbol hidden by the fault point.
     with pytest.raises(entry.error_class) as exc:
@@ -101,7 +102,7 @@ def test_e05_required_symbol_missing(bitnet_model: Path, library_without_init: P
 
 
 @pytest.mark.bitnet_inject("dlsym.bitnet_cpp_tokenize_with_context=missing")
-def test_e06_optional_tokenize_symbol_missing_is_served_by_fallback(bitnet_model: Path, bitnet_counters) -> None:
+def test_e06_optional_tokenize_symbol_missing_is_served_by_fallback(bitnet_model: Path, bitnet_counters: Counters) -> None:
     entry = CATALOG["E06"]
     with bn.BitnetSession.create(bitnet_model, backend="dlopen") as s:
         with pytest.warns(entry.error_class) as caught:
@@ -115,7 +116,7 @@ def test_e06_optional_tokenize_symbol_missing_is_served_by_fallback(bitnet_model
 
 
 @pytest.mark.bitnet_inject("dlsym.bitnet_cpp_eval_with_context=missing")
-def test_e07_optional_eval_symbol_missing_is_served_by_fallback(bitnet_model: Path, bitnet_counters) -> None:
+def test_e07_optional_eval_symbol_missing_is_served_by_fallback(bitnet_model: Path, bitnet_counters: Counters) -> None:
     entry = CATALOG["E07"]
     with bn.BitnetSession.create(bitnet_model, backend="dlopen") as s:
         tokens = s.tokenize("hello world")
@@ -128,7 +129,7 @@ def test_e07_optional_eval_symbol_missing_is_served_by_fallback(bitnet_model: Pa
     assert bitnet_counters.delta() == {}
 
 
-def test_e08_incompatible_abi_version(bitnet_model: Path, library_abi99: Path, bitnet_counters) -> None:
+def test_e08_incompatible_abi_version(bitnet_model: Path, library_abi99: Path, bitnet_counters: Counters) -> None:
     entry = CATALOG["E08"]
     with pytest.raises(entry.error_class) as exc:
         bn.BitnetSession.create(bitnet_model, backend="dlopen", library_path=library_abi99)

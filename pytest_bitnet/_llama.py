@@ -1,0 +1,187 @@
+"""llama.cpp as a backend: finding libllama and building the adapter.
+
+The adapter (``native/llama/adapter.c``) exports the socket ABI over
+llama.cpp.  llama.cpp's params structs are passed by value and change
+between releases, so the adapter is compiled here, on demand, with the
+system C compiler against the ``llama.h`` that ships beside the very
+``libllama.so`` it links (rpath), and cached under a hash of everything
+that decides the result.  The bridge then loads it like any backend
+library.  llama_cpp itself is never imported: ``find_spec`` locates it.
+
+Where things come from:
+
+``LLAMA_CPP_LIB_PATH``          directory holding libllama.so (llama-cpp-python's
+                                own override), else ``<llama_cpp>/lib``
+``BITNET_LLAMA_ADAPTER_DIR``    adapter cache, else ``$XDG_CACHE_HOME/pytest-bitnet``
+                                (``~/.cache/pytest-bitnet``)
+``CC``                          the compiler, else ``cc``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["INSTALL_HINT", "LlamaStatus", "status", "configure"]
+
+log = logging.getLogger("pytest_bitnet.llama")
+
+INSTALL_HINT = "pip install 'pytest-bitnet[llama]' (its first build compiles llama.cpp, ~8 min)"
+
+NATIVE = Path(__file__).resolve().parent.parent / "native"
+ADAPTER_SOURCE = NATIVE / "llama" / "adapter.c"
+# Headers of ours the adapter includes: a change to them must rebuild it.
+OUR_HEADERS = [NATIVE / "include" / "bitnet.h", NATIVE / "include" / "bitnet_host.h"]
+CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fPIC", "-shared", "-fvisibility=hidden"]
+
+
+@dataclass(frozen=True)
+class LlamaStatus:
+    """The adapter and the libllama it links, or why there is none."""
+
+    adapter: Path | None
+    libllama: Path | None
+    reason: str | None  # set when adapter is None
+
+    @property
+    def available(self) -> bool:
+        return self.adapter is not None
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _package_dir() -> Path | None:
+    """llama_cpp's directory, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _lib_dir() -> Path:
+    override = os.environ.get("LLAMA_CPP_LIB_PATH", "").strip()
+    if override:
+        lib_dir = Path(override)
+        if not (lib_dir / "libllama.so").is_file():
+            raise _Unavailable(
+                f"LLAMA_CPP_LIB_PATH={override} holds no libllama.so; point it at the directory "
+                "with llama-cpp-python's libllama.so (<site-packages>/llama_cpp/lib) or unset it"
+            )
+        return lib_dir
+    package = _package_dir()
+    if package is None:
+        raise _Unavailable(f"llama-cpp-python is not installed: {INSTALL_HINT}")
+    lib_dir = package / "lib"
+    if not (lib_dir / "libllama.so").is_file():
+        raise _Unavailable(
+            f"llama-cpp-python is installed but {lib_dir} holds no libllama.so; reinstall it: {INSTALL_HINT}"
+        )
+    return lib_dir
+
+
+def _include_dir(lib_dir: Path) -> Path:
+    """The directory of the llama.h released with lib_dir's libllama."""
+    candidates = [lib_dir.parent / "include", lib_dir / "include", lib_dir.parent.parent / "include"]
+    package = _package_dir()
+    if package is not None:
+        candidates.append(package.parent / "include")
+    for d in candidates:
+        if (d / "llama.h").is_file() and (d / "ggml.h").is_file():
+            return d
+    raise _Unavailable(
+        f"no llama.h/ggml.h found for {lib_dir / 'libllama.so'} (looked in "
+        f"{', '.join(str(c) for c in candidates)}); llama-cpp-python installs them in "
+        f"<site-packages>/include: {INSTALL_HINT}"
+    )
+
+
+def _cache_dir() -> Path:
+    override = os.environ.get("BITNET_LLAMA_ADAPTER_DIR", "").strip()
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "pytest-bitnet"
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC", "").strip() or "cc")
+
+
+def _key(libllama: Path, include: Path) -> str:
+    """Hash of what decides the adapter binary: sources, headers, the
+    library's identity and the compiler command."""
+    h = hashlib.sha256()
+    for f in [ADAPTER_SOURCE, *OUR_HEADERS, include / "llama.h", include / "ggml.h"]:
+        h.update(f.read_bytes())
+    st = libllama.stat()
+    h.update(f"{libllama.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_compiler()}|{CFLAGS}".encode())
+    return h.hexdigest()[:16]
+
+
+def _build(target: Path, libllama: Path, include: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    lib_dir = libllama.resolve().parent
+    cmd = [
+        *_compiler(),
+        *CFLAGS,
+        f"-I{NATIVE / 'include'}",
+        f"-I{include}",
+        f'-DAD_LLAMA_LIB="{libllama}"',
+        str(ADAPTER_SOURCE),
+        str(libllama.resolve()),
+        f"-Wl,-rpath,{lib_dir}",
+        "-lpthread",
+        "-o",
+        str(tmp),
+    ]
+    log.info("building the llama.cpp adapter: %s", shlex.join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _Unavailable(f"could not run the C compiler ({shlex.join(_compiler())}): {exc}; set CC") from None
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise _Unavailable(f"compiling the llama.cpp adapter failed ({shlex.join(cmd)}):\n{tail}")
+    os.replace(tmp, target)  # concurrent builders (xdist workers) never see half a file
+
+
+def status() -> LlamaStatus:
+    """Finds libllama and returns the adapter for it, building it if needed."""
+    try:
+        if not ADAPTER_SOURCE.is_file():
+            raise _Unavailable(f"the adapter source {ADAPTER_SOURCE} is missing from this installation")
+        lib_dir = _lib_dir()
+        libllama = lib_dir / "libllama.so"
+        include = _include_dir(lib_dir)
+        target = _cache_dir() / f"llama-adapter-{_key(libllama, include)}.so"
+        if not target.is_file():
+            _build(target, libllama, include)
+        return LlamaStatus(target, libllama, None)
+    except _Unavailable as exc:
+        return LlamaStatus(None, None, str(exc))
+    except OSError as exc:
+        return LlamaStatus(None, None, f"preparing the llama.cpp adapter failed: {exc}")
+
+
+def configure(lib: object, ffi: object) -> LlamaStatus:
+    """Tells the bridge where the adapter is, or why there is none."""
+    st = status()
+    if st.available:
+        lib.bitnet_bridge_set_llama_library(str(st.adapter).encode(), str(st.libllama).encode(), ffi.NULL)  # type: ignore[attr-defined]
+    else:
+        log.debug("llama.cpp backend unavailable: %s", st.reason)
+        lib.bitnet_bridge_set_llama_library(ffi.NULL, ffi.NULL, str(st.reason).encode())  # type: ignore[attr-defined]
+    return st
