@@ -79,7 +79,7 @@ class Matrix:
 
     def table(self, width: int = 58) -> str:
         head = f"{'id':4} {'category':17} {'scenario':{width}}"
-        cols = [max(16, len(b) + 2) for b in self.backends]
+        cols = [max(22, len(b) + 2) for b in self.backends]
         lines = [head + "".join(f" {b:<{w}}" for b, w in zip(self.backends, cols))]
         lines.append("-" * len(lines[0]))
         for e in self.entries:

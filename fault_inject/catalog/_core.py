@@ -35,6 +35,7 @@ from ..sweep import LEAK_COUNTERS
 
 __all__ = [
     "BACKENDS",
+    "ENGINE_POINTS",
     "CATALOG",
     "CATEGORIES",
     "Entry",
@@ -61,6 +62,17 @@ STUB_SAME: Final = "same"  # it does not depend on the column's backend: run it 
 
 T = TypeVar("T")
 
+#: Fault points inside the engine that serves a call (the reference engine,
+#: in process or as the dlopen'd library); the others sit at the bridge's
+#: boundary and reach every backend.  llama.cpp has none inside.
+ENGINE_POINTS: Final = frozenset({"alloc", "load.step", "tokenize.step", "eval.step", "eval.logits"})
+
+
+def engine_point(point: str) -> dict[str, str]:
+    """not_for= of an entry that needs `point` to fire inside the engine."""
+    return {"llama": f"'{point}' is a point inside the reference engine; llama.cpp has none "
+                     "(its own failures, timeouts through its abort callback included, are in tests/test_llama.py)"}
+
 
 class ScenarioFailed(AssertionError):
     """The entry's operation did not behave as the catalog says."""
@@ -76,6 +88,8 @@ class Entry:
     run: Callable[[Scenario], None] = field(repr=False, compare=False)
     expect: str | None = None  # class in pytest_bitnet.errors the operation raises (or warns with)
     fragments: tuple[str, ...] = ()  # must appear in its message; "{name}" is filled from the scenario
+    # backend -> fragments where that backend words the same error its own way
+    fragments_for: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     inject: str | None = None  # fault spec armed around the operation, if any
     stub: str = STUB_UNAVAILABLE
     arm_in_scenario: bool = False  # the operation arms `inject` itself (s.armed()) around the call it targets
@@ -99,7 +113,7 @@ class Entry:
         return self.not_for.get(backend)
 
     def check(self, error: BaseException | str, *, values: Mapping[str, object] | None = None,
-              expect: str | None = None, fragments: Sequence[str] | None = None) -> None:
+              expect: str | None = None, fragments: Sequence[str] | None = None, backend: str | None = None) -> None:
         """Raises ScenarioFailed unless `error` has the expected class and fragments.
 
         `error` may be an exception or a warning message (for warnings the
@@ -111,7 +125,9 @@ class Entry:
             cls = getattr(errors, want)
             if not isinstance(error, cls):
                 raise ScenarioFailed(f"expected {want}, got {type(error).__name__}: {_first_line(message)}")
-        missing = [f for f in _fill(fragments if fragments is not None else self.fragments, values or {}) if f not in message]
+        if fragments is None:
+            fragments = self.fragments_for.get(backend or "", self.fragments)
+        missing = [f for f in _fill(fragments, values or {}) if f not in message]
         if missing:
             raise ScenarioFailed(f"message lacks {', '.join(repr(m) for m in missing)}: {_first_line(message, 300)}")
         if _RAW_CODE in message:
@@ -136,7 +152,7 @@ CATALOG: dict[str, Entry] = {}
 
 def entry(id: str, category: str, title: str, *, expect: str | None = None, fragments: Sequence[str] = (),
           inject: str | None = None, stub: str = STUB_UNAVAILABLE, arm_in_scenario: bool = False,
-          not_for: Mapping[str, str] | None = None) -> Callable[[Callable[[Scenario], None]], Callable[[Scenario], None]]:
+          not_for: Mapping[str, str] | None = None, fragments_for: Mapping[str, Sequence[str]] | None = None) -> Callable[[Callable[[Scenario], None]], Callable[[Scenario], None]]:
     """Registers the decorated function as catalog entry `id`."""
     if category not in CATEGORIES:
         raise ValueError(f"{id}: unknown category {category!r}")
@@ -150,7 +166,9 @@ def entry(id: str, category: str, title: str, *, expect: str | None = None, frag
     def register(fn: Callable[[Scenario], None]) -> Callable[[Scenario], None]:
         if id in CATALOG:
             raise ValueError(f"catalog entry {id} defined twice")
-        CATALOG[id] = Entry(id, category, title, fn, expect, tuple(fragments), inject, stub, arm_in_scenario, dict(not_for or {}))
+        CATALOG[id] = Entry(id, category, title, fn, expect, tuple(fragments),
+                            {b: tuple(f) for b, f in (fragments_for or {}).items()}, inject, stub, arm_in_scenario,
+                            dict(not_for or {}))
         return fn
 
     return register
@@ -223,7 +241,7 @@ class Scenario:
         except errors.BitnetError as exc:
             self._stub_passthrough(exc, want)
             self.errors_seen.append(exc)
-            self.entry.check(exc, values=self.values, expect=want, fragments=fragments)
+            self.entry.check(exc, values=self.values, expect=want, fragments=fragments, backend=self.backend)
             return exc
         raise ScenarioFailed(f"expected {want}, but {_name(fn)} returned {_short(result)}")
 
@@ -237,7 +255,7 @@ class Scenario:
         matching = [w for w in caught if issubclass(w.category, cls)]
         if not matching:
             raise ScenarioFailed(f"expected a {self.entry.expect} warning from {_name(fn)}; got {[str(w.message) for w in caught] or 'none'}")
-        self.entry.check(str(matching[0].message), values=self.values, fragments=fragments)
+        self.entry.check(str(matching[0].message), values=self.values, fragments=fragments, backend=self.backend)
         return result
 
     def check(self, condition: object, reason: str) -> None:
@@ -251,6 +269,10 @@ class Scenario:
         # it through to run_entry, which knows whether that was expected.
         if self.backend == "stub" and isinstance(exc, errors.CppNotAvailable) and want != "CppNotAvailable":
             raise exc
+
+    def reaches(self, point: str) -> bool:
+        """Whether `point` can fire on this backend (engine points: not inside llama.cpp)."""
+        return point not in ENGINE_POINTS or self.backend != "llama"
 
     # -- environment
     @contextlib.contextmanager

@@ -44,10 +44,10 @@ def _failures(s: Scenario) -> list[tuple[str, str, Callable[[], Any]]]:
             finally:
                 done.set()
 
-        with s.inject("eval.step=delay(50)"):
+        with s.inject("eval.fill=delay(200)"):
             t = threading.Thread(target=busy)
             t.start()
-            while control.hits("eval.step") == 0 and not done.is_set():
+            while control.hits("eval.fill") == 0 and not done.is_set():
                 time.sleep(0.001)
             try:
                 sess.tokenize("meanwhile")
@@ -67,7 +67,7 @@ def _failures(s: Scenario) -> list[tuple[str, str, Callable[[], Any]]]:
         ("ContextOverflow", "n_ctx", lambda: sess.evaluate([1] * 600)),
         ("ThreadSafetyError", "give each thread its own", two_threads),
         ("CleanupFailed", "disarm", injected("free_context=1*fail", closed_twice(s))),
-        ("OperationTimeout", "raise the timeout", injected("eval.step=hang", lambda: sess.evaluate([1], timeout=0.05))),
+        ("OperationTimeout", "raise the timeout", injected("eval.fill=hang", lambda: sess.evaluate([1], timeout=0.05))),
         ("InvalidHandle", "create", lambda: closed_handle_call(closed_raw(s))),
         ("InvalidArgument", "expected 0..", lambda: s.session(n_ctx=-1)),
         ("Unsupported", "n_gpu_layers=0", lambda: s.session(n_gpu_layers=1)),

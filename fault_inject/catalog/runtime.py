@@ -15,7 +15,7 @@ from pytest_bitnet import _logging, errors
 
 from .. import control
 from ..sweep import sweep
-from ._core import Scenario, entry
+from ._core import Scenario, engine_point, entry
 
 _TIMEOUT = 0.2
 # How late a timed-out call may return before the entry calls it a hang.
@@ -36,7 +36,7 @@ def _timed_out(s: Scenario, fn: Callable[..., Any], *args: Any, **kw: Any) -> No
 
 @entry("E44", "timeouts", "`eval.step=hang`, timeout 0.2 s → OperationTimeout within the deadline; session not corrupted; no thread left running",
        expect="OperationTimeout", inject="eval.step=hang", arm_in_scenario=True,
-       fragments=("evaluate timed out", "raise the timeout"))
+       fragments=("evaluate timed out", "raise the timeout"), not_for=engine_point("eval.step"))
 def e44(s: Scenario) -> None:
     """session.evaluate(tokens, timeout=0.2) while every layer step hangs; then the same call unarmed"""
     sess = s.session()
@@ -49,7 +49,7 @@ def e44(s: Scenario) -> None:
 
 @entry("E45", "timeouts", "same for tokenize",
        expect="OperationTimeout", inject="tokenize.step=hang", arm_in_scenario=True,
-       fragments=("tokenize timed out", "raise the timeout"))
+       fragments=("tokenize timed out", "raise the timeout"), not_for=engine_point("tokenize.step"))
 def e45(s: Scenario) -> None:
     """session.tokenize(prompt, timeout=0.2) while the tokenizer hangs; then the same call unarmed"""
     sess = s.session()
@@ -77,7 +77,8 @@ def e47(s: Scenario) -> None:
 
 
 @entry("E48", "memory", "OOM during eval → OutOfMemory; session still works",
-       expect="OutOfMemory", inject="alloc=oom", arm_in_scenario=True, fragments=("out of memory", "evaluate"))
+       expect="OutOfMemory", inject="alloc=oom", arm_in_scenario=True, fragments=("out of memory", "evaluate"),
+       not_for=engine_point("alloc"))
 def e48(s: Scenario) -> None:
     """session.evaluate(tokens) with every allocation refused; then the same call unarmed"""
     sess = s.session()
@@ -89,7 +90,7 @@ def e48(s: Scenario) -> None:
 
 
 @entry("E49", "memory", "sweep: fail each allocation in turn over create → tokenize → evaluate → close; never a crash, never a leak",
-       expect="OutOfMemory")
+       expect="OutOfMemory", not_for=engine_point("alloc"))
 def e49(s: Scenario) -> None:
     """fault_inject.sweep('alloc', create → tokenize → evaluate → close, action='oom')"""
     s.session().close()
@@ -107,7 +108,7 @@ def e49(s: Scenario) -> None:
 @entry("E50", "threads", "two threads on one session at once → ThreadSafetyError for one, no corruption",
        expect="ThreadSafetyError", fragments=("another thread", "one call at a time"))
 def e50(s: Scenario) -> None:
-    """thread A: session.evaluate (slowed by eval.step=delay(50)); meanwhile thread B: session.tokenize"""
+    """thread A: session.evaluate (held in its fill pass by eval.fill=delay(200)); meanwhile thread B: session.tokenize"""
     sess = s.session()
     tokens = sess.tokenize("two threads, one session")
     want = s.session().evaluate(tokens)
@@ -120,11 +121,11 @@ def e50(s: Scenario) -> None:
         except BaseException as exc:  # reported below
             failed.append(exc)
 
-    with s.inject("eval.step=delay(50)"):
+    with s.inject("eval.fill=delay(200)"):
         busy = threading.Thread(target=evaluate, name="E50-evaluate")
         busy.start()
         deadline = time.monotonic() + 10
-        while control.hits("eval.step") == 0 and busy.is_alive() and time.monotonic() < deadline:
+        while control.hits("eval.fill") == 0 and busy.is_alive() and time.monotonic() < deadline:
             time.sleep(0.001)  # wait until A is inside the native call
         s.fails(sess.tokenize, "meanwhile")
         busy.join()

@@ -358,22 +358,41 @@ static int route(bitnet_context_t *c, const resolved *r, const char *path,
         tok_why = "bitnet_cpp_tokenize_with_context missing";
     if (!eval_why && !c->be->eval_with_context)
         eval_why = "bitnet_cpp_eval_with_context missing";
-    if ((tok_why || eval_why) && !r->fallback_allowed) {
-        const char *sym = tok_why ? "bitnet_cpp_tokenize_with_context"
-                                  : "bitnet_cpp_eval_with_context";
+    const char *op = tok_why ? "tokenize" : "evaluate";
+    const char *sym = tok_why ? "bitnet_cpp_tokenize_with_context"
+                              : "bitnet_cpp_eval_with_context";
+    /* why the native tier does not serve op, for the messages below */
+    char native_why[512];
+    if (r->force_fallback)
+        snprintf(native_why, sizeof native_why,
+                 "the native tier (%s) is bypassed (BITNET_FORCE_LLAMA_FALLBACK=1)",
+                 c->be->name);
+    else
+        snprintf(native_why, sizeof native_why, "the native tier (%s) lacks %s",
+                 c->be->name, sym);
+    if ((tok_why || eval_why) && !r->fallback_allowed)
         return done(bn_error(BITNET_E_NOT_AVAILABLE,
-                             "no tier can serve %s: the native tier (%s) lacks "
-                             "%s and the fallback tier is disabled "
-                             "(BITNET_FALLBACK=none); rebuild the library with "
-                             "the optional sockets or enable the fallback",
-                             tok_why ? "tokenize" : "evaluate", c->be->name,
-                             sym),
+                             "no tier can serve %s: %s and the fallback tier "
+                             "is disabled (BITNET_FALLBACK=none); rebuild the "
+                             "library with the optional sockets or enable the "
+                             "fallback",
+                             op, native_why),
                     err, err_len);
-    }
     if (tok_why || eval_why) {
         int rc = fallback_backend(r, c->be, &c->fb);
         if (rc)
             return done(rc, err, err_len);
+        /* A fallback library may lack the socket too (built without it, or
+         * a dlsym.<symbol> fault armed for every library loaded). */
+        if ((tok_why && !c->fb->tokenize_with_context) ||
+            (eval_why && !c->fb->eval_with_context))
+            return done(bn_error(BITNET_E_NOT_AVAILABLE,
+                                 "no tier can serve %s: %s and the fallback "
+                                 "tier (%s) lacks it too; install a library "
+                                 "that exports %s, or choose another fallback "
+                                 "with BITNET_FALLBACK=reference",
+                                 op, native_why, tier_name(c->fb), sym),
+                        err, err_len);
         rc = failed(c->fb, c->fb->init_context(&c->fb_impl, path, n_ctx,
                                                n_gpu_layers, err, err_len),
                     err, err_len);

@@ -18,6 +18,7 @@
  * has n_ctx positions of its own.  llama.cpp is asked for AD_MAX_SEQ
  * separate KV streams (kv_unified = false) of n_ctx cells each.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -220,10 +221,25 @@ static int check_path(const char *path)
     if (!*path)
         return fail(BITNET_E_MODEL_NOT_FOUND,
                     "model path is empty: pass the path of a .gguf file");
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+    if (stat(path, &st) != 0)
         return fail(BITNET_E_MODEL_NOT_FOUND,
-                    "model file '%s' does not exist or is not a regular file",
-                    path);
+                    "'%s': model file not found (%s); check the path", path,
+                    strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return fail(BITNET_E_MODEL_NOT_FOUND,
+                    "'%s': not a regular file; check the path", path);
+    /* llama.cpp says only "failed to load model" for a file that is not
+     * GGUF at all: say it here, in the words the reference engine uses. */
+    unsigned char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(magic, 1, sizeof magic, f) : 0;
+    if (f)
+        fclose(f);
+    if (got != sizeof magic || memcmp(magic, "GGUF", 4) != 0)
+        return fail(BITNET_E_MODEL_LOAD,
+                    "'%s': not a GGUF file: bad magic 0x%02x%02x%02x%02x "
+                    "(expected 'GGUF')",
+                    path, magic[0], magic[1], magic[2], magic[3]);
     return BITNET_OK;
 }
 
@@ -358,7 +374,8 @@ static int ad_check_init_args(int32_t n_ctx, int32_t n_gpu_layers)
     if (n_gpu_layers > 0)
         return fail(BITNET_E_UNSUPPORTED,
                     "n_gpu_layers=%d asks for GPU offload, but the llama.cpp "
-                    "adapter runs on the CPU; use n_gpu_layers=0",
+                    "adapter runs on the CPU (has_cuda=0, has_metal=0, "
+                    "has_hip=0); use n_gpu_layers=0",
                     (int)n_gpu_layers);
     return BITNET_OK;
 }

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import fault_inject as fi
 from pytest_bitnet import BitnetSession

@@ -86,9 +86,8 @@ def test_e31_failed_close_keeps_the_session_for_a_retry(bitnet_model: Path, bitn
     entry = CATALOG["E31"]
     s = bn.BitnetSession.create(bitnet_model)
     alive = bn.live_counters()["contexts"]
-    with bitnet_inject("free_context=1*fail"):
-        with pytest.raises(entry.error_class) as exc:
-            s.close()
+    with bitnet_inject("free_context=1*fail"), pytest.raises(entry.error_class) as exc:
+        s.close()
     entry.check(exc.value)
     assert not s.closed and bn.live_counters()["contexts"] == alive  # still open, still counted
     assert len(s.tokenize("still usable")) > 1

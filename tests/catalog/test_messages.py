@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,12 @@ from pytest_bitnet import errors
 from pytest_bitnet._native import ffi, lib
 from pytest_bitnet.plugin import Counters, Injector
 
-from ._helpers import err_buffer, evaluating_in_another_thread, native_context, raise_if_failed
+from ._helpers import (
+    err_buffer,
+    evaluating_in_another_thread,
+    native_context,
+    raise_if_failed,
+)
 
 
 def test_e32_every_error_class_says_what_why_and_how_to_fix(
