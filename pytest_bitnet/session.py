@@ -192,7 +192,10 @@ class _Options:
 def _warn_if_fallback(label: str, operation: str) -> None:
     if label.startswith("fallback:"):
         warnings.warn(
-            errors.OptionalSymbolMissing(f"{operation} served by {label}: the native tier lacks it"),
+            errors.OptionalSymbolMissing(
+                f"{operation} served by {label}: "
+                + ("the native tier was bypassed" if "BITNET_FORCE_LLAMA_FALLBACK" in label else "the native tier lacks it")
+            ),
             stacklevel=3,
         )
 

@@ -89,9 +89,13 @@ def build_broken_backend(out_dir: Path, bug: str, real_library: Path) -> Path:
         pytest.skip("no C compiler to build test libraries")
     assert bug in BROKEN_BACKEND_BUGS, bug
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A private copy: its own dlopen handle, statics and counters, so what
+    # one variant leaks is never counted through the bundled library too.
+    real = out_dir / "libreal.so"
+    shutil.copyfile(real_library, real)
     lib = out_dir / "libbitnet.so"
     cmd = [cc, "-shared", "-fPIC", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'native' / 'include'}",
-           f'-DREAL_LIBRARY="{real_library}"', f"-DBUG_{bug}", str(ROOT / "tests" / "broken_backend.c"), "-o", str(lib), "-ldl", "-lpthread"]
+           f'-DREAL_LIBRARY="{real}"', f"-DBUG_{bug}", str(ROOT / "tests" / "broken_backend.c"), "-o", str(lib), "-ldl", "-lpthread"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return lib

@@ -115,7 +115,7 @@ def test_errors_are_the_socket_errors(tiny_model: Path, tmp_path: Path) -> None:
             s.evaluate([1, 512])
         with pytest.raises(errors.InferenceError, match="empty token list"):
             s.evaluate([])
-    with pytest.raises(errors.ModelLoadError, match="does not exist"):
+    with pytest.raises(errors.ModelLoadError, match="model file not found"):
         bn.BitnetSession.create(tmp_path / "absent.gguf", backend="llama")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + b"\0" * 64)

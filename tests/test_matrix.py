@@ -61,17 +61,21 @@ def test_stub_column_says_cpp_not_available_where_a_backend_is_needed(models: Pa
 # Rows each bug must break, and why:
 BROKEN_ROWS = {
     # the library's own tokenize fails only where the fault or the error is
-    # inside the engine (the bridge's query/fill points fire before the call)
-    "LEAK_ON_TOKENIZE_ERROR": {"E24", "E30", "E45", "E49"},
-    # wherever the library's error (not the bridge's) decides the class
-    "GENERIC_CODE": {"E09", "E10", "E11", "E12", "E13", "E15", "E16", "E17", "E18", "E19", "E24", "E26", "E32",
-                     "E44", "E45", "E47", "E48", "E49", "E52"},
+    # inside the engine (the bridge's query/fill points fire before the
+    # call); E41 counts model loads, and each scratch context loads one
+    "LEAK_ON_TOKENIZE_ERROR": {"E24", "E30", "E41", "E45", "E49"},
+    # wherever the library's error (not the bridge's) decides the class;
+    # not E47: OOM at create strikes the bridge's own first allocation
+    "GENERIC_CODE": {"E09", "E10", "E11", "E12", "E13", "E15", "E16", "E17", "E18", "E19", "E24", "E26", "E29",
+                     "E32", "E44", "E45", "E48", "E49", "E52"},
     # only a C caller hands the library a buffer smaller than the query said
     "WRITE_PAST_BUFFER": {"E24"},
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("bug", sorted(BROKEN_ROWS))
+@pytest.mark.parametrize("bug", [
+    pytest.param(bug, marks=pytest.mark.bitnet_allow_leaks) if bug.startswith("LEAK") else bug for bug in sorted(BROKEN_ROWS)
+])  # the leaking variant keeps what it leaked: that is its bug
 def test_matrix_turns_red_on_exactly_the_rows_a_bug_breaks(bug: str, tmp_path: Path, models: Path) -> None:
     real = bundled_library()
     assert real is not None

@@ -227,6 +227,15 @@ class Scenario:
         """Per-call evaluate on the backend under test."""
         return bn.evaluate(self.model if path is None else path, tokens, **{**self.backend_args(), **kw})
 
+    def init_context(self, out: Any, path: str | os.PathLike[str], n_ctx: int, err: Any, err_len: int) -> int:
+        """The C ABI's create on the backend under test: bitnet_cpp_init_context
+        with the column's backend and library (bitnet_bridge_init_context)."""
+        from pytest_bitnet._native import lib
+        from pytest_bitnet.session import _Options
+
+        opts = _Options(**self.backend_args())
+        return int(lib.bitnet_bridge_init_context(out, os.fsencode(path), n_ctx, 0, opts.cdata, err, err_len))
+
     def library_args(self) -> dict[str, Any]:
         """dlopen on the library under test: the column's, else the bundled one."""
         return {"backend": "dlopen", "library_path": self.library} if self.library else {"backend": "dlopen"}

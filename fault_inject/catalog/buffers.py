@@ -97,11 +97,11 @@ def e25(s: Scenario) -> None:
 @entry("E26", "buffers", "native message longer than the error buffer → truncation signalled, full text recoverable",
        expect="ModelLoadError", fragments=("x" * 200,))
 def e26(s: Scenario) -> None:
-    """bitnet_cpp_init_context('<200-char name>', err_len=16); then bitnet_cpp_get_last_error"""
+    """init_context('<200-char name>', err_len=16) at the C ABI; then bitnet_cpp_get_last_error"""
     long_name = s.tmp / ("x" * 200 + ".gguf")
     out = ffi.new("bitnet_context_t **")
     small = _guarded("char", 16, 8, b"#")
-    rc = lib.bitnet_cpp_init_context(out, str(long_name).encode(), 64, 0, small, 16)
+    rc = s.init_context(out, long_name, 64, small, 16)
     if rc == lib.BITNET_E_NOT_AVAILABLE:  # the stub column: nothing can load
         _raise_code(rc, "create", None)  # None: the whole text, from get_last_error
     cut = ffi.string(small)

@@ -24,7 +24,7 @@ def e14(s: Scenario) -> None:
     # InvalidHandle error (an InferenceError) naming the create, not a crash.
     out = ffi.new("bitnet_context_t **")
     err = ffi.new("char[]", 512)
-    rc = lib.bitnet_cpp_init_context(out, str(s.tmp / "absent.gguf").encode(), 64, 0, err, len(err))
+    rc = s.init_context(out, s.tmp / "absent.gguf", 64, err, len(err))
     s.check(rc != 0 and out[0] == ffi.NULL, "a failed create must leave the handle NULL")
     n = ffi.new("int32_t *")
     rc = lib.bitnet_cpp_tokenize_with_context(out[0], b"x", 1, 0, ffi.NULL, 0, n, err, len(err))

@@ -89,9 +89,9 @@ def closed_raw(s: Scenario) -> Any:
 
     out = ffi.new("bitnet_context_t **")
     err = ffi.new("char[]", 512)
-    rc = lib.bitnet_cpp_init_context(out, str(s.model).encode(), 32, 0, err, len(err))
+    rc = s.init_context(out, s.model, 32, err, len(err))
     if rc:
-        raise ScenarioFailed(f"bitnet_cpp_init_context failed: {ffi.string(err).decode()}")
+        raise ScenarioFailed(f"init_context failed: {ffi.string(err).decode()}")
     lib.bitnet_cpp_free_context(out[0])
     return out[0]
 
