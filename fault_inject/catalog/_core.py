@@ -411,8 +411,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     why_not = entry.applies_to(backend)
     if why_not:
         return Outcome(entry.id, backend, NOT_APPLICABLE, reason=why_not)
-    gc.collect()
-    baseline = bn.live_counters()
+    baseline = bn.live_counters()  # settled: the last cell ended collected (below)
     saved_env = {k: os.environ.get(k) for k in _ENV_KEPT}
     start = time.perf_counter()
     failure = ""
@@ -451,8 +450,10 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         if problems and not failure:
             failure = "; ".join(problems)
     seconds = time.perf_counter() - start
-    gc.collect()
-    leaked = {k: v - baseline[k] for k, v in bn.live_counters().items() if k in LEAK_COUNTERS and v != baseline[k]}
+    leaked = _leaked(baseline)
+    if leaked:  # something may only wait for the garbage collector (a traceback's frames)
+        gc.collect()
+        leaked = _leaked(baseline)
     if leaked and not failure:
         failure = "counters not back to baseline: " + ", ".join(f"{k} {v:+d}" for k, v in leaked.items())
     observed = ""
@@ -460,6 +461,11 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         first = s.errors_seen[0]
         observed = f"{type(first).__name__}: {_first_line(str(first))}"
     return Outcome(entry.id, backend, FAIL if failure else PASS, seconds, failure, observed, tuple(s.notes))
+
+
+def _leaked(baseline: Mapping[str, int]) -> dict[str, int]:
+    now = bn.live_counters()
+    return {k: now[k] - baseline[k] for k in LEAK_COUNTERS if now[k] != baseline[k]}
 
 
 def _where(exc: BaseException) -> str:
