@@ -36,7 +36,8 @@ __all__ = ["DEFAULT_PROMPTS", "TOLERANCE", "PromptResult", "compare", "check", "
 
 TOLERANCE = 1e-3
 
-# ASCII, unicode, whitespace runs, the empty prompt, special tokens.
+# ASCII, unicode, whitespace runs, the empty prompt, special tokens: the one
+# corpus the tokenizer tests, the catalog's fallback entries and crossval use.
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "What is 2+2?",
     "Hello world",
@@ -47,11 +48,13 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "中文字符 and ASCII",
     "emoji 🤖 outside the vocabulary",
     "\u00a0non-breaking space",
+    "\u200b zero width, ß\u0301 combining, ½ fractions",
     "",
     " ",
     "a",
     "<|user|>hi<|assistant|>there",
     "text with <|user|> in the middle",
+    "mixed <|assistant|><|user|> adjacent",
     "<s>literal bos text</s>",
 )
 

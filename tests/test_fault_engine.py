@@ -201,8 +201,9 @@ def test_hang_wakes_at_the_deadline_without_leaking_a_thread(tiny_model: Path) -
     assert threading.active_count() == threads
 
 
-def test_hang_wakes_on_cancel(tiny_model: Path) -> None:
-    with bn.BitnetSession.create(tiny_model, timeout=math.inf) as s, fi.inject("tokenize.step=hang"):
+@pytest.mark.parametrize("backend", ["reference", "dlopen"])  # dlopen: a hang inside the library
+def test_hang_wakes_on_cancel(tiny_model: Path, backend: str) -> None:
+    with bn.BitnetSession.create(tiny_model, timeout=math.inf, backend=backend) as s, fi.inject("tokenize.step=hang"):
         timer = threading.Timer(0.1, s.cancel)
         timer.start()
         t0 = time.perf_counter()

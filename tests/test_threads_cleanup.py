@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np

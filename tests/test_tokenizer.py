@@ -10,25 +10,9 @@ import gguf
 import pytest
 
 import pytest_bitnet as bn
+from pytest_bitnet.crossval import DEFAULT_PROMPTS
 
-CORPUS = [
-    "What is 2+2?",
-    "Hello world",
-    "hello   world",  # whitespace runs
-    "  leading and trailing  ",
-    "tabs\tand\nnewlines\r\n",
-    "naïve café résumé",
-    "中文字符 and ASCII",
-    "emoji 🤖 outside the vocabulary",
-    "\u00a0non-breaking space",
-    "a",
-    " ",
-    "x" * 300,
-    "<|user|>hi<|assistant|>there",
-    "text with <|user|> in the middle",
-    "<s>literal bos text</s>",
-    "mixed <|assistant|><|user|> adjacent",
-]
+CORPUS = (*DEFAULT_PROMPTS, "x" * 300)  # + a long run: merges over hundreds of symbols
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +38,7 @@ def detokenize(pieces: list[str], ids: list[int]) -> str:
     return out.decode("utf-8", "replace")
 
 
-@pytest.mark.parametrize("text", [t for t in CORPUS if "<" not in t])
+@pytest.mark.parametrize("text", [t for t in CORPUS if t and "<" not in t])  # "" has no space prefix (test_bos_and_empty_input)
 def test_round_trip(session: bn.BitnetSession, pieces: list[str], text: str) -> None:
     ids = session.tokenize(text, add_bos=False).tolist()
     assert detokenize(pieces, ids) == " " + text  # SPM adds one space prefix

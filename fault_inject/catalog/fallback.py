@@ -10,18 +10,14 @@ import numpy as np
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.crossval import DEFAULT_PROMPTS
 
 from ._core import STUB_SAME, Scenario, entry
 
 _FORCE = {"BITNET_FORCE_LLAMA_FALLBACK": "1"}
 
-#: Prompts both tiers must tokenize alike: ASCII, unicode, whitespace runs,
-#: empty, special-token text, bytes outside the vocabulary.
-CORPUS: tuple[str, ...] = (
-    "What is 2+2?", "Hello, world!", "", " ", "   leading and trailing   ", "tabs\tand\nnewlines\r\n",
-    "naïve café — déjà vu", "日本語のテキスト", "emoji 🙂🚀", "<s> not special unless parsed </s>",
-    "a" * 300, "mixed 123 and ½ fractions", "\u200b zero width", "ß\u0301 combining",
-)  # fmt: skip
+#: Prompts both tiers must tokenize alike (ASCII, unicode, whitespace runs, empty, special tokens).
+CORPUS: tuple[str, ...] = DEFAULT_PROMPTS
 
 
 def _quiet_session(s: Scenario, **kw: Any) -> bn.BitnetSession:

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-import pytest_bitnet as bn
 from pytest_bitnet._native import ffi, lib, raise_native
 
 from ._core import Scenario, engine_point, entry
