@@ -54,7 +54,6 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "a",
     "<|user|>hi<|assistant|>there",
     "text with <|user|> in the middle",
-    "mixed <|assistant|><|user|> adjacent",
     "<s>literal bos text</s>",
 )
 
