@@ -16,6 +16,7 @@ seconds=${1:-60}
 CC=${CC:-clang}
 build=fuzz/build
 corpus=fuzz/corpus      # grows as the fuzzer finds new coverage (untracked)
+# tests/fuzz_regressions/ (checked in) is read as a third corpus
 seeds=fuzz/seeds        # made by make_corpus.py (untracked)
 mkdir -p "$build" "$corpus" fuzz/artifacts
 
@@ -24,7 +25,14 @@ mkdir -p "$build" "$corpus" fuzz/artifacts
 sources=(native/common/*.c native/reference/gguf.c native/reference/model.c
          native/reference/tokenizer.c native/reference/kernels.c
          native/reference/pool.c)
-"$CC" -std=gnu11 -g -O1 -fno-omit-frame-pointer \
+# Rebuild only when a source or header is newer than the binary (the
+# instrumented build takes about a minute).
+stale=1
+if [ -x "$build/gguf_fuzzer" ] &&
+   [ -z "$(find fuzz/gguf_fuzzer.c native -newer "$build/gguf_fuzzer" \( -name '*.c' -o -name '*.h' -o -name '*.def' \) | head -1)" ]; then
+    stale=0
+fi
+[ "$stale" = 0 ] || "$CC" -std=gnu11 -g -O1 -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -DBN_NO_FAULTS -Inative/include -Inative/common -Inative/reference \
     -Inative/fault \
@@ -43,7 +51,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # -rss_limit_mb / -malloc_limit_mb: a hostile header must not make the
 # reader allocate much (gguf.c bounds every count by the file size).
 set +e +o pipefail
-"$build/gguf_fuzzer" "$corpus" "$seeds" \
+"$build/gguf_fuzzer" "$corpus" "$seeds" tests/fuzz_regressions \
     -max_total_time="$seconds" -max_len=524288 -timeout=10 \
     -rss_limit_mb=2048 -malloc_limit_mb=512 \
     -artifact_prefix=fuzz/artifacts/ -print_final_stats=1 \
