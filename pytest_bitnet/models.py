@@ -52,6 +52,10 @@ def pack_i2_s(ternary: npt.NDArray[np.int8], scale: float) -> npt.NDArray[np.uin
     return np.concatenate([codes, trailer])
 
 
+# Elements per block of the projection types (a row holds whole blocks).
+_WEIGHT_BLOCK: dict[str, int] = {"tq2_0": 256, "i2_s": 128, "f16": 1, "f32": 1}
+
+
 def _ternary(rng: np.random.Generator, rows: int, cols: int) -> npt.NDArray[np.int8]:
     return rng.integers(-1, 2, size=(rows, cols), dtype=np.int8)
 
@@ -99,11 +103,15 @@ def make_tiny_model(
     Projections hold ternary weights times a per-tensor scale that fp16
     represents exactly, so TQ2_0, I2_S, F16 and F32 files of one seed hold
     the same numbers.  ``scales=True`` (bitnet) also writes the optional
-    per-tensor ``.scale`` tensors.  n_embd and n_ff must be multiples of 256
-    (the TQ2_0 block).
+    per-tensor ``.scale`` tensors.  n_embd and n_ff must be multiples of the
+    weight type's block: 256 for TQ2_0, 128 for I2_S; F16 and F32 take any
+    size (the fuzzer's seeds, fuzz/make_corpus.py, are models of a few KiB).
     """
-    if n_embd % 256 or n_ff % 256:
-        raise ValueError(f"n_embd ({n_embd}) and n_ff ({n_ff}) must be multiples of 256 (the TQ2_0 block size)")
+    block = _WEIGHT_BLOCK.get(weight_type, 1)
+    if n_embd % block or n_ff % block:
+        raise ValueError(
+            f"n_embd ({n_embd}) and n_ff ({n_ff}) must be multiples of {block} (the {weight_type.upper()} block size)"
+        )
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError(f"n_head ({n_head}) must divide n_embd ({n_embd}) and be a multiple of n_head_kv ({n_head_kv})")
     path = Path(path)

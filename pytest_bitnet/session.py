@@ -96,7 +96,16 @@ def _prompt_arg(prompt: str | bytes) -> bytes:
 
 
 def _tokens_arg(tokens: npt.ArrayLike | Iterable[int]) -> npt.NDArray[np.int32]:
-    arr = np.asarray(tokens if not isinstance(tokens, (str, bytes)) else None)
+    try:
+        arr = np.asarray(tokens if not isinstance(tokens, (str, bytes)) else None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        # numpy refuses ragged nested lists and some objects outright; the
+        # caller gets the same InvalidArgument as any other non-1-D input
+        raise errors.InvalidArgument(
+            f"tokens must be a 1-D sequence of integer ids, got {type(tokens).__name__} "
+            f"that numpy cannot make an array of ({exc})",
+            errors.ErrorContext(operation="validate"),
+        ) from exc
     if arr.dtype == object or arr.ndim != 1:
         raise errors.InvalidArgument(
             f"tokens must be a 1-D sequence of integer ids, got {type(tokens).__name__}"
@@ -128,7 +137,11 @@ def _timeout_arg(timeout: Any, source: str = "timeout") -> float:
             f"{source} must be a number of seconds or None, got {type(timeout).__name__}",
             errors.ErrorContext(operation="validate", parameters={source: repr(timeout)}),
         )
-    value = float(timeout)
+    try:
+        value = float(timeout)
+    except OverflowError:
+        # an int too large for a float (10**400 seconds): no deadline
+        value = math.inf if timeout > 0 else -math.inf
     if math.isnan(value) or value < 0:
         raise errors.InvalidArgument(
             f"{source}={value!r} is invalid: expected seconds >= 0 (math.inf for no deadline)",
@@ -153,11 +166,16 @@ def default_timeout() -> float:
         ) from None
 
 
+_MAX_TIMEOUT_NS = 2**63 - 1  # bitnet_bridge_set_call_timeout takes int64_t
+
+
 @contextlib.contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
     # The bridge reads a thread-local deadline at the start of each call;
     # no thread is started, the native step points check it.
-    ns = 0 if math.isinf(seconds) else max(1, int(seconds * 1e9))
+    # A finite timeout beyond the native int64 nanoseconds (~292 years) is
+    # no deadline in practice: pass "none" rather than overflow.
+    ns = 0 if seconds * 1e9 >= _MAX_TIMEOUT_NS else max(1, int(seconds * 1e9))
     lib.bitnet_bridge_set_call_timeout(ns)
     try:
         yield

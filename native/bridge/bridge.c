@@ -258,7 +258,11 @@ typedef struct {
 
 static void scope_enter(call_scope *s, atomic_int *cancel, const char *op)
 {
-    s->dl.at_ns = call_timeout_ns ? bn_now_ns() + call_timeout_ns : 0;
+    int64_t now = bn_now_ns();
+    /* saturate: a timeout of centuries must not wrap into the past */
+    s->dl.at_ns = !call_timeout_ns ? 0
+                  : call_timeout_ns > INT64_MAX - now ? INT64_MAX
+                                                      : now + call_timeout_ns;
     s->dl.cancel = cancel;
     s->dl.operation = op;
     s->prev = bn_deadline_enter(&s->dl);

@@ -212,6 +212,8 @@ static const char *quoted(char *dst, size_t cap, const char *s, size_t len)
  * being read, so that any failure can name the field. */
 typedef struct {
     int fd;
+    const uint8_t *mem;     /* the file's bytes when parsing from memory
+                               (bn_gguf_open_memory; fd is then -1) */
     const char *path;
     uint64_t size;          /* file size from fstat */
     uint64_t pos;           /* file offset of the next byte to consume */
@@ -287,6 +289,15 @@ static int truncated(const reader *r, uint64_t need, const char *field)
 static int pread_all(const reader *r, void *dst, size_t n, uint64_t off)
 {
     uint8_t *p = dst;
+    if (r->mem) {
+        /* the same bound a short pread would hit */
+        if (off > r->size || n > r->size - off)
+            return fail(r, "truncated file: it ends at offset %" PRIu64
+                           " (reading %zu bytes at offset %" PRIu64 ")",
+                        r->size, n, off);
+        memcpy(p, r->mem + off, n);
+        return BITNET_OK;
+    }
     while (n > 0) {
         size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
         ssize_t got = pread(r->fd, p, chunk, (off_t)off);
@@ -1130,8 +1141,8 @@ static int open_file(reader *r)
     return BITNET_OK;
 }
 
-int bn_gguf_open(const char *path, unsigned flags, bn_gguf_step_fn step_fn,
-                 void *step_user, bn_gguf **out)
+/* Checks the arguments both entry points share. */
+static int check_args(const char *path, unsigned flags, bn_gguf **out)
 {
     if (out)
         *out = NULL;
@@ -1143,44 +1154,82 @@ int bn_gguf_open(const char *path, unsigned flags, bn_gguf_step_fn step_fn,
                         "bn_gguf_open: unknown flags 0x%x (known: "
                         "BN_GGUF_NO_DATA)",
                         flags & ~BN_GGUF_NO_DATA);
+    return BITNET_OK;
+}
 
-    reader r = {.fd = -1, .path = path, .step = step_fn,
-                .step_user = step_user, .elem = -1};
+/* The parser proper, for a reader whose source (fd or memory) and size are
+ * set; frees the window, closes the fd and frees everything on failure. */
+static int parse(reader *r, unsigned flags, bn_gguf **out)
+{
     bn_gguf *g = NULL;
     uint64_t *info_off = NULL, n_tensors = 0, n_kv = 0;
-    int rc = open_file(&r);
-    if (rc)
-        goto done;
-    r.win = bn_malloc(WINDOW_BYTES, "GGUF read buffer");
+    int rc;
+    r->win = bn_malloc(WINDOW_BYTES, "GGUF read buffer");
     g = bn_calloc(1, sizeof *g, "GGUF model");
-    if (!r.win || !g) {
-        rc = oom(&r);
+    if (!r->win || !g) {
+        rc = oom(r);
         goto done;
     }
-    g->file_size = r.size;
+    g->file_size = r->size;
     g->alignment = DEFAULT_ALIGNMENT;
-    if ((rc = read_header(&r, g, &n_tensors, &n_kv)) ||
-        (rc = step(&r, "the header")) ||
-        (rc = read_kvs(&r, g, n_kv)) ||
-        (rc = check_keys(&r, g)) ||
-        (rc = step(&r, "kv pairs")) ||
-        (rc = read_tensor_infos(&r, g, n_tensors, &info_off)) ||
-        (rc = check_layout(&r, g)) ||
-        (rc = step(&r, "tensor infos")))
+    if ((rc = read_header(r, g, &n_tensors, &n_kv)) ||
+        (rc = step(r, "the header")) ||
+        (rc = read_kvs(r, g, n_kv)) ||
+        (rc = check_keys(r, g)) ||
+        (rc = step(r, "kv pairs")) ||
+        (rc = read_tensor_infos(r, g, n_tensors, &info_off)) ||
+        (rc = check_layout(r, g)) ||
+        (rc = step(r, "tensor infos")))
         goto done;
     if (!(flags & BN_GGUF_NO_DATA))
-        rc = read_data(&r, g);
+        rc = read_data(r, g);
 done:
     bn_free(info_off);
-    bn_free(r.win);
-    if (r.fd >= 0)
-        close(r.fd);
+    bn_free(r->win);
+    r->win = NULL;
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
     if (rc) {
         bn_gguf_free(g);
         return rc;
     }
     *out = g;
     return BITNET_OK;
+}
+
+int bn_gguf_open(const char *path, unsigned flags, bn_gguf_step_fn step_fn,
+                 void *step_user, bn_gguf **out)
+{
+    int rc = check_args(path, flags, out);
+    if (rc)
+        return rc;
+    reader r = {.fd = -1, .path = path, .step = step_fn,
+                .step_user = step_user, .elem = -1};
+    if ((rc = open_file(&r))) {
+        if (r.fd >= 0)
+            close(r.fd);
+        return rc;
+    }
+    return parse(&r, flags, out);
+}
+
+int bn_gguf_open_memory(const void *data, size_t size, const char *name,
+                        unsigned flags, bn_gguf_step_fn step_fn,
+                        void *step_user, bn_gguf **out)
+{
+    int rc = check_args(name, flags, out);
+    if (rc)
+        return rc;
+    if (!data && size)
+        return bn_error(BITNET_E_INVALID_ARG,
+                        "bn_gguf_open_memory: data is NULL");
+    /* a non-NULL pointer even for size 0, so mem marks the source */
+    static const uint8_t empty[1];
+    reader r = {.fd = -1, .mem = data ? data : empty, .path = name,
+                .size = size, .step = step_fn, .step_user = step_user,
+                .elem = -1};
+    return parse(&r, flags, out);
 }
 
 /* ------------------------------------------------------------------ */

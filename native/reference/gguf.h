@@ -27,7 +27,8 @@
  *
  * Limits: all metadata is held in memory; tensor data is read into one
  * 64-byte aligned block from the counted allocator (so "bytes" counts it).
- * The file is read with POSIX open/fstat/pread; little-endian hosts only.
+ * The file is read with POSIX open/fstat/pread (or from memory with
+ * bn_gguf_open_memory); little-endian hosts only.
  */
 #ifndef BN_GGUF_H
 #define BN_GGUF_H
@@ -124,6 +125,13 @@ typedef int (*bn_gguf_step_fn)(void *user);
  * or out, unknown flags), or the step callback's code. */
 int bn_gguf_open(const char *path, unsigned flags, bn_gguf_step_fn step,
                  void *step_user, bn_gguf **out);
+/* The same parser over size bytes at data (the tests and the fuzzer,
+ * fuzz/gguf_fuzzer.c, feed inputs without a file); name stands for the
+ * path in messages.  data must stay valid until it returns (the tensor data
+ * is copied). */
+int bn_gguf_open_memory(const void *data, size_t size, const char *name,
+                        unsigned flags, bn_gguf_step_fn step, void *step_user,
+                        bn_gguf **out);
 void bn_gguf_free(bn_gguf *g);
 
 /* Lookups; NULL / -1 when absent. */

@@ -281,17 +281,12 @@ static int load_tensors(bn_model *m)
     return BITNET_OK;
 }
 
-int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
-                  void *step_user, bn_model **out)
+/* Everything after the reader: vocabulary, hyperparameters, weights.  m
+ * owns m->gguf; on failure m and all it holds are freed. */
+static int finish_load(bn_model *m, const char *path, unsigned flags,
+                       bn_model **out)
 {
-    *out = NULL;
-    bn_model *m = bn_calloc(1, sizeof *m, "model");
-    if (!m)
-        return BITNET_E_OOM;
-    unsigned gflags = (flags & BN_MODEL_VOCAB_ONLY) ? BN_GGUF_NO_DATA : 0;
-    int rc = bn_gguf_open(path, gflags, step, step_user, &m->gguf);
-    if (rc)
-        goto fail;
+    int rc;
     if ((rc = bn_vocab_load(m->gguf, &m->vocab)))
         goto fail_ctx;
     m->n_vocab = bn_vocab_n_tokens(m->vocab);
@@ -309,12 +304,44 @@ int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
 fail_ctx:
     /* the reader names the path itself; later checks do not know it */
     bn_error_prefix("'%s': ", path);
-fail:
     bn_vocab_free(m->vocab);
     bn_free(m->layers);
     bn_gguf_free(m->gguf);
     bn_free(m);
     return rc;
+}
+
+int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
+                  void *step_user, bn_model **out)
+{
+    *out = NULL;
+    bn_model *m = bn_calloc(1, sizeof *m, "model");
+    if (!m)
+        return BITNET_E_OOM;
+    unsigned gflags = (flags & BN_MODEL_VOCAB_ONLY) ? BN_GGUF_NO_DATA : 0;
+    int rc = bn_gguf_open(path, gflags, step, step_user, &m->gguf);
+    if (rc) {
+        bn_free(m);
+        return rc;
+    }
+    return finish_load(m, path, flags, out);
+}
+
+int bn_model_load_memory(const void *data, size_t size, const char *name,
+                         unsigned flags, bn_model **out)
+{
+    *out = NULL;
+    bn_model *m = bn_calloc(1, sizeof *m, "model");
+    if (!m)
+        return BITNET_E_OOM;
+    unsigned gflags = (flags & BN_MODEL_VOCAB_ONLY) ? BN_GGUF_NO_DATA : 0;
+    int rc = bn_gguf_open_memory(data, size, name, gflags, NULL, NULL,
+                                 &m->gguf);
+    if (rc) {
+        bn_free(m);
+        return rc;
+    }
+    return finish_load(m, name, flags, out);
 }
 
 void bn_model_free(bn_model *m)

@@ -37,6 +37,10 @@ typedef struct bn_state bn_state;
 
 int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
                   void *step_user, bn_model **out);
+/* The same load from size bytes in memory (bn_gguf_open_memory); name
+ * stands for the path in messages.  For the fuzzer (fuzz/gguf_fuzzer.c). */
+int bn_model_load_memory(const void *data, size_t size, const char *name,
+                         unsigned flags, bn_model **out);
 void bn_model_free(bn_model *m);
 
 const bn_vocab *bn_model_vocab(const bn_model *m);
