@@ -8,6 +8,7 @@ xdist worker too; names hash the parameters, so a model is written once).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,3 +36,35 @@ def make_model(model_dir: Path) -> Callable[..., Path]:
 def tiny_model(make_model: Callable[..., Path]) -> Path:
     """The default tiny bitnet model: TQ2_0 projections, 512 tokens."""
     return make_model(arch="bitnet", seed=0)
+
+
+# ---- stress / soak (tests/test_stress.py) --------------------------------------
+
+SOAK_ENV = "BITNET_SOAK_SECONDS"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bitnet-soak",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help=f"run the stress soak (tests/test_stress.py) for SECONDS; also env {SOAK_ENV}. Off by default.",
+    )
+
+
+@pytest.fixture(scope="session")
+def soak_seconds(request: pytest.FixtureRequest) -> float | None:
+    """Seconds of soak asked for (--bitnet-soak, else BITNET_SOAK_SECONDS), or None."""
+    value = request.config.getoption("--bitnet-soak")
+    if value is None:
+        raw = os.environ.get(SOAK_ENV, "").strip()
+        if not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise pytest.UsageError(f"{SOAK_ENV}={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise pytest.UsageError(f"soak length must be > 0 seconds, got {value}")
+    return float(value)

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "bn_alloc.h"
@@ -245,6 +246,23 @@ static int load_tensors(bn_model *m)
         return rc;
     if ((rc = load_norm(m, "output_norm.weight", d, &m->output_norm)))
         return rc;
+    /* block_count comes from the file (up to 2^24): check the file can hold
+     * that many layers before sizing the layer table by it.  Unchecked, a
+     * one-layer file claiming 2^24 blocks zero-filled a 6 GB table and only
+     * then found blk.1 missing. */
+    const uint64_t per_layer = m->arch->sub_norms ? 11 : 9; /* norms + 7 weights */
+    const uint64_t n_tensors = m->gguf->n_tensors;
+    if ((uint64_t)m->n_layer > n_tensors / per_layer)
+        return bn_error(BITNET_E_MODEL_LOAD,
+                        "block_count=%d needs at least %llu tensors (%llu per "
+                        "layer) and a %llu-byte layer table, but the file has "
+                        "only %llu tensors: the block count is wrong or the "
+                        "file is incomplete",
+                        (int)m->n_layer,
+                        (unsigned long long)((uint64_t)m->n_layer * per_layer),
+                        (unsigned long long)per_layer,
+                        (unsigned long long)((uint64_t)m->n_layer * sizeof(layer)),
+                        (unsigned long long)n_tensors);
     m->layers = bn_calloc((size_t)m->n_layer, sizeof(layer), "layer table");
     if (!m->layers)
         return BITNET_E_OOM;
@@ -362,8 +380,17 @@ const char *bn_model_arch(const bn_model *m) { return m->arch->name; }
 
 uint64_t bn_model_kv_bytes(const bn_model *m, int32_t n_ctx)
 {
-    return 2ull * (uint64_t)m->n_layer * (uint64_t)n_ctx *
-           (uint64_t)m->head_dim * (uint64_t)m->n_head_kv * sizeof(float);
+    /* Every factor comes from the file or the caller: multiply with
+     * overflow checks and saturate, so an absurd size compares as huge
+     * (and is refused) instead of wrapping to something small. */
+    const uint64_t f[] = {2u, (uint64_t)m->n_layer, (uint64_t)(n_ctx > 0 ? n_ctx : 0),
+                          (uint64_t)m->head_dim, (uint64_t)m->n_head_kv,
+                          sizeof(float)};
+    uint64_t bytes = 1;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (__builtin_mul_overflow(bytes, f[i], &bytes))
+            return UINT64_MAX;
+    return bytes;
 }
 
 /* ---- state ------------------------------------------------------------- */
@@ -387,7 +414,7 @@ static int seq_alloc(bn_state *s, int32_t seq)
 oom:
     return bn_error(BITNET_E_OOM,
                     "out of memory allocating the KV cache for sequence %d: "
-                    "n_ctx=%d needs %llu bytes; use a smaller n_ctx",
+                    "n_ctx=%d needs %llu bytes for the KV cache; lower n_ctx",
                     (int)seq, (int)s->n_ctx,
                     (unsigned long long)bn_model_kv_bytes(s->m, s->n_ctx));
 }
@@ -401,17 +428,26 @@ int bn_state_new(const bn_model *m, int32_t n_ctx, bn_state **out)
     if (n_ctx <= 0)
         n_ctx = m->n_ctx_train;
     /* Refuse what cannot fit before asking for it: an absurd n_ctx is an
-     * error with guidance, not a swap storm or an overcommitted block. */
+     * error with guidance, not a swap storm or an overcommitted block.  The
+     * bound is physical memory, or the address-space limit (RLIMIT_AS) when
+     * that is lower: past either, the allocation cannot succeed usefully. */
     uint64_t need = bn_model_kv_bytes(m, n_ctx);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    uint64_t phys = (pages > 0 && page > 0) ? (uint64_t)pages * (uint64_t)page
-                                            : UINT64_MAX;
-    if (need > phys)
+    uint64_t limit = (pages > 0 && page > 0) ? (uint64_t)pages * (uint64_t)page
+                                             : UINT64_MAX;
+    const char *what = "this machine's memory";
+    struct rlimit as;
+    if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY &&
+        (uint64_t)as.rlim_cur < limit) {
+        limit = (uint64_t)as.rlim_cur;
+        what = "the process's address-space limit (RLIMIT_AS)";
+    }
+    if (need > limit)
         return bn_error(BITNET_E_OOM,
-                        "n_ctx=%d needs %llu bytes of KV cache, more than this "
-                        "machine's %llu bytes of memory; use a smaller n_ctx",
-                        (int)n_ctx, (unsigned long long)need,
-                        (unsigned long long)phys);
+                        "n_ctx=%d needs %llu bytes for the KV cache, more than "
+                        "%s of %llu bytes; lower n_ctx",
+                        (int)n_ctx, (unsigned long long)need, what,
+                        (unsigned long long)limit);
     bn_state *s = bn_calloc(1, sizeof *s, "context state");
     if (!s)
         return BITNET_E_OOM;
