@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _logging, errors
-from ._native import ffi, lib, new_err_buffer, raise_native
+from ._native import ffi, lib, native_message, new_err_buffer, raise_native
 
 __all__ = ["BitnetSession", "tokenize", "evaluate", "capabilities", "live_counters", "Capabilities"]
 
@@ -312,7 +312,7 @@ class BitnetSession:
             rc = lib.bitnet_bridge_init_context(out, raw_path, n_ctx, n_gpu_layers, opts.cdata, err, len(err))
         if rc:
             hint = None
-            if rc == lib.BITNET_E_OOM and n_ctx != 1:
+            if rc == lib.BITNET_E_OOM and n_ctx != 1 and "n_ctx" not in native_message(err)[0]:
                 hint = f"the KV cache grows with n_ctx: lower n_ctx (now {n_ctx or 'the model default'}) to need less memory"
             raise_native(rc, "create", err, parameters=params, hint=hint)
         self = object.__new__(cls)
