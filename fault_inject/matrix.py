@@ -19,9 +19,10 @@ the other.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,44 +241,34 @@ def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, m
     return m
 
 
-def main(args: object) -> int:
+def main(args: argparse.Namespace) -> int:
     """``python -m fault_inject matrix`` (arguments parsed by fault_inject.__main__)."""
     try:
-        entries = select(getattr(args, "only") or (), getattr(args, "category") or ())
-        backends = _check_backends(getattr(args, "backend") or [])
+        entries = select(args.only or (), args.category or ())
+        backends = _check_backends(args.backend or [])
     except SelectionError as exc:
         print(f"fault_inject matrix: {exc}", file=sys.stderr)
         return 2
     if control.release_env():
         print(f"fault_inject matrix: ignoring ${control.ENV_SPEC}: every cell arms its own faults", file=sys.stderr)
-    library = getattr(args, "library", None)
-    models_arg = getattr(args, "models", None)
-    cleanup = None
-    if models_arg:
-        models = Path(models_arg)
-    else:
-        models = Path(cleanup := tempfile.mkdtemp(prefix="bitnet-matrix-models-"))
-    try:
+    with contextlib.ExitStack() as stack:
+        models = Path(args.models or stack.enter_context(tempfile.TemporaryDirectory(prefix="bitnet-matrix-models-")))
         import pytest_bitnet as bn
 
         bn.models.cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
-        workers = int(getattr(args, "workers", 0) or 0)
-        try:
-            if workers > 0:
-                m = run_on_workers(entries, backends, workers, models=models, library=library)
-            else:
-                m = run_in_process(entries, backends, models=models, library=library, progress=getattr(args, "verbose", False))
-        except SelectionError as exc:
-            print(f"fault_inject matrix: {exc}", file=sys.stderr)
-            return 2
-    finally:
-        if cleanup:
-            shutil.rmtree(cleanup, ignore_errors=True)
+        if args.workers > 0:
+            try:
+                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library)
+            except SelectionError as exc:
+                print(f"fault_inject matrix: {exc}", file=sys.stderr)
+                return 2
+        else:
+            m = run_in_process(entries, backends, models=models, library=args.library, progress=args.verbose)
     print(m.table())
-    if getattr(args, "json", None):
-        Path(args.json).write_text(json.dumps(m.as_json(), indent=1) + "\n")  # type: ignore[attr-defined]
-    if getattr(args, "junit", None):
-        m.junit().write(args.junit, encoding="utf-8", xml_declaration=True)  # type: ignore[attr-defined]
-    if getattr(args, "markdown", None):
-        Path(args.markdown).write_text(m.markdown())  # type: ignore[attr-defined]
+    if args.json:
+        Path(args.json).write_text(json.dumps(m.as_json(), indent=1) + "\n")
+    if args.junit:
+        m.junit().write(args.junit, encoding="utf-8", xml_declaration=True)
+    if args.markdown:
+        Path(args.markdown).write_text(m.markdown())
     return 0 if m.ok else 1

@@ -383,10 +383,6 @@ class Outcome:
     observed: str = ""  # the first error met: "Class: first line"
     notes: tuple[str, ...] = ()  # figures the entry reported
 
-    @property
-    def ok(self) -> bool:
-        return self.result != FAIL
-
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "backend": self.backend, "result": self.result, "seconds": round(self.seconds, 4),
                 "reason": self.reason, "observed": self.observed, "notes": list(self.notes)}
@@ -421,7 +417,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         warnings.simplefilter("ignore")
         s = Scenario(entry, backend, workdir=Path(tmp), models=models, library=library)
         try:
-            os.environ["BITNET_BACKEND"] = "dlopen" if backend == "dlopen" else backend
+            os.environ["BITNET_BACKEND"] = backend
             if entry.inject and not entry.arm_in_scenario:
                 with control.inject(entry.inject, source=f"catalog entry {entry.id}", strict=True):
                     entry.run(s)

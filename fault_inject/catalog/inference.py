@@ -25,9 +25,14 @@ def e14(s: Scenario) -> None:
     err = ffi.new("char[]", 512)
     rc = s.init_context(out, s.tmp / "absent.gguf", 64, err, len(err))
     s.check(rc != 0 and out[0] == ffi.NULL, "a failed create must leave the handle NULL")
+    s.fails(tokenize_on_handle, out[0], fragments=("invalid context handle", "create"))
+
+
+def tokenize_on_handle(handle: Any) -> None:
+    """bitnet_cpp_tokenize_with_context on a raw handle, raising what the session layer raises."""
     n = ffi.new("int32_t *")
-    rc = lib.bitnet_cpp_tokenize_with_context(out[0], b"x", 1, 0, ffi.NULL, 0, n, err, len(err))
-    s.fails(_raise_code, rc, "tokenize", err, fragments=("invalid context handle", "create"))
+    err = ffi.new("char[]", 512)
+    _raise_code(lib.bitnet_cpp_tokenize_with_context(handle, b"x", 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
 
 
 def _raise_code(rc: int, operation: str, err: Any) -> None:

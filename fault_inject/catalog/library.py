@@ -107,11 +107,11 @@ def e08(s: Scenario) -> None:
     """create(backend='dlopen', library_path=<a real library reporting ABI version N+1>)"""
     expected = int(lib.BITNET_ABI_VERSION)
     s.values.update(found=expected + 1, expected=expected)
-    path = _library_with_abi(s.tmp, expected + 1)
+    path = library_with_abi(s.tmp, expected + 1)
     s.fails(bn.BitnetSession.create, s.model, backend="dlopen", library_path=str(path))
 
 
-def _library_with_abi(where: Path, version: int) -> Path:
+def library_with_abi(where: Path, version: int) -> Path:
     """A real shared library exporting every required socket symbol, reporting `version`.
 
     Its functions only fail (the loader checks the ABI before calling any);

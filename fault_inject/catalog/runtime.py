@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -105,6 +106,32 @@ def e49(s: Scenario) -> None:
     s.check(report.sites > 10, f"only {report.sites} allocations were failed: the sweep did not reach the backend's allocator")
 
 
+@contextlib.contextmanager
+def evaluating_in_another_thread(s: Scenario, session: bn.BitnetSession, tokens: Any) -> Iterator[dict[str, Any]]:
+    """Runs session.evaluate(tokens) in another thread, held at its fill pass
+    by ``eval.fill=delay(200)`` (a boundary point: every backend has it); the
+    block runs while that call is inside the bridge.  Yields a dict holding,
+    once the block is left, the thread's "logits" or its "error"."""
+    outcome: dict[str, Any] = {}
+
+    def evaluate() -> None:
+        try:
+            outcome["logits"] = session.evaluate(tokens)
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    with s.inject("eval.fill=delay(200)"):
+        busy = threading.Thread(target=evaluate, name=f"{s.entry.id}-evaluate")
+        busy.start()
+        deadline = time.monotonic() + 10
+        while control.hits("eval.fill") == 0 and busy.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the thread holds the session
+        try:
+            yield outcome
+        finally:
+            busy.join()
+
+
 @entry("E50", "threads", "two threads on one session at once → ThreadSafetyError for one, no corruption",
        expect="ThreadSafetyError", fragments=("another thread", "one call at a time"))
 def e50(s: Scenario) -> None:
@@ -112,25 +139,10 @@ def e50(s: Scenario) -> None:
     sess = s.session()
     tokens = sess.tokenize("two threads, one session")
     want = s.session().evaluate(tokens)
-    got: list[np.ndarray] = []
-    failed: list[BaseException] = []
-
-    def evaluate() -> None:
-        try:
-            got.append(sess.evaluate(tokens))
-        except BaseException as exc:  # reported below
-            failed.append(exc)
-
-    with s.inject("eval.fill=delay(200)"):
-        busy = threading.Thread(target=evaluate, name="E50-evaluate")
-        busy.start()
-        deadline = time.monotonic() + 10
-        while control.hits("eval.fill") == 0 and busy.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.001)  # wait until A is inside the native call
+    with evaluating_in_another_thread(s, sess, tokens) as other:
         s.fails(sess.tokenize, "meanwhile")
-        busy.join()
-    s.check(not failed, f"the first thread failed: {failed}")
-    s.check(len(got) == 1 and np.array_equal(got[0], want), "the first thread's logits are corrupted")
+    s.check("error" not in other, f"the first thread failed: {other.get('error')}")
+    s.check(np.array_equal(other.get("logits"), want), "the first thread's logits are corrupted")
 
 
 @entry("E51", "threads", "N threads, own sessions → all succeed, results equal single-threaded, counters back to baseline")
