@@ -153,8 +153,9 @@ def test_oom_action_at_a_non_alloc_point(tiny_model: Path) -> None:
             s.evaluate([1, 2, 3])
 
 
-def test_nan_logits_are_reported_by_the_finiteness_check(tiny_model: Path) -> None:
-    with bn.BitnetSession.create(tiny_model) as s:
+@pytest.mark.parametrize("backend", ["reference", "dlopen"])  # dlopen: the point fires inside the library
+def test_nan_logits_are_reported_by_the_finiteness_check(tiny_model: Path, backend: str) -> None:
+    with bn.BitnetSession.create(tiny_model, backend=backend) as s:
         toks = s.tokenize("What is 2+2?")
         with fi.inject("eval.logits=nan"):
             with pytest.raises(errors.InferenceError) as info:

@@ -158,19 +158,6 @@ def test_inject_handle_counts_engine_points_hit_in_the_library(tiny_model: Path)
         assert np.isfinite(logits).all()
 
 
-def test_nan_logits_via_dlopen_are_reported(tiny_model: Path) -> None:
-    with dlopen_session(tiny_model) as s:
-        toks = s.tokenize("What is 2+2?")
-        with fi.inject("eval.logits=nan"):
-            with pytest.raises(errors.InferenceError) as info:
-                s.evaluate(toks)
-        msg = str(info.value)
-        assert "injected fault at 'eval.logits' (nan, hit 1)" in msg
-        assert "non-finite logit (NaN)" in msg and f"position {len(toks) - 1}" in msg
-        assert s.n_past() == 0
-        assert np.isfinite(s.evaluate(toks)).all()
-
-
 # Boundary points (placed in native/bridge) next to the engine points they
 # surround: the library's copy of the bridge layer must not count a call the
 # loading bridge already counted.  alloc is left out: the library's own
