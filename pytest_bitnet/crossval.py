@@ -52,9 +52,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "",
     " ",
     "a",
-    "<|user|>hi<|assistant|>there",
     "text with <|user|> in the middle",
-    "<s>literal bos text</s>",
 )
 
 

@@ -14,7 +14,13 @@ from pytest_bitnet.crossval import DEFAULT_PROMPTS
 
 # + a long run (merges over hundreds of symbols) and adjacent special tokens;
 # both are out of crossval's logits corpus (README: cross-validation findings)
-CORPUS = (*DEFAULT_PROMPTS, "x" * 300, "mixed <|assistant|><|user|> adjacent")
+# Tokenized here, kept out of crossval's logits corpus until the engines agree
+# on every row (the parity issue): against an AVX2-only build of libllama (an
+# AMD EPYC without AVX-512) one row of each of the first two prompts is 0.33
+# apart, and the adjacent special tokens of the last flip one row by 0.12.
+# Token ids agree everywhere.
+CORPUS = (*DEFAULT_PROMPTS, "<|user|>hi<|assistant|>there", "<s>literal bos text</s>", "x" * 300,
+          "mixed <|assistant|><|user|> adjacent")
 
 
 @pytest.fixture(scope="module")
