@@ -11,42 +11,41 @@
     report = armed.disarm()                         # report.never_hit, report.points[...]
     fi.sweep("alloc", body, fork=True).raise_if_failed()
     fi.points()                                     # the registry: names, descriptions, codes
+    resolved = fi.validate("eval.fill=fail")        # check once, arm many times
 
-The grammar is in :mod:`fault_inject.spec`; arming and observing in
-:mod:`fault_inject.control`; sweeps in :mod:`fault_inject.sweep`.  If the
-environment variable ``BITNET_INJECT`` holds a spec, importing this package
-arms it (seed from ``BITNET_INJECT_SEED``); ``python -m fault_inject run
-script.py`` runs a program that way.  Nothing here depends on pytest.
+Modules: :mod:`~fault_inject.spec` (the grammar), :mod:`~fault_inject.registry`
+(the points, the one validator), :mod:`~fault_inject.arming` (handles),
+:mod:`~fault_inject.events` (firings), :mod:`~fault_inject.env`
+(``BITNET_INJECT``), :mod:`~fault_inject.sweep`, :mod:`~fault_inject.catalog`
+and :mod:`~fault_inject.matrix`.  If the environment variable
+``BITNET_INJECT`` holds a spec, importing this package arms it (seed from
+``BITNET_INJECT_SEED``); ``python -m fault_inject run script.py`` runs a
+program that way.  Nothing here depends on pytest, and only the public
+modules of :mod:`pytest_bitnet.bridge` are used.
 """
 
 from __future__ import annotations
 
-from .control import (
+from .arming import (
     Armed,
     DisarmReport,
     FaultStateError,
-    FireEvent,
-    InjectionNotCompiled,
     NeverHit,
     NeverHitWarning,
-    PointInfo,
     PointReport,
-    UnknownPoint,
     arm,
-    arm_from_env,
     armed,
-    compiled_in,
     disarm,
     disarm_all,
-    error_codes,
     fired,
     hits,
     inject,
-    on_fire,
-    points,
-    release_env,
+    parse_seed,
 )
-from .spec import FaultSpecError, Spec, parse
+from .env import arm_from_env, release_env
+from .events import FireEvent, on_fire
+from .registry import InjectionNotCompiled, PointInfo, UnknownPoint, compiled_in, error_codes, points, validate
+from .spec import FaultSpecError, Resolved, Spec, parse
 from .sweep import Iteration, SweepFailed, SweepReport, sweep
 
 __all__ = [
@@ -61,6 +60,7 @@ __all__ = [
     "NeverHitWarning",
     "PointInfo",
     "PointReport",
+    "Resolved",
     "Spec",
     "SweepFailed",
     "SweepReport",
@@ -77,9 +77,11 @@ __all__ = [
     "inject",
     "on_fire",
     "parse",
+    "parse_seed",
     "points",
     "release_env",
     "sweep",
+    "validate",
 ]
 
 arm_from_env()

@@ -14,20 +14,19 @@ prints, on exit, the hits and firings of every armed point.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import runpy
 import sys
 from typing import Sequence
 
-from . import control, spec
+from . import arming, env, registry, spec
 from . import matrix as _matrix
 
 
 def _points(args: argparse.Namespace) -> int:
-    rows = control.points()
+    rows = registry.points()
     width = max(len(p.name) for p in rows)
-    state = "compiled in" if control.compiled_in() else "NOT compiled in (built with BITNET_FAULTS=0)"
+    state = "compiled in" if registry.compiled_in() else "NOT compiled in (built with BITNET_FAULTS=0)"
     print(f"{len(rows)} fault points, {state}")
     for p in rows:
         acts = ",".join(a for a in spec.ACTIONS if a in p.actions)
@@ -39,32 +38,27 @@ def _points(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        parsed = spec.parse(args.spec, source="the command line")
-        compiled = spec.resolve(parsed, {p.name: p for p in control.points()}, control.error_codes(), source="the command line")
+        resolved = registry.validate(args.spec, source="the command line")
     except spec.FaultSpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(parsed)
-    for ce in compiled:
+    print(resolved)
+    for ce in resolved.entries:
         print(f"  {ce.pattern}: arms {', '.join(ce.points)}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    text = args.spec or os.environ.get(control.ENV_SPEC, "")
+    text = args.spec or os.environ.get(env.ENV_SPEC, "")
     if not text.strip():
-        print(f"fault_inject run: no spec: pass --spec or set {control.ENV_SPEC}", file=sys.stderr)
+        print(f"fault_inject run: no spec: pass --spec or set {env.ENV_SPEC}", file=sys.stderr)
         return 2
     # Importing this package armed $BITNET_INJECT already: take it over, so
     # the spec is armed once, with this command's seed and scope.
-    env_armed = control._STATE.env_armed
-    if env_armed is not None:
-        atexit.unregister(control._report_env)
-        env_armed.disarm()
-        control._STATE.env_armed = None
+    env.release_env()
     try:
-        armed = control.arm(text, seed=args.seed, thread=args.thread, source="--spec" if args.spec else control.ENV_SPEC)
-    except (spec.FaultSpecError, control.FaultStateError, control.InjectionNotCompiled) as exc:
+        armed = arming.arm(text, seed=args.seed, thread=args.thread, source="--spec" if args.spec else env.ENV_SPEC)
+    except (spec.FaultSpecError, arming.FaultStateError, registry.InjectionNotCompiled) as exc:
         print(exc, file=sys.stderr)
         return 2
     code = 0
@@ -92,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("spec")
     c.set_defaults(fn=_check)
     r = sub.add_parser("run", help="run a Python program with a spec armed")
-    r.add_argument("--spec", help=f"the spec (default: ${control.ENV_SPEC})")
-    r.add_argument("--seed", type=int, help=f"seed of probability terms (default: ${control.ENV_SEED} or random)")
+    r.add_argument("--spec", help=f"the spec (default: ${env.ENV_SPEC})")
+    r.add_argument("--seed", type=int, help=f"seed of probability terms (default: ${env.ENV_SEED} or random)")
     r.add_argument("--thread", action="store_true", help="only the main thread's hits count")
     r.add_argument("-m", dest="module", action="store_true", help="target is a module name")
     r.add_argument("target")

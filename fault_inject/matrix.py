@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import control
+from . import env
 from .catalog import BACKENDS, CATALOG, CATEGORIES, FAIL, NOT_APPLICABLE, PASS, Entry, Outcome, run_entry
 from .spec import closest_names
 
@@ -212,10 +213,8 @@ def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, l
 def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, models: Path,
                    library: str | None = None) -> Matrix:
     """Every cell as a pytest item, distributed over `workers` pytest-xdist processes."""
-    try:
-        import xdist  # noqa: F401  (only to say what is missing)
-    except ImportError:
-        raise SelectionError("-n needs pytest-xdist: pip install 'pytest-bitnet[test]' (or pytest-xdist)") from None
+    if importlib.util.find_spec("xdist") is None:  # the workers are pytest's, in a subprocess
+        raise SelectionError("-n needs pytest-xdist: pip install 'pytest-bitnet[test]' (or pytest-xdist)")
     m = Matrix(entries, backends, workers=workers)
     with tempfile.TemporaryDirectory(prefix="bitnet-matrix-") as tmp:
         out = Path(tmp, "cells.json")
@@ -229,14 +228,14 @@ def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, m
         ]  # fmt: skip
         if library:
             cmd += ["--bitnet-matrix-library", library]
-        env = {k: v for k, v in os.environ.items() if k != control.ENV_SPEC}  # cells arm their own faults
+        environ = {k: v for k, v in os.environ.items() if k != env.ENV_SPEC}  # cells arm their own faults
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=environ)
         m.wall_seconds = time.perf_counter() - start
         if not out.exists():
             raise RuntimeError(f"the pytest run wrote no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         for d in json.loads(out.read_text()):
-            o = Outcome(d["id"], d["backend"], d["result"], d["seconds"], d["reason"], d["observed"], tuple(d.get("notes", ())))
+            o = Outcome.from_dict(d)
             m.outcomes[(o.id, o.backend)] = o
     return m
 
@@ -249,13 +248,13 @@ def main(args: argparse.Namespace) -> int:
     except SelectionError as exc:
         print(f"fault_inject matrix: {exc}", file=sys.stderr)
         return 2
-    if control.release_env():
-        print(f"fault_inject matrix: ignoring ${control.ENV_SPEC}: every cell arms its own faults", file=sys.stderr)
+    if env.release_env():
+        print(f"fault_inject matrix: ignoring ${env.ENV_SPEC}: every cell arms its own faults", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         models = Path(args.models or stack.enter_context(tempfile.TemporaryDirectory(prefix="bitnet-matrix-models-")))
-        import pytest_bitnet as bn
+        from pytest_bitnet.testing.models import cached_tiny_model
 
-        bn.models.cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
+        cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
         if args.workers > 0:
             try:
                 m = run_on_workers(entries, backends, args.workers, models=models, library=args.library)

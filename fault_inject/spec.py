@@ -23,9 +23,14 @@ Extensions to the grammar of DESIGN.md (also in README):
 * ``grow`` takes an optional count, ``grow(n)`` (default 1);
 * ``P`` may have decimals (``0.5%``).
 
-Parsing (:func:`parse`) is pure: it needs no native library.  Checking names
-against the registry and compiling to the native form is :func:`resolve`,
-which :mod:`fault_inject.control` calls with the registry it read.
+Parsing (:func:`parse`) is pure: it checks the grammar and needs no native
+library.  Checking a parsed spec against the registry -- point names, the
+actions each point performs, error codes, and the native engine's limits --
+and compiling it to the native form is :func:`resolve`, which
+:func:`fault_inject.registry.validate` calls with what the library reports.
+That is the one validator: the pytest plugin, :func:`fault_inject.arm` and
+the command line all go through it, and keep its :class:`Resolved` result
+instead of parsing again.
 """
 
 from __future__ import annotations
@@ -38,12 +43,11 @@ from typing import Callable, Final, Iterable, Mapping, Protocol
 __all__ = [
     "ACTIONS",
     "ARG_ACTIONS",
-    "MAX_COUNT",
-    "MAX_DELAY_MS",
-    "MAX_TERMS",
     "CompiledEntry",
     "Entry",
     "FaultSpecError",
+    "Limits",
+    "Resolved",
     "Spec",
     "Term",
     "closest_names",
@@ -52,16 +56,21 @@ __all__ = [
 ]
 
 # Action names, in the order of the native BITNET_FAULT_* enum
-# (fault_inject.control checks the two agree when it loads).
+# (fault_inject.registry checks the two agree when it loads).
 ACTIONS: Final[tuple[str, ...]] = ("off", "fail", "oom", "delay", "hang", "missing", "nan", "grow", "crash")
 # Which actions take an argument: "required", "optional", or absent (none).
 ARG_ACTIONS: Final[Mapping[str, str]] = {"fail": "optional", "delay": "required", "grow": "optional"}
 
-MAX_TERMS: Final = 16  # BITNET_FAULT_MAX_TERMS
-MAX_NAME: Final = 127  # BITNET_FAULT_MAX_NAME - 1
-MAX_COUNT: Final = 2**32 - 1
-MAX_DELAY_MS: Final = 3_600_000  # an hour; `hang` waits for the deadline
-MAX_GROW: Final = 2**20
+
+@dataclass(frozen=True)
+class Limits:
+    """What the native engine accepts (bitnet_fault.h's BITNET_FAULT_MAX_*)."""
+
+    terms: int  # terms per chain
+    name: int  # bytes of a point name or pattern, NUL included
+    count: int  # the largest N of 'N*'
+    delay_ms: int  # the longest delay(ms); 'hang' waits for the deadline
+    grow: int  # the largest grow(n)
 
 
 class FaultSpecError(ValueError):
@@ -84,10 +93,6 @@ class FaultSpecError(ValueError):
             text += f"; expected {expected}"
         caret = " " * (column - 1) + "^"
         super().__init__(f"{text}\n    {spec}\n    {caret}")
-
-    def with_source(self, source: str) -> FaultSpecError:
-        """The same error, naming where the spec came from."""
-        return FaultSpecError(self.reason, self.spec, self.column, expected=self.expected, source=source)
 
 
 @dataclass(frozen=True)
@@ -232,15 +237,11 @@ class _Parser:
         point = self.match(_POINT)
         if point is None:
             raise self.error(f"found {self.found()}", "a fault point name such as 'tokenize.fill' or a prefix such as 'session.*'")
-        if len(point) > MAX_NAME:
-            raise self.error(f"point name is {len(point)} characters long", f"at most {MAX_NAME}", at=start)
         if not self.eat("="):
             raise self.error(f"found {self.found()} after the point name {point!r}", "'=' and a term, as in 'alloc=oom'")
         terms = [self.term()]
         while self.eat("->"):
             terms.append(self.term())
-        if len(terms) > MAX_TERMS:
-            raise self.error(f"{len(terms)} terms in one chain", f"at most {MAX_TERMS}", at=terms[MAX_TERMS].column - 1)
         for i, t in enumerate(terms[:-1]):
             if t.unbounded:
                 nxt = terms[i + 1]
@@ -275,12 +276,8 @@ class _Parser:
                 if "." in num:
                     raise self.error(f"count {num} is not a whole number", "a count such as '3*'", at=num_at)
                 count = int(num)
-                if not 1 <= count <= MAX_COUNT:
-                    raise self.error(
-                        f"count {num} is out of range" + (" (0* never fires: leave the term out)" if count == 0 else ""),
-                        f"1..{MAX_COUNT}",
-                        at=num_at,
-                    )
+                if count == 0:
+                    raise self.error(f"count {num} is out of range (0* never fires: leave the term out)", "a count of at least 1", at=num_at)
         self.blanks()
         action_at = self.pos
         action = self.match(_IDENT)
@@ -312,13 +309,11 @@ class _Parser:
         return Term(action, percent, count, None, start + 1)
 
     def _check_arg(self, action: str, arg: int | str, at: int) -> None:
-        if action == "delay":
-            assert isinstance(arg, int)
-            if not 0 <= arg <= MAX_DELAY_MS:
-                raise self.error(f"delay({arg}) is out of range", f"0..{MAX_DELAY_MS} ms (use 'hang' to wait for the deadline)", at=at)
-        elif action == "grow":
-            if not isinstance(arg, int) or not 1 <= arg <= MAX_GROW:
-                raise self.error(f"grow({arg}) is out of range", f"1..{MAX_GROW}", at=at)
+        # the upper bounds are the engine's (resolve checks them)
+        if action == "delay" and isinstance(arg, int) and arg < 0:
+            raise self.error(f"delay({arg}) is out of range", "a delay of 0 ms or more", at=at)
+        elif action == "grow" and (not isinstance(arg, int) or arg < 1):
+            raise self.error(f"grow({arg}) is out of range", "a growth of at least 1", at=at)
         elif action == "fail" and isinstance(arg, int) and arg >= 0:
             raise self.error(f"fail({arg}) is not an error code", "a negative BITNET_E_* code such as -4, or a name such as 'inference'", at=at)
 
@@ -355,19 +350,46 @@ def _matches(pattern: str, name: str) -> bool:
     return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """A spec checked against the registry: what arm() takes without checking again.
+
+    ``str(resolved)`` is the canonical text.
+    """
+
+    spec: Spec
+    entries: tuple[CompiledEntry, ...]
+    source: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.spec)
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """Every registered point the spec arms."""
+        return tuple(n for e in self.entries for n in e.points)
+
+    @property
+    def probabilistic(self) -> bool:
+        """Whether a term draws (P%), so the seed matters."""
+        return any(t.percent is not None for e in self.spec.entries for t in e.terms)
+
+
 def resolve(
     spec: Spec,
     points: Mapping[str, PointLike],
     codes: Mapping[str, int],
+    limits: Limits,
     *,
     source: str | None = None,
-) -> tuple[CompiledEntry, ...]:
+) -> Resolved:
     """Checks spec against the registry and compiles it for the native engine.
 
     ``points`` maps registered names to their descriptions; ``codes`` maps
-    code names (``"BITNET_E_INFERENCE"``) to values.  Refuses unknown points
-    (naming the closest), patterns matching nothing, a point reached by two
-    entries, actions a point does not perform, and unknown codes.
+    code names (``"BITNET_E_INFERENCE"``) to values; ``limits`` are the
+    engine's.  Refuses unknown points (naming the closest), patterns
+    matching nothing, a point reached by two entries, actions a point does
+    not perform, unknown codes, and values beyond the limits.
     """
 
     def err(reason: str, column: int, expected: str | None = None) -> FaultSpecError:
@@ -377,6 +399,7 @@ def resolve(
     compiled: list[CompiledEntry] = []
     owner: dict[str, Entry] = {}
     for entry in spec.entries:
+        _check_limits(entry, limits, err)
         matched = tuple(n for n in points if _matches(entry.point, n))
         if not matched:
             near = closest_names(entry.point, points)
@@ -409,7 +432,21 @@ def resolve(
             prob = 1.0 if term.percent is None else term.percent / 100.0
             terms.append((prob, term.count or 0, ACTIONS.index(term.action), arg))
         compiled.append(CompiledEntry(entry.point, matched, tuple(terms), entry))
-    return tuple(compiled)
+    return Resolved(spec, tuple(compiled), source)
+
+
+def _check_limits(entry: Entry, limits: Limits, err: Callable[..., FaultSpecError]) -> None:
+    if len(entry.point) >= limits.name:
+        raise err(f"point name is {len(entry.point)} characters long", entry.column, f"at most {limits.name - 1}")
+    if len(entry.terms) > limits.terms:
+        raise err(f"{len(entry.terms)} terms in one chain", entry.terms[limits.terms].column, f"at most {limits.terms}")
+    for term in entry.terms:
+        if term.count is not None and term.count > limits.count:
+            raise err(f"count {term.count} is out of range", term.column, f"1..{limits.count}")
+        if term.action == "delay" and isinstance(term.arg, int) and term.arg > limits.delay_ms:
+            raise err(f"delay({term.arg}) is out of range", term.arg_column, f"0..{limits.delay_ms} ms (use 'hang' to wait for the deadline)")
+        if term.action == "grow" and isinstance(term.arg, int) and term.arg > limits.grow:
+            raise err(f"grow({term.arg}) is out of range", term.arg_column, f"1..{limits.grow}")
 
 
 def _code(term: Term, codes: Mapping[str, int], by_value: Mapping[int, str], err: Callable[..., FaultSpecError]) -> int:

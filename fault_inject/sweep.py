@@ -21,16 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Final, Mapping, Sequence
 
-from pytest_bitnet import live_counters
-from pytest_bitnet.errors import BitnetError
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS, delta, live_counters
+from pytest_bitnet.bridge.errors import BitnetError
 
-from . import control
 from . import spec as _spec
+from .arming import arm
+from .registry import lookup, require_compiled
 
-__all__ = ["Iteration", "SweepFailed", "SweepReport", "sweep", "LEAK_COUNTERS"]
-
-# Counters that must return to their baseline after every iteration.
-LEAK_COUNTERS: Final[tuple[str, ...]] = ("contexts", "sessions", "models", "bytes", "allocations")
+__all__ = ["Iteration", "SweepFailed", "SweepReport", "sweep"]
 
 OK: Final = "ok"  # the body returned
 ERROR: Final = "error"  # it raised one of the expected (clean) errors
@@ -165,7 +163,7 @@ def _run_one(
     before = _counters(collect=n == 1)  # later iterations start where the last one settled
     t0 = time.perf_counter()
     outcome, error, message = OK, None, None
-    armed = control.arm(spec, seed=seed, thread=thread, source="sweep")
+    armed = arm(spec, seed=seed, thread=thread, source="sweep")
     try:
         body()
     except (KeyboardInterrupt, SystemExit):
@@ -178,7 +176,7 @@ def _run_one(
         report = armed.disarm()
     seconds = time.perf_counter() - t0
     after = _settled(before)
-    leaked = {k: after[k] - before[k] for k in LEAK_COUNTERS if after[k] != before[k]}
+    leaked = delta(before, after)
     pr = report.points[point]
     stack = pr.python_stack
     return Iteration(
@@ -303,8 +301,8 @@ def sweep(
     allocations) are back to their baseline.  Returns the per-iteration
     report; ``report.raise_if_failed()`` turns it into an assertion.
     """
-    control._require_compiled()
-    info = control._point(point)  # exact names only: hit numbers of a pattern are per point
+    require_compiled()
+    info = lookup(point)  # exact names only: hit numbers of a pattern are per point
     term = _term(info.name, action)
     if not isinstance(max_iterations, int) or max_iterations < 1:
         raise ValueError(f"max_iterations must be a positive int, got {max_iterations!r}")

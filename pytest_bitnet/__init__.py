@@ -5,6 +5,12 @@
     with bn.BitnetSession.create(path, n_ctx=512) as s:
         logits = s.evaluate(s.tokenize("What is 2+2?"))
 
+The package is three layers, each importing only the ones below it:
+``pytest_bitnet.bridge`` (the Python API over the native bridge),
+``pytest_bitnet.testing`` (test tooling: models, malformed files,
+crossval) and ``pytest_bitnet.plugin`` (the pytest plugin); ``fault_inject``
+sits between the bridge and the plugin.  This module is the public facade.
+
 Exports are resolved on first use (PEP 562): importing the package -- as
 pytest does for the plugin -- loads neither the native bridge nor numpy.
 """
@@ -15,24 +21,28 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy table below provides, for type checkers
-    from . import errors, models
-    from ._diagnostics import diagnostics
-    from .errors import BitnetError, ErrorContext
-    from .session import BitnetSession, Capabilities, capabilities, evaluate, live_counters, tokenize
+    from .bridge import errors
+    from .bridge.capabilities import Capabilities, capabilities
+    from .bridge.counters import live_counters
+    from .bridge.diagnostics import diagnostics
+    from .bridge.errors import BitnetError, ErrorContext
+    from .bridge.percall import evaluate, tokenize
+    from .bridge.session import BitnetSession
+    from .testing import models
 
 # public name -> (module, attribute or None for the module itself)
 _EXPORTS: dict[str, tuple[str, str | None]] = {
-    "BitnetSession": ("session", "BitnetSession"),
-    "Capabilities": ("session", "Capabilities"),
-    "capabilities": ("session", "capabilities"),
-    "evaluate": ("session", "evaluate"),
-    "live_counters": ("session", "live_counters"),
-    "tokenize": ("session", "tokenize"),
-    "BitnetError": ("errors", "BitnetError"),
-    "ErrorContext": ("errors", "ErrorContext"),
-    "diagnostics": ("_diagnostics", "diagnostics"),
-    "errors": ("errors", None),
-    "models": ("models", None),
+    "BitnetSession": ("bridge.session", "BitnetSession"),
+    "Capabilities": ("bridge.capabilities", "Capabilities"),
+    "capabilities": ("bridge.capabilities", "capabilities"),
+    "evaluate": ("bridge.percall", "evaluate"),
+    "live_counters": ("bridge.counters", "live_counters"),
+    "tokenize": ("bridge.percall", "tokenize"),
+    "BitnetError": ("bridge.errors", "BitnetError"),
+    "ErrorContext": ("bridge.errors", "ErrorContext"),
+    "diagnostics": ("bridge.diagnostics", "diagnostics"),
+    "errors": ("bridge.errors", None),
+    "models": ("testing.models", None),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import capabilities, live_counters, models
-from .session import BitnetSession
+from .bridge.validate import BACKENDS
+from .bridge.capabilities import capabilities
+from .bridge.counters import live_counters
+from .bridge.session import BitnetSession
+from .testing import models
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -44,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _diagnostics(args: argparse.Namespace) -> int:
-    from ._diagnostics import diagnostics, format_text
+    from .bridge.diagnostics import diagnostics, format_text
 
     report = diagnostics(args.backend, args.library)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
@@ -52,8 +55,8 @@ def _diagnostics(args: argparse.Namespace) -> int:
 
 
 def _crossval(args: argparse.Namespace) -> int:
-    from . import crossval
-    from .errors import BitnetError
+    from .bridge.errors import BitnetError
+    from .testing import crossval
 
     prompts = crossval.read_prompts(args.prompts) if args.prompts else list(crossval.DEFAULT_PROMPTS)
     try:
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", metavar="DIR", help="write the model into DIR instead of a temporary directory")
     demo.set_defaults(func=_demo)
     diag = sub.add_parser("diagnostics", help="environment, library discovery, symbols and fallbacks")
-    diag.add_argument("--backend", choices=("reference", "dlopen", "llama", "stub"))
+    diag.add_argument("--backend", choices=BACKENDS)
     diag.add_argument("--library", metavar="PATH", help="dlopen this library instead of discovering one")
     diag.add_argument("--json", action="store_true", help="print the report as JSON")
     diag.set_defaults(func=_diagnostics)

@@ -48,7 +48,7 @@ LOADER_SYMBOLS = tuple(s for s in SOCKET_SYMBOLS if s != "bitnet_cpp_get_last_er
 def _build_module():  # type: ignore[no-untyped-def]
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_bitnet_build", ROOT / "pytest_bitnet" / "_build.py")
+    spec = importlib.util.spec_from_file_location("_bitnet_build", ROOT / "pytest_bitnet" / "bridge" / "_build.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pytest_bitnet._native import ffi, lib
+from pytest_bitnet.bridge.abi import ffi, lib
 
 CANARY = 0x7EADBEEF
 

@@ -233,7 +233,7 @@ def test_call_timeouts(session: bn.BitnetSession, timeout: Any, which: str) -> N
 # ---- fault specs from the grammar ----------------------------------------------------
 
 POINTS = {p.name: p for p in fi.points()} if fi.compiled_in() else {}
-CODES = sorted(fi.control.error_codes())
+CODES = sorted(fi.error_codes())
 # Hosts the cycle below reaches: the loader points only fire with the dlopen
 # backend, so they are left out (armed, they would only be "never hit").
 CYCLE_POINTS = sorted(n for n in POINTS if not n.startswith(("dlopen", "dlsym")))

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_bitnet import crossval, errors
-from pytest_bitnet._native import LLAMA
+from pytest_bitnet import errors
+from pytest_bitnet.testing import crossval
+from pytest_bitnet.bridge.llama import configured
+
+LLAMA = configured()
 
 pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
 

@@ -22,9 +22,9 @@ import pytest
 
 import fault_inject as fi
 import pytest_bitnet as bn
-from fault_inject import control
+from fault_inject import arming
 from pytest_bitnet import errors
-from pytest_bitnet._native import ffi, lib
+from pytest_bitnet.bridge.abi import ffi, lib
 
 from .native_builds import LOADER_SYMBOLS
 
@@ -219,8 +219,8 @@ def test_hang_without_deadline_or_cancel_is_refused(tiny_model: Path) -> None:
     # never end, so it fails at once instead (documented)
     with fi.inject("load.step=hang"):
         with pytest.raises(errors.BitnetError, match="refusing to hang"):
-            with bn.session._deadline(math.inf):  # no deadline on this thread
-                lib_tokenize(tiny_model)
+            lib.bitnet_bridge_set_call_timeout(0)  # no deadline on this thread
+            lib_tokenize(tiny_model)
 
 
 def lib_tokenize(path: Path) -> None:
@@ -567,7 +567,7 @@ def test_disarm_semantics() -> None:
     armed = fi.arm("session.*=fail;eval.step=off")
     part = fi.disarm("session.eval")
     assert set(part.points) == {"session.eval"}
-    assert set(a for a in armed.points if armed.active) and "session.eval" not in control._STATE.owners
+    assert set(a for a in armed.points if armed.active) and "session.eval" not in arming._STATE.owners
     r1 = armed.disarm()
     assert armed.disarm() is r1  # idempotent
     assert set(r1.points) == {"session.create", "session.free", "session.tokenize", "session.eval", "eval.step"}
@@ -725,7 +725,7 @@ def test_compiled_out_build_says_so(tmp_path: Path, tiny_model: Path) -> None:
     )
     assert build.returncode == 0, build.stderr[-2000:]
     code = (
-        "import fault_inject as fi, pytest_bitnet as bn, pytest_bitnet._bridge as b\n"
+        "import fault_inject as fi, pytest_bitnet as bn, pytest_bitnet.bridge._bridge as b\n"
         f"assert b.__file__.startswith({str(tmp_path)!r}), b.__file__\n"
         "assert not fi.compiled_in()\n"
         "assert any(p.name == 'alloc' for p in fi.points())\n"

@@ -93,7 +93,7 @@ def test_gqa_and_deeper_model(make_model: Callable[..., Path], weight_type: str)
 
 
 def test_portable_and_avx2_kernels_agree(tiny_model: Path) -> None:
-    from pytest_bitnet._native import lib
+    from pytest_bitnet.bridge.abi import lib
 
     if not bn.capabilities().has_avx2:
         pytest.skip("no AVX2 on this CPU: only the portable kernels run")

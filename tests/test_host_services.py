@@ -24,8 +24,9 @@ import pytest
 
 import fault_inject as fi
 import pytest_bitnet as bn
-from pytest_bitnet import _logging, errors
-from pytest_bitnet._native import bundled_library
+from pytest_bitnet import errors
+from pytest_bitnet.bridge import native_log
+from pytest_bitnet.bridge.abi import bundled_library
 
 from .native_builds import build_library
 
@@ -49,10 +50,10 @@ def _bundled_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def native_debug() -> Iterator[None]:
-    saved = _logging.native_level()
-    _logging.set_native_level("debug")
+    saved = native_log.native_level()
+    native_log.set_native_level("debug")
     yield
-    _logging.set_native_level(saved)
+    native_log.set_native_level(saved)
 
 
 def counters() -> dict[str, int]:
@@ -228,14 +229,14 @@ def test_library_log_lines_reach_logging_once_in_the_bridges_format(
 
 
 def test_library_logging_follows_the_bridges_threshold(tiny_model: Path, caplog: pytest.LogCaptureFixture) -> None:
-    saved = _logging.native_level()
+    saved = native_log.native_level()
     caplog.set_level(logging.DEBUG, logger="pytest_bitnet.native")
     try:
-        _logging.set_native_level("info")  # the library's own threshold stays as it was
+        native_log.set_native_level("info")  # the library's own threshold stays as it was
         with dlopen_session(tiny_model):
             pass
     finally:
-        _logging.set_native_level(saved)
+        native_log.set_native_level(saved)
     assert not model_lines(caplog, tiny_model)
 
 

@@ -19,9 +19,12 @@ import pytest
 
 import fault_inject as fi
 import pytest_bitnet as bn
-from pytest_bitnet import _logging, errors
-from pytest_bitnet._native import LLAMA
-from pytest_bitnet.crossval import DEFAULT_PROMPTS, TOLERANCE
+from pytest_bitnet import errors
+from pytest_bitnet.bridge import native_log
+from pytest_bitnet.bridge.llama import configured
+
+LLAMA = configured()
+from pytest_bitnet.testing.crossval import DEFAULT_PROMPTS, TOLERANCE
 
 pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
 
@@ -252,13 +255,13 @@ def test_faults_on_create_and_free(tiny_model: Path) -> None:
 
 def test_llama_log_lines_reach_python_logging(tiny_model: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="pytest_bitnet.native")
-    previous = _logging.native_level()
-    _logging.set_native_level("info")
+    previous = native_log.native_level()
+    native_log.set_native_level("info")
     try:
         with bn.BitnetSession.create(tiny_model, backend="llama"):
             pass
     finally:
-        _logging.set_native_level(previous)
+        native_log.set_native_level(previous)
     lines = [r for r in caplog.records if getattr(r, "bitnet_component", None) == "llama.cpp"]
     assert lines, "no line from llama.cpp reached logging"
     assert any("[INFO] [llama.cpp]" in r.getMessage() and "llama_model_loader" in r.getMessage() for r in lines)
@@ -323,8 +326,9 @@ def test_not_installed_says_how_to_install(tiny_model: Path) -> None:
 
 def test_adapter_is_cached_and_rebuilt_into_an_override_dir(tmp_path: Path, tiny_model: Path) -> None:
     code = f"""
-        from pytest_bitnet._native import LLAMA
+        from pytest_bitnet.bridge.llama import configured
         import pytest_bitnet as bn
+        LLAMA = configured()
         with bn.BitnetSession.create({str(tiny_model)!r}, backend="llama") as s:
             print(LLAMA.adapter, s.evaluate([1]).shape)
         """

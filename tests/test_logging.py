@@ -14,16 +14,17 @@ from typing import Iterator
 import pytest
 
 import pytest_bitnet as bn
-from pytest_bitnet import _logging, errors
+from pytest_bitnet import errors
+from pytest_bitnet.bridge import native_log
 
 LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|DEBUG|TRACE)\] \[([\w.-]+)\] (.+)$")
 
 
 @pytest.fixture
 def native_level() -> Iterator[None]:
-    saved = _logging.native_level()
+    saved = native_log.native_level()
     yield
-    _logging.set_native_level(saved)
+    native_log.set_native_level(saved)
 
 
 def forced_fallback_session(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,7 +39,7 @@ def test_e52_lines_reach_logging_in_the_documented_format(
     tiny_model: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, native_level: None
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="pytest_bitnet.native")
-    _logging.set_native_level("info")
+    native_log.set_native_level("info")
     forced_fallback_session(tiny_model, monkeypatch)
     records = [r for r in caplog.records if r.name == "pytest_bitnet.native"]
     assert records
@@ -54,15 +55,15 @@ def test_native_level_filters_before_python(
     tiny_model: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, native_level: None
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="pytest_bitnet.native")
-    _logging.set_native_level("error")
+    native_log.set_native_level("error")
     forced_fallback_session(tiny_model, monkeypatch)
     assert not [r for r in caplog.records if r.name == "pytest_bitnet.native"]
     with pytest.raises(ValueError, match="unknown native log level 'loud'"):
-        _logging.set_native_level("loud")
+        native_log.set_native_level("loud")
 
 
 def test_environment_sets_the_native_level() -> None:
-    code = "from pytest_bitnet import _logging; print(_logging.native_level())"
+    code = "from pytest_bitnet.bridge import native_log; print(native_log.native_level())"
     for value, expected in (("debug", "debug"), ("ERROR", "error"), ("nonsense", "warn")):
         env = {**os.environ, "BITNET_CPP_LOG_LEVEL": value}  # keeps LD_PRELOAD under the sanitizer pass
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -18,7 +18,7 @@ import pytest
 
 from fault_inject.catalog import CATALOG, FAIL, PASS
 from fault_inject.matrix import SelectionError, run_in_process, select
-from pytest_bitnet._native import bundled_library
+from pytest_bitnet.bridge.abi import bundled_library
 
 from .native_builds import build_broken_backend
 

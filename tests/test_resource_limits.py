@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 import pytest
 
 import pytest_bitnet as bn
-from pytest_bitnet import _broken, errors
+from pytest_bitnet import errors
+from pytest_bitnet.testing import malformed
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("reference", "dlopen")  # the stub loads nothing: no sizes to refuse
@@ -99,9 +100,9 @@ def _rewrite(src: Path, dst: Path, *, kv: dict[bytes, int] | None = None, last_n
     The last tensor is the one changed so every other tensor's offset stays
     valid: what the reader meets is only the claimed size.
     """
-    g = _broken._parse(src.read_bytes())
+    g = malformed._parse(src.read_bytes())
     if kv:
-        g.kvs = [(k, _broken._string(k) + struct.pack("<II", UINT32, kv[k]) if k in kv else rec) for k, rec in g.kvs]
+        g.kvs = [(k, malformed._string(k) + struct.pack("<II", UINT32, kv[k]) if k in kv else rec) for k, rec in g.kvs]
     if last_ne is not None:
         g.tensors[-1] = dataclasses.replace(g.tensors[-1], ne=last_ne)
     dst.write_bytes(g.to_bytes())
@@ -109,7 +110,7 @@ def _rewrite(src: Path, dst: Path, *, kv: dict[bytes, int] | None = None, last_n
 
 
 def _last_tensor(src: Path) -> tuple[str, list[int]]:
-    t = _broken._parse(src.read_bytes()).tensors[-1]
+    t = malformed._parse(src.read_bytes()).tensors[-1]
     return t.name.decode(), t.ne
 
 

@@ -59,7 +59,7 @@ def test_session_default_and_environment(tiny_model: Path, monkeypatch: pytest.M
     with bn.BitnetSession.create(tiny_model) as s:
         assert s.timeout == math.inf
     monkeypatch.setenv("BITNET_CPP_TIMEOUT", "soon")
-    with pytest.raises(errors.InvalidArgument, match="BITNET_CPP_TIMEOUT='soon'"):
+    with pytest.raises(errors.InvalidArgument, match="invalid timeout 'soon' from BITNET_CPP_TIMEOUT"):
         bn.BitnetSession.create(tiny_model)
 
 
@@ -69,7 +69,7 @@ def test_default_is_thirty_seconds(tiny_model: Path, monkeypatch: pytest.MonkeyP
         assert s.timeout == 30.0
 
 
-@pytest.mark.parametrize("bad, fragment", [(float("nan"), "nan"), (-1, "-1.0"), ("5", "must be a number"), (True, "must be a number")])
+@pytest.mark.parametrize("bad, fragment", [(float("nan"), "nan"), (-1, "invalid timeout -1 from timeout: expected seconds >= 0"), ("5", "must be a number"), (True, "must be a number")])
 def test_bad_timeouts_are_refused(tiny_model: Path, bad: object, fragment: str) -> None:
     with pytest.raises(errors.InvalidArgument, match=fragment):
         bn.BitnetSession.create(tiny_model, timeout=bad)  # type: ignore[arg-type]

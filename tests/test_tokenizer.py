@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 import pytest_bitnet as bn
-from pytest_bitnet.crossval import DEFAULT_PROMPTS
+from pytest_bitnet.testing.crossval import DEFAULT_PROMPTS
 
 # + a long run (merges over hundreds of symbols) and adjacent special tokens;
 # both are out of crossval's logits corpus (README: cross-validation findings)

@@ -29,9 +29,9 @@ from typing import Any, Callable, Final, Iterator, Mapping, Sequence, TypeVar
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge.counters import delta
 
-from .. import control
-from ..sweep import LEAK_COUNTERS
+from .. import arming
 
 __all__ = [
     "BACKENDS",
@@ -230,11 +230,10 @@ class Scenario:
     def init_context(self, out: Any, path: str | os.PathLike[str], n_ctx: int, err: Any, err_len: int) -> int:
         """The C ABI's create on the backend under test: bitnet_cpp_init_context
         with the column's backend and library (bitnet_bridge_init_context)."""
-        from pytest_bitnet._native import lib
-        from pytest_bitnet.session import _Options
+        from pytest_bitnet.bridge import abi
 
-        opts = _Options(**self.backend_args())
-        return int(lib.bitnet_bridge_init_context(out, os.fsencode(path), n_ctx, 0, opts.cdata, err, err_len))
+        opts = abi.Options(**self.backend_args())
+        return int(abi.lib.bitnet_bridge_init_context(out, os.fsencode(path), n_ctx, 0, opts.cdata, err, err_len))
 
     def library_args(self) -> dict[str, Any]:
         """dlopen on the library under test: the column's, else the bundled one."""
@@ -296,15 +295,15 @@ class Scenario:
             for k, v in old.items():
                 _setenv(k, v)
 
-    def inject(self, spec: str, **kw: Any) -> control.inject:
+    def inject(self, spec: str, **kw: Any) -> arming.inject:
         """fault_inject.inject(spec): armed for a ``with`` block."""
-        return control.inject(spec, source=f"catalog entry {self.entry.id}", **kw)
+        return arming.inject(spec, source=f"catalog entry {self.entry.id}", **kw)
 
-    def armed(self) -> control.inject:
+    def armed(self) -> arming.inject:
         """The entry's own spec, for entries that arm it around one call (arm_in_scenario)."""
         if not self.entry.inject:
             raise LookupError(f"{self.entry.id} has no fault spec to arm")
-        return control.inject(self.entry.inject, source=f"catalog entry {self.entry.id}", strict=True)
+        return arming.inject(self.entry.inject, source=f"catalog entry {self.entry.id}", strict=True)
 
     def note(self, text: str) -> None:
         """A figure or fact worth reporting with the outcome (a timeout's overshoot, a sweep's size)."""
@@ -384,8 +383,19 @@ class Outcome:
     notes: tuple[str, ...] = ()  # figures the entry reported
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (the matrix's reports, and what travels from xdist workers)."""
         return {"id": self.id, "backend": self.backend, "result": self.result, "seconds": round(self.seconds, 4),
                 "reason": self.reason, "observed": self.observed, "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Outcome:
+        """The inverse of as_dict."""
+        return cls(d["id"], d["backend"], d["result"], d["seconds"], d["reason"], d["observed"], tuple(d.get("notes", ())))
+
+    @classmethod
+    def crashed(cls, id: str, backend: str, seconds: float, last_line: str) -> Outcome:
+        """A cell whose process died before it reported (a crash on a worker)."""
+        return cls(id, backend, FAIL, seconds, f"crashed: {last_line or 'no report'}")
 
 
 # Variables an entry may read; each run starts from the caller's values
@@ -419,7 +429,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         try:
             os.environ["BITNET_BACKEND"] = backend
             if entry.inject and not entry.arm_in_scenario:
-                with control.inject(entry.inject, source=f"catalog entry {entry.id}", strict=True):
+                with arming.inject(entry.inject, source=f"catalog entry {entry.id}", strict=True):
                     entry.run(s)
             else:
                 entry.run(s)
@@ -440,7 +450,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
             failure = f"{type(exc).__name__}: {exc} at {_where(exc)}"
         finally:
             problems = s.close()
-            control.disarm_all()
+            arming.disarm_all()
             for k, v in saved_env.items():
                 _setenv(k, v)
         if problems and not failure:
@@ -460,8 +470,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
 
 
 def _leaked(baseline: Mapping[str, int]) -> dict[str, int]:
-    now = bn.live_counters()
-    return {k: now[k] - baseline[k] for k in LEAK_COUNTERS if now[k] != baseline[k]}
+    return delta(baseline, bn.live_counters())
 
 
 def _where(exc: BaseException) -> str:

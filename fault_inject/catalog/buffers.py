@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_bitnet._native import ffi, lib
+from pytest_bitnet.bridge.abi import ffi, lib, raise_for_code
 
 from ._core import Scenario, entry
-from .inference import _raise_code
 
 _CANARY = 0x7EADBEEF
 
@@ -57,26 +56,26 @@ def _guarded(ctype: str, n: int, guard: int, fill: Any) -> Any:
        expect="InvalidArgument", fragments=("buffer too small (need {need}, got {got})",))
 def e24(s: Scenario) -> None:
     """bitnet_cpp_tokenize_with_context / eval_with_context with capacity one short of the query's answer"""
-    ctx = s.session()._ctx
+    ctx = s.session().handle
     err = ffi.new("char[]", 512)
     prompt = b"hello world, once more"
     n = ffi.new("int32_t *")
-    _raise_code(lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
+    raise_for_code(lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
     need = n[0]
     toks = _guarded("int32_t", need - 1, 8, _CANARY)
     s.values.update(need=need, got=need - 1)
     rc = lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, toks, need - 1, n, err, len(err))
-    s.fails(_raise_code, rc, "tokenize", err)
+    s.fails(raise_for_code, rc, "tokenize", err)
     s.check(all(toks[i] == _CANARY for i in range(need + 7)), "tokenize wrote into a buffer it reported too small")
 
     rows, cols = ffi.new("int32_t *"), ffi.new("int32_t *")
     tokens = ffi.new("int32_t[]", [1, 5, 7])
-    _raise_code(lib.bitnet_cpp_eval_with_context(ctx, tokens, 3, 0, ffi.NULL, 0, rows, cols, err, len(err)), "evaluate", err)
+    raise_for_code(lib.bitnet_cpp_eval_with_context(ctx, tokens, 3, 0, ffi.NULL, 0, rows, cols, err, len(err)), "evaluate", err)
     need = rows[0] * cols[0]
     logits = _guarded("float", need - 1, 64, 12345.0)
     s.values.update(need=need, got=need - 1)
     rc = lib.bitnet_cpp_eval_with_context(ctx, tokens, 3, 0, logits, need - 1, rows, cols, err, len(err))
-    s.fails(_raise_code, rc, "evaluate", err)
+    s.fails(raise_for_code, rc, "evaluate", err)
     s.check(all(logits[i] == 12345.0 for i in range(need + 63)), "evaluate wrote into a buffer it reported too small")
     past = ffi.new("int32_t *")
     lib.bitnet_cpp_get_n_past(ctx, 0, past)
@@ -103,7 +102,7 @@ def e26(s: Scenario) -> None:
     small = _guarded("char", 16, 8, b"#")
     rc = s.init_context(out, long_name, 64, small, 16)
     if rc == lib.BITNET_E_NOT_AVAILABLE:  # the stub column: nothing can load
-        _raise_code(rc, "create", None)  # None: the whole text, from get_last_error
+        raise_for_code(rc, "create", None)  # None: the whole text, from get_last_error
     cut = ffi.string(small)
     s.check(rc != 0 and len(cut) == 15, f"expected the message cut to 15 bytes + NUL, got {len(cut)}")
     s.check(all(small[i] == b"#" for i in range(16, 24)), "the message was written past err_len")
@@ -112,4 +111,4 @@ def e26(s: Scenario) -> None:
     full = ffi.new("char[]", full_len + 1)
     s.check(lib.bitnet_cpp_get_last_error(full, full_len + 1) == full_len, "get_last_error returned a different length")
     s.check(ffi.string(full).startswith(cut), "the recovered text does not continue the truncated one")
-    s.fails(_raise_code, rc, "create", full)
+    s.fails(raise_for_code, rc, "create", full)

@@ -9,7 +9,7 @@ import numpy as np
 
 import pytest_bitnet as bn
 
-from .. import control
+from .. import arming
 from ..sweep import sweep
 from ._core import Scenario, engine_point, entry
 
@@ -77,7 +77,7 @@ def e30(s: Scenario) -> None:
     cycle = [spec for spec in _CYCLE if s.reaches(spec.partition("=")[0])]
     for i in range(100):
         spec = cycle[i % len(cycle)]
-        with control.inject(spec, source=f"E30 iteration {i}"):
+        with arming.inject(spec, source=f"E30 iteration {i}"):
             sess = None
             try:
                 sess = bn.BitnetSession.create(s.model, n_ctx=64, **s.backend_args())

@@ -10,7 +10,8 @@ import numpy as np
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
-from pytest_bitnet.crossval import DEFAULT_PROMPTS
+from pytest_bitnet.bridge.diagnostics import format_text
+from pytest_bitnet.testing.crossval import DEFAULT_PROMPTS
 
 from ._core import STUB_SAME, Scenario, entry
 
@@ -25,11 +26,6 @@ def _quiet_session(s: Scenario, **kw: Any) -> bn.BitnetSession:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", errors.OptionalSymbolMissing)
         return s.session(**kw)
-
-
-def _reference(s: Scenario, tokens: Any) -> np.ndarray:
-    with bn.BitnetSession.create(s.model, backend="reference") as ref:
-        return ref.evaluate(tokens)
 
 
 @entry("E34", "fallback-tokenize", "forced fallback (`BITNET_FORCE_LLAMA_FALLBACK=1`) → tokens start with BOS",
@@ -151,7 +147,7 @@ def e42(s: Scenario) -> None:
     s.check(not tok.get("required") and tok.get("status") == "missing" and str(tok.get("served_by", "")).startswith("fallback"),
             f"bitnet_cpp_tokenize_with_context: {tok}")
     s.check(report["ok"], f"a missing optional symbol must not make the report fail: {report['errors']}")
-    text = bn._diagnostics.format_text(report)
+    text = format_text(report)
     s.check("bitnet_cpp_tokenize_with_context" in text and "optional" in text and "missing" in text, "the text report lacks the symbol table")
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_bitnet._native import ffi, lib, raise_native
+from pytest_bitnet.bridge.abi import ffi, lib, raise_for_code
 
 from ._core import Scenario, engine_point, entry
 
@@ -32,13 +32,7 @@ def tokenize_on_handle(handle: Any) -> None:
     """bitnet_cpp_tokenize_with_context on a raw handle, raising what the session layer raises."""
     n = ffi.new("int32_t *")
     err = ffi.new("char[]", 512)
-    _raise_code(lib.bitnet_cpp_tokenize_with_context(handle, b"x", 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
-
-
-def _raise_code(rc: int, operation: str, err: Any) -> None:
-    """Raises what the session layer raises for native code rc (nothing for 0)."""
-    if rc:
-        raise_native(rc, operation, err)
+    raise_for_code(lib.bitnet_cpp_tokenize_with_context(handle, b"x", 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
 
 
 @entry("E15", "inference", "empty prompt (defined result) and empty token list → InferenceError naming the empty input",
@@ -91,6 +85,6 @@ def e19(s: Scenario) -> None:
     sess = s.session()
     rows = ffi.new("int32_t *")
     err = ffi.new("char[]", 512)
-    ctx = sess._ctx
+    ctx = sess.handle
     rc = lib.bitnet_cpp_eval_gpu(ctx, ffi.new("int32_t[]", [1]), 1, ffi.NULL, 0, rows, rows, err, len(err))
-    s.fails(_raise_code, rc, "eval_gpu", err, fragments=("has_cuda=0",))
+    s.fails(raise_for_code, rc, "eval_gpu", err, fragments=("has_cuda=0",))

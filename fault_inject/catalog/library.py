@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest_bitnet as bn
-from pytest_bitnet._native import lib
+from pytest_bitnet.bridge.abi import lib
 
 from ._core import STUB_SAME, Scenario, ScenarioFailed, entry
 

@@ -7,9 +7,9 @@ from typing import Any, Callable
 import pytest_bitnet as bn
 from pytest_bitnet import errors
 
-from pytest_bitnet._native import ffi
+from pytest_bitnet.bridge.abi import ffi
 
-from .. import control
+from .. import registry
 from ._core import Scenario, entry
 from .inference import tokenize_on_handle
 from .library import library_with_abi
@@ -81,7 +81,7 @@ def e32(s: Scenario) -> None:
 def e33(s: Scenario) -> None:
     """for each BITNET_E_* code: session.tokenize with tokenize.fill=fail(code)"""
     sess = s.session()
-    for name, code in sorted(control.error_codes().items(), key=lambda kv: -kv[1]):
+    for name, code in sorted(registry.error_codes().items(), key=lambda kv: -kv[1]):
         want = errors.CODE_CLASSES[code].__name__
         with s.inject(f"tokenize.fill=fail({code})"):
             err = s.fails(sess.tokenize, "codes", expect=want, fragments=(f"fail({code})",))

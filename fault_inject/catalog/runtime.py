@@ -12,9 +12,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 import pytest_bitnet as bn
-from pytest_bitnet import _logging, errors
+from pytest_bitnet import errors
+from pytest_bitnet.bridge import native_log
 
-from .. import control
+from .. import arming
 from ..sweep import sweep
 from ._core import Scenario, engine_point, entry
 
@@ -124,7 +125,7 @@ def evaluating_in_another_thread(s: Scenario, session: bn.BitnetSession, tokens:
         busy = threading.Thread(target=evaluate, name=f"{s.entry.id}-evaluate")
         busy.start()
         deadline = time.monotonic() + 10
-        while control.hits("eval.fill") == 0 and busy.is_alive() and time.monotonic() < deadline:
+        while arming.hits("eval.fill") == 0 and busy.is_alive() and time.monotonic() < deadline:
             time.sleep(0.001)  # until the thread holds the session
         try:
             yield outcome
@@ -180,21 +181,21 @@ LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|D
        expect="ModelLoadError", fragments=("not found",))
 def e52(s: Scenario) -> None:
     """create('<absent>.gguf') at native level 'warn' (an ERROR line); a session at level 'error' (no lower lines)"""
-    saved = _logging.native_level()
+    saved = native_log.native_level()
     missing = s.tmp / "absent.gguf"
     try:
-        _logging.set_native_level("warn")
+        native_log.set_native_level("warn")
         with s.logs() as records:
             s.fails(s.session, missing)
         native = [r for r in records if r.name == "pytest_bitnet.native"]
         lines = [r.getMessage() for r in native if r.levelno == logging.ERROR and str(missing) in r.getMessage()]
         s.check(lines, f"the error was not logged at ERROR: {[r.getMessage() for r in native]}")
         s.check(all(LOG_LINE.match(r.getMessage()) for r in native), f"a line is not in the documented format: {[r.getMessage() for r in native]}")
-        _logging.set_native_level("error")
+        native_log.set_native_level("error")
         with s.logs() as records:
             sess = s.session()
             sess.tokenize("quiet")
         s.check(not [r for r in records if r.name == "pytest_bitnet.native" and r.levelno < logging.ERROR],
                 "lines below the native level reached Python")
     finally:
-        _logging.set_native_level(saved)
+        native_log.set_native_level(saved)

@@ -426,8 +426,8 @@ const char *bn_fault_note(void) { return tl.note; }
 int32_t bitnet_fault_compiled_in(void) { return 1; }
 
 /* Max delay: an hour.  Longer is a mistake, and hang exists for forever. */
-#define MAX_DELAY_MS 3600000LL
-#define MAX_GROW (1LL << 20)
+#define MAX_DELAY_MS ((long long)BITNET_FAULT_MAX_DELAY_MS)
+#define MAX_GROW ((long long)BITNET_FAULT_MAX_GROW)
 
 static int check_term(const bitnet_fault_term_t *t, int i)
 {
@@ -437,7 +437,7 @@ static int check_term(const bitnet_fault_term_t *t, int i)
                         "more than 0 and at most 1 (0%% never fires: use "
                         "off)",
                         i + 1, t->probability);
-    if (t->count > UINT32_MAX)
+    if (t->count > BITNET_FAULT_MAX_COUNT)
         return bn_error(BITNET_E_INVALID_ARG,
                         "term %d: count %llu is too large: expected at most "
                         "%u (0 = no limit)",

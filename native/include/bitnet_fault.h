@@ -48,6 +48,11 @@ extern "C" {
 
 #define BITNET_FAULT_MAX_TERMS 16
 #define BITNET_FAULT_MAX_NAME 128
+/* the largest N of 'N*' (UINT32_MAX); the longest delay(ms), an hour
+ * (hang waits for the deadline); the largest grow(n) */
+#define BITNET_FAULT_MAX_COUNT 4294967295
+#define BITNET_FAULT_MAX_DELAY_MS 3600000
+#define BITNET_FAULT_MAX_GROW 1048576
 /* bitnet_fault_arm flags */
 #define BITNET_FAULT_THIS_THREAD 1
 

@@ -88,8 +88,8 @@ int main(int argc, char **argv)
 
 
 def load_build() -> object:
-    # pytest_bitnet/_build.py holds the one list of sources and flags
-    spec = importlib.util.spec_from_file_location("_bitnet_build", ROOT / "pytest_bitnet" / "_build.py")
+    # pytest_bitnet/bridge/_build.py holds the one list of sources and flags
+    spec = importlib.util.spec_from_file_location("_bitnet_build", ROOT / "pytest_bitnet" / "bridge" / "_build.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

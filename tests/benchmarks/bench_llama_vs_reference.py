@@ -24,7 +24,9 @@ import numpy as np
 import pytest_bitnet as bn
 from _common import interleaved
 from bench_session_vs_percall import BENCH_MODEL
-from pytest_bitnet._native import LLAMA
+from pytest_bitnet.bridge.llama import configured
+
+LLAMA = configured()
 
 GEN_STEPS = 32
 

@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from _common import fmt_time, interleaved
-from pytest_bitnet._native import ffi, lib
+from pytest_bitnet.bridge.abi import ffi, lib
 from pytest_bitnet.models import I2_S_TYPE, pack_i2_s
 
 TQ2_0 = int(gguf.GGMLQuantizationType.TQ2_0)

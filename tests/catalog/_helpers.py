@@ -12,7 +12,7 @@ from typing import Any
 
 import fault_inject as fi
 from pytest_bitnet import BitnetSession
-from pytest_bitnet._native import ffi, lib, raise_native
+from pytest_bitnet.bridge.abi import ffi, lib, raise_for_code
 
 #: A value no real token id or logit takes: whatever still holds it was not written.
 CANARY = 0x7EADBEEF
@@ -38,7 +38,7 @@ def guarded(ctype: str, n: int, guard: int, fill: Any) -> Any:
 def raise_if_failed(rc: int, operation: str, err: Any) -> None:
     """Raises what the Python layer raises for native code rc (nothing for 0)."""
     if rc:
-        raise_native(rc, operation, err)
+        raise_for_code(rc, operation, err)
 
 
 @contextlib.contextmanager

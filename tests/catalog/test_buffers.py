@@ -13,8 +13,8 @@ import pytest
 
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
-from pytest_bitnet._native import ffi, lib
-from pytest_bitnet.plugin import Counters
+from pytest_bitnet.bridge.abi import ffi, lib
+from pytest_bitnet.plugin.fixtures import Counters
 
 from ._helpers import CANARY, err_buffer, guarded, native_context, raise_if_failed
 

@@ -11,7 +11,7 @@ import pytest
 import fault_inject as fi
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
-from pytest_bitnet.plugin import Counters, Injector
+from pytest_bitnet.plugin.fixtures import Counters, Injector
 
 
 def test_e27_every_failure_point_of_create_leaks_nothing(bitnet_model: Path, bitnet_counters: Counters) -> None:

@@ -19,8 +19,8 @@ import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
 from fault_inject.catalog.fallback import CORPUS
 from pytest_bitnet import errors
-from pytest_bitnet._diagnostics import format_text
-from pytest_bitnet.plugin import Counters
+from pytest_bitnet.bridge.diagnostics import format_text
+from pytest_bitnet.plugin.fixtures import Counters
 
 
 def _warn_lines(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:

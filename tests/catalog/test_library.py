@@ -15,8 +15,8 @@ import pytest
 
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
-from pytest_bitnet._native import lib
-from pytest_bitnet.plugin import Counters
+from pytest_bitnet.bridge.abi import lib
+from pytest_bitnet.plugin.fixtures import Counters
 from tests.native_builds import build_library
 
 

@@ -12,8 +12,8 @@ import fault_inject as fi
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
 from pytest_bitnet import errors
-from pytest_bitnet._native import ffi, lib
-from pytest_bitnet.plugin import Counters, Injector
+from pytest_bitnet.bridge.abi import ffi, lib
+from pytest_bitnet.plugin.fixtures import Counters, Injector
 
 from ._helpers import (
     err_buffer,

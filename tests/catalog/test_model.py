@@ -8,7 +8,7 @@ import pytest
 
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
-from pytest_bitnet.plugin import Counters
+from pytest_bitnet.plugin.fixtures import Counters
 
 
 def test_e09_missing_model_file(tmp_path: Path, bitnet_counters: Counters) -> None:

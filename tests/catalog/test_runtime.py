@@ -15,8 +15,8 @@ import pytest
 import fault_inject as fi
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
-from pytest_bitnet import _logging
-from pytest_bitnet.plugin import Counters, Injector
+from pytest_bitnet.bridge import native_log
+from pytest_bitnet.plugin.fixtures import Counters, Injector
 
 from ._helpers import evaluating_in_another_thread
 
@@ -152,9 +152,9 @@ LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|D
 @pytest.fixture
 def native_log_level() -> Iterator[None]:
     """Restores the native log level a test changes."""
-    saved = _logging.native_level()
+    saved = native_log.native_level()
     yield
-    _logging.set_native_level(saved)
+    native_log.set_native_level(saved)
 
 
 def test_e52_native_errors_are_logged_in_the_documented_format(
@@ -163,7 +163,7 @@ def test_e52_native_errors_are_logged_in_the_documented_format(
     entry = CATALOG["E52"]
     caplog.set_level(logging.DEBUG, logger="pytest_bitnet")
     missing = tmp_path / "absent.gguf"
-    _logging.set_native_level("warn")
+    native_log.set_native_level("warn")
     with pytest.raises(entry.error_class) as exc:
         bn.BitnetSession.create(missing)
     entry.check(exc.value)
@@ -173,7 +173,7 @@ def test_e52_native_errors_are_logged_in_the_documented_format(
 
     # At native level "error", nothing below ERROR reaches Python.
     caplog.clear()
-    _logging.set_native_level("error")
+    native_log.set_native_level("error")
     with bn.BitnetSession.create(bitnet_model) as s:
         s.tokenize("quiet")
     assert not [r for r in caplog.records if r.name == "pytest_bitnet.native" and r.levelno < logging.ERROR]

@@ -10,7 +10,7 @@ import sys
 def test_plugin_import_loads_no_native_code() -> None:
     code = (
         "import sys, pytest_bitnet, pytest_bitnet.plugin\n"
-        "heavy = [m for m in ('pytest_bitnet._bridge', 'numpy', 'gguf') if m in sys.modules]\n"
+        "heavy = [m for m in ('pytest_bitnet.bridge._bridge', 'numpy', 'gguf') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "BITNET_INJECT"}

@@ -22,7 +22,7 @@ import pytest
 if TYPE_CHECKING:
     from fault_inject import FireEvent
 
-    from .plugin import Leak
+    from .leaks import Leak
 
 
 @pytest.hookspec()

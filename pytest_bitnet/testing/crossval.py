@@ -29,8 +29,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from . import errors
-from .session import BitnetSession
+from ..bridge import errors
+from ..bridge.session import BitnetSession
 
 __all__ = ["DEFAULT_PROMPTS", "TOLERANCE", "PromptResult", "compare", "check", "read_prompts"]
 

@@ -11,34 +11,18 @@ required symbol absent, stub mode).
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 from typing import Any
 
-from ._native import bundled_library, ffi, lib
-from .session import _Options, capabilities
+from . import native_log, settings
+from ._native import Options, bundled_library, ffi, lib
+from .capabilities import capabilities
 
-__all__ = ["diagnostics", "format_text", "ENV_VARS"]
-
-ENV_VARS = (
-    "BITNET_BACKEND",
-    "BITNET_CPP_LIBDIR",
-    "BITNET_CPP_DIR",
-    "BITNET_FORCE_LLAMA_FALLBACK",
-    "BITNET_FALLBACK",
-    "BITNET_CPP_TIMEOUT",
-    "BITNET_CPP_LOG_LEVEL",
-    "BITNET_NUM_THREADS",
-    "BITNET_INJECT",
-    "LD_LIBRARY_PATH",
-    "LLAMA_CPP_LIB_PATH",
-    "BITNET_LLAMA_ADAPTER_DIR",
-    "BITNET_LLAMA_KV",
-)
+__all__ = ["diagnostics", "format_text"]
 
 
 def _describe(backend: str | None, library_path: str | None) -> str:
-    opts = _Options(backend, library_path)
+    opts = Options(backend, library_path)
     # Discovery runs again on every call and may word an attempt differently
     # the second time ("already loaded"), so size generously and re-check.
     size = lib.bitnet_bridge_describe(opts.cdata, ffi.NULL, 0) + 1024
@@ -60,7 +44,7 @@ def _version(dist: str) -> str | None:
 def diagnostics(backend: str | None = None, library_path: str | None = None) -> dict[str, Any]:
     """A JSON-serialisable report; ``report["ok"]`` is False when a required part is missing."""
     report: dict[str, Any] = {
-        "env": {k: os.environ.get(k) for k in ENV_VARS},
+        "env": settings.environment(),
         "tried": [],
         "symbols": [],
         "errors": [],
@@ -85,7 +69,7 @@ def diagnostics(backend: str | None = None, library_path: str | None = None) -> 
         "kernels": ffi.string(lib.bn_kernels_impl()).decode(),
         "bundled_library": str(bundled_library()) if bundled_library() else None,
         "abi_version": int(lib.BITNET_ABI_VERSION),
-        "native_log_level": ("error", "warn", "info", "debug", "trace")[max(0, lib.bitnet_bridge_get_log_level())],
+        "native_log_level": native_log.native_level(),
     }
     report["capabilities"] = capabilities().as_dict()
     report["versions"] = {

@@ -38,13 +38,17 @@ def install() -> None:
     lib.bitnet_bridge_set_log_sink(lib._bitnet_log_sink)
 
 
+#: native level names, by native number (bitnet_bridge.h: 0=error .. 4=trace)
+LEVEL_NAMES = ("error", "warn", "info", "debug", "trace")
+
+
 def set_native_level(name: str) -> None:
     """Changes the native threshold: error, warn, info, debug or trace."""
-    names = ("error", "warn", "info", "debug", "trace")
-    if name.lower() not in names:
-        raise ValueError(f"unknown native log level {name!r}: expected one of {', '.join(names)}")
-    lib.bitnet_bridge_set_log_level(names.index(name.lower()))
+    if name.lower() not in LEVEL_NAMES:
+        raise ValueError(f"unknown native log level {name!r}: expected one of {', '.join(LEVEL_NAMES)}")
+    lib.bitnet_bridge_set_log_level(LEVEL_NAMES.index(name.lower()))
 
 
 def native_level() -> str:
-    return ("error", "warn", "info", "debug", "trace")[max(0, lib.bitnet_bridge_get_log_level())]
+    """The native threshold's name."""
+    return LEVEL_NAMES[max(0, lib.bitnet_bridge_get_log_level())]

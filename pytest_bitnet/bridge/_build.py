@@ -1,7 +1,7 @@
 """cffi build script for the native bridge (out-of-line API mode).
 
 ``pip install`` runs this through ``cffi_modules`` in setup.py and compiles
-every C file under ``native/`` into ``pytest_bitnet._bridge``.  The cdef is
+every C file under ``native/`` into ``pytest_bitnet.bridge._bridge``.  The cdef is
 read from the headers themselves, so a declaration lives in one place.
 
 Build options (environment):
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cffi import FFI
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
 INCLUDE_DIRS = [NATIVE / "include", NATIVE / "common", NATIVE / "reference", NATIVE / "bridge", NATIVE / "fault"]
 SOURCE_DIRS = [NATIVE / "common", NATIVE / "reference", NATIVE / "bridge", NATIVE / "fault"]
@@ -46,7 +46,7 @@ void bn_kernels_force_portable(int on);
 extern "Python" void _bitnet_log_sink(int level, const char *component, const char *line);
 """
 
-# The fault engine's firing callback (fault_inject.control defines it).
+# The fault engine's firing callback (pytest_bitnet.bridge.faults defines it).
 FAULT_CDEF = """
 extern "Python" void _bitnet_fault_fired(void *user, const bitnet_fault_event_t *event);
 """
@@ -109,7 +109,7 @@ ffibuilder.cdef(
     + FAULT_CDEF
 )
 ffibuilder.set_source(
-    "pytest_bitnet._bridge",
+    "pytest_bitnet.bridge._bridge",
     '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "bitnet_fault.h"\n#include "kernels.h"\n',
     sources=native_sources(),
     include_dirs=include_dirs(),

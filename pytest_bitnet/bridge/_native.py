@@ -1,18 +1,21 @@
 """The compiled bridge and the helpers every native call shares.
 
 Native calls go through cffi's API mode, which releases the GIL for the
-duration of the C call.  Nothing here knows about pytest.
+duration of the C call.  Nothing here knows about pytest or fault_inject.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
 from . import errors
 from ._bridge import ffi, lib  # built by pip install (cffi_modules)
+from .counters import COUNTERS
+from .validate import path_arg
 
-__all__ = ["ffi", "lib", "ERR_LEN", "new_err_buffer", "raise_native", "native_message"]
+__all__ = ["ffi", "lib", "ERR_LEN", "Options", "bundled_library", "new_err_buffer", "raise_native", "native_message"]
 
 # Size of the per-call error buffer handed to native code.  Messages longer
 # than this are truncated there and recovered whole from the thread's last
@@ -20,15 +23,19 @@ __all__ = ["ffi", "lib", "ERR_LEN", "new_err_buffer", "raise_native", "native_me
 ERR_LEN = 512
 
 
-def _check_code_table() -> None:
-    # The codes are defined in bitnet.h; the class table must cover them all.
+def _check_tables() -> None:
+    # Facts defined natively, mirrored here by name: refuse to load when
+    # they disagree rather than misreport later.
     native = {getattr(lib, name) for name in dir(lib) if name.startswith("BITNET_E_") and name != "BITNET_E_MIN"}
     missing = native - set(errors.CODE_CLASSES)
     if missing:
-        raise ImportError(f"pytest_bitnet.errors has no class for native codes {sorted(missing)}")
+        raise ImportError(f"pytest_bitnet.bridge.errors has no class for native codes {sorted(missing)}")
+    fields = tuple(name for name, _ in ffi.typeof("bitnet_counters_t").fields)
+    if fields != COUNTERS:
+        raise ImportError(f"pytest_bitnet.bridge.counters.COUNTERS {COUNTERS} differs from bitnet_counters_t {fields}")
 
 
-_check_code_table()
+_check_tables()
 
 
 def bundled_library() -> Path | None:
@@ -45,9 +52,42 @@ if _bundled is not None:
 
 # llama.cpp (backend "llama", and the fallback tier when available): the
 # adapter is found or built now, so the bridge can route to it.
-from . import _llama  # noqa: E402  (needs lib)
+from . import llama as _llama  # noqa: E402  (needs lib)
 
 LLAMA = _llama.configure(lib, ffi)
+
+
+class Options:
+    """bitnet_bridge_options with the strings it points to kept alive.
+
+    backend None: the run-wide default (settings.configure), else the
+    native bridge's own (BITNET_BACKEND, else reference).
+    """
+
+    __slots__ = ("cdata", "_keep", "backend", "library_path")
+
+    def __init__(self, backend: str | None = None, library_path: str | os.PathLike[str] | None = None) -> None:
+        from .settings import current
+
+        self.cdata = ffi.new("bitnet_bridge_options *")
+        self._keep: list[Any] = []
+        self.cdata.force_fallback = -1
+        if backend is None:
+            backend = current().backend
+        if backend is not None and not isinstance(backend, str):
+            raise errors.InvalidArgument(f"backend must be a str, got {type(backend).__name__}", errors.ErrorContext(operation="validate"))
+        # the name itself is checked natively, with the list of valid ones
+        self.backend = backend
+        self.library_path = None if library_path is None else os.fsdecode(path_arg(library_path))
+        if self.backend is not None:
+            self.cdata.backend = self._str(self.backend.encode())
+        if self.library_path is not None:
+            self.cdata.library_path = self._str(os.fsencode(self.library_path))
+
+    def _str(self, raw: bytes) -> Any:
+        buf = ffi.new("char[]", raw)
+        self._keep.append(buf)
+        return buf
 
 
 def new_err_buffer() -> Any:
@@ -107,3 +147,4 @@ def raise_native(
     if cls is errors.OperationTimeout:
         raise errors.OperationTimeout(text, ctx, duration=params.get("timeout"))
     raise cls(text, ctx)
+

@@ -28,13 +28,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "LlamaStatus", "status", "configure"]
+__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "status"]
 
 log = logging.getLogger("pytest_bitnet.llama")
 
 INSTALL_HINT = "pip install 'pytest-bitnet[llama]' (its first build compiles llama.cpp, ~8 min)"
 
-NATIVE = Path(__file__).resolve().parent.parent / "native"
+NATIVE = Path(__file__).resolve().parents[2] / "native"
 ADAPTER_SOURCE = NATIVE / "llama" / "adapter.c"
 # Headers of ours the adapter includes: a change to them must rebuild it.
 OUR_HEADERS = [NATIVE / "include" / "bitnet.h", NATIVE / "include" / "bitnet_host.h"]
@@ -185,3 +185,10 @@ def configure(lib: object, ffi: object) -> LlamaStatus:
         log.debug("llama.cpp backend unavailable: %s", st.reason)
         lib.bitnet_bridge_set_llama_library(ffi.NULL, ffi.NULL, str(st.reason).encode())  # type: ignore[attr-defined]
     return st
+
+
+def configured() -> LlamaStatus:
+    """What the bridge was told when it loaded: the adapter in use, or why there is none."""
+    from ._native import LLAMA
+
+    return LLAMA

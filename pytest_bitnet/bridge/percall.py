@@ -1,0 +1,67 @@
+"""The per-call functions: load, work and free on every call (seed 003's MVP path)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._calls import deadline, eval_two_pass, tokenize_two_pass
+from ._native import Options, ffi, lib
+from .settings import default_timeout
+from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
+
+__all__ = ["tokenize", "evaluate"]
+
+
+def tokenize(
+    model_path: str | os.PathLike[str],
+    prompt: str | bytes,
+    add_bos: bool = True,
+    parse_special: bool = False,
+    timeout: float | None = None,
+    backend: str | None = None,
+    library_path: str | os.PathLike[str] | None = None,
+) -> npt.NDArray[np.int32]:
+    """Loads the model's vocabulary, tokenizes prompt, frees everything.
+
+    backend / library_path: as for BitnetSession.create.
+    """
+    raw_path, raw = path_arg(model_path), prompt_arg(prompt)
+    seconds = default_timeout() if timeout is None else parse_timeout(timeout)
+    opts = Options(backend, library_path)
+    params = {"model_path": os.fsdecode(raw_path), "prompt_bytes": len(raw), "add_bos": bool(add_bos), "timeout": seconds}
+
+    def call(buf: Any, cap: int, n: Any, err: Any) -> int:
+        return lib.bitnet_bridge_percall_tokenize(opts.cdata, raw_path, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
+
+    with deadline(seconds):
+        return tokenize_two_pass(call, "tokenize (per-call)", params)
+
+
+def evaluate(
+    model_path: str | os.PathLike[str],
+    tokens: npt.ArrayLike,
+    n_ctx: int = 512,
+    timeout: float | None = None,
+    backend: str | None = None,
+    library_path: str | os.PathLike[str] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Loads the model, evaluates tokens from an empty context, frees everything.
+
+    backend / library_path: as for BitnetSession.create.
+    """
+    raw_path, toks = path_arg(model_path), tokens_arg(tokens)
+    n_ctx = int_arg("evaluate", "n_ctx", n_ctx, minimum=0)
+    seconds = default_timeout() if timeout is None else parse_timeout(timeout)
+    opts = Options(backend, library_path)
+    params = {"model_path": os.fsdecode(raw_path), "n_tokens": int(toks.size), "n_ctx": n_ctx, "timeout": seconds}
+    ptr = ffi.from_buffer("int32_t[]", toks)
+
+    def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+        return lib.bitnet_bridge_percall_eval(opts.cdata, raw_path, ptr, toks.size, n_ctx, buf, cap, rows, cols, err, len(err))
+
+    with deadline(seconds):
+        return eval_two_pass(call, "evaluate (per-call)", params)

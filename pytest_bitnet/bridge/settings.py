@@ -1,0 +1,104 @@
+"""Where the bridge's defaults come from: the environment, read here only,
+and run-wide values a harness sets with :func:`configure`.
+
+Environment variables are user input.  The Python layers read them in this
+module and pass values on; a harness (the pytest plugin) changes defaults
+through :func:`configure`, never by writing ``os.environ``.  The native
+bridge reads the variables of its own C API (``BITNET_BACKEND``,
+``BITNET_FALLBACK``, ``BITNET_CPP_LIBDIR``, ...) when a call passes no
+explicit option, which is why a backend set here travels as an option.
+
+Precedence of a call's timeout: the call's ``timeout=``, else the session's,
+else :func:`configure`'s, else ``BITNET_CPP_TIMEOUT``, else 30 s.  Of its
+backend: the call's ``backend=``, else :func:`configure`'s, else the native
+bridge's (``BITNET_BACKEND``, else ``reference``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, replace
+from typing import Final
+
+from .validate import backend_arg, parse_timeout
+
+__all__ = ["DEFAULT_TIMEOUT", "ENV_TIMEOUT", "ENV_VARS", "Defaults", "configure", "current", "default_timeout", "environment"]
+
+DEFAULT_TIMEOUT: Final = 30.0  # seconds, when nothing else says
+ENV_TIMEOUT: Final = "BITNET_CPP_TIMEOUT"
+
+#: Every variable the project reads (here or natively), as diagnostics lists them.
+ENV_VARS: Final = (
+    "BITNET_BACKEND",
+    "BITNET_CPP_LIBDIR",
+    "BITNET_CPP_DIR",
+    "BITNET_FORCE_LLAMA_FALLBACK",
+    "BITNET_FALLBACK",
+    "BITNET_CPP_TIMEOUT",
+    "BITNET_CPP_LOG_LEVEL",
+    "BITNET_NUM_THREADS",
+    "BITNET_INJECT",
+    "BITNET_INJECT_SEED",
+    "LD_LIBRARY_PATH",
+    "LLAMA_CPP_LIB_PATH",
+    "BITNET_LLAMA_ADAPTER_DIR",
+    "BITNET_LLAMA_KV",
+)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Run-wide defaults set by a harness; None: not set (fall through)."""
+
+    backend: str | None = None
+    timeout: float | None = None
+
+
+_lock = threading.Lock()
+_current = Defaults()
+_KEEP: Final = object()
+
+
+def configure(*, backend: object = _KEEP, timeout: object = _KEEP) -> Defaults:
+    """Sets run-wide defaults (None clears one); returns the previous ones.
+
+    ``backend``: a name of validate.BACKENDS; ``timeout``: as
+    validate.parse_timeout takes it.  Restore with ``configure(**asdict(previous))``
+    or :func:`restore`.
+    """
+    global _current
+    with _lock:
+        previous = _current
+        changes: dict[str, object] = {}
+        if backend is not _KEEP:
+            changes["backend"] = None if backend is None else backend_arg(backend)
+        if timeout is not _KEEP:
+            changes["timeout"] = None if timeout is None else parse_timeout(timeout, "settings.configure(timeout=...)", text=True)
+        _current = replace(_current, **changes)  # type: ignore[arg-type]
+        return previous
+
+
+def restore(previous: Defaults) -> None:
+    """Puts back what :func:`configure` returned."""
+    global _current
+    with _lock:
+        _current = previous
+
+
+def current() -> Defaults:
+    return _current
+
+
+def default_timeout() -> float:
+    """The deadline of a call that names none: configure()'s, else
+    BITNET_CPP_TIMEOUT, else DEFAULT_TIMEOUT."""
+    if _current.timeout is not None:
+        return _current.timeout
+    raw = os.environ.get(ENV_TIMEOUT, "")
+    return parse_timeout(raw, ENV_TIMEOUT, text=True) if raw.strip() else DEFAULT_TIMEOUT
+
+
+def environment() -> dict[str, str | None]:
+    """The value of every variable in ENV_VARS (None: unset)."""
+    return {k: os.environ.get(k) for k in ENV_VARS}

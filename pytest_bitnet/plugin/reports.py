@@ -1,0 +1,107 @@
+"""What the plugin reports: the header, each test's teardown report, the summary.
+
+Per-test data travels on the teardown report (``report.bitnet``, builtin
+types only, so it survives xdist); the controller gathers it in
+:class:`Collector` and writes the terminal summary.  JUnit XML gets
+``bitnet_*`` properties.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .state import RunState, TestState
+
+__all__ = ["Collector", "decorate", "header"]
+
+
+def header(run: RunState) -> list[str]:
+    s = run.settings
+    lines = [f"bitnet: backend={s.backend or 'reference'} ({s.backend_source}), leak-check={s.leak_check} ({s.leak_check_source})"
+             + (f", timeout={s.timeout}s ({s.timeout_source})" if s.timeout is not None else "")]
+    if s.inject is not None:
+        lines.append(f"bitnet: inject={str(s.inject)!r} ({s.inject_source}), seed={run.seed} ({s.seed_source}); "
+                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed}")
+    else:
+        lines.append(f"bitnet: seed={run.seed} ({s.seed_source})")
+    if s.diagnostics:
+        from pytest_bitnet.bridge.diagnostics import diagnostics, format_text
+
+        lines += ["bitnet diagnostics:"] + ["  " + line for line in format_text(diagnostics()).splitlines()]
+    return lines
+
+
+def decorate(st: TestState, report: pytest.TestReport) -> None:
+    """Puts the test's bitnet data on its teardown report (travels under xdist)."""
+    if not (st.reports or st.leak):
+        return
+    data: dict[str, Any] = {}
+    if st.reports:
+        data["faults"] = [
+            {"spec": r.spec, "seed": r.seed, "hits": r.hits, "fired": r.fired, "never_hit": list(r.never_hit)} for r in st.reports
+        ]
+        for r in st.reports:
+            report.user_properties.append(("bitnet_inject", f"{r.spec} (seed {r.seed})"))
+            report.user_properties.append(("bitnet_hits", json.dumps(r.hits, sort_keys=True)))
+            if r.never_hit:
+                report.user_properties.append(("bitnet_never_hit", ", ".join(r.never_hit)))
+    if st.leak:
+        text = st.leak.text()
+        fail = st.leak_mode == "strict"
+        data["leak"] = {"counters": st.leak.counters, "text": text, "failed": fail}
+        report.sections.append(("bitnet leaked native objects", text))
+        report.user_properties.append(("bitnet_leaked", json.dumps(st.leak.counters, sort_keys=True)))
+        if fail and report.passed:
+            report.outcome = "failed"
+            report.longrepr = st.leak.headline() + " (where each was created: section 'bitnet leaked native objects')"
+    report.bitnet = data  # type: ignore[attr-defined]
+
+
+class Collector:
+    """Registered on the controller: gathers the reports' data for the summary."""
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "bitnet", None)
+        if not data:
+            return
+        run = self.run
+        for f in data.get("faults", ()):
+            row = run.fault_rows.setdefault((f["spec"], f["seed"]), {"tests": 0, "hits": {}, "fired": {}, "never_hit": {}})
+            row["tests"] += 1
+            for k, v in f["hits"].items():
+                row["hits"][k] = row["hits"].get(k, 0) + v
+            for k, v in f["fired"].items():
+                row["fired"][k] = row["fired"].get(k, 0) + v
+            for p in f["never_hit"]:
+                row["never_hit"].setdefault(p, []).append(report.nodeid)
+        if "leak" in data:
+            run.leaks.append((report.nodeid, data["leak"]["text"], data["leak"]["failed"]))
+        if "crash" in data:
+            run.crashes.append(data["crash"])
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        run, tr = self.run, terminalreporter
+        if not (run.fault_rows or run.leaks or run.crashes):
+            return
+        tr.write_sep("=", "bitnet")
+        for (spec, seed), row in run.fault_rows.items():
+            tr.write_line(f"fault spec {spec!r} (seed {seed}) armed in {row['tests']} test(s):")
+            for point in sorted(row["hits"]):
+                tr.write_line(f"  {point}: {row['hits'][point]} hits, {row['fired'].get(point, 0)} fired")
+            for point, tests in row["never_hit"].items():
+                where = tests[0] + (f" and {len(tests) - 1} more" if len(tests) > 1 else "")
+                tr.write_line(f"  armed but never hit: {point} (in {where})")
+        if run.leaks:
+            failed = sum(1 for _, _, f in run.leaks if f)
+            tr.write_line(f"native leaks in {len(run.leaks)} test(s)" + ("" if failed else " (warn mode: not failing)") + ":")
+            for _nodeid, text, _ in run.leaks:
+                for line in text.splitlines():
+                    tr.write_line("  " + line)
+        for crash in run.crashes:
+            tr.write_line(f"worker crash: {crash}")

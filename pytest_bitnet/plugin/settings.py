@@ -1,0 +1,192 @@
+"""The plugin's settings: one table of options, one validator each, one resolver.
+
+Each setting has a command-line flag, an ini key (help written once, shared
+by both), optionally an environment variable, and a validator that names
+where a bad value came from.  Precedence, later wins: ini key <
+environment < command line (< marker, for the per-test ones).
+
+Validators use the parsers of the layers below (the bridge's timeout and
+backend parsers, fault_inject's spec validator and seed parser), so a value
+means the same wherever it is given.  Importing this module loads nothing
+native; validating a fault spec does (it needs the point registry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Final, Literal
+
+import pytest
+
+from pytest_bitnet.bridge import errors as bridge_errors
+from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
+
+if TYPE_CHECKING:
+    from fault_inject import Resolved
+
+__all__ = ["LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "resolve"]
+
+LEAK_MODES: Final = ("strict", "warn", "off")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its command-line flag, ini key, environment variable and help."""
+
+    name: str  # attribute of Settings
+    flag: str  # command-line option
+    ini: str  # ini key
+    env: str | None  # environment variable, if any
+    help: str  # shared by the option and the ini key
+    kind: Literal["string", "bool"] = "string"  # ini type
+    metavar: str = "VALUE"  # in --help
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS: Final = (
+    Option("inject", "--bitnet-inject", "bitnet_inject", "BITNET_INJECT",
+           "fault spec armed for every test, e.g. 'tokenize.fill=fail' or 'alloc=2*off->oom' (grammar: fault_inject.spec)", metavar="SPEC"),
+    Option("seed", "--bitnet-seed", "bitnet_seed", "BITNET_INJECT_SEED",
+           "seed of the fault spec's probability draws (default: random, printed in the header)", metavar="N"),
+    Option("leak_check", "--bitnet-leak-check", "bitnet_leak_check", None,
+           "native leak check after each test: strict (fail the test; default), warn (report only), off", metavar="MODE"),
+    Option("timeout", "--bitnet-timeout", "bitnet_timeout", None,
+           "default deadline in seconds for native calls in each test; 'none' for no deadline, 0 for one already past",
+           metavar="SECONDS"),
+    Option("backend", "--bitnet-backend", "bitnet_backend", "BITNET_BACKEND",
+           "native backend for the run: " + " | ".join(BACKENDS), metavar="NAME"),
+    Option("diagnostics", "--bitnet-diagnostics", "bitnet_diagnostics", None,
+           "print the native library diagnostics (library, symbols, fallbacks) in the header", kind="bool"),
+)  # fmt: skip
+
+#: marker name -> description (listed by --markers)
+MARKERS: Final = {
+    "bitnet_inject": "bitnet_inject(spec, thread=False, seed=None): arm the fault spec for this test "
+    "(replaces --bitnet-inject); thread=True: only the test's thread hits the points",
+    "bitnet_allow_leaks": "bitnet_allow_leaks: do not leak-check this test's native objects",
+    "bitnet_timeout": "bitnet_timeout(seconds): default deadline for native calls in this test (replaces --bitnet-timeout)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; *_source names where each came from."""
+
+    inject: Resolved | None = None  # validated once; armed per test as it is
+    inject_source: str = "default"
+    seed: int | None = None
+    seed_source: str = "default"
+    leak_check: str = "strict"
+    leak_check_source: str = "default"
+    timeout: float | None = None  # None: leave the bridge's default alone
+    timeout_source: str = "default"
+    backend: str | None = None
+    backend_source: str = "default"
+    diagnostics: bool = False
+    diagnostics_source: str = "default"
+
+
+def usage(message: str) -> pytest.UsageError:
+    return pytest.UsageError(f"bitnet: {message}")
+
+
+def check_spec(value: str, source: str) -> Resolved:
+    """The spec, validated against the registry; UsageError otherwise."""
+    from fault_inject import FaultSpecError, UnknownPoint, compiled_in, validate
+    from fault_inject.registry import NOT_COMPILED
+
+    if not compiled_in():
+        raise usage(f"fault spec {value!r} from {source}: {NOT_COMPILED}")
+    try:
+        return validate(value, source=source)
+    except (FaultSpecError, UnknownPoint) as exc:
+        text = str(exc)
+        raise usage(text if source in text else f"invalid fault spec from {source}: {text}") from None
+
+
+def check_seed(value: str, source: str) -> int:
+    from fault_inject import parse_seed
+
+    try:
+        return parse_seed(str(value), source)
+    except ValueError as exc:
+        raise usage(str(exc)) from None
+
+
+def check_leak_check(value: str, source: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in LEAK_MODES:
+        raise usage(f"invalid leak check {value!r} from {source}: expected {' | '.join(LEAK_MODES)}")
+    return mode
+
+
+def check_timeout(value: object, source: str) -> float:
+    try:
+        return parse_timeout(value, source, text=True)
+    except bridge_errors.InvalidArgument as exc:
+        raise usage(str(exc)) from None
+
+
+def check_backend(value: str, source: str) -> str:
+    try:
+        return backend_arg(value, source)
+    except bridge_errors.InvalidArgument:
+        raise usage(f"invalid backend {value!r} from {source}: expected {' | '.join(BACKENDS)}") from None
+
+
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off", "")
+
+
+def check_bool(value: object, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise usage(f"invalid value {value!r} from {source}: expected one of {', '.join(_TRUE)} or {', '.join(x for x in _FALSE if x)}")
+
+
+_VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
+    "inject": check_spec,
+    "seed": check_seed,
+    "leak_check": check_leak_check,
+    "timeout": check_timeout,
+    "backend": check_backend,
+    "diagnostics": check_bool,
+}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bitnet", "native BitNet bridge: fault injection and leak checks")
+    for opt in OPTIONS:
+        if opt.kind == "bool":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=opt.help)
+        else:
+            group.addoption(opt.flag, default=None, dest=opt.dest, metavar=opt.metavar, help=opt.help)
+        # a bool ini key is read as text, so check_bool can name a bad value
+        parser.addini(opt.ini, opt.help, type="string", default="")
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Reads every setting from command line, environment, then ini; validates each."""
+    import os
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw: Any = config.getoption(opt.dest)
+        source = opt.flag
+        if raw is None and opt.env and os.environ.get(opt.env, "").strip():
+            raw, source = os.environ[opt.env], opt.env
+        if raw is None:
+            ini = config.getini(opt.ini)
+            if ini not in ("", None):
+                raw, source = ini, f"ini key {opt.ini}" + (f" in {config.inipath}" if config.inipath else "")
+        if raw is None:
+            continue
+        values[opt.name] = _VALIDATORS[opt.name](raw, source)
+        values[f"{opt.name}_source"] = source
+    return Settings(**values)
