@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
@@ -161,6 +162,21 @@ class Armed:
         if point in self._reports:
             return getattr(self._reports[point], which)
         return getattr(native.stats(lookup(point).index), which)
+
+    def wait_hit(self, point: str, hits: int = 1, *, timeout: float = 10.0, while_alive: threading.Thread | None = None) -> bool:
+        """Waits until `point` has `hits` hits (another thread reached it).
+
+        The way to synchronise with a thread inside a native call: it is at
+        the point once the point counted it.  Returns False when `timeout`
+        seconds pass first, or when `while_alive` (the thread expected to
+        hit it) ends without hitting it.
+        """
+        deadline = time.monotonic() + timeout
+        while self.hits(point) < hits:
+            if time.monotonic() >= deadline or (while_alive is not None and not while_alive.is_alive()):
+                return self.hits(point) >= hits
+            time.sleep(0.0005)  # polling a counter: a hit has no other signal
+        return True
 
     def first_stack(self, point: str) -> tuple[str, ...] | None:
         """The Python stack (formatted frames) at the point's first firing."""

@@ -18,7 +18,7 @@
  *   BUG_CRASH_IN_EVAL           every evaluation's fill pass aborts the
  *                               process.
  *
- * tests/native_builds.py builds them; tests/test_matrix.py checks that the
+ * tests/native_builds.py builds them; tests/fault_inject/test_matrix.py checks that the
  * matrix turns red on exactly the rows each bug should break.
  */
 #define _GNU_SOURCE

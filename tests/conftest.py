@@ -2,8 +2,9 @@
 
 The leak check is the bitnet plugin's own (on by default, see pytest_bitnet.plugin).
 
-Models are written by pytest_bitnet.models into one directory per run (per
-xdist worker too; names hash the parameters, so a model is written once).
+Models are written by pytest_bitnet.testing.models into the directory of the
+plugin's own ``bitnet_model`` (one per run and xdist worker, or
+BITNET_MODEL_CACHE): names hash the parameters, so a model is written once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest_bitnet as bn
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+def model_dir(bitnet_model: Path) -> Path:
+    return bitnet_model.parent
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +34,12 @@ def make_model(model_dir: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(make_model: Callable[..., Path]) -> Path:
-    """The default tiny bitnet model: TQ2_0 projections, 512 tokens."""
-    return make_model(arch="bitnet", seed=0)
+def tiny_model(bitnet_model: Path) -> Path:
+    """The default tiny bitnet model (TQ2_0 projections, 512 tokens): the plugin's bitnet_model."""
+    return bitnet_model
 
 
-# ---- stress / soak (tests/test_stress.py) --------------------------------------
+# ---- stress / soak (tests/bridge/test_stress.py) --------------------------------------
 
 SOAK_ENV = "BITNET_SOAK_SECONDS"
 
@@ -49,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         type=float,
         default=None,
-        help=f"run the stress soak (tests/test_stress.py) for SECONDS; also env {SOAK_ENV}. Off by default.",
+        help=f"run the stress soak (tests/bridge/test_stress.py) for SECONDS; also env {SOAK_ENV}. Off by default.",
     )
 
 

@@ -1,4 +1,4 @@
-"""Child process for tests/test_resource_limits.py: creates sessions under a
+"""Child process for tests/native/test_resource_limits.py: creates sessions under a
 lowered address-space limit (RLIMIT_AS) and prints what happened as JSON.
 
     python tests/rlimit_child.py MODEL HEADROOM_BYTES KV_BYTES_PER_POSITION

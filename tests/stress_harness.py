@@ -1,4 +1,4 @@
-"""The stress harness behind tests/test_stress.py: N threads, each looping
+"""The stress harness behind tests/bridge/test_stress.py: N threads, each looping
 create / tokenize / evaluate / close with its own random faults armed.
 
 Kept apart from the tests so the always-on run, the full 8 x 1000 run and
@@ -27,6 +27,7 @@ from typing import Callable
 import fault_inject as fi
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
 # Probabilistic specs, each on points no other entry uses (see above).
 # Rates are tuned per point for how often it is hit per iteration, so most
@@ -58,7 +59,6 @@ PROMPTS: tuple[str, ...] = (
 )
 
 # Keys of bn.live_counters() that must return to their baseline.
-LIVE_KEYS: tuple[str, ...] = ("contexts", "sessions", "models", "bytes", "allocations")
 
 CLOSE_RETRIES = 200  # free_context fails at 15%: 200 straight failures is never luck
 
@@ -109,7 +109,7 @@ class StressReport:
 
     @property
     def leaked(self) -> dict[str, tuple[int, int]]:
-        return {k: (self.baseline[k], self.after[k]) for k in LIVE_KEYS if self.after[k] != self.baseline[k]}
+        return {k: (self.baseline[k], self.after[k]) for k in LEAK_COUNTERS if self.after[k] != self.baseline[k]}
 
     def summary(self) -> str:
         rate = self.iterations / self.elapsed if self.elapsed > 0 else 0.0

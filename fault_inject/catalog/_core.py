@@ -29,6 +29,7 @@ from typing import Any, Callable, Final, Iterator, Mapping, Sequence, TypeVar
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge import validate
 from pytest_bitnet.bridge.counters import delta
 
 from .. import arming
@@ -46,8 +47,8 @@ __all__ = [
     "run_entry",
 ]
 
-#: The backends a catalog entry can run on (the matrix's columns).
-BACKENDS: Final = ("reference", "dlopen", "stub", "llama")
+#: The backends a catalog entry can run on (the matrix's columns): the bridge's.
+BACKENDS: Final = validate.BACKENDS
 
 #: Categories in DESIGN.md's order.
 CATEGORIES: Final = (
@@ -71,7 +72,7 @@ ENGINE_POINTS: Final = frozenset({"alloc", "load.step", "tokenize.step", "eval.s
 def engine_point(point: str) -> dict[str, str]:
     """not_for= of an entry that needs `point` to fire inside the engine."""
     return {"llama": f"'{point}' is a point inside the reference engine; llama.cpp has none "
-                     "(its own failures, timeouts through its abort callback included, are in tests/test_llama.py)"}
+                     "(its own failures, timeouts through its abort callback included, are in tests/bridge/test_llama.py)"}
 
 
 class ScenarioFailed(AssertionError):

@@ -7,14 +7,11 @@ write past what it was given.
 
 from __future__ import annotations
 
-from typing import Any
 
-from pytest_bitnet.bridge.abi import ffi, lib, raise_for_code
+from pytest_bitnet.bridge.abi import ffi, lib
 
 from ._core import Scenario, entry
-
-_CANARY = 0x7EADBEEF
-
+from .cabi import CANARY, err_buffer, guarded, raise_for_code
 
 @entry("E20", "buffers", "tokenize pass 1 fails → InferenceError \"QUERY PHASE\" with operation and parameters",
        expect="InferenceError", inject="tokenize.query=fail", fragments=("tokenize (QUERY PHASE) failed", "prompt_bytes=5"))
@@ -44,35 +41,27 @@ def e23(s: Scenario) -> None:
     s.fails(s.session().evaluate, [1, 2])
 
 
-def _guarded(ctype: str, n: int, guard: int, fill: Any) -> Any:
-    """A C array of n + guard elements, all set to fill: the call gets n, the rest is the guard."""
-    buf = ffi.new(f"{ctype}[]", n + guard)
-    for i in range(n + guard):
-        buf[i] = fill
-    return buf
-
-
 @entry("E24", "buffers", "capacity below required at the C ABI → \"buffer too small (need N, got M)\", nothing written past capacity",
        expect="InvalidArgument", fragments=("buffer too small (need {need}, got {got})",))
 def e24(s: Scenario) -> None:
     """bitnet_cpp_tokenize_with_context / eval_with_context with capacity one short of the query's answer"""
     ctx = s.session().handle
-    err = ffi.new("char[]", 512)
+    err = err_buffer()
     prompt = b"hello world, once more"
     n = ffi.new("int32_t *")
     raise_for_code(lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
     need = n[0]
-    toks = _guarded("int32_t", need - 1, 8, _CANARY)
+    toks = guarded("int32_t", need - 1, 8, CANARY)
     s.values.update(need=need, got=need - 1)
     rc = lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, toks, need - 1, n, err, len(err))
     s.fails(raise_for_code, rc, "tokenize", err)
-    s.check(all(toks[i] == _CANARY for i in range(need + 7)), "tokenize wrote into a buffer it reported too small")
+    s.check(all(toks[i] == CANARY for i in range(need + 7)), "tokenize wrote into a buffer it reported too small")
 
     rows, cols = ffi.new("int32_t *"), ffi.new("int32_t *")
     tokens = ffi.new("int32_t[]", [1, 5, 7])
     raise_for_code(lib.bitnet_cpp_eval_with_context(ctx, tokens, 3, 0, ffi.NULL, 0, rows, cols, err, len(err)), "evaluate", err)
     need = rows[0] * cols[0]
-    logits = _guarded("float", need - 1, 64, 12345.0)
+    logits = guarded("float", need - 1, 64, 12345.0)
     s.values.update(need=need, got=need - 1)
     rc = lib.bitnet_cpp_eval_with_context(ctx, tokens, 3, 0, logits, need - 1, rows, cols, err, len(err))
     s.fails(raise_for_code, rc, "evaluate", err)
@@ -99,7 +88,7 @@ def e26(s: Scenario) -> None:
     """init_context('<200-char name>', err_len=16) at the C ABI; then bitnet_cpp_get_last_error"""
     long_name = s.tmp / ("x" * 200 + ".gguf")
     out = ffi.new("bitnet_context_t **")
-    small = _guarded("char", 16, 8, b"#")
+    small = guarded("char", 16, 8, b"#")
     rc = s.init_context(out, long_name, 64, small, 16)
     if rc == lib.BITNET_E_NOT_AVAILABLE:  # the stub column: nothing can load
         raise_for_code(rc, "create", None)  # None: the whole text, from get_last_error

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
-from pytest_bitnet.bridge.abi import ffi, lib, raise_for_code
+from pytest_bitnet.bridge.abi import ffi, lib
 
 from ._core import Scenario, engine_point, entry
+from .cabi import err_buffer, raise_for_code, tokenize_on_handle
 
 
 @entry("E14", "inference", "call on a closed session / failed create → InferenceError (\"closed\", \"create\"), never a crash",
@@ -22,17 +22,10 @@ def e14(s: Scenario) -> None:
     # At the C ABI: a failed create leaves the handle NULL; using it is an
     # InvalidHandle error (an InferenceError) naming the create, not a crash.
     out = ffi.new("bitnet_context_t **")
-    err = ffi.new("char[]", 512)
+    err = err_buffer()
     rc = s.init_context(out, s.tmp / "absent.gguf", 64, err, len(err))
     s.check(rc != 0 and out[0] == ffi.NULL, "a failed create must leave the handle NULL")
     s.fails(tokenize_on_handle, out[0], fragments=("invalid context handle", "create"))
-
-
-def tokenize_on_handle(handle: Any) -> None:
-    """bitnet_cpp_tokenize_with_context on a raw handle, raising what the session layer raises."""
-    n = ffi.new("int32_t *")
-    err = ffi.new("char[]", 512)
-    raise_for_code(lib.bitnet_cpp_tokenize_with_context(handle, b"x", 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
 
 
 @entry("E15", "inference", "empty prompt (defined result) and empty token list → InferenceError naming the empty input",
@@ -84,7 +77,7 @@ def e19(s: Scenario) -> None:
     s.fails(s.session, n_gpu_layers=4)
     sess = s.session()
     rows = ffi.new("int32_t *")
-    err = ffi.new("char[]", 512)
+    err = err_buffer()
     ctx = sess.handle
     rc = lib.bitnet_cpp_eval_gpu(ctx, ffi.new("int32_t[]", [1]), 1, ffi.NULL, 0, rows, rows, err, len(err))
     s.fails(raise_for_code, rc, "eval_gpu", err, fragments=("has_cuda=0",))

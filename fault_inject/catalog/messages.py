@@ -11,7 +11,7 @@ from pytest_bitnet.bridge.abi import ffi
 
 from .. import registry
 from ._core import Scenario, entry
-from .inference import tokenize_on_handle
+from .cabi import tokenize_on_handle
 from .library import library_with_abi
 from .runtime import evaluating_in_another_thread
 
@@ -36,7 +36,7 @@ def _failures(s: Scenario) -> list[tuple[str, str, Callable[[], Any]]]:
         return call
 
     def two_threads() -> None:
-        with evaluating_in_another_thread(s, sess, [1, 2, 3]):
+        with evaluating_in_another_thread(sess, [1, 2, 3], name=s.entry.id):
             sess.tokenize("meanwhile")
 
     abi_lib = str(library_with_abi(s.tmp, 999))

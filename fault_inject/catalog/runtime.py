@@ -108,11 +108,12 @@ def e49(s: Scenario) -> None:
 
 
 @contextlib.contextmanager
-def evaluating_in_another_thread(s: Scenario, session: bn.BitnetSession, tokens: Any) -> Iterator[dict[str, Any]]:
+def evaluating_in_another_thread(session: bn.BitnetSession, tokens: Any, *, name: str = "busy") -> Iterator[dict[str, Any]]:
     """Runs session.evaluate(tokens) in another thread, held at its fill pass
     by ``eval.fill=delay(200)`` (a boundary point: every backend has it); the
-    block runs while that call is inside the bridge.  Yields a dict holding,
-    once the block is left, the thread's "logits" or its "error"."""
+    block runs while that call is inside the bridge (the point counted its
+    hit).  Yields a dict holding, once the block is left, the thread's
+    "logits" or its "error"."""
     outcome: dict[str, Any] = {}
 
     def evaluate() -> None:
@@ -121,12 +122,10 @@ def evaluating_in_another_thread(s: Scenario, session: bn.BitnetSession, tokens:
         except BaseException as exc:  # handed to the caller
             outcome["error"] = exc
 
-    with s.inject("eval.fill=delay(200)"):
-        busy = threading.Thread(target=evaluate, name=f"{s.entry.id}-evaluate")
+    with arming.inject("eval.fill=delay(200)", source=f"{name}: evaluating in another thread") as armed:
+        busy = threading.Thread(target=evaluate, name=f"{name}-evaluate")
         busy.start()
-        deadline = time.monotonic() + 10
-        while arming.hits("eval.fill") == 0 and busy.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.001)  # until the thread holds the session
+        armed.wait_hit("eval.fill", while_alive=busy)
         try:
             yield outcome
         finally:
@@ -140,7 +139,7 @@ def e50(s: Scenario) -> None:
     sess = s.session()
     tokens = sess.tokenize("two threads, one session")
     want = s.session().evaluate(tokens)
-    with evaluating_in_another_thread(s, sess, tokens) as other:
+    with evaluating_in_another_thread(sess, tokens, name=s.entry.id) as other:
         s.fails(sess.tokenize, "meanwhile")
     s.check("error" not in other, f"the first thread failed: {other.get('error')}")
     s.check(np.array_equal(other.get("logits"), want), "the first thread's logits are corrupted")

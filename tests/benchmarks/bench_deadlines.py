@@ -21,9 +21,10 @@ import tempfile
 import threading
 import warnings
 
-import pytest_bitnet as bn
 from _common import fmt_time, interleaved
 from bench_session_vs_percall import BENCH_MODEL
+
+import pytest_bitnet as bn
 
 
 def thread_per_call(fn, timeout: float):  # type: ignore[no-untyped-def]

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-import pytest_bitnet as bn
 from _common import interleaved
 from bench_session_vs_percall import BENCH_MODEL
+
+import pytest_bitnet as bn
 from pytest_bitnet.bridge.llama import configured
 
 LLAMA = configured()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import gguf
 import numpy as np
-
 from _common import fmt_time, interleaved
+
 from pytest_bitnet.bridge.abi import ffi, lib
 from pytest_bitnet.models import I2_S_TYPE, pack_i2_s
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import gc
 import tempfile
 
-import pytest_bitnet as bn
 from bench_session_vs_percall import BENCH_MODEL
+
+import pytest_bitnet as bn
 
 
 def rss() -> int:

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import fmt_time, interleaved
 
 import pytest_bitnet as bn
-from _common import fmt_time, interleaved
 
 # ~40 MB: a 32000-token vocabulary with F16 embeddings (tied output), 8 TQ2_0 layers
 BENCH_MODEL = dict(arch="bitnet", seed=7, n_vocab=32000, n_embd=512, n_layer=8, n_head=8, n_head_kv=4, n_ff=1536, embd_type="f16", n_ctx_train=4096)

@@ -13,10 +13,15 @@ import pytest
 
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
+from fault_inject.catalog.cabi import (
+    CANARY,
+    err_buffer,
+    guarded,
+    native_context,
+    raise_for_code,
+)
 from pytest_bitnet.bridge.abi import ffi, lib
 from pytest_bitnet.plugin.fixtures import Counters
-
-from ._helpers import CANARY, err_buffer, guarded, native_context, raise_if_failed
 
 
 @pytest.mark.bitnet_inject("tokenize.query=fail")
@@ -66,24 +71,24 @@ def test_e24_capacity_below_required_writes_nothing(bitnet_model: Path, bitnet_c
         # tokenize: ask for the size (NULL buffer), then offer one slot less.
         prompt = b"hello world, once more"
         n = ffi.new("int32_t *")
-        raise_if_failed(lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
+        raise_for_code(lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
         need = n[0]
         tokens = guarded("int32_t", need - 1, 8, CANARY)
         rc = lib.bitnet_cpp_tokenize_with_context(ctx, prompt, 1, 0, tokens, need - 1, n, err, len(err))
         with pytest.raises(entry.error_class) as exc:
-            raise_if_failed(rc, "tokenize", err)
+            raise_for_code(rc, "tokenize", err)
         entry.check(exc.value, values={"need": need, "got": need - 1})
         assert all(tokens[i] == CANARY for i in range(need - 1 + 8)), "tokenize wrote into a buffer it reported too small"
 
         # evaluate: the same with rows x cols logits.
         ids = ffi.new("int32_t[]", [1, 5, 7])
         rows, cols = ffi.new("int32_t *"), ffi.new("int32_t *")
-        raise_if_failed(lib.bitnet_cpp_eval_with_context(ctx, ids, 3, 0, ffi.NULL, 0, rows, cols, err, len(err)), "evaluate", err)
+        raise_for_code(lib.bitnet_cpp_eval_with_context(ctx, ids, 3, 0, ffi.NULL, 0, rows, cols, err, len(err)), "evaluate", err)
         need = rows[0] * cols[0]
         logits = guarded("float", need - 1, 64, 12345.0)
         rc = lib.bitnet_cpp_eval_with_context(ctx, ids, 3, 0, logits, need - 1, rows, cols, err, len(err))
         with pytest.raises(entry.error_class) as exc:
-            raise_if_failed(rc, "evaluate", err)
+            raise_for_code(rc, "evaluate", err)
         entry.check(exc.value, values={"need": need, "got": need - 1})
         assert all(logits[i] == 12345.0 for i in range(need - 1 + 64)), "evaluate wrote into a buffer it reported too small"
         past = ffi.new("int32_t *")
@@ -125,6 +130,6 @@ def test_e26_long_native_message_is_truncated_and_recoverable(tmp_path: Path, bi
     assert lib.bitnet_cpp_get_last_error(full, full_len + 1) == full_len
     assert ffi.string(full).startswith(cut)
     with pytest.raises(entry.error_class) as exc:
-        raise_if_failed(rc, "create", full)
+        raise_for_code(rc, "create", full)
     entry.check(exc.value)  # the 200 x's of the name survive
     assert bitnet_counters.delta() == {}

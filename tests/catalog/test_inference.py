@@ -13,10 +13,9 @@ import pytest
 
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
+from fault_inject.catalog.cabi import err_buffer, native_context, raise_for_code
 from pytest_bitnet.bridge.abi import ffi, lib
 from pytest_bitnet.plugin.fixtures import Counters
-
-from ._helpers import err_buffer, native_context, raise_if_failed
 
 
 def test_e14_call_on_closed_session_or_failed_create(bitnet_model: Path, tmp_path: Path, bitnet_counters: Counters) -> None:
@@ -40,7 +39,7 @@ def test_e14_call_on_closed_session_or_failed_create(bitnet_model: Path, tmp_pat
     rc = lib.bitnet_cpp_tokenize_with_context(out[0], b"x", 1, 0, ffi.NULL, 0, n, err, len(err))
     assert rc == lib.BITNET_E_INVALID_HANDLE
     with pytest.raises(entry.error_class) as exc:
-        raise_if_failed(rc, "tokenize", err)
+        raise_for_code(rc, "tokenize", err)
     entry.check(exc.value, fragments=("invalid context handle", "create"))
     assert bitnet_counters.delta() == {}
 
@@ -111,6 +110,6 @@ def test_e19_gpu_requested_without_gpu_support(bitnet_model: Path, bitnet_counte
         rc = lib.bitnet_cpp_eval_gpu(ctx, ffi.new("int32_t[]", [1]), 1, ffi.NULL, 0, rows, cols, err, len(err))
     assert rc == lib.BITNET_E_UNSUPPORTED
     with pytest.raises(entry.error_class) as exc:
-        raise_if_failed(rc, "eval_gpu", err)
+        raise_for_code(rc, "eval_gpu", err)
     entry.check(exc.value, fragments=("has_cuda=0",))
     assert bitnet_counters.delta() == {}

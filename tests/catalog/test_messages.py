@@ -11,16 +11,11 @@ import pytest
 import fault_inject as fi
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
+from fault_inject.catalog.cabi import err_buffer, native_context, raise_for_code
+from fault_inject.catalog.runtime import evaluating_in_another_thread
 from pytest_bitnet import errors
 from pytest_bitnet.bridge.abi import ffi, lib
 from pytest_bitnet.plugin.fixtures import Counters, Injector
-
-from ._helpers import (
-    err_buffer,
-    evaluating_in_another_thread,
-    native_context,
-    raise_if_failed,
-)
 
 
 def test_e32_every_error_class_says_what_why_and_how_to_fix(
@@ -46,7 +41,7 @@ def test_e32_every_error_class_says_what_why_and_how_to_fix(
         with native_context(bitnet_model) as ctx:
             pass
         n, err = ffi.new("int32_t *"), err_buffer()
-        raise_if_failed(lib.bitnet_cpp_tokenize_with_context(ctx, b"x", 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
+        raise_for_code(lib.bitnet_cpp_tokenize_with_context(ctx, b"x", 1, 0, ffi.NULL, 0, n, err, len(err)), "tokenize", err)
 
     with bn.BitnetSession.create(bitnet_model) as s, bn.BitnetSession.create(bitnet_model) as closing:
 

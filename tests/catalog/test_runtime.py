@@ -15,10 +15,9 @@ import pytest
 import fault_inject as fi
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
+from fault_inject.catalog.runtime import evaluating_in_another_thread
 from pytest_bitnet.bridge import native_log
 from pytest_bitnet.plugin.fixtures import Counters, Injector
-
-from ._helpers import evaluating_in_another_thread
 
 # A timed-out call must return well within this of its deadline (generous:
 # the point is that the deadline ends the call, not this machine's speed).

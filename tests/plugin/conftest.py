@@ -1,19 +1,9 @@
-"""The plugin's tests run real pytest sessions with pytester.
-
-``pytest_plugins = ["pytester"]`` is refused in a conftest below the
-initial ones (pytest's "non-top-level conftest" rule), so the plugin is
-loaded here instead; pytester's options get their defaults when it is
-registered.
-"""
+"""The plugin's tests run real pytest sessions with pytester (loaded by the
+repository's conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not config.pluginmanager.has_plugin("pytester"):
-        config.pluginmanager.import_plugin("pytester")
 
 
 @pytest.fixture(autouse=True)

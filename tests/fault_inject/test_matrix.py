@@ -8,7 +8,6 @@ turn red on exactly the rows that bug breaks, and stay green elsewhere.
 from __future__ import annotations
 
 import json
-
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -20,7 +19,7 @@ from fault_inject.catalog import CATALOG, FAIL, PASS
 from fault_inject.matrix import SelectionError, run_in_process, select
 from pytest_bitnet.bridge.abi import bundled_library
 
-from .native_builds import build_broken_backend
+from ..native_builds import build_broken_backend
 
 
 def matrix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -123,7 +122,7 @@ def test_selection_errors_name_what_exists() -> None:
         select(categories=["bufers"])
     assert [e.id for e in select(["e01, E02"])] == ["E01", "E02"]
     out = matrix("--backend", "gpu")
-    assert out.returncode == 2 and "unknown backend 'gpu' (valid: reference, dlopen, stub, llama)" in out.stderr
+    assert out.returncode == 2 and "unknown backend 'gpu' (valid: reference, dlopen, llama, stub)" in out.stderr
 
 
 def test_workers_give_the_same_cells_as_in_process(tmp_path: Path, models: Path) -> None:

@@ -25,11 +25,11 @@ import pytest_bitnet as bn
 from fault_inject import arming
 from pytest_bitnet import errors
 from pytest_bitnet.bridge.abi import ffi, lib
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
-from .native_builds import LOADER_SYMBOLS
+from ..native_builds import LOADER_SYMBOLS
 
-ROOT = Path(__file__).resolve().parent.parent
-LEAK_KEYS = ("contexts", "sessions", "models", "bytes", "allocations")
+ROOT = Path(__file__).resolve().parents[2]
 
 SOCKET_SYMBOLS = LOADER_SYMBOLS  # one list: tests/native_builds.py
 
@@ -43,7 +43,7 @@ def _nothing_stays_armed() -> Iterator[None]:
 
 def counters() -> dict[str, int]:
     c = bn.live_counters()
-    return {k: c[k] for k in LEAK_KEYS}
+    return {k: c[k] for k in LEAK_COUNTERS}
 
 
 # ---- the registry ------------------------------------------------------------------------

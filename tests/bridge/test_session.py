@@ -10,6 +10,7 @@ import pytest
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
 
 def test_session_tokenize_and_evaluate(tiny_model: Path) -> None:
@@ -79,7 +80,7 @@ def test_counters_return_to_baseline(tiny_model: Path) -> None:
     assert during["model_loads"] == before["model_loads"] + 1
     s.close()
     after = bn.live_counters()
-    for key in ("contexts", "sessions", "models", "bytes", "allocations"):
+    for key in LEAK_COUNTERS:
         assert after[key] == before[key], key
 
 

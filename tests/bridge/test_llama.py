@@ -48,7 +48,7 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     """A fresh interpreter importing this worktree's package."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     full_env = {**os.environ, "PYTHONPATH": str(root), **env}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, cwd=root, timeout=120)
 

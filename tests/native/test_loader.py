@@ -7,8 +7,8 @@ compiled by tests/native_builds.py without chosen symbols.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +21,7 @@ import pytest
 import pytest_bitnet as bn
 from pytest_bitnet import errors
 
-from .native_builds import build_library
+from ..native_builds import build_library
 
 LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|DEBUG|TRACE)\] \[[\w.-]+\] .+")
 
@@ -42,7 +42,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BITNET_FORCE_LLAMA_FALLBACK"):
         monkeypatch.delenv(var, raising=False)
     # These tests pin the reference engine as the fallback tier (their
-    # logits must be identical, E38); tests/test_llama.py covers llama.cpp
+    # logits must be identical, E38); tests/bridge/test_llama.py covers llama.cpp
     # in that place.
     monkeypatch.setenv("BITNET_FALLBACK", "reference")
 

@@ -13,14 +13,14 @@ import pytest
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
-INPUTS = sorted((Path(__file__).parent / "fuzz_regressions").glob("*.gguf"))
-LIVE = ("contexts", "sessions", "models", "bytes", "allocations")
+INPUTS = sorted((Path(__file__).resolve().parents[1] / "fuzz_regressions").glob("*.gguf"))
 
 
 def live() -> dict[str, int]:
     counters = bn.live_counters()
-    return {k: counters[k] for k in LIVE}
+    return {k: counters[k] for k in LEAK_COUNTERS}
 
 
 def test_there_are_inputs() -> None:

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from pytest_bitnet import errors
-from pytest_bitnet.testing import crossval
 from pytest_bitnet.bridge.llama import configured
+from pytest_bitnet.testing import crossval
 
 LLAMA = configured()
 
 pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_corpus_agrees_on_the_tiny_bitnet_model(tiny_model: Path) -> None:

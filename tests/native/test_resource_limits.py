@@ -25,9 +25,10 @@ import pytest
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 from pytest_bitnet.testing import malformed
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("reference", "dlopen")  # the stub loads nothing: no sizes to refuse
 
 # The model: one layer, head_dim 128, one KV head -> 2 * 1 * 128 * 1 * 4 bytes
@@ -190,5 +191,5 @@ def test_lowered_address_space_limit_fails_cleanly(small_model: Path) -> None:
     if not _under_asan():  # under ASan the address space is mostly shadow: the limit is above physical memory
         assert "RLIMIT_AS" in whole["message"], whole["message"]
     assert small["ok"], f"a small session failed after the refused ones: {small}"
-    for key in ("contexts", "sessions", "models", "bytes", "allocations"):
+    for key in LEAK_COUNTERS:
         assert out["after"][key] == out["baseline"][key], (key, out["baseline"], out["after"])

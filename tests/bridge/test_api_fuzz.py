@@ -27,6 +27,7 @@ from hypothesis.extra import numpy as hnp
 import fault_inject as fi
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
 # Deterministic and database-free: the same examples on every machine.
 FUZZ = settings(
@@ -37,7 +38,6 @@ FUZZ = settings(
 )
 
 # The counters a leak check compares (model_loads and peak_bytes only grow).
-LIVE = ("contexts", "sessions", "models", "bytes", "allocations")
 
 # A call that should return at once takes at most this long; hostile inputs
 # must not turn into hangs.
@@ -46,7 +46,7 @@ CALL_TIMEOUT = 10.0
 
 def live() -> dict[str, int]:
     counters = bn.live_counters()
-    return {k: counters[k] for k in LIVE}
+    return {k: counters[k] for k in LEAK_COUNTERS}
 
 
 def outcome(call: Callable[[], Any]) -> Any:

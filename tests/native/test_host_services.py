@@ -27,10 +27,10 @@ import pytest_bitnet as bn
 from pytest_bitnet import errors
 from pytest_bitnet.bridge import native_log
 from pytest_bitnet.bridge.abi import bundled_library
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
-from .native_builds import build_library
+from ..native_builds import build_library
 
-LEAK_KEYS = ("contexts", "sessions", "models", "bytes", "allocations")
 LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[(ERROR|WARN|INFO|DEBUG|TRACE)\] \[([\w.-]+)\] (.+)$")
 # A deadline is noticed within a poll period or one step: generous for CI.
 SLACK = 0.5
@@ -58,7 +58,7 @@ def native_debug() -> Iterator[None]:
 
 def counters() -> dict[str, int]:
     c = bn.live_counters()
-    return {k: c[k] for k in LEAK_KEYS}
+    return {k: c[k] for k in LEAK_COUNTERS}
 
 
 def dlopen_session(model: Path, **kw: object) -> bn.BitnetSession:

@@ -32,7 +32,7 @@ import pytest
 
 import pytest_bitnet as bn
 
-from . import numpy_reference as ref
+from .. import numpy_reference as ref
 
 PROMPT_TOKENS = [1, 17, 300, 45, 2, 99, 511, 260]
 TOL = 1e-4

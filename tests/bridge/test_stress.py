@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from .stress_harness import SPECS, StressReport, deal_specs, run_stress
+from ..stress_harness import SPECS, StressReport, deal_specs, run_stress
 
 THREADS = 8
 ITERATIONS = 1000

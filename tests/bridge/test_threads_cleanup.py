@@ -22,17 +22,14 @@ def test_e50_second_thread_gets_thread_safety_error(tiny_model: Path) -> None:
         expected = s.evaluate(toks)
         s.reset()
         result: dict[str, object] = {}
-        started = threading.Event()
 
         def slow() -> None:
-            started.set()
             result["logits"] = s.evaluate(toks)
 
-        with fi.inject("eval.step=1*delay(300)"):
+        with fi.inject("eval.step=1*delay(300)") as armed:
             t = threading.Thread(target=slow)
             t.start()
-            started.wait()
-            time.sleep(0.05)  # the first call is inside its delayed layer
+            assert armed.wait_hit("eval.step", while_alive=t)  # the first call is inside its delayed layer
             with pytest.raises(errors.ThreadSafetyError, match="in use by another thread"):
                 s.tokenize("intruder")
             t.join()
@@ -50,11 +47,12 @@ def test_cancel_from_another_thread(tiny_model: Path) -> None:
             except errors.OperationTimeout as exc:
                 caught.append(exc)
 
-        with fi.inject("eval.step=1*hang"):
+        with fi.inject("eval.step=1*hang") as armed:
             t = threading.Thread(target=hang)
             t0 = time.monotonic()
             t.start()
-            time.sleep(0.1)
+            # cancel() stops the call in flight: wait until it is inside the hang
+            assert armed.wait_hit("eval.step", while_alive=t)
             s.cancel()
             t.join(5)
             elapsed = time.monotonic() - t0
