@@ -56,8 +56,23 @@ struct bitnet_session_t {
 
 /* ---- options ------------------------------------------------------------- */
 
+/* The backends of bitnet_backends.def, by index. */
+typedef enum {
+#define BITNET_BACKEND(ID, NAME, DESCRIPTION) BN_BACKEND_##ID,
+#include "bitnet_backends.def"
+#undef BITNET_BACKEND
+    BN_BACKEND__N
+} bn_backend_kind;
+
+static const char *const backend_names[BN_BACKEND__N] = {
+#define BITNET_BACKEND(ID, NAME, DESCRIPTION) [BN_BACKEND_##ID] = NAME,
+#include "bitnet_backends.def"
+#undef BITNET_BACKEND
+};
+
 typedef struct {
-    const char *backend;
+    bn_backend_kind kind;
+    const char *backend; /* its name, static */
     const char *library_path;
     int force_fallback;
     int fallback_allowed;
@@ -71,6 +86,17 @@ static int env_flag(const char *name)
            strcasecmp(v, "no") != 0;
 }
 
+/* "reference, dlopen, llama, stub": the valid names, for messages. */
+static const char *backend_list(char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < BN_BACKEND__N && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%s",
+                                 i ? ", " : "", backend_names[i]);
+    return buf;
+}
+
 static int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r)
 {
 #ifdef BN_STANDALONE_LIBRARY
@@ -78,16 +104,17 @@ static int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r)
      * choice and the fallback chain belong to the bridge that loads it, so
      * the environment that steers that bridge must not steer this too. */
     (void)o;
-    r->backend = "reference";
+    r->kind = BN_BACKEND_REFERENCE;
+    r->backend = backend_names[r->kind];
     r->library_path = NULL;
     r->force_fallback = 0;
     r->fallback_allowed = 1;
     r->fallback = "reference";
     return BITNET_OK;
 #endif
-    r->backend = o && o->backend ? o->backend : getenv("BITNET_BACKEND");
-    if (!r->backend || !*r->backend)
-        r->backend = "reference";
+    const char *want = o && o->backend ? o->backend : getenv("BITNET_BACKEND");
+    if (!want || !*want)
+        want = backend_names[BN_BACKEND_REFERENCE];
     r->library_path = o ? o->library_path : NULL;
     r->force_fallback = o && o->force_fallback >= 0
                             ? o->force_fallback
@@ -103,32 +130,40 @@ static int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r)
                         fb);
     r->fallback = fb;
     r->fallback_allowed = strcmp(fb, "none") != 0;
-    if (strcmp(r->backend, "reference") && strcmp(r->backend, "dlopen") &&
-        strcmp(r->backend, "llama") && strcmp(r->backend, "stub"))
-        return bn_error(BITNET_E_INVALID_ARG,
-                        "unknown backend '%s' (valid: reference, dlopen, "
-                        "llama, stub); check the backend= argument or "
-                        "BITNET_BACKEND",
-                        r->backend);
-    return BITNET_OK;
+    for (int i = 0; i < BN_BACKEND__N; i++)
+        if (strcmp(want, backend_names[i]) == 0) {
+            r->kind = (bn_backend_kind)i;
+            r->backend = backend_names[i];
+            return BITNET_OK;
+        }
+    char valid[128];
+    return bn_error(BITNET_E_INVALID_ARG,
+                    "unknown backend '%s' (valid: %s); check the backend "
+                    "option (bitnet_bridge_options.backend) or BITNET_BACKEND",
+                    want, backend_list(valid, sizeof valid));
 }
 
 /* The backend for resolved options (loading a library for dlopen). */
 static int select_backend(const resolved *r, const bn_backend **out)
 {
-    if (strcmp(r->backend, "reference") == 0) {
-        *out = &bn_reference_backend;
-        return BITNET_OK;
-    }
-    if (strcmp(r->backend, "stub") == 0) {
-        *out = &bn_stub_backend;
-        return BITNET_OK;
-    }
     bn_discovery d;
     bn_library *lib;
-    int rc = strcmp(r->backend, "llama") == 0
-                 ? bn_llama_open(&d, &lib)
-                 : bn_library_open(r->library_path, &d, &lib);
+    int rc;
+    switch (r->kind) {
+    case BN_BACKEND_REFERENCE:
+        *out = &bn_reference_backend;
+        return BITNET_OK;
+    case BN_BACKEND_STUB:
+        *out = &bn_stub_backend;
+        return BITNET_OK;
+    case BN_BACKEND_LLAMA:
+        rc = bn_llama_open(&d, &lib);
+        break;
+    case BN_BACKEND_DLOPEN:
+    default:
+        rc = bn_library_open(r->library_path, &d, &lib);
+        break;
+    }
     if (rc)
         return rc;
     *out = bn_library_backend(lib);
@@ -1069,7 +1104,7 @@ static void put_error(report *r, const char *msg)
 /* The fallback tier's name as the report shows it, without loading it. */
 static const char *fallback_label(const resolved *r)
 {
-    if (!strcmp(r->backend, "llama")) /* never its own fallback */
+    if (r->kind == BN_BACKEND_LLAMA) /* never its own fallback */
         return "reference";
     if (!strcmp(r->fallback, "llama") ||
         (!strcmp(r->fallback, "auto") && bn_llama_configured()))
@@ -1078,25 +1113,21 @@ static const char *fallback_label(const resolved *r)
 }
 
 /* What serves a socket symbol of a library: itself, or the fallback. */
-static const char *serves(const bn_symbol_info *s, int found,
-                          const resolved *r)
+static const char *serves(bn_symbol sym, int found, const resolved *r)
 {
     static _Thread_local char forced[64], plain[64];
     snprintf(forced, sizeof forced, "fallback:%s (forced)", fallback_label(r));
     snprintf(plain, sizeof plain, "fallback:%s", fallback_label(r));
-    int has_fallback = !strcmp(s->name, "bitnet_cpp_tokenize_with_context") ||
-                       !strcmp(s->name, "bitnet_cpp_eval_with_context") ||
-                       !strcmp(s->name, "crossval_bitnet_tokenize") ||
-                       !strcmp(s->name, "crossval_bitnet_eval_with_tokens");
-    if (has_fallback && r->force_fallback)
+    int need = bn_socket_symbols[sym].need;
+    if (need == BITNET_SYMBOL_FALLBACK && r->force_fallback)
         return r->fallback_allowed ? forced : "none";
     if (found)
         return "library";
-    if (!strcmp(s->name, "bitnet_cpp_get_counters"))
+    if (sym == BN_SYM_bitnet_cpp_get_counters)
         return "bridge counters only";
-    if (has_fallback)
+    if (need == BITNET_SYMBOL_FALLBACK)
         return r->fallback_allowed ? plain : "none";
-    return s->required ? "none (required)" : "not used";
+    return need == BITNET_SYMBOL_REQUIRED ? "none (required)" : "not used";
 }
 
 BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
@@ -1111,10 +1142,10 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
         put(&rep, "mode\t%s\n", r.backend);
         put(&rep, "fallback\t%s\n", r.fallback_allowed ? fallback_label(&r) : "none");
         put(&rep, "force_fallback\t%d\n", r.force_fallback);
-        if (!strcmp(r.backend, "dlopen") || !strcmp(r.backend, "llama")) {
+        if (r.kind == BN_BACKEND_DLOPEN || r.kind == BN_BACKEND_LLAMA) {
             bn_discovery d;
             bn_library *lib = NULL;
-            rc = !strcmp(r.backend, "llama")
+            rc = r.kind == BN_BACKEND_LLAMA
                      ? bn_llama_open(&d, &lib)
                      : bn_library_open(r.library_path, &d, &lib);
             for (int i = 0; i < d.n_tried; i++)
@@ -1126,19 +1157,20 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                 put(&rep, "abi\t%d\t%d\n", (int)bn_library_abi(lib), BITNET_ABI_VERSION);
                 put(&rep, "version\t%s\n", bn_library_version(lib));
             }
-            for (int i = 0; i < bn_n_socket_symbols; i++) {
+            for (int i = 0; i < BN_SYM__N; i++) {
                 const bn_symbol_info *s = &bn_socket_symbols[i];
-                int found = lib && bn_library_symbol(lib, s->name);
+                int found = lib && bn_library_symbol(lib, (bn_symbol)i);
                 put(&rep, "symbol\t%s\t%s\t%s\t%s\n", s->name,
-                    s->required ? "required" : "optional",
+                    s->need == BITNET_SYMBOL_REQUIRED ? "required"
+                                                      : "optional",
                     lib ? (found ? "found" : "missing") : "unknown",
-                    serves(s, found, &r));
+                    serves((bn_symbol)i, found, &r));
             }
         } else {
             put(&rep, "library\t(embedded %s)\n", r.backend);
             put(&rep, "abi\t%d\t%d\n", BITNET_ABI_VERSION, BITNET_ABI_VERSION);
             put(&rep, "version\t%s\n", bitnet_cpp_version());
-            if (!strcmp(r.backend, "stub"))
+            if (r.kind == BN_BACKEND_STUB)
                 put(&rep, "error\tSTUB mode: no backend serves any call\n");
         }
     }

@@ -425,10 +425,6 @@ const char *bn_fault_note(void) { return tl.note; }
 
 int32_t bitnet_fault_compiled_in(void) { return 1; }
 
-/* Max delay: an hour.  Longer is a mistake, and hang exists for forever. */
-#define MAX_DELAY_MS 3600000LL
-#define MAX_GROW (1LL << 20)
-
 static int check_term(const bitnet_fault_term_t *t, int i)
 {
     if (!(t->probability > 0.0 && t->probability <= 1.0))
@@ -437,11 +433,12 @@ static int check_term(const bitnet_fault_term_t *t, int i)
                         "more than 0 and at most 1 (0%% never fires: use "
                         "off)",
                         i + 1, t->probability);
-    if (t->count > UINT32_MAX)
+    if (t->count > BITNET_FAULT_MAX_COUNT)
         return bn_error(BITNET_E_INVALID_ARG,
                         "term %d: count %llu is too large: expected at most "
                         "%u (0 = no limit)",
-                        i + 1, (unsigned long long)t->count, UINT32_MAX);
+                        i + 1, (unsigned long long)t->count,
+                        BITNET_FAULT_MAX_COUNT);
     if (t->action < 0 || t->action >= BITNET_FAULT_N_ACTIONS)
         return bn_error(BITNET_E_INVALID_ARG,
                         "term %d: unknown action %d: expected 0..%d "
@@ -458,17 +455,19 @@ static int check_term(const bitnet_fault_term_t *t, int i)
                             i + 1, (long long)t->arg, BITNET_E_MIN);
         break;
     case BITNET_FAULT_DELAY:
-        if (t->arg < 0 || t->arg > MAX_DELAY_MS)
+        if (t->arg < 0 || t->arg > BITNET_FAULT_MAX_DELAY_MS)
             return bn_error(BITNET_E_INVALID_ARG,
                             "term %d: delay(%lld): expected 0..%lld ms (use "
                             "hang to wait for the deadline)",
-                            i + 1, (long long)t->arg, MAX_DELAY_MS);
+                            i + 1, (long long)t->arg,
+                            (long long)BITNET_FAULT_MAX_DELAY_MS);
         break;
     case BITNET_FAULT_GROW:
-        if (t->arg < 0 || t->arg > MAX_GROW)
+        if (t->arg < 0 || t->arg > BITNET_FAULT_MAX_GROW)
             return bn_error(BITNET_E_INVALID_ARG,
                             "term %d: grow(%lld): expected 1..%lld",
-                            i + 1, (long long)t->arg, MAX_GROW);
+                            i + 1, (long long)t->arg,
+                            (long long)BITNET_FAULT_MAX_GROW);
         break;
     default:
         if (t->arg != 0)
