@@ -682,7 +682,8 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
         rc = done(bn_error(BITNET_E_UNSUPPORTED,
                            "GPU evaluation is not available: backend '%s' "
                            "does not export bitnet_cpp_eval_gpu (has_cuda=0, "
-                           "has_metal=0, has_hip=0); use evaluate() on the CPU",
+                           "has_metal=0, has_hip=0); evaluate on the CPU "
+                           "(bitnet_cpp_eval_with_context)",
                            be->name),
                   err, err_len);
     else

@@ -274,8 +274,8 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
         int rc = bn_error(BITNET_E_ABI_MISMATCH,
                           "incompatible library '%s': it reports ABI version "
                           "%d, this bridge expects %d; rebuild the library "
-                          "against this project's bitnet.h, or install the "
-                          "pytest-bitnet release that matches it",
+                          "against this bridge's bitnet.h, or load it with a "
+                          "bridge of its ABI version",
                           lib->path, (int)lib->abi, BITNET_ABI_VERSION);
         dlclose(h);
         free(lib);
@@ -381,17 +381,14 @@ int bn_llama_open(bn_discovery *d, bn_library **out)
                       "the llama.cpp backend is not available: %s",
                       libs.llama_unavailable[0]
                           ? libs.llama_unavailable
-                          : "no adapter was configured (import pytest_bitnet "
-                            "with llama-cpp-python installed: pip install "
-                            "'pytest-bitnet[llama]'; its first build takes "
-                            "~8 min)");
+                          : "no llama.cpp adapter was configured "
+                            "(bitnet_bridge_set_llama_library)");
     } else {
         rc = load_file(libs.llama_adapter, d, out);
         if (rc == BITNET_E_LIBRARY_NOT_FOUND)
             rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
                           "the llama.cpp adapter '%s' (for %s) could not be "
-                          "loaded: %s; remove it to have it rebuilt, or "
-                          "reinstall llama-cpp-python",
+                          "loaded: %s",
                           libs.llama_adapter, libs.llama_lib,
                           d->n_tried ? d->tried[d->n_tried - 1].result : "?");
         else if (!rc)

@@ -118,66 +118,6 @@ static int matches(const char *pattern, size_t len, int i)
     return strcmp(registry[i].name, pattern) == 0;
 }
 
-/* Edit distance, capped: enough to suggest close names. */
-static size_t distance(const char *a, size_t na, const char *b, size_t nb)
-{
-    size_t row[BITNET_FAULT_MAX_NAME + 1];
-    if (na > BITNET_FAULT_MAX_NAME || nb > BITNET_FAULT_MAX_NAME)
-        return (size_t)-1;
-    for (size_t j = 0; j <= nb; j++)
-        row[j] = j;
-    for (size_t i = 1; i <= na; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= nb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best)
-                best = up + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[nb];
-}
-
-/* "'a', 'b', 'c'": up to three registered names closest to pattern. */
-static void closest(const char *pattern, char *out, size_t cap)
-{
-    size_t len = strlen(pattern);
-    int prefix = len > 0 && pattern[len - 1] == '*';
-    if (prefix)
-        len--;
-    int best[3] = {-1, -1, -1};
-    size_t bd[3] = {(size_t)-1, (size_t)-1, (size_t)-1};
-    for (int i = 0; i < BN_FP__N; i++) {
-        const char *n = registry[i].name;
-        size_t nl = strlen(n);
-        if (prefix && nl > len)
-            nl = len; /* compare against the name cut to the prefix */
-        size_t d = distance(pattern, len, n, nl);
-        for (int k = 0; k < 3; k++)
-            if (d < bd[k]) {
-                for (int m = 2; m > k; m--) {
-                    bd[m] = bd[m - 1];
-                    best[m] = best[m - 1];
-                }
-                bd[k] = d;
-                best[k] = i;
-                break;
-            }
-    }
-    out[0] = '\0';
-    for (int k = 0; k < 3 && best[k] >= 0; k++) {
-        size_t used = strlen(out);
-        snprintf(out + used, cap - used, "%s'%s'", k ? ", " : "",
-                 registry[best[k]].name);
-    }
-}
-
-
 /* ---- state --------------------------------------------------------------- */
 
 typedef struct {
@@ -341,8 +281,7 @@ static int fire(int point, const firing *f, bn_fault_special *special)
     case BITNET_FAULT_FAIL:
         return bn_error(f->code,
                         "%s: this failure was requested by a fault-injection "
-                        "spec; disarm the point (fault_inject.disarm_all(), "
-                        "or unset BITNET_INJECT) to stop it",
+                        "spec; disarm the point to stop it",
                         tl.note);
     case BITNET_FAULT_OOM:
         return bn_error(BITNET_E_OOM,
@@ -507,8 +446,8 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
         *out_armed = 0;
     if (!pattern || !*pattern)
         return done(bn_error(BITNET_E_INVALID_ARG,
-                             "fault point pattern is %s: name a point (see "
-                             "fault_inject.points())",
+                             "fault point pattern is %s: name a point "
+                             "(bitnet_fault_point_info lists every point)",
                              pattern ? "empty" : "NULL"),
                     err, err_len);
     size_t len = strlen(pattern);
@@ -588,12 +527,10 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
         n_made++;
     }
     if (n_made == 0) {
-        char near[3 * BITNET_FAULT_MAX_NAME];
-        closest(pattern, near, sizeof near);
         rc = bn_error(BITNET_E_INVALID_ARG,
                       "unknown fault point '%s': no registered point matches "
-                      "it; closest: %s (fault_inject.points() lists all)",
-                      pattern, near);
+                      "it (bitnet_fault_point_info lists every point)",
+                      pattern);
         goto fail;
     }
     for (int p = 0; p < BN_FP__N; p++) {
@@ -733,15 +670,14 @@ static int not_compiled(const char *pattern)
     return bn_error(BITNET_E_UNSUPPORTED,
                     "this library does not arm fault points itself: its "
                     "points forward to the bridge that loads it (dlopen "
-                    "mode), so '%s' must be armed there (fault_inject.arm, "
-                    "BITNET_INJECT)",
+                    "mode), so '%s' must be armed there",
                     pattern ? pattern : "(null)");
 #else
     return bn_error(BITNET_E_UNSUPPORTED,
                     "fault injection is not compiled in: this bridge was "
-                    "built with BITNET_FAULTS=0 (BN_NO_FAULTS), which removes "
-                    "every fault point, so '%s' cannot be armed; rebuild "
-                    "without it (pip install -e .)",
+                    "built with BN_NO_FAULTS, which removes every fault "
+                    "point, so '%s' cannot be armed; rebuild without "
+                    "BN_NO_FAULTS",
                     pattern ? pattern : "(null)");
 #endif
 }

@@ -662,7 +662,7 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
     return out(fail(BITNET_E_UNSUPPORTED,
                     "GPU evaluation is not available: the llama.cpp adapter "
                     "runs on the CPU (has_cuda=0, has_metal=0, has_hip=0); "
-                    "use evaluate() on the CPU"),
+                    "evaluate on the CPU (bitnet_cpp_eval_with_context)"),
                err, err_len);
 }
 
