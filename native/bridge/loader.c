@@ -17,8 +17,8 @@
 
 #include "bn_error.h"
 #include "bn_fault.h"
-#include "bn_host.h"
 #include "bn_log.h"
+#include "host.h"
 
 #define LIB_NAME "libbitnet.so"
 

@@ -2,7 +2,7 @@
  * bitnet_fault.h — the fault-injection control ABI: what tests (through
  * fault_inject) use to arm, observe and disarm the fault points compiled
  * into the bridge.  Code under test includes native/fault/bn_fault.h
- * instead; the points themselves are listed in native/fault/points.def.
+ * instead; the points themselves are listed in native/include/points.def.
  *
  * Model.  A point is a named place in the native code.  Arming a point
  * gives it a chain of terms (the compiled form of one `point=term->term`

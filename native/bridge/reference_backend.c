@@ -1,5 +1,6 @@
 /*
- * ref_backend.c — the reference engine behind the socket functions.
+ * reference_backend.c — the reference engine (native/reference) behind the
+ * socket functions: the bridge's "reference" backend.
  *
  * Everything here validates its arguments, records errors through
  * bn_error() and copies them into the caller's buffer on the way out, so the
