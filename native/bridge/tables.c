@@ -47,7 +47,8 @@ BITNET_API int32_t bitnet_bridge_error_count(void) { return COUNT(errors); }
 BITNET_API int bitnet_bridge_error_info(int32_t index, bitnet_error_info_t *out)
 {
     if (!out || index < 0 || index >= COUNT(errors))
-        return bad_index("bitnet_bridge_error_info", index, COUNT(errors), !out);
+        return bad_index("bitnet_bridge_error_info", index, COUNT(errors),
+                         !out);
     *out = errors[index];
     return BITNET_OK;
 }

@@ -46,6 +46,9 @@
 #endif
 
 
+/* points.def (registry.c): names, default codes, accepted actions */
+static const bitnet_fault_point_t *const registry = bn_fault_registry;
+
 static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
     "off", "fail", "oom", "delay", "hang", "missing", "nan", "grow", "crash"};
 
@@ -53,8 +56,8 @@ static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
 static int matches(const char *pattern, size_t len, int i)
 {
     if (len > 0 && pattern[len - 1] == '*')
-        return strncmp(bn_fault_registry[i].name, pattern, len - 1) == 0;
-    return strcmp(bn_fault_registry[i].name, pattern) == 0;
+        return strncmp(registry[i].name, pattern, len - 1) == 0;
+    return strcmp(registry[i].name, pattern) == 0;
 }
 
 /* ---- state --------------------------------------------------------------- */
@@ -202,7 +205,7 @@ typedef struct {
 /* Performs a firing; called outside the `inside` window, guard held. */
 static int fire(int point, const firing *f, bn_fault_special *special)
 {
-    const char *name = bn_fault_registry[point].name;
+    const char *name = registry[point].name;
     snprintf(tl.note, sizeof tl.note, "injected fault at '%s' (%s, hit %llu)",
              name, f->text, (unsigned long long)f->hit);
     if (f->first) {
@@ -362,7 +365,7 @@ static void term_text(const bitnet_fault_term_t *t, term *out, int point)
     out->arg = t->arg;
     out->code = 0;
     if (t->action == BITNET_FAULT_FAIL)
-        out->code = out->arg ? (int32_t)out->arg : bn_fault_registry[point].default_code;
+        out->code = out->arg ? (int32_t)out->arg : registry[point].default_code;
     if (t->action == BITNET_FAULT_OOM)
         out->code = BITNET_E_OOM;
     if (t->action == BITNET_FAULT_GROW && out->arg == 0)
@@ -425,14 +428,14 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                           "fault point '%s' is already armed: disarm it "
                           "first (one chain per point; chain terms with "
                           "'->' instead)",
-                          bn_fault_registry[p].name);
+                          registry[p].name);
             goto fail;
         }
         for (int i = 0; i < n_terms; i++)
-            if (!(bn_fault_registry[p].actions & (1u << terms[i].action))) {
+            if (!(registry[p].actions & (1u << terms[i].action))) {
                 char ok[128] = "";
                 for (int a = 0; a < BITNET_FAULT_N_ACTIONS; a++)
-                    if (bn_fault_registry[p].actions & (1u << a)) {
+                    if (registry[p].actions & (1u << a)) {
                         size_t u = strlen(ok);
                         snprintf(ok + u, sizeof ok - u, "%s%s", u ? ", " : "",
                                  action_names[a]);
@@ -440,7 +443,7 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                 rc = bn_error(BITNET_E_INVALID_ARG,
                               "fault point '%s' does not support '%s'; it "
                               "supports: %s",
-                              bn_fault_registry[p].name, action_names[terms[i].action],
+                              registry[p].name, action_names[terms[i].action],
                               ok);
                 goto fail;
             }
@@ -450,7 +453,7 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                           pattern);
             goto fail;
         }
-        c->mix = splitmix(seed) ^ name_hash(bn_fault_registry[p].name);
+        c->mix = splitmix(seed) ^ name_hash(registry[p].name);
         c->thread = (flags & BITNET_FAULT_THIS_THREAD) ? thread_id() : 0;
         c->n_terms = n_terms;
         for (int i = 0; i < n_terms; i++) {

@@ -8,11 +8,13 @@
 #include "bn_fault.h"
 #include "fault_internal.h"
 
-const bitnet_fault_point_t bn_fault_registry[BN_FP__N] = {
+const bitnet_fault_point_t bn_fault_registry[] = {
 #define BN_FAULT_POINT(id, name, code, actions, desc) {name, desc, code, actions},
 #include "points.def"
 #undef BN_FAULT_POINT
 };
+_Static_assert(sizeof bn_fault_registry / sizeof bn_fault_registry[0] == BN_FP__N,
+               "registry and point ids disagree");
 
 int32_t bitnet_fault_point_count(void) { return BN_FP__N; }
 
