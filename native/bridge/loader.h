@@ -62,9 +62,9 @@ void bn_libraries_add_counters(bitnet_counters_t *out);
 
 void bn_loader_set_bundled(const char *path);
 
-/* The llama.cpp adapter (native/llama/adapter.c, built by
- * pytest_bitnet/_llama.py) and the libllama it links, or NULL and why it
- * is unavailable (shown when the llama backend is asked for). */
+/* The llama.cpp adapter (native/llama/adapter.c, built by the binding)
+ * and the libllama it links, or NULL and why it is unavailable (shown when
+ * the llama backend is asked for). */
 void bn_loader_set_llama(const char *adapter, const char *libllama,
                          const char *unavailable);
 int bn_llama_configured(void);

@@ -1,9 +1,9 @@
 /*
  * bitnet.h — the socket ABI of a BitNet inference library.
  *
- * This is the C contract between the Python bridge (pytest_bitnet) and a
- * backend: the embedded reference engine, a library loaded with dlopen, or
- * llama.cpp behind an adapter.  The names and the two-pass semantics are
+ * This is the C contract between the bridge (and the bindings over it) and
+ * a backend: the embedded reference engine, a library loaded with dlopen,
+ * or llama.cpp behind an adapter.  The names and the two-pass semantics are
  * those of the FFI sockets specification (seed 003):
  *
  *   Socket 1  bitnet_cpp_init_context / bitnet_cpp_free_context

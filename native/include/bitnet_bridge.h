@@ -11,7 +11,7 @@
  *              BITNET_CPP_DIR/build/bin/libbitnet.so, then the system loader
  *              path ("libbitnet.so"), then -- only when neither variable is
  *              set -- the reference library bundled with the package
- *   llama      llama.cpp (libllama.so of llama-cpp-python) through the
+ *   llama      llama.cpp (a libllama.so, e.g. llama-cpp-python's) through the
  *              adapter set with bitnet_bridge_set_llama_library
  *   stub       no backend: every call fails with BITNET_E_NOT_AVAILABLE
  *
@@ -85,14 +85,14 @@ BITNET_API void bitnet_bridge_set_log_level(int level);
 BITNET_API int bitnet_bridge_get_log_level(void);
 
 /* Where the dlopen mode's last-resort bundled library lives (set by the
- * Python package at import). */
+ * binding at load time). */
 BITNET_API void bitnet_bridge_set_bundled_library(const char *path);
 
-/* The llama.cpp adapter (a library exporting bitnet.h over libllama, built
- * by pytest_bitnet/_llama.py) and the libllama.so it links; or
- * adapter_path NULL and `unavailable` saying why (the message of the
- * LibraryNotFound a llama backend request then raises).  Set by the
- * Python package at import. */
+/* The llama.cpp adapter (a library exporting bitnet.h over libllama,
+ * native/llama/adapter.c, built by the binding) and the libllama.so it
+ * links; or adapter_path NULL and `unavailable` saying why (the message of
+ * the BITNET_E_LIBRARY_NOT_FOUND a llama backend request then returns).
+ * Set by the binding at load time. */
 BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
                                                 const char *libllama_path,
                                                 const char *unavailable);

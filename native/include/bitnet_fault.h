@@ -1,12 +1,12 @@
 /*
- * bitnet_fault.h — the fault-injection control ABI: what tests (through
- * fault_inject) use to arm, observe and disarm the fault points compiled
+ * bitnet_fault.h — the fault-injection control ABI: what tests (through a
+ * harness over it) use to arm, observe and disarm the fault points compiled
  * into the bridge.  Code under test includes native/fault/bn_fault.h
  * instead; the points themselves are listed in native/include/points.def.
  *
  * Model.  A point is a named place in the native code.  Arming a point
  * gives it a chain of terms (the compiled form of one `point=term->term`
- * entry of the spec grammar, see fault_inject/spec.py).  Each time an
+ * entry of the spec grammar of the harness).  Each time an
  * in-scope thread reaches an armed point is a *hit*; the hit walks the
  * chain and takes the first term that applies:
  *

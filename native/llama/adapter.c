@@ -1,7 +1,7 @@
 /*
  * adapter.c — the socket ABI (bitnet.h) implemented over llama.cpp.
  *
- * Built as its own shared library by pytest_bitnet/_llama.py, against the
+ * Built as its own shared library by the binding (on demand), against the
  * llama.h that ships beside the libllama.so it links (llama.cpp's params
  * structs are passed by value and change between releases, so the adapter
  * must see exactly that release's header).  The bridge loads it like any
