@@ -29,9 +29,9 @@ def _build_module():  # type: ignore[no-untyped-def]
 
 # The socket symbols, from their one list (native/include/bitnet_symbols.def):
 # every symbol a library exports, and those the bridge's loader resolves (each
-# with a dlsym.<symbol> fault point; BITNET_SYMBOL_EXPORTED ones are not).
+# with a dlsym.<symbol> fault point; BITNET_SYMBOL_UNRESOLVED ones are not).
 _SYMBOL_TABLE = _build_module().read_def(
-    ROOT / "native" / "include" / "bitnet_symbols.def", "BITNET_SYMBOL", "BITNET_SYMBOL_EXPORTED"
+    ROOT / "native" / "include" / "bitnet_symbols.def", "BITNET_SYMBOL", "BITNET_SYMBOL_UNRESOLVED"
 )
 SOCKET_SYMBOLS = tuple(e.args[0] for e in _SYMBOL_TABLE)
 LOADER_SYMBOLS = tuple(e.args[0] for e in _SYMBOL_TABLE if e.macro == "BITNET_SYMBOL")

@@ -19,11 +19,11 @@ static const bitnet_symbol_info_t symbols[] = {
 #define BITNET_SYMBOL(NAME, SOCKET, NEED)                                     \
     {#NAME, SOCKET, BITNET_SYMBOL_##NEED,                                     \
      BITNET_SYMBOL_##NEED == BITNET_SYMBOL_REQUIRED, BN_FP_DLSYM_##NAME},
-#define BITNET_SYMBOL_EXPORTED(NAME, SOCKET)                                  \
+#define BITNET_SYMBOL_UNRESOLVED(NAME, SOCKET)                                \
     {#NAME, SOCKET, BITNET_SYMBOL_EXPORTED, 0, -1},
 #include "bitnet_symbols.def"
 #undef BITNET_SYMBOL
-#undef BITNET_SYMBOL_EXPORTED
+#undef BITNET_SYMBOL_UNRESOLVED
 };
 
 static const bitnet_backend_info_t backends[] = {

@@ -126,7 +126,8 @@ BITNET_API int bitnet_bridge_error_info(int32_t index,
                                         bitnet_error_info_t *out);
 
 /* What the bridge does with a library lacking a symbol (bitnet_symbols.def's
- * NEED), and the symbols it never resolves (BITNET_SYMBOL_EXPORTED). */
+ * NEED), and the symbols it never resolves (its BITNET_SYMBOL_UNRESOLVED
+ * entries). */
 enum {
     BITNET_SYMBOL_REQUIRED = 1, /* refuses the library                     */
     BITNET_SYMBOL_FALLBACK = 2, /* the fallback tier serves the call       */
@@ -140,8 +141,8 @@ typedef struct {
     int32_t socket;   /* seed 003's socket 1..6; 0: outside the six         */
     int32_t need;     /* BITNET_SYMBOL_*                                    */
     int32_t required; /* 1 when need is BITNET_SYMBOL_REQUIRED              */
-    int32_t point;    /* fault registry index of dlsym.<name>; -1 for an
-                         EXPORTED symbol (the loader never resolves it)     */
+    int32_t point;    /* fault registry index of dlsym.<name>; -1 when
+                         need is EXPORTED (the loader never resolves it)    */
 } bitnet_symbol_info_t;
 BITNET_API int32_t bitnet_bridge_symbol_count(void);
 BITNET_API int bitnet_bridge_symbol_info(int32_t index,
