@@ -22,7 +22,7 @@ mkdir -p "$build" "$corpus" fuzz/artifacts
 
 # The reader and everything a parsed file reaches, not the bridge: faults
 # compiled out (-DBN_NO_FAULTS) so every allocation is real.
-sources=(native/common/*.c native/reference/gguf.c native/reference/model.c
+sources=(native/common/*.c native/reference/gguf_*.c native/reference/model.c
          native/reference/tokenizer.c native/reference/kernels.c
          native/reference/pool.c)
 # Rebuild only when a source or header is newer than the binary (the
@@ -49,7 +49,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # -max_len: the largest seed (TQ2_0, F32 embeddings) is ~420 KiB; the
 # F32/F16 seeds are 20-35 KiB.
 # -rss_limit_mb / -malloc_limit_mb: a hostile header must not make the
-# reader allocate much (gguf.c bounds every count by the file size).
+# reader allocate much (gguf_reader.c bounds every count by the file size).
 set +e +o pipefail
 "$build/gguf_fuzzer" "$corpus" "$seeds" tests/fuzz_regressions \
     -max_total_time="$seconds" -max_len=524288 -timeout=10 \

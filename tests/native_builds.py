@@ -16,33 +16,6 @@ from typing import Iterable
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOCKET_SYMBOLS = (
-    "bitnet_cpp_init_context",
-    "bitnet_cpp_free_context",
-    "bitnet_cpp_tokenize_with_context",
-    "bitnet_cpp_eval_with_context",
-    "bitnet_cpp_session_create",
-    "bitnet_cpp_session_free",
-    "bitnet_cpp_session_tokenize",
-    "bitnet_cpp_session_eval",
-    "bitnet_cpp_eval_gpu",
-    "bitnet_cpp_get_capabilities",
-    "crossval_bitnet_tokenize",
-    "crossval_bitnet_eval_with_tokens",
-    "bitnet_cpp_get_n_past",
-    "bitnet_cpp_reset_context",
-    "bitnet_cpp_get_model_info",
-    "bitnet_cpp_abi_version",
-    "bitnet_cpp_version",
-    "bitnet_cpp_get_last_error",
-    "bitnet_cpp_get_last_error_code",
-    "bitnet_cpp_get_counters",
-)
-
-
-# What the bridge's loader resolves in a library, each with a dlsym.<symbol>
-# fault point (bitnet_cpp_get_last_error_code is exported but not needed).
-LOADER_SYMBOLS = tuple(s for s in SOCKET_SYMBOLS if s != "bitnet_cpp_get_last_error_code")
 
 
 def _build_module():  # type: ignore[no-untyped-def]
@@ -52,6 +25,16 @@ def _build_module():  # type: ignore[no-untyped-def]
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
+
+
+# The socket symbols, from their one list (native/include/bitnet_symbols.def):
+# every symbol a library exports, and those the bridge's loader resolves (each
+# with a dlsym.<symbol> fault point; BITNET_SYMBOL_UNRESOLVED ones are not).
+_SYMBOL_TABLE = _build_module().read_def(
+    ROOT / "native" / "include" / "bitnet_symbols.def", "BITNET_SYMBOL", "BITNET_SYMBOL_UNRESOLVED"
+)
+SOCKET_SYMBOLS = tuple(e.args[0] for e in _SYMBOL_TABLE)
+LOADER_SYMBOLS = tuple(e.args[0] for e in _SYMBOL_TABLE if e.macro == "BITNET_SYMBOL")
 
 
 def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str] = ()) -> Path:

@@ -17,39 +17,23 @@
 
 #include "bn_error.h"
 #include "bn_fault.h"
-#include "bn_host.h"
 #include "bn_log.h"
+#include "host.h"
 
 #define LIB_NAME "libbitnet.so"
 
-const bn_symbol_info bn_socket_symbols[] = {
-    {"bitnet_cpp_init_context", 1},
-    {"bitnet_cpp_free_context", 1},
-    {"bitnet_cpp_tokenize_with_context", 0},
-    {"bitnet_cpp_eval_with_context", 0},
-    {"bitnet_cpp_session_create", 0},
-    {"bitnet_cpp_session_free", 0},
-    {"bitnet_cpp_session_tokenize", 0},
-    {"bitnet_cpp_session_eval", 0},
-    {"bitnet_cpp_eval_gpu", 0},
-    {"bitnet_cpp_get_capabilities", 0},
-    {"crossval_bitnet_tokenize", 0},
-    {"crossval_bitnet_eval_with_tokens", 0},
-    {"bitnet_cpp_get_n_past", 0},
-    {"bitnet_cpp_reset_context", 0},
-    {"bitnet_cpp_get_model_info", 0},
-    {"bitnet_cpp_abi_version", 0},
-    {"bitnet_cpp_version", 0},
-    {"bitnet_cpp_get_last_error", 0},
-    {"bitnet_cpp_get_counters", 0},
+const bn_symbol_info bn_socket_symbols[BN_SYM__N] = {
+#define BITNET_SYMBOL(NAME, SOCKET, NEED)                                     \
+    [BN_SYM_##NAME] = {#NAME, BITNET_SYMBOL_##NEED, BN_FP_DLSYM_##NAME},
+#include "bitnet_symbols.def"
+#undef BITNET_SYMBOL
 };
-const int bn_n_socket_symbols = sizeof bn_socket_symbols / sizeof bn_socket_symbols[0];
 
 struct bn_library {
     char path[PATH_MAX];
     char name[PATH_MAX + 8]; /* "dlopen:<path>", the backend's name */
     void *handle;
-    void *syms[sizeof bn_socket_symbols / sizeof bn_socket_symbols[0]];
+    void *syms[BN_SYM__N]; /* indexed by bn_symbol; NULL: missing */
     int32_t abi;
     char version[128];
     bn_backend be;
@@ -109,18 +93,9 @@ static void note(bn_discovery *d, const char *path, const char *fmt, ...)
     va_end(ap);
 }
 
-static int sym_index(const char *name)
+void *bn_library_symbol(const bn_library *lib, bn_symbol sym)
 {
-    for (int i = 0; i < bn_n_socket_symbols; i++)
-        if (strcmp(bn_socket_symbols[i].name, name) == 0)
-            return i;
-    return -1;
-}
-
-void *bn_library_symbol(const bn_library *lib, const char *name)
-{
-    int i = sym_index(name);
-    return i < 0 ? NULL : lib->syms[i];
+    return (unsigned)sym < BN_SYM__N ? lib->syms[sym] : NULL;
 }
 
 /* The backend table of a library.  The library's functions take
@@ -131,19 +106,19 @@ static void fill_backend(bn_library *lib)
     bn_backend *be = &lib->be;
     snprintf(lib->name, sizeof lib->name, "dlopen:%s", lib->path);
     be->name = lib->name;
-#define SYM(field, sym) be->field = (__typeof__(be->field))bn_library_symbol(lib, sym)
-    SYM(init_context, "bitnet_cpp_init_context");
-    SYM(free_context, "bitnet_cpp_free_context");
-    SYM(tokenize_with_context, "bitnet_cpp_tokenize_with_context");
-    SYM(eval_with_context, "bitnet_cpp_eval_with_context");
-    SYM(eval_gpu, "bitnet_cpp_eval_gpu");
-    SYM(get_n_past, "bitnet_cpp_get_n_past");
-    SYM(reset_context, "bitnet_cpp_reset_context");
-    SYM(get_model_info, "bitnet_cpp_get_model_info");
-    SYM(get_capabilities, "bitnet_cpp_get_capabilities");
-    SYM(percall_tokenize, "crossval_bitnet_tokenize");
-    SYM(percall_eval, "crossval_bitnet_eval_with_tokens");
-    SYM(get_last_error, "bitnet_cpp_get_last_error");
+#define SYM(field, sym) be->field = (__typeof__(be->field))lib->syms[BN_SYM_##sym]
+    SYM(init_context, bitnet_cpp_init_context);
+    SYM(free_context, bitnet_cpp_free_context);
+    SYM(tokenize_with_context, bitnet_cpp_tokenize_with_context);
+    SYM(eval_with_context, bitnet_cpp_eval_with_context);
+    SYM(eval_gpu, bitnet_cpp_eval_gpu);
+    SYM(get_n_past, bitnet_cpp_get_n_past);
+    SYM(reset_context, bitnet_cpp_reset_context);
+    SYM(get_model_info, bitnet_cpp_get_model_info);
+    SYM(get_capabilities, bitnet_cpp_get_capabilities);
+    SYM(percall_tokenize, crossval_bitnet_tokenize);
+    SYM(percall_eval, crossval_bitnet_eval_with_tokens);
+    SYM(get_last_error, bitnet_cpp_get_last_error);
 #undef SYM
 }
 
@@ -162,7 +137,7 @@ static const bn_library *same_handle(const void *h, const bn_library *until)
 static const char *library_error(const bn_library *lib, char *buf, size_t cap)
 {
     int32_t (*fn)(char *, int32_t) =
-        (int32_t (*)(char *, int32_t))bn_library_symbol(lib, "bitnet_cpp_get_last_error");
+        (int32_t (*)(char *, int32_t))lib->syms[BN_SYM_bitnet_cpp_get_last_error];
     buf[0] = '\0';
     if (fn)
         fn(buf, (int32_t)cap);
@@ -249,11 +224,11 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
     else
         snprintf(lib->path, sizeof lib->path, "%s", real);
     lib->handle = h;
-    for (int i = 0; i < bn_n_socket_symbols; i++) {
+    for (int i = 0; i < BN_SYM__N; i++) {
         lib->syms[i] = dlsym(h, bn_socket_symbols[i].name);
         /* dlsym.<symbol>=missing: the library lacks it, for this load */
         bn_fault_special sfs;
-        int src = BN_FAULT_AT(bn_fault_id("dlsym.", bn_socket_symbols[i].name), &sfs);
+        int src = BN_FAULT_AT(bn_socket_symbols[i].point, &sfs);
         if (src > 0) {
             lib->syms[i] = NULL;
             lib->faulted = 1;
@@ -266,8 +241,9 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
             return src;
         }
     }
-    for (int i = 0; i < bn_n_socket_symbols; i++)
-        if (bn_socket_symbols[i].required && !lib->syms[i]) {
+    for (int i = 0; i < BN_SYM__N; i++)
+        if (bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED &&
+            !lib->syms[i]) {
             note(d, path, "loaded, but required symbol %s is missing",
                  bn_socket_symbols[i].name);
             int rc = bn_error(BITNET_E_SYMBOL_MISSING,
@@ -284,10 +260,10 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
             return rc;
         }
     lib->abi = -1;
-    int32_t (*abi_fn)(void) = (int32_t (*)(void))bn_library_symbol(lib, "bitnet_cpp_abi_version");
+    int32_t (*abi_fn)(void) = (int32_t (*)(void))lib->syms[BN_SYM_bitnet_cpp_abi_version];
     if (abi_fn)
         lib->abi = abi_fn();
-    const char *(*ver_fn)(void) = (const char *(*)(void))bn_library_symbol(lib, "bitnet_cpp_version");
+    const char *(*ver_fn)(void) = (const char *(*)(void))lib->syms[BN_SYM_bitnet_cpp_version];
     if (ver_fn) {
         const char *v = ver_fn();
         snprintf(lib->version, sizeof lib->version, "%s", v ? v : "");
@@ -298,8 +274,8 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
         int rc = bn_error(BITNET_E_ABI_MISMATCH,
                           "incompatible library '%s': it reports ABI version "
                           "%d, this bridge expects %d; rebuild the library "
-                          "against this project's bitnet.h, or install the "
-                          "pytest-bitnet release that matches it",
+                          "against this bridge's bitnet.h, or load it with a "
+                          "bridge of its ABI version",
                           lib->path, (int)lib->abi, BITNET_ABI_VERSION);
         dlclose(h);
         free(lib);
@@ -405,17 +381,14 @@ int bn_llama_open(bn_discovery *d, bn_library **out)
                       "the llama.cpp backend is not available: %s",
                       libs.llama_unavailable[0]
                           ? libs.llama_unavailable
-                          : "no adapter was configured (import pytest_bitnet "
-                            "with llama-cpp-python installed: pip install "
-                            "'pytest-bitnet[llama]'; its first build takes "
-                            "~8 min)");
+                          : "no llama.cpp adapter was configured "
+                            "(bitnet_bridge_set_llama_library)");
     } else {
         rc = load_file(libs.llama_adapter, d, out);
         if (rc == BITNET_E_LIBRARY_NOT_FOUND)
             rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
                           "the llama.cpp adapter '%s' (for %s) could not be "
-                          "loaded: %s; remove it to have it rebuilt, or "
-                          "reinstall llama-cpp-python",
+                          "loaded: %s",
                           libs.llama_adapter, libs.llama_lib,
                           d->n_tried ? d->tried[d->n_tried - 1].result : "?");
         else if (!rc)
@@ -439,7 +412,7 @@ void bn_libraries_add_counters(bitnet_counters_t *out)
         if (same_handle(l->handle, l))
             continue; /* one library reloaded: its objects count once */
         int (*fn)(bitnet_counters_t *) =
-            (int (*)(bitnet_counters_t *))bn_library_symbol(l, "bitnet_cpp_get_counters");
+            (int (*)(bitnet_counters_t *))l->syms[BN_SYM_bitnet_cpp_get_counters];
         bitnet_counters_t c;
         if (fn && fn(&c) == BITNET_OK) {
             out->contexts += c.contexts;

@@ -9,6 +9,7 @@
 #define BN_LOADER_H
 
 #include "backend.h"
+#include "bitnet_bridge.h"
 
 /* One attempt of the discovery, kept for error messages and diagnostics. */
 typedef struct {
@@ -23,14 +24,22 @@ typedef struct {
     int n_tried;
 } bn_discovery;
 
-/* A socket symbol: required ones must resolve for the library to load. */
+/* The symbols the loader resolves in a library (BITNET_SYMBOL entries of
+ * bitnet_symbols.def), by index. */
+typedef enum {
+#define BITNET_SYMBOL(NAME, SOCKET, NEED) BN_SYM_##NAME,
+#include "bitnet_symbols.def"
+#undef BITNET_SYMBOL
+    BN_SYM__N
+} bn_symbol;
+
 typedef struct {
-    const char *name;
-    int required;
+    const char *name; /* "bitnet_cpp_init_context" */
+    int need;         /* BITNET_SYMBOL_REQUIRED, _FALLBACK or _OPTIONAL */
+    int point;        /* its fault point, dlsym.<name> */
 } bn_symbol_info;
 
-extern const bn_symbol_info bn_socket_symbols[];
-extern const int bn_n_socket_symbols;
+extern const bn_symbol_info bn_socket_symbols[BN_SYM__N];
 
 typedef struct bn_library bn_library;
 
@@ -43,7 +52,7 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
 const bn_backend *bn_library_backend(const bn_library *lib);
 const char *bn_library_path(const bn_library *lib);
 /* Address of a socket symbol in the library, NULL when missing. */
-void *bn_library_symbol(const bn_library *lib, const char *name);
+void *bn_library_symbol(const bn_library *lib, bn_symbol sym);
 int32_t bn_library_abi(const bn_library *lib);     /* -1: not exported */
 const char *bn_library_version(const bn_library *lib); /* "" if unknown */
 
@@ -53,9 +62,9 @@ void bn_libraries_add_counters(bitnet_counters_t *out);
 
 void bn_loader_set_bundled(const char *path);
 
-/* The llama.cpp adapter (native/llama/adapter.c, built by
- * pytest_bitnet/_llama.py) and the libllama it links, or NULL and why it
- * is unavailable (shown when the llama backend is asked for). */
+/* The llama.cpp adapter (native/llama/adapter.c, built by the binding)
+ * and the libllama it links, or NULL and why it is unavailable (shown when
+ * the llama backend is asked for). */
 void bn_loader_set_llama(const char *adapter, const char *libllama,
                          const char *unavailable);
 int bn_llama_configured(void);

@@ -41,7 +41,7 @@ static int expired(const bn_deadline *d, int64_t now)
     if (d->at_ns && now >= d->at_ns)
         return bn_error(BITNET_E_TIMEOUT,
                         "%s timed out: the deadline passed %.1f ms ago; "
-                        "raise the timeout (timeout=..., BITNET_CPP_TIMEOUT) "
+                        "raise the timeout (bitnet_bridge_set_call_timeout) "
                         "or give the call less work",
                         d->operation ? d->operation : "operation",
                         (double)(now - d->at_ns) / 1e6);

@@ -81,26 +81,27 @@ void bn_error_copy(char *err, int32_t err_len)
     err[n] = '\0';
 }
 
+/* Codes run -1, -2, ... in table order without a gap: BITNET_E_MIN (bitnet.h)
+ * and every range check "BITNET_E_MIN..-1" rely on it. */
+enum {
+#define BITNET_ERROR(ID, CODE, CLASS_NAME, MESSAGE) SLOT_##ID,
+#include "bitnet_errors.def"
+#undef BITNET_ERROR
+};
+#define BITNET_ERROR(ID, CODE, CLASS_NAME, MESSAGE)                          \
+    _Static_assert(CODE == -1 - SLOT_##ID,                                   \
+                   #ID " breaks bitnet_errors.def's order: codes run -1, "    \
+                   "-2, ... in table order");
+#include "bitnet_errors.def"
+#undef BITNET_ERROR
+
 const char *bn_error_name(int code)
 {
     switch (code) {
     case BITNET_OK: return "BITNET_OK";
-    case BITNET_E_INVALID_ARG: return "BITNET_E_INVALID_ARG";
-    case BITNET_E_MODEL_NOT_FOUND: return "BITNET_E_MODEL_NOT_FOUND";
-    case BITNET_E_MODEL_LOAD: return "BITNET_E_MODEL_LOAD";
-    case BITNET_E_INFERENCE: return "BITNET_E_INFERENCE";
-    case BITNET_E_OOM: return "BITNET_E_OOM";
-    case BITNET_E_THREAD_SAFETY: return "BITNET_E_THREAD_SAFETY";
-    case BITNET_E_INVALID_HANDLE: return "BITNET_E_INVALID_HANDLE";
-    case BITNET_E_CONTEXT_OVERFLOW: return "BITNET_E_CONTEXT_OVERFLOW";
-    case BITNET_E_UNSUPPORTED: return "BITNET_E_UNSUPPORTED";
-    case BITNET_E_INTERNAL: return "BITNET_E_INTERNAL";
-    case BITNET_E_TIMEOUT: return "BITNET_E_TIMEOUT";
-    case BITNET_E_SYMBOL_MISSING: return "BITNET_E_SYMBOL_MISSING";
-    case BITNET_E_CLEANUP: return "BITNET_E_CLEANUP";
-    case BITNET_E_NOT_AVAILABLE: return "BITNET_E_NOT_AVAILABLE";
-    case BITNET_E_LIBRARY_NOT_FOUND: return "BITNET_E_LIBRARY_NOT_FOUND";
-    case BITNET_E_ABI_MISMATCH: return "BITNET_E_ABI_MISMATCH";
+#define BITNET_ERROR(ID, CODE, CLASS_NAME, MESSAGE) case ID: return #ID;
+#include "bitnet_errors.def"
+#undef BITNET_ERROR
     default: return "BITNET_E_UNKNOWN";
     }
 }

@@ -42,7 +42,7 @@ int bn_error_code(void);
  * NULL or non-positive len: does nothing. */
 void bn_error_copy(char *err, int32_t err_len);
 
-/* A short name for a code: "BITNET_E_INVALID_ARG" etc. */
+/* A short name for a code: "BITNET_E_INVALID_ARG" etc. (bitnet_errors.def). */
 const char *bn_error_name(int code);
 
 #endif

@@ -1,14 +1,14 @@
 /*
- * bn_host.h — both ends of bitnet_host.h inside this code base.
+ * bn_host.h — the guest end's view of bitnet_host.h: the table of the
+ * bridge that loaded this library, which native/common's deadlines and
+ * logging use instead of the library's own copies.
  *
- * Host end (the bridge): bn_host_table() is the table the loader hands to
- * every library it loads, filled from this module's own deadlines, log
- * sink, last error and fault engine.
- *
- * Guest end (a library built with BN_GUEST, the standalone libbitnet):
- * bitnet_host_attach stores the table; bn_deadline, bn_log and the fault
- * points then consult bn_host() and use the bridge's services instead of
- * the library's own copies of them.  In other builds bn_host() is NULL.
+ * In a library built with BN_GUEST (the standalone libbitnet), the bridge
+ * layer's bitnet_host_attach (native/bridge/host.c) stores the table in
+ * bn_host_attached; bn_deadline and bn_log then consult bn_host().  In
+ * other builds bn_host() is NULL.  The host end (the table a bridge lends)
+ * is native/bridge/host.c too, and the fault part of both ends
+ * native/fault/lend.c: this layer reads the table, it wires nothing.
  */
 #ifndef BN_HOST_H
 #define BN_HOST_H
@@ -24,18 +24,12 @@
 #define BN_HOST_HIDDEN
 #endif
 
-/* Host end: the table, built on first use; lives as long as the process. */
-const bitnet_host_t *bn_host_table(void) BN_HOST_HIDDEN;
-
 #ifdef BN_GUEST
+/* The attached host: NULL until bitnet_host_attach took one. */
 extern _Atomic(const bitnet_host_t *) bn_host_attached BN_HOST_HIDDEN;
-
-/* Offers the fault part of the table to the guest's points: 0, or
- * BITNET_HOST_DECLINED_FAULTS with the reason recorded (fault.c). */
-int bn_fault_guest_attach(const bitnet_host_t *host) BN_HOST_HIDDEN;
 #endif
 
-/* Guest end: the attached host, or NULL (always NULL outside BN_GUEST). */
+/* The attached host, or NULL (always NULL outside BN_GUEST). */
 static inline const bitnet_host_t *bn_host(void)
 {
 #ifdef BN_GUEST

@@ -5,8 +5,8 @@
  * threshold comes from BITNET_CPP_LOG_LEVEL (error, warn, info, debug,
  * trace; default warn) and can be changed at run time; a disabled level
  * costs one comparison, its arguments are not evaluated.  Lines go to the
- * sink set with bn_log_set_sink (the Python bridge routes them into the
- * `logging` module), else to stderr.
+ * sink set with bn_log_set_sink (a binding routes them into its own
+ * logging), else to stderr.
  */
 #ifndef BN_LOG_H
 #define BN_LOG_H

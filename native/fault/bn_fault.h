@@ -22,11 +22,14 @@
  *     if (rc < 0) return rc;                  // a generic action fired
  *     if (rc > 0) { ... fs.action == BITNET_FAULT_NAN: poison ...; }
  *
- * and points chosen at run time (dlsym.<symbol>) with
+ * and points chosen at run time with
  *
- *     BN_FAULT_AT(bn_fault_id("dlsym.", name), &fs)
+ *     BN_FAULT_AT(point_id, &fs)
  *
- * (the id expression is evaluated only while something is armed).
+ * where point_id is a BN_FP_<ID> taken from a table (the loader's symbol
+ * table holds each symbol's BN_FP_DLSYM_<symbol>, so every symbol has its
+ * point by construction); the id expression is evaluated only while
+ * something is armed.
  *
  * Cost.  Disarmed, a point is one relaxed load of a global and a
  * predictable branch.  While some other point is armed, it adds a call and
@@ -89,9 +92,13 @@ typedef struct {
 #define BN_FAULT_HIDDEN
 #endif
 
-/* Which build this is (see the top of this file). */
+/* Which build this is (see the top of this file).  Each file of
+ * native/fault that belongs to one build says so with these. */
 #if !defined(BN_NO_FAULTS) && !defined(BN_GUEST)
 #define BN_FAULT_ENGINE 1 /* the registry's engine is compiled here */
+#endif
+#if defined(BN_GUEST) && !defined(BN_NO_FAULTS)
+#define BN_FAULT_FORWARD 1 /* points forward to the loading bridge's engine */
 #endif
 #if defined(BN_NO_FAULTS) || (defined(BN_GUEST) && defined(BN_FAULT_BOUNDARY))
 #define BN_FAULT_INERT 1 /* the points of this file are the constant 0 */
@@ -134,18 +141,9 @@ int bn_fault_eval(int point, bn_fault_special *special) BN_FAULT_HIDDEN;
 
 #endif
 
-/* Id of the point named prefix + name (prefix may be NULL), or -1.  A
- * linear scan: for run-time names like "dlsym.<symbol>", not hot paths. */
-int bn_fault_id(const char *prefix, const char *name) BN_FAULT_HIDDEN;
-
 /* "injected fault at 'eval.logits' (nan, hit 1)": the calling thread's
  * last firing, for sites that write their own message around a
  * point-specific action.  "" when nothing fired on this thread. */
 const char *bn_fault_note(void) BN_FAULT_HIDDEN;
-
-/* FNV-1a over the point names in points.def order, joined by '\n': equal
- * hashes mean the same index names the same point, which is what lets a
- * guest hand its point indexes to a host's engine (bitnet_host.h). */
-uint64_t bn_fault_registry_hash(void) BN_FAULT_HIDDEN;
 
 #endif /* BN_FAULT_H */

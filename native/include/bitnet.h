@@ -1,9 +1,9 @@
 /*
  * bitnet.h — the socket ABI of a BitNet inference library.
  *
- * This is the C contract between the Python bridge (pytest_bitnet) and a
- * backend: the embedded reference engine, a library loaded with dlopen, or
- * llama.cpp behind an adapter.  The names and the two-pass semantics are
+ * This is the C contract between the bridge (and the bindings over it) and
+ * a backend: the embedded reference engine, a library loaded with dlopen,
+ * or llama.cpp behind an adapter.  The names and the two-pass semantics are
  * those of the FFI sockets specification (seed 003):
  *
  *   Socket 1  bitnet_cpp_init_context / bitnet_cpp_free_context
@@ -52,28 +52,25 @@ extern "C" {
 #define BITNET_ABI_VERSION 1
 #endif
 
-/* Error codes.  One Python exception class per code (pytest_bitnet.errors). */
+/* Error codes: BITNET_OK, and one enumerator per line of bitnet_errors.def
+ * (BITNET_E_INVALID_ARG = -1 ... BITNET_E_ABI_MISMATCH = -16), where each
+ * code's meaning and the error class a caller raises for it are listed. */
 enum {
     BITNET_OK = 0,
-    BITNET_E_INVALID_ARG = -1,      /* bad argument, buffer too small       */
-    BITNET_E_MODEL_NOT_FOUND = -2,  /* model path missing / not a file      */
-    BITNET_E_MODEL_LOAD = -3,       /* malformed or unsupported model       */
-    BITNET_E_INFERENCE = -4,        /* tokenize / eval failed               */
-    BITNET_E_OOM = -5,              /* allocation failed or refused         */
-    BITNET_E_THREAD_SAFETY = -6,    /* handle used by two threads at once   */
-    BITNET_E_INVALID_HANDLE = -7,   /* NULL, freed or foreign handle        */
-    BITNET_E_CONTEXT_OVERFLOW = -8, /* more tokens than n_ctx               */
-    BITNET_E_UNSUPPORTED = -9,      /* capability not built in / absent     */
-    BITNET_E_INTERNAL = -10,        /* a bug: an invariant did not hold     */
-    BITNET_E_TIMEOUT = -11,         /* deadline passed or cancelled         */
-    BITNET_E_SYMBOL_MISSING = -12,  /* a required symbol is not exported    */
-    BITNET_E_CLEANUP = -13,         /* freeing a handle failed              */
-    /* bridge-level codes: raised by the loader and router, not backends */
-    BITNET_E_NOT_AVAILABLE = -14,   /* no backend tier can serve the call   */
-    BITNET_E_LIBRARY_NOT_FOUND = -15, /* no loadable library was found      */
-    BITNET_E_ABI_MISMATCH = -16     /* library built for another ABI        */
+#define BITNET_ERROR(ID, CODE, CLASS_NAME, MESSAGE) ID = CODE,
+#include "bitnet_errors.def"
+#undef BITNET_ERROR
 };
-#define BITNET_E_MIN BITNET_E_ABI_MISMATCH
+
+/* The lowest code.  The table's codes run -1, -2, ... without a gap
+ * (native/common/bn_error.c asserts it), so the lowest is minus the number
+ * of entries: one "- 1" per entry. */
+enum {
+    BITNET_E_MIN = 0
+#define BITNET_ERROR(ID, CODE, CLASS_NAME, MESSAGE) - 1
+#include "bitnet_errors.def"
+#undef BITNET_ERROR
+};
 
 typedef struct bitnet_context_t bitnet_context_t;
 typedef struct bitnet_session_t bitnet_session_t;

@@ -4,14 +4,14 @@
  * and discovery reports.  Only the bridge implements these; a backend
  * library does not export them.
  *
- * Backends ("modes"):
+ * Backends ("modes", listed in bitnet_backends.def):
  *   reference  the embedded engine, linked in (default)
  *   dlopen     a library exporting bitnet.h, found by discovery:
  *              BITNET_CPP_LIBDIR/libbitnet.so, then
  *              BITNET_CPP_DIR/build/bin/libbitnet.so, then the system loader
  *              path ("libbitnet.so"), then -- only when neither variable is
  *              set -- the reference library bundled with the package
- *   llama      llama.cpp (libllama.so of llama-cpp-python) through the
+ *   llama      llama.cpp (a libllama.so, e.g. llama-cpp-python's) through the
  *              adapter set with bitnet_bridge_set_llama_library
  *   stub       no backend: every call fails with BITNET_E_NOT_AVAILABLE
  *
@@ -85,14 +85,14 @@ BITNET_API void bitnet_bridge_set_log_level(int level);
 BITNET_API int bitnet_bridge_get_log_level(void);
 
 /* Where the dlopen mode's last-resort bundled library lives (set by the
- * Python package at import). */
+ * binding at load time). */
 BITNET_API void bitnet_bridge_set_bundled_library(const char *path);
 
-/* The llama.cpp adapter (a library exporting bitnet.h over libllama, built
- * by pytest_bitnet/_llama.py) and the libllama.so it links; or
- * adapter_path NULL and `unavailable` saying why (the message of the
- * LibraryNotFound a llama backend request then raises).  Set by the
- * Python package at import. */
+/* The llama.cpp adapter (a library exporting bitnet.h over libllama,
+ * native/llama/adapter.c, built by the binding) and the libllama.so it
+ * links; or adapter_path NULL and `unavailable` saying why (the message of
+ * the BITNET_E_LIBRARY_NOT_FOUND a llama backend request then returns).
+ * Set by the binding at load time. */
 BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
                                                 const char *libllama_path,
                                                 const char *unavailable);
@@ -109,6 +109,53 @@ BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
  * Returns the length written (without NUL), or a negative code. */
 BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                                           char *buf, int32_t buf_len);
+
+/* ---- the tables of native/include, for callers to enumerate ------------
+ * Each returns BITNET_OK and fills *out with static strings, or
+ * BITNET_E_INVALID_ARG for an index outside 0..count-1 or out NULL. */
+
+/* bitnet_errors.def: one entry per error code (BITNET_OK is not one). */
+typedef struct {
+    int32_t code;           /* -5                                          */
+    const char *name;       /* "BITNET_E_OOM"                              */
+    const char *class_name; /* "OutOfMemory": the class of the taxonomy    */
+    const char *message;    /* "allocation failed or refused"              */
+} bitnet_error_info_t;
+BITNET_API int32_t bitnet_bridge_error_count(void);
+BITNET_API int bitnet_bridge_error_info(int32_t index,
+                                        bitnet_error_info_t *out);
+
+/* What the bridge does with a library lacking a symbol (bitnet_symbols.def's
+ * NEED), and the symbols it never resolves (its BITNET_SYMBOL_UNRESOLVED
+ * entries). */
+enum {
+    BITNET_SYMBOL_REQUIRED = 1, /* refuses the library                     */
+    BITNET_SYMBOL_FALLBACK = 2, /* the fallback tier serves the call       */
+    BITNET_SYMBOL_OPTIONAL = 3, /* does without it                         */
+    BITNET_SYMBOL_EXPORTED = 4  /* never resolved: exported for callers    */
+};
+
+/* bitnet_symbols.def: every symbol of the socket ABI, in loader order. */
+typedef struct {
+    const char *name; /* "bitnet_cpp_init_context"                         */
+    int32_t socket;   /* seed 003's socket 1..6; 0: outside the six         */
+    int32_t need;     /* BITNET_SYMBOL_*                                    */
+    int32_t required; /* 1 when need is BITNET_SYMBOL_REQUIRED              */
+    int32_t point;    /* fault registry index of dlsym.<name>; -1 when
+                         need is EXPORTED (the loader never resolves it)    */
+} bitnet_symbol_info_t;
+BITNET_API int32_t bitnet_bridge_symbol_count(void);
+BITNET_API int bitnet_bridge_symbol_info(int32_t index,
+                                         bitnet_symbol_info_t *out);
+
+/* bitnet_backends.def: the backends, in the order every listing uses. */
+typedef struct {
+    const char *name;        /* "reference"                                */
+    const char *description; /* one line: what serves the calls            */
+} bitnet_backend_info_t;
+BITNET_API int32_t bitnet_bridge_backend_count(void);
+BITNET_API int bitnet_bridge_backend_info(int32_t index,
+                                          bitnet_backend_info_t *out);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,12 @@
 /*
- * bitnet_fault.h — the fault-injection control ABI: what tests (through
- * fault_inject) use to arm, observe and disarm the fault points compiled
+ * bitnet_fault.h — the fault-injection control ABI: what tests (through a
+ * harness over it) use to arm, observe and disarm the fault points compiled
  * into the bridge.  Code under test includes native/fault/bn_fault.h
- * instead; the points themselves are listed in native/fault/points.def.
+ * instead; the points themselves are listed in native/include/points.def.
  *
  * Model.  A point is a named place in the native code.  Arming a point
  * gives it a chain of terms (the compiled form of one `point=term->term`
- * entry of the spec grammar, see fault_inject/spec.py).  Each time an
+ * entry of the spec grammar of the harness).  Each time an
  * in-scope thread reaches an armed point is a *hit*; the hit walks the
  * chain and takes the first term that applies:
  *
@@ -21,8 +21,9 @@
  * are counted per point from the moment it is armed; they stay readable
  * after disarming, until the point is armed again.
  *
- * Limits: BITNET_FAULT_MAX_TERMS terms per entry, patterns shorter than
- * BITNET_FAULT_MAX_NAME bytes; counts below 2^32; delays up to one hour.
+ * Limits (BITNET_FAULT_MAX_* below): BITNET_FAULT_MAX_TERMS terms per
+ * entry, patterns shorter than BITNET_FAULT_MAX_NAME bytes, counts up to
+ * 2^32 - 1, delays up to one hour, grow up to 2^20.
  *
  * Threads.  Arming and disarming may run while other threads hit points:
  * a point's chain is published with one atomic store and freed only after
@@ -46,13 +47,15 @@
 extern "C" {
 #endif
 
-#define BITNET_FAULT_MAX_TERMS 16
-#define BITNET_FAULT_MAX_NAME 128
-/* the largest N of 'N*' (UINT32_MAX); the longest delay(ms), an hour
- * (hang waits for the deadline); the largest grow(n) */
-#define BITNET_FAULT_MAX_COUNT 4294967295
-#define BITNET_FAULT_MAX_DELAY_MS 3600000
-#define BITNET_FAULT_MAX_GROW 1048576
+/* Limits of arming, checked by bitnet_fault_arm (and by anything that
+ * validates a spec before it gets here: read them, do not copy them). */
+#define BITNET_FAULT_MAX_TERMS 16          /* terms in one chain            */
+#define BITNET_FAULT_MAX_NAME 128          /* pattern bytes, with the NUL   */
+#define BITNET_FAULT_MAX_COUNT 4294967295u /* a term's count: 2^32 - 1      */
+#define BITNET_FAULT_MAX_DELAY_MS 3600000  /* delay(ms): an hour; longer is
+                                              a mistake, hang waits for the
+                                              deadline                      */
+#define BITNET_FAULT_MAX_GROW (1 << 20)    /* grow(n)                       */
 /* bitnet_fault_arm flags */
 #define BITNET_FAULT_THIS_THREAD 1
 

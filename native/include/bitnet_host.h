@@ -14,7 +14,7 @@
  *
  *   - honour the caller's deadline and cancellation (deadline_check /
  *     deadline_sleep read the calling thread's state in the bridge);
- *   - log into the bridge's sink, so its lines reach Python logging with
+ *   - log into the bridge's sink, so its lines reach the caller's logging with
  *     the same format and threshold as the bridge's own;
  *   - place fault points that the bridge's fault registry arms, counts and
  *     reports (when both were built from the same points.def: the registry

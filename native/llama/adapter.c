@@ -1,7 +1,7 @@
 /*
  * adapter.c — the socket ABI (bitnet.h) implemented over llama.cpp.
  *
- * Built as its own shared library by pytest_bitnet/_llama.py, against the
+ * Built as its own shared library by the binding (on demand), against the
  * llama.h that ships beside the libllama.so it links (llama.cpp's params
  * structs are passed by value and change between releases, so the adapter
  * must see exactly that release's header).  The bridge loads it like any
@@ -662,7 +662,7 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
     return out(fail(BITNET_E_UNSUPPORTED,
                     "GPU evaluation is not available: the llama.cpp adapter "
                     "runs on the CPU (has_cuda=0, has_metal=0, has_hip=0); "
-                    "use evaluate() on the CPU"),
+                    "evaluate on the CPU (bitnet_cpp_eval_with_context)"),
                err, err_len);
 }
 

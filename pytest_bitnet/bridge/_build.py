@@ -2,7 +2,9 @@
 
 ``pip install`` runs this through ``cffi_modules`` in setup.py and compiles
 every C file under ``native/`` into ``pytest_bitnet.bridge._bridge``.  The cdef is
-read from the headers themselves, so a declaration lives in one place.
+read from the headers themselves, so a declaration lives in one place, and
+the facts of the X-macro tables in ``native/include/*.def`` (error codes,
+socket symbols, fault points, backends) are read with :func:`read_def`.
 
 Build options (environment):
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from cffi import FFI
 
@@ -52,23 +55,125 @@ extern "Python" void _bitnet_fault_fired(void *user, const bitnet_fault_event_t 
 """
 
 
+class DefEntry(NamedTuple):
+    """One ``MACRO(arg, ...)`` line of an X-macro table (``native/include/*.def``)."""
+
+    macro: str
+    args: tuple[Any, ...]  # str for string literals, int for integer literals, else the C text
+    raw: tuple[str, ...]  # each argument's C source text
+
+
+_DEF_TOKEN = re.compile(
+    r'(?P<comment>/\*.*?\*/|//[^\n]*)|(?P<pp>^[ \t]*#(?:[^\n]*\\\n)*[^\n]*)|(?P<string>"(?:[^"\\\n]|\\.)*")'
+    r"|(?P<name>[A-Za-z_]\w*)|(?P<open>\()|(?P<close>\))|(?P<comma>,)|(?P<other>[^\s])",
+    re.S | re.M,
+)
+
+
+def _def_value(raw: str) -> Any:
+    strings = re.fullmatch(r'\s*(?:"(?:[^"\\]|\\.)*"\s*)+', raw)
+    if strings:
+        return "".join(
+            bytes(m, "ascii").decode("unicode_escape") for m in re.findall(r'"((?:[^"\\]|\\.)*)"', raw)
+        )
+    if re.fullmatch(r"\s*-?\s*\d+\s*", raw):
+        return int(raw.replace(" ", ""))
+    return raw.strip()
+
+
+def read_def(path: Path, *macros: str) -> list[DefEntry]:
+    """The entries of an X-macro table, in file order: every ``MACRO(...)`` of one of ``macros``.
+
+    Comments and preprocessor lines (a .def's own ``#ifndef`` defaults) are
+    skipped; arguments split at top-level commas.  Enough C for the tables in
+    native/include, not a preprocessor: an entry written through another
+    macro is not seen.
+    """
+    text = path.read_text()
+    wanted = set(macros)
+    entries: list[DefEntry] = []
+    tokens = [m for m in _DEF_TOKEN.finditer(text) if not (m["comment"] or m["pp"])]
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok["name"] in wanted and i + 1 < len(tokens) and tokens[i + 1]["open"]:
+            depth, args, start = 0, [], tokens[i + 1].end()
+            for j in range(i + 1, len(tokens)):
+                t = tokens[j]
+                if t["open"]:
+                    depth += 1
+                elif t["close"]:
+                    depth -= 1
+                    if depth == 0:
+                        args.append(text[start : t.start()])
+                        break
+                elif t["comma"] and depth == 1:
+                    args.append(text[start : t.start()])
+                    start = t.end()
+            else:
+                raise ValueError(f"{path.name}: unterminated {tok['name']}( at offset {tok.start()}")
+            raw = tuple(" ".join(_DEF_TOKEN.sub(lambda m: "" if m["comment"] else m[0], a).split()) for a in args)
+            entries.append(DefEntry(tok["name"], tuple(_def_value(a) for a in raw), raw))
+            i = j + 1
+            continue
+        i += 1
+    return entries
+
+
+# An X-macro expansion in a header: a macro defined for one table, the
+# table, the macro undefined.
+_XMACRO = re.compile(
+    r'^[ \t]*#define[ \t]+(\w+)\(([^)]*)\)[ \t]*([^\n]*)\n[ \t]*#include[ \t]+"([\w.]+\.def)"[ \t]*\n[ \t]*#undef[ \t]+\1\b[^\n]*\n',
+    re.M,
+)
+
+
+def _expand_tables(text: str, include_dir: Path) -> str:
+    """Writes out every X-macro expansion of a header from its .def table."""
+
+    def expand(m: re.Match[str]) -> str:
+        params = [p.strip() for p in m[2].split(",")]
+        out = []
+        for entry in read_def(include_dir / m[4], m[1]):
+            values = dict(zip(params, entry.raw))
+            body = re.sub(r"#\s*(\w+)", lambda p: '"' + values[p[1]] + '"' if p[1] in values else p[0], m[3])
+            body = re.sub(r"\b\w+\b", lambda p: values.get(p[0], p[0]), body)
+            out.append(re.sub(r"\s*##\s*", "", body))
+        return "\n".join(out) + "\n"
+
+    return _XMACRO.sub(expand, text)
+
+
 def header_cdef(path: Path) -> str:
     """The declarations of a C header in the subset cffi's cdef parses.
 
-    Drops preprocessor blocks (include guards, ``extern "C"``, export
-    macros) but keeps ``#define NAME <integer>`` constants.
+    Drops comments and preprocessor blocks (include guards, ``extern "C"``,
+    export macros).  Constants keep their names and take their values from
+    the compiled C, never from this text: every enumerator and every
+    ``#define NAME <value>`` becomes ``#define NAME ...``.  The enumerators
+    an X-macro writes from a .def table (``#define M(...)`` / ``#include
+    "t.def"`` / ``#undef M``) are written out from the table first.
     """
     text = path.read_text()
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
     text = re.sub(r"#if(?:def)?[^\n]*(?:__cplusplus|_WIN32)[\s\S]*?#endif[^\n]*\n", "", text)
+    text = _expand_tables(text, path.parent)
     lines = []
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
-            if re.fullmatch(r"#define\s+\w+\s+-?\d+", stripped):
-                lines.append(stripped)
+            constant = re.fullmatch(r"#define\s+(\w+)\s+([^\s\"][^\"]*)", stripped)
+            if constant:
+                lines.append(f"#define {constant[1]} ...")
             continue
         lines.append(line.replace("BITNET_API ", ""))
-    return "\n".join(lines)
+    text = "\n".join(lines)
+
+    def constants(m: re.Match[str]) -> str:
+        names = [re.match(r"\s*(\w+)", item)[1] for item in m[1].split(",") if item.strip()]  # type: ignore[index]
+        return "\n".join(f"#define {name} ..." for name in names) + "\n"
+
+    return re.sub(r"\benum\s*\{([^}]*)\}\s*;", constants, text)
 
 
 def native_sources() -> list[str]:

@@ -1,6 +1,10 @@
 /*
- * fault.c — the fault-point registry, triggers and actions.
- * API docs: bitnet_fault.h (control) and bn_fault.h (placing points).
+ * engine.c — the fault engine: arming, triggers, hit counting, actions.
+ * The default build only (BN_FAULT_ENGINE: neither BN_NO_FAULTS nor
+ * BN_GUEST, see bn_fault.h); a guest forwards its points to the engine of
+ * the bridge that loads it (guest.c), and the other builds answer the
+ * control ABI from stubs.c.  API docs: bitnet_fault.h (control) and
+ * bn_fault.h (placing points).
  *
  * Concurrency design.  A hit must never take a lock, and a point that is
  * not armed must not even write shared memory, so:
@@ -19,10 +23,12 @@
  * The engine's own memory comes from plain malloc/free: it must not move
  * the live counters tests assert on, nor hit the `alloc` point.  A
  * thread-local guard makes points reached while a firing is being handled
- * (the callback into Python, the backtrace, a fail message) pass through,
- * so an allocator hook cannot recurse.
+ * (the firing callback, the backtrace, a fail message) pass through, so an
+ * allocator hook cannot recurse.
  */
 #include "bn_fault.h"
+
+#ifdef BN_FAULT_ENGINE
 
 #include <math.h>
 #include <pthread.h>
@@ -32,80 +38,16 @@
 #include <string.h>
 
 #include "bn_deadline.h"
-#include "bn_host.h"
+#include "fault_internal.h"
 
 #if defined(__GLIBC__)
 #include <execinfo.h>
 #define HAVE_BACKTRACE 1
 #endif
 
-/* ---- the registry (always compiled: compile-out builds can list it) ---- */
 
-static const bitnet_fault_point_t registry[] = {
-#define BN_FAULT_POINT(id, name, code, actions, desc) {name, desc, code, actions},
-#include "points.def"
-#undef BN_FAULT_POINT
-};
-_Static_assert(sizeof registry / sizeof registry[0] == BN_FP__N,
-               "registry and point ids disagree");
-
-int32_t bitnet_fault_point_count(void) { return BN_FP__N; }
-
-int bitnet_fault_point_info(int32_t index, bitnet_fault_point_t *out)
-{
-    if (!out)
-        return bn_error(BITNET_E_INVALID_ARG, "bitnet_fault_point_info: out "
-                                              "is NULL");
-    if (index < 0 || index >= BN_FP__N)
-        return bn_error(BITNET_E_INVALID_ARG,
-                        "fault point index %d is out of range 0..%d",
-                        (int)index, BN_FP__N - 1);
-    *out = registry[index];
-    return BITNET_OK;
-}
-
-int32_t bitnet_fault_point_index(const char *name)
-{
-    return bn_fault_id(NULL, name);
-}
-
-uint64_t bn_fault_registry_hash(void)
-{
-    /* FNV-1a; the names alone decide, since index -> name is all a guest
-     * and a host must agree on (actions and codes are checked by the
-     * engine that arms, against its own registry). */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (int i = 0; i < BN_FP__N; i++)
-        for (const char *c = registry[i].name;; c++) {
-            /* the terminator becomes the '\n' joining this name to the next */
-            h = (h ^ (unsigned char)(*c ? *c : '\n')) * 0x100000001b3ull;
-            if (!*c)
-                break;
-        }
-    return h;
-}
-
-int bn_fault_id(const char *prefix, const char *name)
-{
-    if (!name)
-        return -1;
-    size_t np = prefix ? strlen(prefix) : 0;
-    for (int i = 0; i < BN_FP__N; i++) {
-        const char *r = registry[i].name;
-        if ((np == 0 || strncmp(r, prefix, np) == 0) && strcmp(r + np, name) == 0)
-            return i;
-    }
-    return -1;
-}
-
-static int done(int rc, char *err, int32_t err_len)
-{
-    if (rc != BITNET_OK)
-        bn_error_copy(err, err_len);
-    return rc;
-}
-
-#ifdef BN_FAULT_ENGINE
+/* points.def (registry.c): names, default codes, accepted actions */
+static const bitnet_fault_point_t *const registry = bn_fault_registry;
 
 static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
     "off", "fail", "oom", "delay", "hang", "missing", "nan", "grow", "crash"};
@@ -117,66 +59,6 @@ static int matches(const char *pattern, size_t len, int i)
         return strncmp(registry[i].name, pattern, len - 1) == 0;
     return strcmp(registry[i].name, pattern) == 0;
 }
-
-/* Edit distance, capped: enough to suggest close names. */
-static size_t distance(const char *a, size_t na, const char *b, size_t nb)
-{
-    size_t row[BITNET_FAULT_MAX_NAME + 1];
-    if (na > BITNET_FAULT_MAX_NAME || nb > BITNET_FAULT_MAX_NAME)
-        return (size_t)-1;
-    for (size_t j = 0; j <= nb; j++)
-        row[j] = j;
-    for (size_t i = 1; i <= na; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= nb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best)
-                best = up + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[nb];
-}
-
-/* "'a', 'b', 'c'": up to three registered names closest to pattern. */
-static void closest(const char *pattern, char *out, size_t cap)
-{
-    size_t len = strlen(pattern);
-    int prefix = len > 0 && pattern[len - 1] == '*';
-    if (prefix)
-        len--;
-    int best[3] = {-1, -1, -1};
-    size_t bd[3] = {(size_t)-1, (size_t)-1, (size_t)-1};
-    for (int i = 0; i < BN_FP__N; i++) {
-        const char *n = registry[i].name;
-        size_t nl = strlen(n);
-        if (prefix && nl > len)
-            nl = len; /* compare against the name cut to the prefix */
-        size_t d = distance(pattern, len, n, nl);
-        for (int k = 0; k < 3; k++)
-            if (d < bd[k]) {
-                for (int m = 2; m > k; m--) {
-                    bd[m] = bd[m - 1];
-                    best[m] = best[m - 1];
-                }
-                bd[k] = d;
-                best[k] = i;
-                break;
-            }
-    }
-    out[0] = '\0';
-    for (int k = 0; k < 3 && best[k] >= 0; k++) {
-        size_t used = strlen(out);
-        snprintf(out + used, cap - used, "%s'%s'", k ? ", " : "",
-                 registry[best[k]].name);
-    }
-}
-
 
 /* ---- state --------------------------------------------------------------- */
 
@@ -341,8 +223,7 @@ static int fire(int point, const firing *f, bn_fault_special *special)
     case BITNET_FAULT_FAIL:
         return bn_error(f->code,
                         "%s: this failure was requested by a fault-injection "
-                        "spec; disarm the point (fault_inject.disarm_all(), "
-                        "or unset BITNET_INJECT) to stop it",
+                        "spec; disarm the point to stop it",
                         tl.note);
     case BITNET_FAULT_OOM:
         return bn_error(BITNET_E_OOM,
@@ -425,10 +306,6 @@ const char *bn_fault_note(void) { return tl.note; }
 
 int32_t bitnet_fault_compiled_in(void) { return 1; }
 
-/* Max delay: an hour.  Longer is a mistake, and hang exists for forever. */
-#define MAX_DELAY_MS ((long long)BITNET_FAULT_MAX_DELAY_MS)
-#define MAX_GROW ((long long)BITNET_FAULT_MAX_GROW)
-
 static int check_term(const bitnet_fault_term_t *t, int i)
 {
     if (!(t->probability > 0.0 && t->probability <= 1.0))
@@ -441,7 +318,8 @@ static int check_term(const bitnet_fault_term_t *t, int i)
         return bn_error(BITNET_E_INVALID_ARG,
                         "term %d: count %llu is too large: expected at most "
                         "%u (0 = no limit)",
-                        i + 1, (unsigned long long)t->count, UINT32_MAX);
+                        i + 1, (unsigned long long)t->count,
+                        BITNET_FAULT_MAX_COUNT);
     if (t->action < 0 || t->action >= BITNET_FAULT_N_ACTIONS)
         return bn_error(BITNET_E_INVALID_ARG,
                         "term %d: unknown action %d: expected 0..%d "
@@ -458,17 +336,19 @@ static int check_term(const bitnet_fault_term_t *t, int i)
                             i + 1, (long long)t->arg, BITNET_E_MIN);
         break;
     case BITNET_FAULT_DELAY:
-        if (t->arg < 0 || t->arg > MAX_DELAY_MS)
+        if (t->arg < 0 || t->arg > BITNET_FAULT_MAX_DELAY_MS)
             return bn_error(BITNET_E_INVALID_ARG,
                             "term %d: delay(%lld): expected 0..%lld ms (use "
                             "hang to wait for the deadline)",
-                            i + 1, (long long)t->arg, MAX_DELAY_MS);
+                            i + 1, (long long)t->arg,
+                            (long long)BITNET_FAULT_MAX_DELAY_MS);
         break;
     case BITNET_FAULT_GROW:
-        if (t->arg < 0 || t->arg > MAX_GROW)
+        if (t->arg < 0 || t->arg > BITNET_FAULT_MAX_GROW)
             return bn_error(BITNET_E_INVALID_ARG,
                             "term %d: grow(%lld): expected 1..%lld",
-                            i + 1, (long long)t->arg, MAX_GROW);
+                            i + 1, (long long)t->arg,
+                            (long long)BITNET_FAULT_MAX_GROW);
         break;
     default:
         if (t->arg != 0)
@@ -507,25 +387,25 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
     if (out_armed)
         *out_armed = 0;
     if (!pattern || !*pattern)
-        return done(bn_error(BITNET_E_INVALID_ARG,
-                             "fault point pattern is %s: name a point (see "
-                             "fault_inject.points())",
+        return bn_fault_done(bn_error(BITNET_E_INVALID_ARG,
+                             "fault point pattern is %s: name a point "
+                             "(bitnet_fault_point_info lists every point)",
                              pattern ? "empty" : "NULL"),
                     err, err_len);
     size_t len = strlen(pattern);
     if (len >= BITNET_FAULT_MAX_NAME)
-        return done(bn_error(BITNET_E_INVALID_ARG,
+        return bn_fault_done(bn_error(BITNET_E_INVALID_ARG,
                              "fault point pattern is %zu bytes long: the "
                              "limit is %d",
                              len, BITNET_FAULT_MAX_NAME - 1),
                     err, err_len);
     if (!terms || n_terms < 1 || n_terms > BITNET_FAULT_MAX_TERMS)
-        return done(bn_error(BITNET_E_INVALID_ARG,
+        return bn_fault_done(bn_error(BITNET_E_INVALID_ARG,
                              "'%s': %d terms: a chain has 1..%d terms", pattern,
                              (int)n_terms, BITNET_FAULT_MAX_TERMS),
                     err, err_len);
     if (flags & ~BITNET_FAULT_THIS_THREAD)
-        return done(bn_error(BITNET_E_INVALID_ARG,
+        return bn_fault_done(bn_error(BITNET_E_INVALID_ARG,
                              "'%s': unknown flags 0x%x (known: "
                              "BITNET_FAULT_THIS_THREAD)",
                              pattern, (unsigned)flags),
@@ -534,7 +414,7 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
     for (int i = 0; i < n_terms; i++)
         if ((rc = check_term(&terms[i], i))) {
             bn_error_prefix("arming '%s': ", pattern);
-            return done(rc, err, err_len);
+            return bn_fault_done(rc, err, err_len);
         }
 
     chain *made[BN_FP__N] = {0};
@@ -589,12 +469,10 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
         n_made++;
     }
     if (n_made == 0) {
-        char near[3 * BITNET_FAULT_MAX_NAME];
-        closest(pattern, near, sizeof near);
         rc = bn_error(BITNET_E_INVALID_ARG,
                       "unknown fault point '%s': no registered point matches "
-                      "it; closest: %s (fault_inject.points() lists all)",
-                      pattern, near);
+                      "it (bitnet_fault_point_info lists every point)",
+                      pattern);
         goto fail;
     }
     for (int p = 0; p < BN_FP__N; p++) {
@@ -621,7 +499,7 @@ fail:
     pthread_mutex_unlock(&engine.lock);
     for (int p = 0; p < BN_FP__N; p++)
         free(made[p]);
-    return done(rc, err, err_len);
+    return bn_fault_done(rc, err, err_len);
 }
 
 /* Caller holds the lock. */
@@ -643,7 +521,7 @@ int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
     if (out_disarmed)
         *out_disarmed = 0;
     if (!pattern || !*pattern)
-        return done(bn_error(BITNET_E_INVALID_ARG,
+        return bn_fault_done(bn_error(BITNET_E_INVALID_ARG,
                              "fault point pattern is %s",
                              pattern ? "empty" : "NULL"),
                     err, err_len);
@@ -659,7 +537,7 @@ int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
     if (out_disarmed)
         *out_disarmed = n;
     if (n == 0)
-        return done(bn_error(BITNET_E_INVALID_ARG,
+        return bn_fault_done(bn_error(BITNET_E_INVALID_ARG,
                              "nothing to disarm: no armed fault point "
                              "matches '%s'",
                              pattern),
@@ -718,150 +596,4 @@ void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
     atomic_store(&engine.callback, fn);
 }
 
-#else /* no engine here: the control ABI says injection is not compiled in */
-
-/* A guest reports 0 too, on purpose: compiled_in answers "can this
- * registry be armed?", and a guest's cannot: its points are armed,
- * counted and reported by the engine of the bridge that loads it.  Saying
- * 1 while arm() refuses (or forwarding arm() to a host it may not have)
- * would make two registries look armable; the listing functions above
- * still describe the points the library places. */
-int32_t bitnet_fault_compiled_in(void) { return 0; }
-
-static int not_compiled(const char *pattern)
-{
-#ifdef BN_GUEST
-    return bn_error(BITNET_E_UNSUPPORTED,
-                    "this library does not arm fault points itself: its "
-                    "points forward to the bridge that loads it (dlopen "
-                    "mode), so '%s' must be armed there (fault_inject.arm, "
-                    "BITNET_INJECT)",
-                    pattern ? pattern : "(null)");
-#else
-    return bn_error(BITNET_E_UNSUPPORTED,
-                    "fault injection is not compiled in: this bridge was "
-                    "built with BITNET_FAULTS=0 (BN_NO_FAULTS), which removes "
-                    "every fault point, so '%s' cannot be armed; rebuild "
-                    "without it (pip install -e .)",
-                    pattern ? pattern : "(null)");
-#endif
-}
-
-int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
-                     int32_t n_terms, uint64_t seed, int32_t flags,
-                     int32_t *out_armed, char *err, int32_t err_len)
-{
-    (void)terms; (void)n_terms; (void)seed; (void)flags;
-    if (out_armed)
-        *out_armed = 0;
-    return done(not_compiled(pattern), err, err_len);
-}
-
-int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
-                        int32_t err_len)
-{
-    if (out_disarmed)
-        *out_disarmed = 0;
-    return done(not_compiled(pattern), err, err_len);
-}
-
-int32_t bitnet_fault_disarm_all(void) { return 0; }
-
-int bitnet_fault_stats(int32_t index, bitnet_fault_stats_t *out)
-{
-    if (!out || index < 0 || index >= BN_FP__N)
-        return bn_error(BITNET_E_INVALID_ARG, "bitnet_fault_stats: bad "
-                                              "argument");
-    memset(out, 0, sizeof *out);
-    return BITNET_OK;
-}
-
-int32_t bitnet_fault_backtrace(int32_t index, char *buf, int32_t buf_len)
-{
-    (void)index;
-    if (buf && buf_len > 0)
-        buf[0] = '\0';
-    return 0;
-}
-
-void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
-{
-    (void)fn; (void)user;
-}
-
-#ifndef BN_GUEST
-const char *bn_fault_note(void) { return ""; }
-#endif
-
 #endif /* BN_FAULT_ENGINE */
-
-/* ---- guest: points forwarded to the loading bridge's engine ------------- */
-
-#ifdef BN_GUEST
-
-#ifndef BN_NO_FAULTS
-
-/* What a point reads before attach (or after a refused one): a zero that
- * never changes, so an unattached library pays what it paid with
- * BN_NO_FAULTS plus one pointer load. */
-static const atomic_int never_armed;
-_Atomic(const atomic_int *) bn_fault_armed_ref = &never_armed;
-
-/* The host whose engine evaluates this library's points; NULL until an
- * attach with a matching registry. */
-static _Atomic(const bitnet_host_t *) fault_host;
-
-int bn_fault_eval(int point, bn_fault_special *special)
-{
-    const bitnet_host_t *h = atomic_load_explicit(&fault_host,
-                                                  memory_order_acquire);
-    if (!h)
-        return 0;
-    int rc = h->fault_eval(point, special);
-    /* the host recorded the firing in its own last error: this library's
-     * callers (and the bridge, via bitnet_cpp_get_last_error) read ours */
-    if (rc < 0)
-        bn_error(rc, "%s", h->last_error());
-    return rc;
-}
-
-const char *bn_fault_note(void)
-{
-    const bitnet_host_t *h = atomic_load_explicit(&fault_host,
-                                                  memory_order_acquire);
-    return h ? h->fault_note() : "";
-}
-
-int bn_fault_guest_attach(const bitnet_host_t *host)
-{
-    if (!host->fault_eval || !host->fault_armed || !host->fault_note)
-        return 0; /* the bridge has no engine: nothing offered, none taken */
-    uint64_t mine = bn_fault_registry_hash();
-    if (host->fault_registry_hash != mine) {
-        bn_error(BITNET_E_ABI_MISMATCH,
-                 "fault registry hash %016llx differs from the bridge's "
-                 "%016llx: this library was built from another points.def, "
-                 "so its point indexes would name other points; its fault "
-                 "points stay inert (rebuild it with this bridge's sources)",
-                 (unsigned long long)mine,
-                 (unsigned long long)host->fault_registry_hash);
-        return BITNET_HOST_DECLINED_FAULTS;
-    }
-    atomic_store_explicit(&fault_host, host, memory_order_release);
-    atomic_store_explicit(&bn_fault_armed_ref, host->fault_armed,
-                          memory_order_release);
-    return 0;
-}
-
-#else /* BN_GUEST with BN_NO_FAULTS: no points to forward */
-
-const char *bn_fault_note(void) { return ""; }
-
-int bn_fault_guest_attach(const bitnet_host_t *host)
-{
-    (void)host;
-    return 0;
-}
-
-#endif
-#endif /* BN_GUEST */

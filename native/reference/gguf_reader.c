@@ -1,5 +1,7 @@
 /*
- * gguf.c — strict GGUF v2/v3 reader.  See gguf.h for the contract.
+ * gguf_reader.c — strict GGUF v2/v3 reader: parsing and validation.  See
+ * gguf.h for the contract; the type tables are gguf_types.c, the typed
+ * getters gguf_getters.c.
  *
  * The file is read with pread() through a small window buffer from the
  * counted allocator, so every byte of memory the reader holds shows up in
@@ -33,11 +35,12 @@
 #include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
+#include "gguf_internal.h"
 
 /* GGUF is little-endian and so is every host this project builds for;
  * values and tensor data are copied as they are. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "gguf.c assumes a little-endian host"
+#error "gguf_reader.c assumes a little-endian host"
 #endif
 
 #ifndef O_CLOEXEC
@@ -66,125 +69,9 @@
 #define STEP_EVERY 256             /* kv pairs / tensor infos between steps */
 
 /* ------------------------------------------------------------------ */
-/* type tables                                                         */
-
-static const char *const value_type_names[BN_GGUF_TYPE_COUNT] = {
-    "u8", "i8", "u16", "i16", "u32", "i32", "f32",
-    "bool", "str", "arr", "u64", "i64", "f64",
-};
-
-/* Bytes of one value in the file; strings and arrays have no fixed size
- * (0). */
-static const uint8_t value_type_size[BN_GGUF_TYPE_COUNT] = {
-    1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8,
-};
-
-/* ggml's type_traits (ggml/src/ggml.c) as of ggml type count 43: block
- * size in elements and bytes per block.  Absent entries (blck 0) are ids
- * ggml never had or removed (4, 5, 31-33, 37, 38); 36 is BitNet.cpp's I2_S
- * (removed upstream as IQ4_NL_4_4): 128 weights in 32 bytes, plus a
- * 32-byte trailer per tensor (see bn_ggml_tensor_size). */
-static const struct {
-    const char *name;
-    uint16_t blck;
-    uint16_t size;
-} ggml_types[] = {
-    [0] = {"F32", 1, 4},         [1] = {"F16", 1, 2},
-    [2] = {"Q4_0", 32, 18},      [3] = {"Q4_1", 32, 20},
-    [6] = {"Q5_0", 32, 22},      [7] = {"Q5_1", 32, 24},
-    [8] = {"Q8_0", 32, 34},      [9] = {"Q8_1", 32, 36},
-    [10] = {"Q2_K", 256, 84},    [11] = {"Q3_K", 256, 110},
-    [12] = {"Q4_K", 256, 144},   [13] = {"Q5_K", 256, 176},
-    [14] = {"Q6_K", 256, 210},   [15] = {"Q8_K", 256, 292},
-    [16] = {"IQ2_XXS", 256, 66}, [17] = {"IQ2_XS", 256, 74},
-    [18] = {"IQ3_XXS", 256, 98}, [19] = {"IQ1_S", 256, 50},
-    [20] = {"IQ4_NL", 32, 18},   [21] = {"IQ3_S", 256, 110},
-    [22] = {"IQ2_S", 256, 82},   [23] = {"IQ4_XS", 256, 136},
-    [24] = {"I8", 1, 1},         [25] = {"I16", 1, 2},
-    [26] = {"I32", 1, 4},        [27] = {"I64", 1, 8},
-    [28] = {"F64", 1, 8},        [29] = {"IQ1_M", 256, 56},
-    [30] = {"BF16", 1, 2},       [34] = {"TQ1_0", 256, 54},
-    [35] = {"TQ2_0", 256, 66},   [36] = {"I2_S", 128, 32},
-    [39] = {"MXFP4", 32, 17},    [40] = {"NVFP4", 64, 36},
-    [41] = {"Q1_0", 128, 18},    [42] = {"Q2_0", 64, 18},
-};
-#define N_GGML_TYPES (sizeof ggml_types / sizeof ggml_types[0])
-#define I2_S_TRAILER 32
-
-int bn_ggml_type_known(uint32_t type)
-{
-    return type < N_GGML_TYPES && ggml_types[type].blck != 0;
-}
-
-int64_t bn_ggml_blck_size(uint32_t type)
-{
-    return bn_ggml_type_known(type) ? ggml_types[type].blck : 0;
-}
-
-size_t bn_ggml_type_size(uint32_t type)
-{
-    return bn_ggml_type_known(type) ? ggml_types[type].size : 0;
-}
-
-const char *bn_ggml_type_name(uint32_t type)
-{
-    return bn_ggml_type_known(type) ? ggml_types[type].name : NULL;
-}
-
-size_t bn_ggml_row_size(uint32_t type, int64_t ne0)
-{
-    if (!bn_ggml_type_known(type) || ne0 < 0 ||
-        ne0 % ggml_types[type].blck != 0)
-        return 0;
-    uint64_t blocks = (uint64_t)ne0 / ggml_types[type].blck;
-    if (blocks > SIZE_MAX / ggml_types[type].size)
-        return 0;
-    return (size_t)blocks * ggml_types[type].size;
-}
-
-size_t bn_ggml_tensor_size(uint32_t type, const int64_t ne[4])
-{
-    size_t row = bn_ggml_row_size(type, ne[0]);
-    if (row == 0)
-        return 0;
-    uint64_t rows = 1;
-    for (int i = 1; i < 4; i++) {
-        if (ne[i] < 1 || rows > UINT64_MAX / (uint64_t)ne[i])
-            return 0;
-        rows *= (uint64_t)ne[i];
-    }
-    if (rows > SIZE_MAX / row)
-        return 0;
-    size_t size = (size_t)rows * row;
-    if (type == BN_TYPE_I2_S) {
-        if (size > SIZE_MAX - I2_S_TRAILER)
-            return 0;
-        size += I2_S_TRAILER;
-    }
-    return size;
-}
-
-static const char *value_type_name(uint32_t t)
-{
-    return t < BN_GGUF_TYPE_COUNT ? value_type_names[t] : "invalid";
-}
-
-/* "u32", "arr[str]" ... for messages. */
-static const char *kv_type_name(const bn_gguf_kv *kv, char *buf, size_t cap)
-{
-    if (kv->type != BN_GGUF_ARRAY)
-        return value_type_name(kv->type);
-    snprintf(buf, cap, "arr[%s]", value_type_name(kv->arr_type));
-    return buf;
-}
-
-/* ------------------------------------------------------------------ */
 /* messages                                                            */
 
-/* Copies s[0..len) for a message: printable ASCII as is, everything else
- * as \xNN (so a hostile name cannot put invalid UTF-8 or control bytes in
- * an error string), cut with "..." after about 80 characters. */
-static const char *quoted(char *dst, size_t cap, const char *s, size_t len)
+const char *bn_gguf_quote(char *dst, size_t cap, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     size_t o = 0;
@@ -262,8 +149,8 @@ static const char *describe(const reader *r, const char *field, char *buf,
         snprintf(elem, sizeof elem, " element %" PRId64, r->elem);
     if (r->name)
         snprintf(buf, cap, "%s '%s'%s%s%s", r->kind,
-                 quoted(name, sizeof name, r->name, strlen(r->name)), elem,
-                 *field ? " " : "", field);
+                 bn_gguf_quote(name, sizeof name, r->name, strlen(r->name)),
+                 elem, *field ? " " : "", field);
     else
         snprintf(buf, cap, "%s #%" PRIu64 "%s%s%s", r->kind, r->index, elem,
                  *field ? " " : "", field);
@@ -475,7 +362,7 @@ static int read_header(reader *r, bn_gguf *g, uint64_t *n_tensors,
                     "not a GGUF file: bad magic 0x%02x%02x%02x%02x ('%s') at "
                     "offset 0 (expected 'GGUF')",
                     magic[0], magic[1], magic[2], magic[3],
-                    quoted(q, sizeof q, (const char *)magic, 4));
+                    bn_gguf_quote(q, sizeof q, (const char *)magic, 4));
 
     uint32_t v;
     if ((rc = read_u32(r, &v, "version")))
@@ -604,7 +491,7 @@ static int read_value(reader *r, bn_gguf_kv *kv)
 
     if (type != BN_GGUF_ARRAY) {
         size_t es = type == BN_GGUF_STRING ? sizeof(bn_gguf_str)
-                                           : value_type_size[type];
+                                           : bn_gguf_value_size(type);
         void *v = bn_calloc(1, es, "GGUF value");
         if (!v)
             return oom(r);
@@ -657,7 +544,7 @@ static int read_value(reader *r, bn_gguf_kv *kv)
     if ((rc = read_u64(r, &n, "array length")))
         return rc;
     /* a string takes at least its 8-byte length in the file */
-    size_t fes = et == BN_GGUF_STRING ? 8 : value_type_size[et];
+    size_t fes = et == BN_GGUF_STRING ? 8 : bn_gguf_value_size(et);
     if (n > MAX_ARRAY_LEN)
         return fail(r,
                     "%s %" PRIu64 " at offset %" PRIu64
@@ -672,7 +559,8 @@ static int read_value(reader *r, bn_gguf_kv *kv)
                     " bytes (%s elements of %zu bytes) but only %" PRIu64
                     " remain (file size %" PRIu64 ")",
                     describe(r, "array length", what, sizeof what), n, at,
-                    n * fes, value_type_name(et), fes, left(r), r->size);
+                    n * fes, bn_gguf_value_type_name(et), fes, left(r),
+                    r->size);
     void *v = NULL;
     if (n > 0) {
         size_t es = et == BN_GGUF_STRING ? sizeof(bn_gguf_str) : fes;
@@ -735,7 +623,7 @@ static int read_kvs(reader *r, bn_gguf *g, uint64_t n_kv)
             return fail(r,
                         "key #%" PRIu64 " '%s' at offset %" PRIu64
                         " contains a NUL byte (keys must be plain strings)",
-                        i, quoted(q, sizeof q, key, (size_t)len), at);
+                        i, bn_gguf_quote(q, sizeof q, key, (size_t)len), at);
         r->name = key;
         if ((rc = read_value(r, kv)))
             return rc;
@@ -804,7 +692,7 @@ static int check_keys(reader *r, bn_gguf *g)
                     "duplicate key '%s' at offset %" PRIu64
                     " (kv pair #%" PRIu64 "; first defined at offset %" PRIu64
                     " by kv pair #%" PRIu64 "); every key must be unique",
-                    quoted(q, sizeof q, g->kv[dup].key,
+                    bn_gguf_quote(q, sizeof q, g->kv[dup].key,
                            strlen(g->kv[dup].key)),
                     g->kv[dup].file_offset, dup, g->kv[first].file_offset,
                     first);
@@ -816,7 +704,7 @@ static int check_keys(reader *r, bn_gguf *g)
             return fail(r,
                         "key 'general.alignment' at offset %" PRIu64
                         " must be of type u32 but is %s",
-                        a->file_offset, kv_type_name(a, tn, sizeof tn));
+                        a->file_offset, bn_gguf_kv_type_name(a, tn, sizeof tn));
         uint32_t v;
         memcpy(&v, a->data, sizeof v);
         if (v == 0 || (v & (v - 1)) != 0)
@@ -857,7 +745,7 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
                     "tensor #%" PRIu64 " name '%s%s' at offset %" PRIu64
                     " is %" PRIu64 " bytes long (expected fewer than %d: "
                     "ggml's GGML_MAX_NAME)",
-                    r->index, quoted(q, sizeof q, head, sizeof head),
+                    r->index, bn_gguf_quote(q, sizeof q, head, sizeof head),
                     len > sizeof head ? "..." : "", at, len, MAX_NAME);
     }
     if ((rc = read_bytes(r, t->name, (size_t)len, "name")))
@@ -867,7 +755,8 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
         return fail(r,
                     "tensor #%" PRIu64 " name '%s' at offset %" PRIu64
                     " contains a NUL byte (names must be plain strings)",
-                    r->index, quoted(q, sizeof q, t->name, (size_t)len), at);
+                    r->index, bn_gguf_quote(q, sizeof q, t->name, (size_t)len),
+                    at);
     r->name = t->name;
 
     at = r->pos;
@@ -904,7 +793,7 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
                         "tensor '%s' shape [%" PRId64 ", %" PRId64 ", %" PRId64
                         ", %" PRId64 "] (dimensions at offset %" PRIu64
                         ") has more than INT64_MAX elements",
-                        quoted(q, sizeof q, t->name, strlen(t->name)),
+                        bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)),
                         t->ne[0], t->ne[1], t->ne[2], t->ne[3], at);
         count *= t->ne[j];
     }
@@ -915,16 +804,17 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
     if (!bn_ggml_type_known(t->type)) {
         char known[512];
         size_t o = 0;
-        for (uint32_t k = 0; k < N_GGML_TYPES; k++)
-            if (ggml_types[k].blck && o < sizeof known)
+        for (uint32_t k = 0; k < bn_ggml_type_count(); k++)
+            if (bn_ggml_type_known(k) && o < sizeof known)
                 o += (size_t)snprintf(known + o, sizeof known - o, " %s=%u",
-                                      ggml_types[k].name, k);
+                                      bn_ggml_type_name(k), k);
         return fail(r,
                     "unknown tensor type %" PRIu32 " for tensor '%s' at "
                     "offset %" PRIu64 " (not a type ggml knows, or one it "
                     "removed; known types:%s)",
-                    t->type, quoted(q, sizeof q, t->name, strlen(t->name)),
-                    at, known);
+                    t->type,
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)), at,
+                    known);
     }
     int64_t blck = bn_ggml_blck_size(t->type);
     if (t->ne[0] % blck != 0)
@@ -932,7 +822,7 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
                     "tensor '%s' of type %s has ne[0] = %" PRId64
                     " elements per row, not a multiple of the type's block "
                     "size %" PRId64 " (type at offset %" PRIu64 ")",
-                    quoted(q, sizeof q, t->name, strlen(t->name)),
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)),
                     bn_ggml_type_name(t->type), t->ne[0], blck, at);
     size_t size = bn_ggml_tensor_size(t->type, t->ne);
     if (size == 0 || size > UINT64_MAX - (g->alignment - 1))
@@ -940,7 +830,7 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
                     "tensor '%s' of type %s and shape [%" PRId64 ", %" PRId64
                     ", %" PRId64 ", %" PRId64 "] has a byte size that "
                     "overflows (type at offset %" PRIu64 ")",
-                    quoted(q, sizeof q, t->name, strlen(t->name)),
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)),
                     bn_ggml_type_name(t->type), t->ne[0], t->ne[1], t->ne[2],
                     t->ne[3], at);
     t->size = size;
@@ -952,8 +842,8 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
         return fail(r,
                     "tensor '%s' data offset %" PRIu64 " at offset %" PRIu64
                     " is not a multiple of the alignment %" PRIu64,
-                    quoted(q, sizeof q, t->name, strlen(t->name)), t->offset,
-                    at, g->alignment);
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)),
+                    t->offset, at, g->alignment);
     if (t->offset != *expected)
         return fail(r,
                     "tensor '%s' data offset %" PRIu64 " at offset %" PRIu64
@@ -961,15 +851,15 @@ static int read_tensor_info(reader *r, const bn_gguf *g, bn_gguf_tensor *t,
                     " (tensor data must be packed in file order, each tensor "
                     "padded to the alignment %" PRIu64 ", no gaps, no "
                     "overlaps)",
-                    quoted(q, sizeof q, t->name, strlen(t->name)), t->offset,
-                    at, *expected, g->alignment);
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)),
+                    t->offset, at, *expected, g->alignment);
     uint64_t padded = (t->size + g->alignment - 1) / g->alignment *
                       g->alignment;
     if (padded > UINT64_MAX - *expected)
         return fail(r,
                     "tensor '%s' at offset %" PRIu64 ": the tensor data "
                     "section size overflows (%" PRIu64 " + %" PRIu64 ")",
-                    quoted(q, sizeof q, t->name, strlen(t->name)), at,
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)), at,
                     *expected, padded);
     *expected += padded;
     return BITNET_OK;
@@ -1016,7 +906,7 @@ static int read_tensor_infos(reader *r, bn_gguf *g, uint64_t n_tensors,
                     "duplicate tensor '%s' at offset %" PRIu64
                     " (tensor #%" PRIu64 "; first defined at offset %" PRIu64
                     " by tensor #%" PRIu64 "); tensor names must be unique",
-                    quoted(q, sizeof q, g->tensors[dup].name,
+                    bn_gguf_quote(q, sizeof q, g->tensors[dup].name,
                            strlen(g->tensors[dup].name)),
                     (*info_off)[dup], dup, (*info_off)[first], first);
     return BITNET_OK;
@@ -1054,7 +944,7 @@ static int check_layout(reader *r, bn_gguf *g)
                         "%" PRIu64 " (data section at offset %" PRIu64
                         ", tensor data offset %" PRIu64 ", %" PRIu64
                         " bytes)",
-                        quoted(q, sizeof q, t->name, strlen(t->name)),
+                        bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)),
                         sat_add(g->data_offset, t->offset),
                         sat_add(sat_add(g->data_offset, t->offset), t->size),
                         r->size, g->data_offset, t->offset, t->size);
@@ -1068,7 +958,7 @@ static int check_layout(reader *r, bn_gguf *g)
                     ") but the file ends at %" PRIu64,
                     g->data_offset, g->data_offset,
                     sat_add(g->data_offset, g->data_size),
-                    quoted(q, sizeof q, t->name, strlen(t->name)), a,
+                    bn_gguf_quote(q, sizeof q, t->name, strlen(t->name)), a,
                     r->size);
     }
     if (g->data_size > SIZE_MAX)
@@ -1230,206 +1120,4 @@ int bn_gguf_open_memory(const void *data, size_t size, const char *name,
                 .size = size, .step = step_fn, .step_user = step_user,
                 .elem = -1};
     return parse(&r, flags, out);
-}
-
-/* ------------------------------------------------------------------ */
-/* lookups and getters                                                 */
-
-const bn_gguf_kv *bn_gguf_find_kv(const bn_gguf *g, const char *key)
-{
-    if (!g || !key)
-        return NULL;
-    for (uint64_t i = 0; i < g->n_kv; i++)
-        if (strcmp(g->kv[i].key, key) == 0)
-            return &g->kv[i];
-    return NULL;
-}
-
-const bn_gguf_tensor *bn_gguf_find_tensor(const bn_gguf *g, const char *name)
-{
-    if (!g || !name)
-        return NULL;
-    for (uint64_t i = 0; i < g->n_tensors; i++)
-        if (strcmp(g->tensors[i].name, name) == 0)
-            return &g->tensors[i];
-    return NULL;
-}
-
-/* Finds key for a getter: BITNET_OK with *kv NULL when it is absent and not
- * required. */
-static int lookup(const bn_gguf *g, const char *key, int required,
-                  const bn_gguf_kv **kv)
-{
-    if (!g || !key)
-        return bn_error(BITNET_E_INVALID_ARG, "GGUF getter: %s is NULL",
-                        !g ? "the model" : "the key");
-    *kv = bn_gguf_find_kv(g, key);
-    if (!*kv && required)
-        return bn_error(BITNET_E_MODEL_LOAD,
-                        "required key '%s' is missing from the GGUF metadata",
-                        key);
-    return BITNET_OK;
-}
-
-static int wrong_type(const bn_gguf_kv *kv, const char *expected)
-{
-    char tn[32], q[128];
-    return bn_error(BITNET_E_MODEL_LOAD,
-                    "key '%s' at offset %" PRIu64 " has type %s, expected %s",
-                    quoted(q, sizeof q, kv->key, strlen(kv->key)),
-                    kv->file_offset, kv_type_name(kv, tn, sizeof tn),
-                    expected);
-}
-
-/* The value of an integer-typed scalar kv as a signed or unsigned 64-bit
- * number (*is_signed says which).  0 if kv is not an integer scalar. */
-static int int_value(const bn_gguf_kv *kv, int64_t *s, uint64_t *u,
-                     int *is_signed)
-{
-    const void *d = kv->data;
-    *is_signed = 1;
-    switch (kv->type) {
-    case BN_GGUF_UINT8: *u = *(const uint8_t *)d; break;
-    case BN_GGUF_UINT16: *u = *(const uint16_t *)d; break;
-    case BN_GGUF_UINT32: *u = *(const uint32_t *)d; break;
-    case BN_GGUF_UINT64: *u = *(const uint64_t *)d; break;
-    case BN_GGUF_INT8: *s = *(const int8_t *)d; return 1;
-    case BN_GGUF_INT16: *s = *(const int16_t *)d; return 1;
-    case BN_GGUF_INT32: *s = *(const int32_t *)d; return 1;
-    case BN_GGUF_INT64: *s = *(const int64_t *)d; return 1;
-    default: return 0;
-    }
-    *is_signed = 0;
-    return 1;
-}
-
-/* Fetches an integer kv checked against [lo, hi]. */
-static int get_int(const bn_gguf *g, const char *key, int required,
-                   int64_t lo, uint64_t hi, const char *target, int *found,
-                   int64_t *s, uint64_t *u, int *is_signed)
-{
-    const bn_gguf_kv *kv = NULL;
-    int rc = lookup(g, key, required, &kv);
-    *found = 0;
-    if (rc || !kv)
-        return rc;
-    if (!int_value(kv, s, u, is_signed)) {
-        char want[48];
-        snprintf(want, sizeof want, "an integer type (for %s)", target);
-        return wrong_type(kv, want);
-    }
-    int fits = *is_signed ? *s >= lo && (*s < 0 || (uint64_t)*s <= hi)
-                          : *u <= hi;
-    if (!fits) {
-        char tn[32], q[128], val[32];
-        if (*is_signed)
-            snprintf(val, sizeof val, "%" PRId64, *s);
-        else
-            snprintf(val, sizeof val, "%" PRIu64, *u);
-        return bn_error(BITNET_E_MODEL_LOAD,
-                        "key '%s' at offset %" PRIu64 " has value %s (type "
-                        "%s), which does not fit %s",
-                        quoted(q, sizeof q, kv->key, strlen(kv->key)),
-                        kv->file_offset, val, kv_type_name(kv, tn, sizeof tn),
-                        target);
-    }
-    *found = 1;
-    return BITNET_OK;
-}
-
-int bn_gguf_get_u32(const bn_gguf *g, const char *key, int required,
-                    uint32_t *out)
-{
-    int64_t s = 0;
-    uint64_t u = 0;
-    int found, is_signed;
-    int rc = get_int(g, key, required, 0, UINT32_MAX, "u32",
-                     &found, &s, &u, &is_signed);
-    if (!rc && found)
-        *out = is_signed ? (uint32_t)s : (uint32_t)u;
-    return rc;
-}
-
-int bn_gguf_get_i32(const bn_gguf *g, const char *key, int required,
-                    int32_t *out)
-{
-    int64_t s = 0;
-    uint64_t u = 0;
-    int found, is_signed;
-    int rc = get_int(g, key, required, INT32_MIN, INT32_MAX, "i32", &found,
-                     &s, &u, &is_signed);
-    if (!rc && found)
-        *out = is_signed ? (int32_t)s : (int32_t)u;
-    return rc;
-}
-
-int bn_gguf_get_f32(const bn_gguf *g, const char *key, int required,
-                    float *out)
-{
-    const bn_gguf_kv *kv = NULL;
-    int rc = lookup(g, key, required, &kv);
-    if (rc || !kv)
-        return rc;
-    if (kv->type == BN_GGUF_FLOAT32) {
-        memcpy(out, kv->data, sizeof *out);
-        return BITNET_OK;
-    }
-    if (kv->type != BN_GGUF_FLOAT64)
-        return wrong_type(kv, "f32 or f64");
-    double d;
-    memcpy(&d, kv->data, sizeof d);
-    if (d == d && (d > FLT_MAX || d < -FLT_MAX) && d - d == 0) {
-        char q[128];
-        return bn_error(BITNET_E_MODEL_LOAD,
-                        "key '%s' at offset %" PRIu64 " has value %g (f64), "
-                        "which does not fit f32",
-                        quoted(q, sizeof q, kv->key, strlen(kv->key)),
-                        kv->file_offset, d);
-    }
-    *out = (float)d;
-    return BITNET_OK;
-}
-
-int bn_gguf_get_bool(const bn_gguf *g, const char *key, int required,
-                     int *out)
-{
-    const bn_gguf_kv *kv = NULL;
-    int rc = lookup(g, key, required, &kv);
-    if (rc || !kv)
-        return rc;
-    if (kv->type != BN_GGUF_BOOL)
-        return wrong_type(kv, "bool");
-    *out = *(const uint8_t *)kv->data != 0;
-    return BITNET_OK;
-}
-
-int bn_gguf_get_str(const bn_gguf *g, const char *key, int required,
-                    const char **out)
-{
-    const bn_gguf_kv *kv = NULL;
-    int rc = lookup(g, key, required, &kv);
-    if (rc || !kv)
-        return rc;
-    if (kv->type != BN_GGUF_STRING)
-        return wrong_type(kv, "str");
-    *out = ((const bn_gguf_str *)kv->data)->data;
-    return BITNET_OK;
-}
-
-int bn_gguf_get_arr(const bn_gguf *g, const char *key, int required,
-                    uint32_t elem_type, const void **data_out,
-                    uint64_t *n_out)
-{
-    const bn_gguf_kv *kv = NULL;
-    int rc = lookup(g, key, required, &kv);
-    if (rc || !kv)
-        return rc;
-    if (kv->type != BN_GGUF_ARRAY || kv->arr_type != elem_type) {
-        char want[32];
-        snprintf(want, sizeof want, "arr[%s]", value_type_name(elem_type));
-        return wrong_type(kv, want);
-    }
-    *data_out = kv->data;
-    *n_out = kv->n;
-    return BITNET_OK;
 }

@@ -1,5 +1,6 @@
 /*
- * ref_backend.c — the reference engine behind the socket functions.
+ * reference_backend.c — the reference engine (native/reference) behind the
+ * socket functions: the bridge's "reference" backend.
  *
  * Everything here validates its arguments, records errors through
  * bn_error() and copies them into the caller's buffer on the way out, so the
@@ -201,7 +202,8 @@ static int ref_eval_gpu(void *ctx, const int32_t *tokens, int32_t n_tokens,
     return done(bn_error(BITNET_E_UNSUPPORTED,
                          "GPU evaluation is not available: the reference "
                          "backend was built without GPU support (has_cuda=0, "
-                         "has_metal=0, has_hip=0); use evaluate() on the CPU"),
+                         "has_metal=0, has_hip=0); evaluate on the CPU "
+                         "(bitnet_cpp_eval_with_context)"),
                 err, err_len);
 }
 

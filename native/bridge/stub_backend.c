@@ -1,5 +1,5 @@
 /*
- * stub.c — the "stub" backend: no engine.  Every call fails with
+ * stub_backend.c — the "stub" backend: no engine.  Every call fails with
  * BITNET_E_NOT_AVAILABLE and says how to get a real backend (seed 003's
  * STUB mode, as a run-time choice instead of a build flag).
  */

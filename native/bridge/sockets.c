@@ -1,0 +1,435 @@
+/*
+ * sockets.c — Sockets 1-6 of bitnet.h and the context helpers: each
+ * validates its handle, routes the call to the tier that serves it, and
+ * places the boundary fault points around it.
+ */
+/* every point here wraps a backend call: in a guest library (the bridge
+ * layer compiled into libbitnet) they must stay silent, the loading
+ * bridge's copies already counted the call (bn_fault.h) */
+#define BN_FAULT_BOUNDARY 1
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "bn_alloc.h"
+#include "bn_error.h"
+#include "bridge.h"
+#include "loader.h"
+
+/* ---- Socket 1 ---------------------------------------------------------- */
+
+static void free_impls(bitnet_context_t *c)
+{
+    if (c->fb_impl)
+        c->fb->free_context(c->fb_impl);
+    if (c->impl)
+        c->be->free_context(c->impl);
+}
+
+BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
+                                          const char *model_path,
+                                          int32_t n_ctx, int32_t n_gpu_layers,
+                                          const bitnet_bridge_options *opts,
+                                          char *err, int32_t err_len)
+{
+    bn_error_clear();
+    if (!out_ctx)
+        return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_ctx is NULL"), err,
+                       err_len);
+    *out_ctx = NULL;
+    resolved r;
+    const bn_backend *be;
+    int rc = bn_bridge_resolve(opts, &r);
+    if (!rc)
+        rc = bn_select_backend(&r, &be);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    bitnet_context_t *c = bn_calloc(1, sizeof *c, "context handle");
+    if (!c)
+        return bn_done(BITNET_E_OOM, err, err_len);
+    c->be = be;
+    call_scope scope;
+    bn_scope_enter(&scope, &c->cancel, "create");
+    rc = BN_FAULT(INIT_CONTEXT);
+    if (rc)
+        bn_done(rc, err, err_len);
+    else
+        rc = bn_failed(be, be->init_context(&c->impl, model_path, n_ctx,
+                                            n_gpu_layers, err, err_len),
+                       err, err_len);
+    if (!rc)
+        rc = bn_route(c, &r, model_path, n_ctx, n_gpu_layers, err, err_len);
+    if (!rc && (rc = bn_live_add(c, KIND_CONTEXT)))
+        bn_done(rc, err, err_len);
+    bn_scope_leave(&scope);
+    if (rc) {
+        free_impls(c);
+        bn_free(c);
+        return rc;
+    }
+    bn_counter_add(BN_COUNTER_CONTEXTS, 1);
+    *out_ctx = c;
+    return BITNET_OK;
+}
+
+BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
+                                       const char *model_path, int32_t n_ctx,
+                                       int32_t n_gpu_layers, char *err,
+                                       int32_t err_len)
+{
+    return bitnet_bridge_init_context(out_ctx, model_path, n_ctx, n_gpu_layers,
+                                      NULL, err, err_len);
+}
+
+BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
+{
+    if (!ctx)
+        return BITNET_OK;
+    bn_error_clear();
+    int rc = bn_handle_enter(ctx, 1);
+    if (rc)
+        return rc;
+    if ((rc = BN_FAULT(FREE_CONTEXT)))
+        goto keep;
+    if (ctx->fb_impl) {
+        if ((rc = bn_failed(ctx->fb, ctx->fb->free_context(ctx->fb_impl),
+                            NULL, 0)))
+            goto keep;
+        ctx->fb_impl = NULL;
+    }
+    if ((rc = bn_failed(ctx->be, ctx->be->free_context(ctx->impl), NULL, 0)))
+        goto keep;
+    bn_free(ctx);
+    bn_counter_add(BN_COUNTER_CONTEXTS, -1);
+    return BITNET_OK;
+keep:
+    /* the backend kept its context: keep the handle usable for a retry */
+    bn_live_add(ctx, KIND_CONTEXT);
+    bn_handle_leave(ctx);
+    return rc;
+}
+
+/* ---- the `grow` fault: a fill pass that needs more than its query said ----
+ * A backend whose output changes between the two passes (a bug, or state
+ * that moved) must be reported with both sizes, and nothing may be written
+ * past the caller's capacity.  The bridge asks the real query, adds the
+ * injected growth, and refuses before the backend writes anything. */
+
+int bn_grow_tokens_error(int32_t n, int32_t cap, int32_t *out_len,
+                         const bn_fault_special *fs)
+{
+    int64_t need = (int64_t)n + fs->arg;
+    if (out_len)
+        *out_len = need > INT32_MAX ? INT32_MAX : (int32_t)need;
+    return bn_error(BITNET_E_INFERENCE,
+                    "the fill pass needs %lld tokens but the query pass said "
+                    "%d (buffer holds %d): the tokenizer's output changed "
+                    "between the passes; nothing was written (%s)",
+                    (long long)need, (int)n, (int)cap, bn_fault_note());
+}
+
+int bn_grow_logits_error(int32_t rows, int32_t cols, int32_t cap,
+                         int32_t *out_rows, int32_t *out_cols,
+                         const bn_fault_special *fs)
+{
+    int64_t grown = (int64_t)rows + fs->arg;
+    if (out_rows && out_cols) {
+        *out_rows = grown > INT32_MAX ? INT32_MAX : (int32_t)grown;
+        *out_cols = cols;
+    }
+    return bn_error(BITNET_E_INFERENCE,
+                    "the fill pass needs %lld logits but the query pass said "
+                    "%lld (%d x %d; buffer holds %d): the evaluation's shape "
+                    "changed between the passes; nothing was written (%s)",
+                    (long long)(grown * cols), (long long)rows * cols,
+                    (int)rows, (int)cols, (int)cap, bn_fault_note());
+}
+
+static int grown_tokenize(bitnet_context_t *c, const char *prompt, int add_bos,
+                          int parse_special, int32_t cap, int32_t *out_len,
+                          const bn_fault_special *fs)
+{
+    int32_t n = 0;
+    int rc = c->tok.be->tokenize_with_context(c->tok.impl, prompt, add_bos,
+                                              parse_special, NULL, 0, &n,
+                                              NULL, 0);
+    return rc ? rc : bn_grow_tokens_error(n, cap, out_len, fs);
+}
+
+static int grown_eval(bitnet_context_t *c, const int32_t *tokens,
+                      int32_t n_tokens, int32_t seq_id, int32_t cap,
+                      int32_t *out_rows, int32_t *out_cols,
+                      const bn_fault_special *fs)
+{
+    int32_t rows = 0, cols = 0;
+    int rc = c->eval.be->eval_with_context(c->eval.impl, tokens, n_tokens,
+                                           seq_id, NULL, 0, &rows, &cols,
+                                           NULL, 0);
+    return rc ? rc
+              : bn_grow_logits_error(rows, cols, cap, out_rows, out_cols, fs);
+}
+
+/* ---- Sockets 2, 3, 5 ---------------------------------------------------- */
+
+BITNET_API int bitnet_cpp_tokenize_with_context(
+    const bitnet_context_t *ctx, const char *prompt, int add_bos,
+    int parse_special, int32_t *out_tokens, int32_t out_capacity,
+    int32_t *out_len, char *err, int32_t err_len)
+{
+    bn_error_clear();
+    int rc = bn_handle_enter(ctx, 0);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    bitnet_context_t *c = (bitnet_context_t *)ctx;
+    call_scope scope;
+    bn_scope_enter(&scope, &c->cancel, "tokenize");
+    bn_fault_special fs;
+    rc = out_tokens ? BN_FAULT_SPECIAL(TOKENIZE_FILL, &fs)
+                    : BN_FAULT(TOKENIZE_QUERY);
+    if (rc > 0) /* grow: the fill pass needs more than the query said */
+        rc = grown_tokenize(c, prompt, add_bos, parse_special, out_capacity,
+                            out_len, &fs);
+    if (rc)
+        bn_done(rc, err, err_len);
+    else
+        rc = bn_failed(c->tok.be,
+                       c->tok.be->tokenize_with_context(
+                           c->tok.impl, prompt, add_bos, parse_special,
+                           out_tokens, out_capacity, out_len, err, err_len),
+                       err, err_len);
+    bn_scope_leave(&scope);
+    bn_handle_leave(ctx);
+    return rc;
+}
+
+BITNET_API int bitnet_cpp_eval_with_context(
+    const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+    int32_t seq_id, float *out_logits, int32_t logits_capacity,
+    int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
+{
+    bn_error_clear();
+    int rc = bn_handle_enter(ctx, 0);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    bitnet_context_t *c = (bitnet_context_t *)ctx;
+    call_scope scope;
+    bn_scope_enter(&scope, &c->cancel, "evaluate");
+    bn_fault_special fs;
+    rc = out_logits ? BN_FAULT_SPECIAL(EVAL_FILL, &fs) : BN_FAULT(EVAL_QUERY);
+    if (rc > 0) /* grow: the fill pass needs more than the query said */
+        rc = grown_eval(c, tokens, n_tokens, seq_id, logits_capacity,
+                        out_rows, out_cols, &fs);
+    if (rc)
+        bn_done(rc, err, err_len);
+    else
+        rc = bn_failed(c->eval.be,
+                       c->eval.be->eval_with_context(
+                           c->eval.impl, tokens, n_tokens, seq_id, out_logits,
+                           logits_capacity, out_rows, out_cols, err, err_len),
+                       err, err_len);
+    bn_scope_leave(&scope);
+    bn_handle_leave(ctx);
+    return rc;
+}
+
+BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
+                                   const int32_t *tokens, int32_t n_tokens,
+                                   float *out_logits, int32_t logits_capacity,
+                                   int32_t *out_rows, int32_t *out_cols,
+                                   char *err, int32_t err_len)
+{
+    bn_error_clear();
+    int rc = bn_handle_enter(ctx, 0);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    const bn_backend *be = ctx->be;
+    if ((rc = BN_FAULT(EVAL_GPU)))
+        bn_done(rc, err, err_len);
+    else if (!be->eval_gpu)
+        rc = bn_done(bn_error(BITNET_E_UNSUPPORTED,
+                              "GPU evaluation is not available: backend '%s' "
+                              "does not export bitnet_cpp_eval_gpu "
+                              "(has_cuda=0, has_metal=0, has_hip=0); "
+                              "evaluate on the CPU "
+                              "(bitnet_cpp_eval_with_context)",
+                              be->name),
+                     err, err_len);
+    else
+        rc = bn_failed(be, be->eval_gpu(ctx->impl, tokens, n_tokens,
+                                        out_logits, logits_capacity, out_rows,
+                                        out_cols, err, err_len),
+                       err, err_len);
+    bn_handle_leave(ctx);
+    return rc;
+}
+
+/* ---- context helpers ---------------------------------------------------- */
+
+/* The eval tier's optional helper, or an UNSUPPORTED error. */
+#define EVAL_HELPER(ctx, field, ...)                                          \
+    do {                                                                      \
+        int rc_ = bn_handle_enter(ctx, 0);                                    \
+        if (rc_)                                                              \
+            return rc_;                                                       \
+        const tier *t_ = &(ctx)->eval;                                        \
+        rc_ = t_->be->field                                                   \
+                  ? bn_failed(t_->be, t_->be->field(t_->impl, __VA_ARGS__),   \
+                              NULL, 0)                                        \
+                  : bn_error(BITNET_E_UNSUPPORTED,                            \
+                             "backend '%s' does not export the helper "       \
+                             "behind " #field,                                \
+                             t_->be->name);                                   \
+        bn_handle_leave(ctx);                                                 \
+        return rc_;                                                           \
+    } while (0)
+
+BITNET_API int bitnet_cpp_get_n_past(const bitnet_context_t *ctx,
+                                     int32_t seq_id, int32_t *out_n_past)
+{
+    bn_error_clear();
+    EVAL_HELPER(ctx, get_n_past, seq_id, out_n_past);
+}
+
+BITNET_API int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id)
+{
+    bn_error_clear();
+    EVAL_HELPER(ctx, reset_context, seq_id);
+}
+
+BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,
+                                         int32_t *out_n_vocab,
+                                         int32_t *out_n_ctx)
+{
+    bn_error_clear();
+    EVAL_HELPER(ctx, get_model_info, out_n_vocab, out_n_ctx);
+}
+
+/* ---- Socket 4: sessions over contexts ----------------------------------- */
+
+BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
+                                         const char *model_path,
+                                         const char *tokenizer_path,
+                                         int32_t n_ctx, int32_t n_gpu_layers,
+                                         char *err, int32_t err_len)
+{
+    bn_error_clear();
+    if (!out_session)
+        return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_session is NULL"),
+                       err, err_len);
+    *out_session = NULL;
+    if (tokenizer_path)
+        return bn_done(bn_error(BITNET_E_UNSUPPORTED,
+                                "a separate tokenizer file ('%s') is not "
+                                "supported: the tokenizer is read from the "
+                                "GGUF model; pass tokenizer_path=NULL",
+                                tokenizer_path),
+                       err, err_len);
+    int rc = BN_FAULT(SESSION_CREATE);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    bitnet_session_t *s = bn_calloc(1, sizeof *s, "session handle");
+    if (!s)
+        return bn_done(BITNET_E_OOM, err, err_len);
+    rc = bitnet_cpp_init_context(&s->ctx, model_path, n_ctx, n_gpu_layers,
+                                     err, err_len);
+    if (rc == BITNET_OK && (rc = bn_live_add(s, KIND_SESSION))) {
+        bitnet_cpp_free_context(s->ctx);
+        bn_done(rc, err, err_len);
+    }
+    if (rc) {
+        bn_free(s);
+        return rc;
+    }
+    bn_counter_add(BN_COUNTER_SESSIONS, 1);
+    *out_session = s;
+    return BITNET_OK;
+}
+
+BITNET_API int bitnet_cpp_session_free(bitnet_session_t *session)
+{
+    if (!session)
+        return BITNET_OK;
+    bn_error_clear();
+    int rc = BN_FAULT(SESSION_FREE);
+    if (rc)
+        return rc; /* the session stays alive for a retry */
+    bitnet_context_t *ctx = bn_session_ctx(session, 1);
+    if (!ctx)
+        return BITNET_E_INVALID_HANDLE;
+    rc = bitnet_cpp_free_context(ctx);
+    if (rc) {
+        bn_live_add(session, KIND_SESSION); /* still alive: allow a retry */
+        return rc;
+    }
+    bn_free(session);
+    bn_counter_add(BN_COUNTER_SESSIONS, -1);
+    return BITNET_OK;
+}
+
+BITNET_API int bitnet_cpp_session_tokenize(
+    const bitnet_session_t *session, const char *prompt, int add_bos,
+    int parse_special, int32_t *out_tokens, int32_t out_capacity,
+    int32_t *out_len, char *err, int32_t err_len)
+{
+    bn_error_clear();
+    bitnet_context_t *ctx = bn_session_ctx(session, 0);
+    if (!ctx)
+        return bn_done(BITNET_E_INVALID_HANDLE, err, err_len);
+    int rc = BN_FAULT(SESSION_TOKENIZE);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    return bitnet_cpp_tokenize_with_context(ctx, prompt, add_bos,
+                                            parse_special, out_tokens,
+                                            out_capacity, out_len, err,
+                                            err_len);
+}
+
+BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
+                                       const int32_t *tokens, int32_t n_tokens,
+                                       float *out_logits,
+                                       int32_t logits_capacity,
+                                       int32_t *out_rows, int32_t *out_cols,
+                                       char *err, int32_t err_len)
+{
+    bn_error_clear();
+    bitnet_context_t *ctx = bn_session_ctx(session, 0);
+    if (!ctx)
+        return bn_done(BITNET_E_INVALID_HANDLE, err, err_len);
+    int rc = BN_FAULT(SESSION_EVAL);
+    if (rc)
+        return bn_done(rc, err, err_len);
+    return bitnet_cpp_eval_with_context(ctx, tokens, n_tokens, 0, out_logits,
+                                        logits_capacity, out_rows, out_cols,
+                                        err, err_len);
+}
+
+/* ---- Socket 6, version, errors, counters --------------------------------- */
+
+BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
+{
+    bn_error_clear();
+    return bn_reference_backend.get_capabilities(out_caps);
+}
+
+BITNET_API int32_t bitnet_cpp_abi_version(void) { return BITNET_ABI_VERSION; }
+
+BITNET_API const char *bitnet_cpp_version(void) { return "pytest-bitnet reference 0.1.0"; }
+
+BITNET_API int32_t bitnet_cpp_get_last_error(char *buf, int32_t buf_len)
+{
+    const char *msg = bn_error_message();
+    bn_error_copy(buf, buf_len);
+    size_t n = strlen(msg);
+    return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
+BITNET_API int32_t bitnet_cpp_get_last_error_code(void) { return bn_error_code(); }
+
+BITNET_API int bitnet_cpp_get_counters(bitnet_counters_t *out)
+{
+    if (!out)
+        return BITNET_E_INVALID_ARG;
+    bn_counters_read(out);
+    bn_libraries_add_counters(out); /* objects living in loaded libraries */
+    return BITNET_OK;
+}
