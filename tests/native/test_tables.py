@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_bitnet._native import ffi, lib
+from pytest_bitnet.bridge.abi import ffi, lib
 
-from .native_builds import LOADER_SYMBOLS, SOCKET_SYMBOLS, _build_module
+from ..native_builds import LOADER_SYMBOLS, SOCKET_SYMBOLS, _build_module
 
-INCLUDE = Path(__file__).resolve().parent.parent / "native" / "include"
+INCLUDE = Path(__file__).resolve().parents[2] / "native" / "include"
 build = _build_module()
 
 

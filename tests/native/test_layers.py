@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-NATIVE = Path(__file__).resolve().parent.parent / "native"
+NATIVE = Path(__file__).resolve().parents[2] / "native"
 
 ALLOWED: dict[str, set[str]] = {
     # the ABI headers and the .def tables: self-contained, what third parties compile against
