@@ -78,9 +78,9 @@ def test_symbol_table_gives_every_resolved_symbol_its_dlsym_point() -> None:
 
 
 def test_symbol_table_matches_the_discovery_report() -> None:
-    from pytest_bitnet import _diagnostics
+    from pytest_bitnet.bridge.diagnostics import diagnostics
 
-    report = _diagnostics.diagnostics(backend="dlopen")
+    report = diagnostics(backend="dlopen")
     assert [s["name"] for s in report["symbols"]] == list(LOADER_SYMBOLS)
     required = {name for name, _s, _n, req, _p in _symbols() if req}
     assert {s["name"] for s in report["symbols"] if s["required"]} == required
