@@ -14,6 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import Final, Mapping
 
+from pytest_bitnet.bridge import errors as bridge_errors
 from pytest_bitnet.bridge import faults as native
 
 from . import spec as _spec
@@ -56,6 +57,11 @@ class PointInfo:
     default_error: str  # name of default_code, e.g. "BITNET_E_INFERENCE"
     actions: frozenset[str]  # the actions it accepts
     index: int  # position in the native registry
+
+
+# An injected failure's message says how to stop it in this package's terms.
+bridge_errors.add_hint("disarm the point to stop it", replace="disarm the point (fault_inject.disarm_all(), or unset BITNET_INJECT) to stop it")
+bridge_errors.add_hint("' must be armed there", append="arm it through the bridge that loads the library (fault_inject.arm, BITNET_INJECT)")
 
 
 def _check_action_table() -> None:

@@ -72,7 +72,7 @@ def e32(s: Scenario) -> None:
         s.check(what and what != "unknown" and what in text, f"{cls_name}: the message does not name the operation: {text[:200]}")
         s.check(len(text) > len(what) + 40, f"{cls_name}: the message is too short to say why: {text!r}")
         seen.add(cls_name)
-    native_classes = {c.__name__ for c in errors.CODE_CLASSES.values()}
+    native_classes = {c.__name__ for c in errors.code_classes().values()}
     s.check(native_classes <= seen, f"classes without a real failure here: {sorted(native_classes - seen)}")
 
 
@@ -82,7 +82,7 @@ def e33(s: Scenario) -> None:
     """for each BITNET_E_* code: session.tokenize with tokenize.fill=fail(code)"""
     sess = s.session()
     for name, code in sorted(registry.error_codes().items(), key=lambda kv: -kv[1]):
-        want = errors.CODE_CLASSES[code].__name__
+        want = errors.code_classes()[code].__name__
         with s.inject(f"tokenize.fill=fail({code})"):
             err = s.fails(sess.tokenize, "codes", expect=want, fragments=(f"fail({code})",))
         s.check(err.context.native_code == code, f"{name}: native_code {err.context.native_code}")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, Final, Mapping, NoReturn
 
 from . import errors
 from ._bridge import ffi, lib  # built by pip install (cffi_modules)
 from .counters import COUNTERS
-from .validate import path_arg
+from .validate import BACKENDS, path_arg
 
 __all__ = ["ffi", "lib", "ERR_LEN", "Options", "bundled_library", "new_err_buffer", "raise_native", "native_message"]
 
@@ -23,16 +23,37 @@ __all__ = ["ffi", "lib", "ERR_LEN", "Options", "bundled_library", "new_err_buffe
 ERR_LEN = 512
 
 
+def _code_classes() -> Mapping[int, type[errors.BitnetError]]:
+    """Code -> class from the native error table (bitnet_errors.def), by class name."""
+    table: dict[int, type[errors.BitnetError]] = {}
+    info = ffi.new("bitnet_error_info_t *")
+    for i in range(lib.bitnet_bridge_error_count()):
+        lib.bitnet_bridge_error_info(i, info)
+        name = ffi.string(info.class_name).decode()
+        cls = getattr(errors, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.BitnetError)):
+            raise ImportError(f"native error {ffi.string(info.name).decode()} names class {name!r}, "
+                              "which pytest_bitnet.bridge.errors does not define")
+        table[int(info.code)] = cls
+    return table
+
+
+CODE_CLASSES: Final = _code_classes()
+
+
 def _check_tables() -> None:
-    # Facts defined natively, mirrored here by name: refuse to load when
+    # Facts defined natively and mirrored here by name: refuse to load when
     # they disagree rather than misreport later.
-    native = {getattr(lib, name) for name in dir(lib) if name.startswith("BITNET_E_") and name != "BITNET_E_MIN"}
-    missing = native - set(errors.CODE_CLASSES)
-    if missing:
-        raise ImportError(f"pytest_bitnet.bridge.errors has no class for native codes {sorted(missing)}")
     fields = tuple(name for name, _ in ffi.typeof("bitnet_counters_t").fields)
     if fields != COUNTERS:
         raise ImportError(f"pytest_bitnet.bridge.counters.COUNTERS {COUNTERS} differs from bitnet_counters_t {fields}")
+    info = ffi.new("bitnet_backend_info_t *")
+    native = []
+    for i in range(lib.bitnet_bridge_backend_count()):
+        lib.bitnet_bridge_backend_info(i, info)
+        native.append(ffi.string(info.name).decode())
+    if tuple(native) != BACKENDS:
+        raise ImportError(f"pytest_bitnet.bridge.validate.BACKENDS {BACKENDS} differs from bitnet_backends.def {tuple(native)}")
 
 
 _check_tables()
@@ -138,7 +159,7 @@ def raise_native(
     )
     where = f"{operation} ({phase})" if phase else operation
     detail = ", ".join(f"{k}={v!r}" for k, v in params.items())
-    text = f"{where} failed: {message or 'no message from native code'}"
+    text = f"{where} failed: {errors.apply_hints(message) if message else 'no message from native code'}"
     if hint:
         text += f"; {hint}"
     if detail:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final, Mapping
+from typing import Any, Mapping
 
 __all__ = [
     "BitnetError",
@@ -32,6 +32,8 @@ __all__ = [
     "Unsupported",
     "InternalError",
     "ErrorContext",
+    "code_classes",
+    "add_hint",
     "error_for_code",
 ]
 
@@ -129,28 +131,58 @@ class InternalError(BitnetError):
     """An invariant did not hold: a bug, please report it."""
 
 
-# Native code -> class.  The codes are defined once, in native/include/bitnet.h;
-# pytest_bitnet._native checks at import that this table covers all of them.
-CODE_CLASSES: Final[Mapping[int, type[BitnetError]]] = {
-    -1: InvalidArgument,
-    -2: ModelLoadError,
-    -3: ModelLoadError,
-    -4: InferenceError,
-    -5: OutOfMemory,
-    -6: ThreadSafetyError,
-    -7: InvalidHandle,
-    -8: ContextOverflow,
-    -9: Unsupported,
-    -10: InternalError,
-    -11: OperationTimeout,
-    -12: SymbolNotFound,
-    -13: CleanupFailed,
-    -14: CppNotAvailable,
-    -15: LibraryNotFound,
-    -16: AbiMismatch,
-}
+def code_classes() -> Mapping[int, type[BitnetError]]:
+    """Native code -> class, as native/include/bitnet_errors.def says (loads the bridge)."""
+    # The codes and the class of each are defined once, natively; the
+    # glue reads that table by class name.
+    from ._native import CODE_CLASSES
+
+    return CODE_CLASSES
 
 
 def error_for_code(code: int) -> type[BitnetError]:
     """The exception class for a native code (InternalError if unknown)."""
-    return CODE_CLASSES.get(code, InternalError)
+    return code_classes().get(code, InternalError)
+
+
+# ---- hints: the Python side's words in native messages ------------------------------------
+
+
+@dataclass(frozen=True)
+class _Hint:
+    fragment: str
+    replace: str | None
+    append: str | None
+
+
+_HINTS: list[_Hint] = []
+
+
+def add_hint(fragment: str, *, replace: str | None = None, append: str | None = None) -> None:
+    """Puts the Python side's words into native messages that contain `fragment`.
+
+    The native bridge knows nothing of Python: its messages name the C API
+    (``bitnet_bridge_set_call_timeout``).  A layer above that knows what its
+    users call things registers, once, either a ``replace`` for the
+    fragment or text to ``append`` to the message; raised errors carry the
+    result (``ErrorContext.native_message`` keeps the native text).
+    """
+    if not fragment or (replace is None) == (append is None):
+        raise ValueError("add_hint needs a fragment and exactly one of replace= or append=")
+    _HINTS.append(_Hint(fragment, replace, append))
+
+
+def apply_hints(message: str) -> str:
+    """The message with every registered hint applied."""
+    for h in _HINTS:
+        if h.fragment in message:
+            message = message.replace(h.fragment, h.replace) if h.replace is not None else f"{message}; {h.append}"
+    return message
+
+
+# What the C API's names are in the Python API's words.
+add_hint("raise the timeout (bitnet_bridge_set_call_timeout)", replace="raise the timeout (timeout=..., BITNET_CPP_TIMEOUT)")
+add_hint("check the backend option (bitnet_bridge_options.backend)", replace="check the backend= argument")
+add_hint("evaluate on the CPU (bitnet_cpp_eval_with_context)", replace="use evaluate() on the CPU")
+add_hint("or load it with a bridge of its ABI version", replace="or install the pytest-bitnet release that matches it")
+add_hint("the llama.cpp adapter '", append="remove it to have it rebuilt, or reinstall llama-cpp-python")

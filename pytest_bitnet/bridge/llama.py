@@ -36,8 +36,9 @@ INSTALL_HINT = "pip install 'pytest-bitnet[llama]' (its first build compiles lla
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
 ADAPTER_SOURCE = NATIVE / "llama" / "adapter.c"
-# Headers of ours the adapter includes: a change to them must rebuild it.
-OUR_HEADERS = [NATIVE / "include" / "bitnet.h", NATIVE / "include" / "bitnet_host.h"]
+# Headers and tables of ours the adapter includes (bitnet.h includes the
+# error table): a change to any of them must rebuild it.
+OUR_HEADERS = sorted((NATIVE / "include").glob("*.h")) + sorted((NATIVE / "include").glob("*.def"))
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fPIC", "-shared", "-fvisibility=hidden"]
 
 

@@ -5,7 +5,7 @@
     # loading `path` must fail with a message containing `fragment`
 
 Each variant breaks exactly one rule of the strict reader
-(native/reference/gguf.c); everything else in the file stays valid, so the
+(native/reference/gguf_reader.c); everything else in the file stays valid, so the
 expected fragment is the reader's message for that one rule.  Structural
 changes (an extra kv pair, a longer tensor name) are made by parsing the file
 into its parts and writing it again with the data section re-aligned; fixed

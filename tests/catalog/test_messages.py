@@ -76,7 +76,7 @@ def test_e32_every_error_class_says_what_why_and_how_to_fix(
             what = err.context.operation
             assert what and what != "unknown" and what in str(err), f"{name}: the operation is not named"
             assert len(str(err)) > len(what) + 40, f"{name}: too short to say why: {err}"
-    every_native_class = {cls.__name__ for cls in errors.CODE_CLASSES.values()}
+    every_native_class = {cls.__name__ for cls in errors.code_classes().values()}
     assert every_native_class <= {name for name, _, _ in failures}
     assert bitnet_counters.delta() == {}
 
@@ -85,7 +85,7 @@ def test_e33_every_native_code_maps_to_its_class(bitnet_model: Path, bitnet_inje
     entry = CATALOG["E33"]
     with bn.BitnetSession.create(bitnet_model) as s:
         for name, code in sorted(fi.error_codes().items(), key=lambda kv: -kv[1]):
-            cls = errors.CODE_CLASSES[code]
+            cls = errors.code_classes()[code]
             with bitnet_inject(f"tokenize.fill=fail({code})"):
                 with pytest.raises(cls) as exc:
                     s.tokenize("codes")
