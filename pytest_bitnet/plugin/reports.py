@@ -30,7 +30,7 @@ def header(run: RunState) -> list[str]:
     if s.diagnostics:
         from pytest_bitnet.bridge.diagnostics import diagnostics, format_text
 
-        lines += ["bitnet diagnostics:"] + ["  " + line for line in format_text(diagnostics()).splitlines()]
+        lines += [f"bitnet diagnostics: ({s.diagnostics_source})"] + ["  " + line for line in format_text(diagnostics()).splitlines()]
     return lines
 
 
