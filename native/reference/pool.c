@@ -20,21 +20,61 @@
  * of one forward pass, short enough not to burn a core between calls. */
 #define SPIN_ROUNDS 4000
 
+/*
+ * fork().  A child process has only the thread that forked: a pool's
+ * workers are not there, and its mutex may have been copied while a worker
+ * held it.  So a pool remembers the fork generation it started its workers
+ * in; a child (where a pthread_atfork handler has bumped the generation)
+ * runs every job on the calling thread, never touches the pool's locks,
+ * and frees the pool without joining threads that do not exist there (nor
+ * destroying condition variables their copies still count as waiting).
+ */
+static atomic_uint fork_generation;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void after_fork_in_child(void)
+{
+    atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
 struct bn_pool {
     int n_threads;            /* including the caller */
     pthread_t *threads;       /* n_threads - 1 workers */
+    unsigned forks;           /* fork_generation the workers were started in */
     pthread_mutex_t lock;     /* guards sleeping and waking */
     pthread_cond_t wake;      /* workers wait here for a new generation */
-    pthread_cond_t idle;      /* the caller waits here for active == 0 */
-    atomic_uint_fast64_t generation; /* bumped once per job */
+    pthread_cond_t idle;      /* the caller waits here for inside == 0 */
+    atomic_uint_fast64_t generation; /* bumped once per job: wakes workers */
     atomic_int stop;          /* set by bn_pool_free */
-    /* the current job; written before generation is bumped */
+    /* the current job: written while open == 0, read by a worker only
+     * after it has seen open == 1 */
     bn_task_fn fn;
     void *arg;
     int64_t n_items, grain;
     atomic_int_fast64_t next; /* next unclaimed item */
-    atomic_int active;        /* workers still inside the current job */
+    /* A worker joins a job by incrementing `inside`, then looking at `open`;
+     * the caller closes the job (open = 0) once every item is claimed, then
+     * waits for inside == 0.  Both sides are sequentially consistent, so a
+     * worker either sees the job closed and leaves without touching it, or
+     * is counted and waited for.  The caller therefore waits only for chunks
+     * already being computed, never for a worker that has not woken up yet
+     * (or, without the fork check, one that does not exist): the wait is
+     * bounded by one chunk of work per worker. */
+    atomic_int open;
+    atomic_int inside;
 };
+
+/* The workers of p run in this process (not in a fork()ed child). */
+static int owned(const bn_pool *p)
+{
+    return p->forks ==
+           atomic_load_explicit(&fork_generation, memory_order_relaxed);
+}
 
 static void work(bn_pool *p)
 {
@@ -69,8 +109,10 @@ static void *worker(void *arg)
         if (atomic_load(&p->stop))
             return NULL;
         seen = gen;
-        work(p);
-        if (atomic_fetch_sub(&p->active, 1) == 1) {
+        atomic_fetch_add(&p->inside, 1);
+        if (atomic_load(&p->open))
+            work(p); /* a closed (or later) job: its fields are visible */
+        if (atomic_fetch_sub(&p->inside, 1) == 1) {
             pthread_mutex_lock(&p->lock);
             pthread_cond_signal(&p->idle);
             pthread_mutex_unlock(&p->lock);
@@ -96,10 +138,13 @@ int bn_pool_new(int n_threads, bn_pool **out)
     *out = NULL;
     if (n_threads < 1)
         n_threads = 1;
+    /* before the first worker exists, so no pool's workers can predate it */
+    pthread_once(&atfork_once, register_atfork);
     bn_pool *p = bn_calloc(1, sizeof *p, "thread pool");
     if (!p)
         return BITNET_E_OOM;
     p->n_threads = 1;
+    p->forks = atomic_load_explicit(&fork_generation, memory_order_relaxed);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->idle, NULL);
@@ -130,27 +175,34 @@ void bn_pool_free(bn_pool *p)
 {
     if (!p)
         return;
-    pthread_mutex_lock(&p->lock);
-    atomic_store(&p->stop, 1);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-    for (int i = 0; i < p->n_threads - 1; i++)
-        pthread_join(p->threads[i], NULL);
-    pthread_cond_destroy(&p->idle);
-    pthread_cond_destroy(&p->wake);
-    pthread_mutex_destroy(&p->lock);
+    if (owned(p)) {
+        pthread_mutex_lock(&p->lock);
+        atomic_store(&p->stop, 1);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+        for (int i = 0; i < p->n_threads - 1; i++)
+            pthread_join(p->threads[i], NULL);
+        pthread_cond_destroy(&p->idle);
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->lock);
+    }
+    /* in a fork()ed child the workers are the parent's: nothing to join;
+     * the synchronisation objects are left as they are (see the top) */
     bn_free(p->threads);
     bn_free(p);
 }
 
-int bn_pool_threads(const bn_pool *p) { return p ? p->n_threads : 1; }
+int bn_pool_threads(const bn_pool *p)
+{
+    return p && owned(p) ? p->n_threads : 1;
+}
 
 void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
                  int64_t grain)
 {
     if (grain < 1)
         grain = 1;
-    if (!p || p->n_threads == 1 || n_items <= grain) {
+    if (!p || p->n_threads == 1 || n_items <= grain || !owned(p)) {
         fn(arg, 0, n_items);
         return;
     }
@@ -159,20 +211,23 @@ void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
     p->n_items = n_items;
     p->grain = grain;
     atomic_store(&p->next, 0);
-    atomic_store(&p->active, p->n_threads - 1);
+    atomic_store(&p->open, 1); /* publishes the job's fields */
     pthread_mutex_lock(&p->lock);
-    atomic_fetch_add(&p->generation, 1); /* publishes the job */
+    atomic_fetch_add(&p->generation, 1); /* wakes the workers */
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     work(p);
+    /* every item is claimed: no worker may join from here on, and the ones
+     * inside finish the chunk they hold (see `open` above) */
+    atomic_store(&p->open, 0);
     int spins = 0;
-    while (atomic_load(&p->active) > 0) {
+    while (atomic_load(&p->inside) > 0) {
         if (++spins < SPIN_ROUNDS) {
             CPU_RELAX();
             continue;
         }
         pthread_mutex_lock(&p->lock);
-        while (atomic_load(&p->active) > 0)
+        while (atomic_load(&p->inside) > 0)
             pthread_cond_wait(&p->idle, &p->lock);
         pthread_mutex_unlock(&p->lock);
     }

@@ -7,6 +7,12 @@
  * thread per call, none left behind.  Workers spin briefly for the next job
  * (dispatch in about a microsecond during a forward pass), then sleep on a
  * condition variable, so an idle context costs no CPU.
+ *
+ * The caller waits only for chunks a worker is already computing (a worker
+ * that has not woken yet finds the job taken), so a run is never held up
+ * by a thread that is not running.  In a fork()ed child, where the workers
+ * do not exist, every job runs on the calling thread and bn_pool_threads
+ * says 1; bn_pool_free there frees without joining.
  */
 #ifndef BN_POOL_H
 #define BN_POOL_H

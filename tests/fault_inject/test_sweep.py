@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pytest
 
 import fault_inject as fi
@@ -83,6 +84,24 @@ def test_hang_with_no_deadline_is_killed_by_the_child_timeout(tiny_model: Path) 
     # forever; the forked sweep kills the child and reports it.
     report = fi.sweep("eval.step", lifecycle(tiny_model, timeout=math.inf), action="hang", fork=True, timeout=1.0)
     assert [(it.outcome, it.error) for it in report.iterations] == [("timeout", "timeout"), ("timeout", "timeout"), ("ok", None)]
+
+
+def test_forked_sweep_over_a_session_made_in_the_parent(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each child inherits the parent's session but not its pool's worker
+    # threads: the evaluation must run on the child's one thread, not wait
+    # for workers that are not there (which made every iteration a timeout).
+    monkeypatch.setenv("BITNET_NUM_THREADS", "2")
+    tokens = [1, 17, 300, 45, 2, 99, 511, 260]  # above the pool's parallel threshold
+    with bn.BitnetSession.create(tiny_model, n_ctx=64, timeout=2.0) as s:
+        expected = s.evaluate(tokens)
+        s.reset()
+
+        def body() -> None:
+            np.testing.assert_array_equal(s.evaluate(tokens), expected)
+
+        report = fi.sweep("eval.step", body, fork=True, timeout=30.0, stop_on_failure=True)
+    assert report.ok, report.describe()
+    assert [(it.outcome, it.error) for it in report.iterations] == [("error", "InferenceError")] * 2 + [("ok", None)]
 
 
 def test_hang_under_a_deadline_is_a_clean_timeout(tiny_model: Path) -> None:
