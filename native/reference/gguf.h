@@ -15,8 +15,9 @@
  * duplicated; n_dims 1..4; every ne >= 1 and the element count not
  * overflowing int64; tensor types known to ggml (plus BitNet.cpp's I2_S,
  * type 36); rows a whole number of blocks; general.alignment of type u32
- * and a non-zero power of two; tensor offsets multiples of the alignment
- * and equal to the running total of padded sizes (no gaps, no overlap);
+ * and a power of two that is a multiple of 8 (the GGUF specification);
+ * tensor offsets multiples of the alignment and equal to the running
+ * total of padded sizes (no gaps, no overlap);
  * tensor data, including the last tensor's padding, lying within the file
  * (as llama.cpp's gguf_init_from_file requires when it reads the data).
  * Stricter than llama.cpp: n_dims 0, ne 0, empty tensor names, and keys or

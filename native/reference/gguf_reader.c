@@ -54,6 +54,7 @@
 #define MAX_NAME 64
 #define MAX_DIMS 4
 #define DEFAULT_ALIGNMENT 32
+#define MIN_ALIGNMENT 8 /* the GGUF specification: a multiple of 8 */
 
 /* The smallest encodings a valid file can use, to bound the header counts
  * by the file size: a kv pair is a u64 key length, a key of >= 1 byte, a
@@ -714,6 +715,21 @@ static int check_keys(reader *r, bn_gguf *g)
                         "two (expected a non-zero power of two; the default "
                         "is %d)",
                         a->file_offset, v, DEFAULT_ALIGNMENT);
+        /* The GGUF specification asks a multiple of 8.  Smaller ones would
+         * let tensor data start at addresses its element type cannot be
+         * loaded from (an F32 norm after a TQ2_0 tensor of an odd number
+         * of 66-byte blocks lies at 2 mod 4), and llama.cpp aborts on
+         * such files. */
+        if (v % MIN_ALIGNMENT != 0)
+            return fail(r,
+                        "key 'general.alignment' at offset %" PRIu64
+                        " has value %" PRIu32 ", which is not a multiple "
+                        "of %d: GGUF requires the alignment of tensor data "
+                        "to be a power of two and a multiple of %d (the "
+                        "default is %d); rewrite the file with a valid "
+                        "general.alignment, or without the key",
+                        a->file_offset, v, MIN_ALIGNMENT, MIN_ALIGNMENT,
+                        DEFAULT_ALIGNMENT);
         g->alignment = v;
     }
     return BITNET_OK;

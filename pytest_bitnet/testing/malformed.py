@@ -180,6 +180,15 @@ def write_variants(src: str | os.PathLike[str], out_dir: str | os.PathLike[str])
         with_kvs([*kvs, (b"general.alignment", bad_alignment)]),
         "value 48, which is not a power of two",
     )
+    # a power of two, but below the multiple of 8 GGUF requires: the data
+    # section and every offset stay valid for alignment 1 (they are multiples
+    # of it), so only that rule is broken -- and F32 data could sit at odd
+    # addresses (issue 13 item 8)
+    small_alignment = _string(b"general.alignment") + struct.pack("<II", _UINT32, 1)
+    variants["small_alignment"] = (
+        dataclasses.replace(g, kvs=[*kvs, (b"general.alignment", small_alignment)], alignment=1).to_bytes(),
+        "has value 1, which is not a multiple of 8",
+    )
 
     result: dict[str, tuple[Path, str]] = {}
     for name, (blob, fragment) in variants.items():

@@ -97,6 +97,7 @@ def make_tiny_model(
     scales: bool = False,
     rope_base: float = 10000.0,
     rms_eps: float = 1e-5,
+    alignment: int | None = None,
 ) -> Path:
     """Writes a deterministic model to path and returns it as a Path.
 
@@ -106,6 +107,9 @@ def make_tiny_model(
     per-tensor ``.scale`` tensors.  n_embd and n_ff must be multiples of the
     weight type's block: 256 for TQ2_0, 128 for I2_S; F16 and F32 take any
     size (the fuzzer's seeds, fuzz/make_corpus.py, are models of a few KiB).
+    ``alignment`` writes ``general.alignment`` and pads the tensor data to it
+    (None: no key, GGUF's default 32); any power of two is written, so a
+    test can offer the reader one GGUF forbids.
     """
     block = _WEIGHT_BLOCK.get(weight_type, 1)
     if n_embd % block or n_ff % block:
@@ -121,6 +125,8 @@ def make_tiny_model(
     kv_dim = head_dim * n_head_kv
 
     w = gguf.GGUFWriter(str(path), arch)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     w.add_name(f"pytest-bitnet tiny {arch} seed={seed}")
     w.add_context_length(n_ctx_train)
     w.add_embedding_length(n_embd)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 
 import pytest_bitnet as bn
@@ -22,7 +24,8 @@ def test_required_variants_exist(variants: dict[str, tuple[Path, str]]) -> None:
 @pytest.mark.parametrize(
     "name",
     ["bad_magic", "bad_version", "truncated_data", "unsupported_type", "duplicate_key", "nested_array",
-     "misaligned_offset", "huge_tensor_count", "huge_string_length", "data_beyond_eof", "name_too_long", "bad_alignment"],
+     "misaligned_offset", "huge_tensor_count", "huge_string_length", "data_beyond_eof", "name_too_long", "bad_alignment",
+     "small_alignment"],
 )
 def test_variant_gives_precise_error(variants: dict[str, tuple[Path, str]], name: str) -> None:
     path, fragment = variants[name]
@@ -33,6 +36,26 @@ def test_variant_gives_precise_error(variants: dict[str, tuple[Path, str]], name
         assert fragment in message
         assert str(path) in message  # which file
         assert exc.value.context.native_code == -3
+
+
+@pytest.mark.parametrize("alignment", [1, 2, 4])
+def test_alignment_below_a_multiple_of_8_is_refused(make_model: Callable[..., Path], alignment: int) -> None:
+    # GGUF asks a multiple of 8; a smaller power of two let F32 data sit at
+    # addresses it cannot be loaded from (UBSan: misaligned load in rmsnorm)
+    path = make_model(alignment=alignment)
+    pattern = rf"key 'general\.alignment' at offset \d+ has value {alignment}, which is not a multiple of 8"
+    for load in (lambda: bn.BitnetSession.create(path), lambda: bn.tokenize(path, "x")):
+        with pytest.raises(errors.ModelLoadError, match=pattern) as exc:
+            load()
+        assert exc.value.context.native_code == -3
+
+
+@pytest.mark.parametrize("alignment", [8, 16, 64])
+def test_alignments_gguf_allows_load(make_model: Callable[..., Path], tiny_model: Path, alignment: int) -> None:
+    with bn.BitnetSession.create(tiny_model, n_ctx=64) as s:
+        expected = s.evaluate([1, 17, 300, 45])
+    with bn.BitnetSession.create(make_model(alignment=alignment), n_ctx=64) as s:
+        np.testing.assert_array_equal(s.evaluate([1, 17, 300, 45]), expected)
 
 
 def test_messages_name_field_and_offset(variants: dict[str, tuple[Path, str]]) -> None:
