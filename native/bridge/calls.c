@@ -11,20 +11,39 @@
 
 /* ---- the deadline of a call ---------------------------------------------- */
 
-static _Thread_local int64_t call_timeout_ns; /* 0: none */
+/* What the calling thread asked for its next calls: a timeout, measured
+ * from the start of each call, or one absolute deadline shared by all of
+ * them (a caller's operation of several calls -- the two passes of a
+ * buffer-filling call -- has one budget, not a fresh one per call). */
+static _Thread_local struct {
+    int64_t ns;   /* 0: none */
+    int absolute; /* ns is a bn_now_ns() time, not a duration */
+} call_deadline;
 
 BITNET_API void bitnet_bridge_set_call_timeout(int64_t timeout_ns)
 {
-    call_timeout_ns = timeout_ns > 0 ? timeout_ns : 0;
+    call_deadline.ns = timeout_ns > 0 ? timeout_ns : 0;
+    call_deadline.absolute = 0;
 }
+
+BITNET_API void bitnet_bridge_set_call_deadline(int64_t deadline_ns)
+{
+    /* a time at or before the clock's epoch is in the past, not "none" */
+    call_deadline.ns = deadline_ns == 0 ? 0 : deadline_ns < 0 ? 1 : deadline_ns;
+    call_deadline.absolute = 1;
+}
+
+BITNET_API int64_t bitnet_bridge_now_ns(void) { return bn_now_ns(); }
 
 void bn_scope_enter(call_scope *s, atomic_int *cancel, const char *op)
 {
-    int64_t now = bn_now_ns();
-    /* saturate: a timeout of centuries must not wrap into the past */
-    s->dl.at_ns = !call_timeout_ns ? 0
-                  : call_timeout_ns > INT64_MAX - now ? INT64_MAX
-                                                      : now + call_timeout_ns;
+    int64_t ns = call_deadline.ns;
+    if (ns && !call_deadline.absolute) {
+        int64_t now = bn_now_ns();
+        /* saturate: a timeout of centuries must not wrap into the past */
+        ns = ns > INT64_MAX - now ? INT64_MAX : now + ns;
+    }
+    s->dl.at_ns = ns;
     s->dl.cancel = cancel;
     s->dl.operation = op;
     s->prev = bn_deadline_enter(&s->dl);

@@ -71,6 +71,14 @@ BITNET_API const char *bitnet_bridge_served_by(const bitnet_context_t *ctx,
  * timeout_ns > 0 sets one (measured from the start of each call), 0 clears
  * it.  Checked at step points (load chunks, tokenizer chunks, every layer). */
 BITNET_API void bitnet_bridge_set_call_timeout(int64_t timeout_ns);
+/* The same with one absolute deadline for every call until it is changed:
+ * deadline_ns on the clock of bitnet_bridge_now_ns (CLOCK_MONOTONIC), 0
+ * clears it; a time already past fails each call at its first check.  For
+ * an operation made of several calls (query pass, then fill pass) that must
+ * end by one time.  Each of the two setters replaces what the other set. */
+BITNET_API void bitnet_bridge_set_call_deadline(int64_t deadline_ns);
+/* The bridge's clock (CLOCK_MONOTONIC), in ns. */
+BITNET_API int64_t bitnet_bridge_now_ns(void);
 /* Asks the call running on ctx (from another thread) to stop: it returns
  * BITNET_E_TIMEOUT at its next step point, leaving ctx usable. */
 BITNET_API int bitnet_bridge_cancel(const bitnet_context_t *ctx);

@@ -19,23 +19,29 @@ from ._native import ffi, lib, new_err_buffer, raise_native
 QUERY = "QUERY PHASE"
 FILL = "FILL PHASE"
 
-_MAX_TIMEOUT_NS = 2**63 - 1  # bitnet_bridge_set_call_timeout takes int64_t
+_MAX_NS = 2**63 - 1  # the bridge's deadlines are int64_t nanoseconds
 
 
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
     """The calling thread's deadline for the bridge calls in the block.
 
-    The bridge reads it at the start of each call; no thread is started,
-    the native step points check it.  A finite timeout beyond the native
-    int64 nanoseconds (~292 years) is no deadline in practice.
+    One absolute deadline, fixed on entry: every call in the block (both
+    passes of a two-pass call) shares the budget, instead of each starting
+    a fresh one.  No thread is started; the native step points check it.
+    A finite timeout beyond the native int64 nanoseconds (~292 years) is no
+    deadline in practice.
     """
-    ns = 0 if seconds * 1e9 >= _MAX_TIMEOUT_NS else max(1, int(seconds * 1e9))
-    lib.bitnet_bridge_set_call_timeout(ns)
+    if seconds * 1e9 >= _MAX_NS:
+        at = 0  # none
+    else:
+        now = lib.bitnet_bridge_now_ns()  # the bridge's clock, not Python's
+        at = min(now + max(1, int(seconds * 1e9)), _MAX_NS)
+    lib.bitnet_bridge_set_call_deadline(at)
     try:
         yield
     finally:
-        lib.bitnet_bridge_set_call_timeout(0)
+        lib.bitnet_bridge_set_call_deadline(0)
 
 
 def warn_if_fallback(label: str, operation: str) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fault_inject as fi
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge import abi
+
+# A timed-out call must return well within this of its deadline (generous for
+# a loaded machine: the point is that the deadline ends the call).
+LATE = 2.0
 
 
 def test_expired_deadline_on_evaluate_leaves_session_usable(tiny_model: Path) -> None:
@@ -86,3 +93,55 @@ def test_e46_timed_work_equals_untimed(tiny_model: Path) -> None:
         timed = s.evaluate(toks, timeout=5.0)
     np.testing.assert_array_equal(timed, untimed)
     np.testing.assert_array_equal(bn.evaluate(tiny_model, toks, timeout=5.0), untimed)
+
+
+# ---- one deadline for the whole call ------------------------------------------------------------
+
+TWO_PASS = {
+    # operation: (the points of its two passes, the call)
+    "session tokenize": ("tokenize", lambda s, path, t: s.tokenize("two passes", timeout=t)),
+    "session evaluate": ("eval", lambda s, path, t: s.evaluate([1, 2, 3], timeout=t)),
+    "per-call tokenize": ("tokenize", lambda s, path, t: bn.tokenize(path, "two passes", timeout=t)),
+    "per-call evaluate": ("eval", lambda s, path, t: bn.evaluate(path, [1, 2, 3], timeout=t)),
+}
+
+
+@pytest.mark.parametrize("operation", list(TWO_PASS))
+def test_one_deadline_covers_both_passes(tiny_model: Path, operation: str) -> None:
+    # Each pass alone fits the budget (600 ms of 1 s), both together do not:
+    # with a fresh budget per pass the call ran 1.2 s and succeeded.
+    prefix, call = TWO_PASS[operation]
+    timeout = 1.0
+    with bn.BitnetSession.create(tiny_model, n_ctx=64) as s:
+        with fi.inject(f"{prefix}.query=delay(600);{prefix}.fill=delay(600)"):
+            start = time.monotonic()
+            with pytest.raises(errors.OperationTimeout, match="timed out") as exc:
+                call(s, tiny_model, timeout)
+            elapsed = time.monotonic() - start
+        assert exc.value.context.phase == "FILL PHASE"  # the query pass fit, the fill ran out
+        assert elapsed < timeout + LATE
+        assert s.n_past() == 0 and s.tokenize("usable").size > 1
+
+
+def test_a_c_callers_timeout_still_restarts_with_each_call(tiny_model: Path) -> None:
+    # bitnet_bridge_set_call_timeout keeps its meaning for C callers: measured
+    # from the start of each call; bitnet_bridge_set_call_deadline is one time.
+    with bn.BitnetSession.create(tiny_model, n_ctx=64) as s, fi.inject("tokenize.query=delay(600)"):
+        n, err = abi.ffi.new("int32_t *"), abi.ffi.new("char[]", abi.ERR_LEN)
+
+        def query() -> int:
+            return int(abi.lib.bitnet_cpp_tokenize_with_context(s.handle, b"x", 1, 0, abi.ffi.NULL, 0, n, err, len(err)))
+
+        try:
+            abi.lib.bitnet_bridge_set_call_timeout(int(1e9))
+            assert [query(), query()] == [0, 0]  # 600 ms each, 1 s each
+            abi.lib.bitnet_bridge_set_call_deadline(abi.lib.bitnet_bridge_now_ns() + int(1e9))
+            assert query() == 0
+            assert query() == abi.lib.BITNET_E_TIMEOUT  # the same 1 s
+            abi.lib.bitnet_bridge_set_call_deadline(abi.lib.bitnet_bridge_now_ns() - 1)
+            assert query() == abi.lib.BITNET_E_TIMEOUT  # already past
+            abi.lib.bitnet_bridge_set_call_deadline(0)  # none
+            assert query() == 0
+        finally:
+            abi.lib.bitnet_bridge_set_call_timeout(0)
+
