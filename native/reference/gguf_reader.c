@@ -68,6 +68,10 @@
 #define WINDOW_BYTES (64u * 1024)  /* metadata read-ahead */
 #define DATA_CHUNK (4u * 1024 * 1024)
 #define STEP_EVERY 256             /* kv pairs / tensor infos between steps */
+/* Elements of one array, or names, between two deadline checks (poll):
+ * an array of a billion strings is one kv pair, so the step of every
+ * STEP_EVERY pairs alone would let it run unchecked for seconds. */
+#define POLL_EVERY 4096
 
 /* ------------------------------------------------------------------ */
 /* messages                                                            */
@@ -283,21 +287,17 @@ static int read_strlen(reader *r, uint64_t *len, const char *field)
     return BITNET_OK;
 }
 
-/* Calls the step callback.  A non-zero return aborts the load with that
- * code: the callback's own message is kept (with this file and position in
- * front) when it recorded one, else one is written here.  The `load.step`
- * fault point is reached first, callback or not. */
-static int step(const reader *r, const char *doing)
+/* Calls the step callback (the deadline check) only: inside loops whose
+ * length the file decides, between two steps.  A non-zero return aborts
+ * the load with that code: the callback's own message is kept (with this
+ * file and position in front) when it recorded one, else one is written
+ * here. */
+static int poll(const reader *r, const char *doing)
 {
-    int rc = BN_FAULT(LOAD_STEP);
-    if (rc)
-        return bn_error_prefix("'%s': load aborted while reading %s at "
-                               "offset %" PRIu64 ": ",
-                               r->path, doing, r->pos);
     if (!r->step)
         return BITNET_OK;
     bn_error_clear();
-    rc = r->step(r->step_user);
+    int rc = r->step(r->step_user);
     if (rc == 0)
         return BITNET_OK;
     if (bn_error_code() == rc && bn_error_message()[0])
@@ -308,6 +308,20 @@ static int step(const reader *r, const char *doing)
                     "'%s': load aborted by the step callback (code %d, %s) "
                     "while reading %s at offset %" PRIu64,
                     r->path, rc, bn_error_name(rc), doing, r->pos);
+}
+
+/* A step of the load: the `load.step` fault point, then the callback.
+ * Steps are where hit counts are counted (the header, every STEP_EVERY kv
+ * pairs and tensor infos, every data chunk), so that polls added inside
+ * loops do not change them. */
+static int step(const reader *r, const char *doing)
+{
+    int rc = BN_FAULT(LOAD_STEP);
+    if (rc)
+        return bn_error_prefix("'%s': load aborted while reading %s at "
+                               "offset %" PRIu64 ": ",
+                               r->path, doing, r->pos);
+    return poll(r, doing);
 }
 
 /* ------------------------------------------------------------------ */
@@ -442,7 +456,8 @@ static int read_string_array(reader *r, bn_gguf_str *elems, uint64_t n)
     for (uint64_t i = 0; i < n; i++) {
         uint64_t len;
         r->elem = (int64_t)i;
-        if ((rc = read_strlen(r, &len, "length")))
+        if ((i % POLL_EVERY == POLL_EVERY - 1 && (rc = poll(r, "kv pairs"))) ||
+            (rc = read_strlen(r, &len, "length")))
             goto fail;
         /* len <= left(r) < file size, so used + len + 1 cannot overflow */
         if (used + len + 1 > cap) {
@@ -472,6 +487,20 @@ static int read_string_array(reader *r, bn_gguf_str *elems, uint64_t n)
 fail:
     bn_free(pool);
     return rc;
+}
+
+/* Reads n bytes of a numeric array (up to GiBs) in chunks, polling. */
+static int read_array_data(reader *r, uint8_t *dst, size_t n)
+{
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < DATA_CHUNK ? n - done : DATA_CHUNK;
+        int rc;
+        if ((done && (rc = poll(r, "kv pairs"))) ||
+            (rc = read_bytes(r, dst + done, k, "array data")))
+            return rc;
+        done += k;
+    }
+    return BITNET_OK;
 }
 
 /* Reads the value type and value of kv (whose key is read). */
@@ -568,9 +597,8 @@ static int read_value(reader *r, bn_gguf_kv *kv)
         v = bn_calloc((size_t)n, es, "GGUF array");
         if (!v)
             return oom(r);
-        rc = et == BN_GGUF_STRING
-                 ? read_string_array(r, v, n)
-                 : read_bytes(r, v, (size_t)(n * es), "array data");
+        rc = et == BN_GGUF_STRING ? read_string_array(r, v, n)
+                                  : read_array_data(r, v, (size_t)(n * es));
         if (rc) {
             bn_free(v);
             return rc;
@@ -660,6 +688,13 @@ static int find_duplicate(const reader *r, const bn_gguf *g, uint64_t n,
     if (!slots)
         return oom(r);
     for (uint64_t i = 0; i < n; i++) {
+        if (i % POLL_EVERY == POLL_EVERY - 1) {
+            int rc = poll(r, "names");
+            if (rc) {
+                bn_free(slots);
+                return rc;
+            }
+        }
         const char *s = name_at(g, i);
         uint64_t h = 1469598103934665603u; /* FNV-1a */
         for (const unsigned char *p = (const unsigned char *)s; *p; p++)

@@ -302,10 +302,10 @@ static int load_tensors(bn_model *m)
 /* Everything after the reader: vocabulary, hyperparameters, weights.  m
  * owns m->gguf; on failure m and all it holds are freed. */
 static int finish_load(bn_model *m, const char *path, unsigned flags,
-                       bn_model **out)
+                       bn_step_fn step, void *step_user, bn_model **out)
 {
     int rc;
-    if ((rc = bn_vocab_load(m->gguf, &m->vocab)))
+    if ((rc = bn_vocab_load(m->gguf, step, step_user, &m->vocab)))
         goto fail_ctx;
     m->n_vocab = bn_vocab_n_tokens(m->vocab);
     if ((rc = load_hparams(m)))
@@ -342,7 +342,7 @@ int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
         bn_free(m);
         return rc;
     }
-    return finish_load(m, path, flags, out);
+    return finish_load(m, path, flags, step, step_user, out);
 }
 
 int bn_model_load_memory(const void *data, size_t size, const char *name,
@@ -359,7 +359,7 @@ int bn_model_load_memory(const void *data, size_t size, const char *name,
         bn_free(m);
         return rc;
     }
-    return finish_load(m, name, flags, out);
+    return finish_load(m, name, flags, NULL, NULL, out);
 }
 
 void bn_model_free(bn_model *m)

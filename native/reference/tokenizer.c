@@ -45,7 +45,13 @@ enum {
 };
 
 #define KEY_PREFIX "tokenizer.ggml."
+/* Units of work (about a byte, a symbol or a lookup each) between two
+ * calls of the step callback, the deadline check: a fraction of a
+ * millisecond of tokenizing. */
 #define STEP_BYTES 4096
+/* Iterations of a loop between two polls: every loop whose length grows
+ * with the input polls (POLL_AT), so none can outrun the deadline. */
+#define POLL_EVERY 1024
 /* Longest text fragment handled: indices are 32-bit. */
 #define MAX_FRAGMENT ((size_t)1 << 29)
 
@@ -63,6 +69,10 @@ struct bn_vocab {
     int32_t bos, eos, unk; /* -1: none */
     int add_space_prefix, add_bos, add_eos;
     int32_t byte_tok[256]; /* byte fallback; -1: none */
+    /* bn_vocab_load's step callback, polled by the loops over the tokens
+     * while loading (NULL: none, and always once loaded) */
+    int (*load_step)(void *);
+    void *load_step_user;
 };
 
 /* ---- hashing ---------------------------------------------------------- */
@@ -122,14 +132,33 @@ static int attr_of_type(int32_t type)
     }
 }
 
+/* While loading: the step callback every 4096 tokens of a loop over them
+ * (a hostile file may hold a billion). */
+static int load_poll(const bn_vocab *v, int32_t i)
+{
+    if ((i & 4095) != 4095 || !v->load_step)
+        return BITNET_OK;
+    int rc = v->load_step(v->load_step_user);
+    if (rc && bn_error_code() != rc)
+        bn_error(rc, "cancelled by the step callback (code %d)", rc);
+    if (rc) /* where the load was, as the reader's steps say it */
+        bn_error_prefix("load aborted while building the vocabulary (token "
+                        "%d of %d): ",
+                        (int)i + 1, (int)v->n);
+    return rc;
+}
+
 /* Copies the token texts into one pool and builds the hash table. */
 static int load_texts(bn_vocab *v, const bn_gguf_str *toks)
 {
     const int32_t n = v->n;
     size_t total = 0;
+    int rc;
     for (int32_t i = 0; i < n; i++) {
         size_t l = toks[i].data ? strlen(toks[i].data) : 0;
         total += (l ? l : 24) + 1; /* "[EMPTY_<id>]" fits in 24 */
+        if ((rc = load_poll(v, i)))
+            return rc;
     }
     uint32_t cap = 16;
     while (cap < (uint32_t)n * 2u)
@@ -145,6 +174,8 @@ static int load_texts(bn_vocab *v, const bn_gguf_str *toks)
 
     size_t at = 0;
     for (int32_t i = 0; i < n; i++) {
+        if ((rc = load_poll(v, i)))
+            return rc;
         const char *s = toks[i].data ? toks[i].data : "";
         size_t l = strlen(s);
         if (l > UINT32_MAX)
@@ -660,7 +691,8 @@ static int load(bn_vocab *v, const bn_gguf *g)
     return BITNET_OK;
 }
 
-int bn_vocab_load(const bn_gguf *g, bn_vocab **out)
+int bn_vocab_load(const bn_gguf *g, int (*step)(void *), void *step_user,
+                  bn_vocab **out)
 {
     if (!out)
         return bn_error(BITNET_E_INVALID_ARG, "bn_vocab_load: out is NULL");
@@ -670,7 +702,11 @@ int bn_vocab_load(const bn_gguf *g, bn_vocab **out)
     bn_vocab *v = bn_calloc(1, sizeof *v, "vocabulary");
     if (!v)
         return BITNET_E_OOM;
+    v->load_step = step;
+    v->load_step_user = step_user;
     int rc = load(v, g);
+    v->load_step = NULL; /* the caller's callback may not outlive the load */
+    v->load_step_user = NULL;
     if (rc) {
         bn_vocab_free(v);
         return rc;
@@ -761,27 +797,43 @@ static void *reserve(void *p, size_t *cap, size_t need, size_t elem,
     return p;
 }
 
+static int call_step(work *w)
+{
+    w->since_step = 0;
+    if (!w->step)
+        return BITNET_OK;
+    int rc = w->step(w->user);
+    /* a callback that explains itself (a deadline, an injected fault) keeps
+     * its message; a bare code gets a generic one */
+    if (rc && bn_error_code() != rc)
+        return bn_error(rc, "tokenizing cancelled by the step callback "
+                            "(code %d)", rc);
+    return rc;
+}
+
+/* Counts `units` of work done; calls the step callback (the deadline
+ * check) once STEP_BYTES of them have added up. */
+static inline int poll(work *w, size_t units)
+{
+    w->since_step += units;
+    return BN_LIKELY(w->since_step < STEP_BYTES) ? BITNET_OK : call_step(w);
+}
+
+/* In a loop over i: poll every POLL_EVERY iterations (a register test on
+ * the others). */
+#define POLL_AT(w, i)                                                         \
+    (BN_UNLIKELY(((i) & (POLL_EVERY - 1)) == POLL_EVERY - 1)                  \
+         ? poll((w), POLL_EVERY)                                              \
+         : BITNET_OK)
+
 /* A step of the tokenizer: every text fragment and every 1024 merges.  The
- * `tokenize.step` fault point is reached on each; the step callback (the
- * deadline check) only every STEP_BYTES of text. */
+ * `tokenize.step` fault point is reached on each (its hit counts do not
+ * depend on how often the loops between poll); then `bytes` of work are
+ * counted towards the next deadline check. */
 static int tick(work *w, size_t bytes)
 {
     int rc = BN_FAULT(TOKENIZE_STEP);
-    if (rc)
-        return rc;
-    w->since_step += bytes;
-    if (w->since_step >= STEP_BYTES && w->step) {
-        w->since_step = 0;
-        rc = w->step(w->user);
-        /* a callback that explains itself (a deadline, an injected fault)
-         * keeps its message; a bare code gets a generic one */
-        if (rc && bn_error_code() != rc)
-            return bn_error(rc, "tokenizing cancelled by the step callback "
-                                "(code %d)", rc);
-        if (rc)
-            return rc;
-    }
-    return BITNET_OK;
+    return rc ? rc : poll(w, bytes);
 }
 
 static int is_space(char c)
@@ -790,22 +842,30 @@ static int is_space(char c)
            c == '\r';
 }
 
-/* First occurrence of needle in hay, or -1. */
-static long long find(const char *hay, size_t hn, const char *needle,
-                      size_t nn)
+/* *at = the first occurrence of needle in hay, or -1.  A text made of the
+ * needle's first byte is a candidate at every position: the candidates
+ * are counted as work. */
+static int find(work *w, const char *hay, size_t hn, const char *needle,
+                size_t nn, long long *at)
 {
+    *at = -1;
     if (nn > hn)
-        return -1;
+        return BITNET_OK;
     const char *p = hay, *last = hay + (hn - nn);
     while (p <= last) {
-        p = memchr(p, needle[0], (size_t)(last - p) + 1);
-        if (!p)
-            return -1;
-        if (memcmp(p, needle, nn) == 0)
-            return p - hay;
-        p++;
+        const char *q = memchr(p, needle[0], (size_t)(last - p) + 1);
+        if (!q)
+            return poll(w, (size_t)(last - p) + 1);
+        int rc = poll(w, (size_t)(q - p) + 1);
+        if (rc)
+            return rc;
+        if (memcmp(q, needle, nn) == 0) {
+            *at = q - hay;
+            return BITNET_OK;
+        }
+        p = q + 1;
     }
-    return -1;
+    return BITNET_OK;
 }
 
 static int add_frag(work *w, size_t *n, size_t off, size_t len, int32_t tok)
@@ -843,7 +903,8 @@ static int partition(work *w, const char *text, int parse_special)
         for (size_t f = 0; f < w->n_frags; f++) {
             frag fr = w->frags[f];
             if (fr.tok >= 0) {
-                if ((rc = add_frag(w, &n, fr.off, fr.len, fr.tok)))
+                if ((rc = add_frag(w, &n, fr.off, fr.len, fr.tok)) ||
+                    (rc = POLL_AT(w, f)))
                     return rc;
                 continue;
             }
@@ -851,7 +912,9 @@ static int partition(work *w, const char *text, int parse_special)
                 return rc;
             size_t off = fr.off, len = fr.len;
             while (len > 0) {
-                long long m = find(text + off, len, s, sl);
+                long long m;
+                if ((rc = find(w, text + off, len, s, sl, &m)))
+                    return rc;
                 if (m < 0) {
                     if ((rc = add_frag(w, &n, off, len, -1)))
                         return rc;
@@ -863,7 +926,7 @@ static int partition(work *w, const char *text, int parse_special)
                         left--;
                 if (left > 0 && (rc = add_frag(w, &n, off, left, -1)))
                     return rc;
-                if ((rc = add_frag(w, &n, 0, 0, id)))
+                if ((rc = add_frag(w, &n, 0, 0, id)) || (rc = poll(w, 1)))
                     return rc;
                 off += (size_t)m + sl;
                 len -= (size_t)m + sl;
@@ -942,9 +1005,13 @@ static size_t char_len(unsigned char lead)
 static int spm(work *w, size_t n, bn_tokens *out)
 {
     const bn_vocab *v = w->v;
+    int rc;
     size_t count = 0;
-    for (size_t at = 0; at < n; count++)
+    for (size_t at = 0; at < n; count++) {
         at += char_len((unsigned char)w->buf[at]);
+        if ((rc = POLL_AT(w, count)))
+            return rc;
+    }
     /* the queue gets one entry per adjacent pair and two per merge */
     w->sym = reserve(w->sym, &w->cap_sym, count, sizeof *w->sym,
                      "tokenizer symbols");
@@ -954,9 +1021,10 @@ static int spm(work *w, size_t n, bn_tokens *out)
                       "tokenizer merge queue");
     if (!w->heap)
         return BITNET_E_OOM;
-    int rc;
     int32_t ns = 0;
     for (size_t at = 0; at < n;) {
+        if ((rc = POLL_AT(w, (size_t)ns)))
+            return rc;
         size_t l = char_len((unsigned char)w->buf[at]);
         if (l > n - at)
             l = n - at;
@@ -966,8 +1034,11 @@ static int spm(work *w, size_t n, bn_tokens *out)
         at += l;
     }
     w->n_heap = 0;
-    for (int32_t i = 1; i < ns; i++)
+    for (int32_t i = 1; i < ns; i++) {
         try_bigram(w, i - 1, i);
+        if ((rc = POLL_AT(w, (size_t)i)))
+            return rc;
+    }
 
     size_t pops = 0;
     while (w->n_heap > 0) {
@@ -987,8 +1058,11 @@ static int spm(work *w, size_t n, bn_tokens *out)
         try_bigram(w, b.left, l->next);
     }
 
+    size_t k = 0; /* symbols emitted: their indices are sparse after merges */
     for (int32_t i = 0; ns > 0 && i != -1; i = w->sym[i].next) {
         const symbol *s = &w->sym[i];
+        if ((rc = POLL_AT(w, k++)))
+            return rc;
         if (s->id >= 0) {
             if ((rc = push(out, s->id)))
                 return rc;
@@ -1002,7 +1076,7 @@ static int spm(work *w, size_t n, bn_tokens *out)
                                 "has neither <0x%02X> nor an unknown token",
                                 (unsigned char)w->buf[s->off + j],
                                 (unsigned char)w->buf[s->off + j]);
-            if ((rc = push(out, id)))
+            if ((rc = push(out, id)) || (rc = poll(w, 1)))
                 return rc;
         }
     }
@@ -1013,9 +1087,13 @@ static int spm(work *w, size_t n, bn_tokens *out)
 static int raw_fragment(work *w, const char *text, const frag *f,
                         int prefix, bn_tokens *out)
 {
+    int rc;
     size_t need = prefix ? 3 : 0;
-    for (size_t i = 0; i < f->len; i++)
+    for (size_t i = 0; i < f->len; i++) {
         need += text[f->off + i] == ' ' ? 3 : 1;
+        if ((rc = POLL_AT(w, i)))
+            return rc;
+    }
     w->buf = reserve(w->buf, &w->cap_buf, need, 1, "tokenizer text");
     if (!w->buf)
         return BITNET_E_OOM;
@@ -1025,6 +1103,8 @@ static int raw_fragment(work *w, const char *text, const frag *f,
         n = 3;
     }
     for (size_t i = 0; i < f->len; i++) {
+        if ((rc = POLL_AT(w, i)))
+            return rc;
         char c = text[f->off + i];
         if (c == ' ') {
             memcpy(w->buf + n, "\xe2\x96\x81", 3);
@@ -1055,9 +1135,12 @@ static int tokenize(work *w, const char *text, size_t len, int add_bos,
     }
 
     size_t longest = 0;
-    for (size_t f = 0; f < w->n_frags; f++)
+    for (size_t f = 0; f < w->n_frags; f++) {
         if (w->frags[f].tok < 0 && w->frags[f].len > longest)
             longest = w->frags[f].len;
+        if ((rc = POLL_AT(w, f)))
+            return rc;
+    }
     if (longest > MAX_FRAGMENT)
         return bn_error(BITNET_E_INVALID_ARG,
                         "text of %zu bytes without a special token is too "
@@ -1075,7 +1158,7 @@ static int tokenize(work *w, const char *text, size_t len, int add_bos,
     for (size_t f = 0; f < w->n_frags; f++) {
         const frag *fr = &w->frags[f];
         if (fr->tok >= 0) {
-            if ((rc = push(out, fr->tok)))
+            if ((rc = push(out, fr->tok)) || (rc = POLL_AT(w, f)))
                 return rc;
             prev_special = 1;
             continue;

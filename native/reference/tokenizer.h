@@ -49,8 +49,11 @@ typedef struct bn_vocab bn_vocab;
 
 /* Builds the vocabulary from g's metadata (tensor data not needed).
  * BITNET_E_MODEL_LOAD naming the key on anything malformed (missing
- * tokens, wrong types, unsupported tokenizer model, ids out of range). */
-int bn_vocab_load(const bn_gguf *g, bn_vocab **out);
+ * tokens, wrong types, unsupported tokenizer model, ids out of range).
+ * step, if not NULL, is called every few thousand tokens; a non-zero
+ * return aborts the load with that code. */
+int bn_vocab_load(const bn_gguf *g, int (*step)(void *), void *step_user,
+                  bn_vocab **out);
 void bn_vocab_free(bn_vocab *v);
 
 int32_t bn_vocab_n_tokens(const bn_vocab *v);
@@ -69,8 +72,9 @@ void bn_tokens_free(bn_tokens *t);
 
 /* Tokenizes text[0..len) (UTF-8; invalid sequences are handled as
  * llama.cpp does) appending to out.  Returns BITNET_OK or an error code
- * (BITNET_E_OOM).  step, if not NULL, is called every few thousand bytes;
- * a non-zero return aborts with that code. */
+ * (BITNET_E_OOM).  step, if not NULL, is called every few thousand units
+ * of work (a byte, a symbol, a lookup) from every loop, so no input can
+ * run long between two calls; a non-zero return aborts with that code. */
 int bn_tokenize(const bn_vocab *v, const char *text, size_t len, int add_bos,
                 int parse_special, bn_tokens *out, int (*step)(void *),
                 void *step_user);

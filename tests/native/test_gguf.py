@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import struct
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -116,3 +119,68 @@ def test_unsupported_weight_type_lists_supported(make_model, tmp_path: Path) -> 
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(errors.ModelLoadError, match=r"unsupported tensor type Q8_0 for 'blk.0.attn_q.weight' \(supported: F32, F16, TQ2_0, I2_S\)"):
         bn.BitnetSession.create(path)
+
+
+# ---- deadlines inside the load ------------------------------------------------------------------
+
+
+def _write_vocab_file(path: Path, n_tokens: int) -> None:
+    """A valid llama GGUF whose size is its vocabulary (one 8-float tensor),
+    written with struct: gguf-py takes ~10 s over two million strings."""
+
+    def s(text: bytes) -> bytes:
+        return struct.pack("<Q", len(text)) + text
+
+    def kv(key: str, vtype: int, value: bytes) -> bytes:
+        return s(key.encode()) + struct.pack("<I", vtype) + value
+
+    u32 = lambda v: struct.pack("<I", v)  # noqa: E731
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [b"t%d" % i for i in range(n_tokens - 3)]
+    kvs = [
+        kv("general.architecture", 8, s(b"llama")),
+        *(kv(f"llama.{k}", 4, u32(v)) for k, v in [("context_length", 64), ("embedding_length", 8), ("block_count", 1),
+                                                  ("feed_forward_length", 8), ("attention.head_count", 1)]),
+        kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5)),
+        kv("tokenizer.ggml.model", 8, s(b"llama")),
+        kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, n_tokens) + b"".join(map(s, tokens))),
+        kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, n_tokens) + bytes(4 * n_tokens)),
+        kv("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, n_tokens) + struct.pack("<i", 1) * n_tokens),
+        *(kv(f"tokenizer.ggml.{k}", 4, u32(v)) for k, v in [("unknown_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2)]),
+    ]
+    out = bytearray(struct.pack("<4sIQQ", b"GGUF", 3, 1, len(kvs)) + b"".join(kvs))
+    out += s(b"x") + struct.pack("<IqIQ", 1, 8, 0, 0)  # F32 [8] at offset 0
+    out += bytes(-len(out) % 32) + bytes(32)
+    path.write_bytes(out)
+
+
+def test_a_huge_vocabulary_is_loaded_under_the_deadline(tmp_path: Path) -> None:
+    # The reader read a whole string array, and the vocabulary was built from
+    # it, without one deadline check: a hostile file (up to 2^30 strings) ran
+    # for as long as it liked.  Deadlines at growing fractions of an untimed
+    # call fall in turn while the token strings are read and while the
+    # vocabulary is built; the message says where the load noticed each.
+    # Before, only the steps around the stretches could (the end of the kv
+    # pairs, the tokenizer after the load); the timing only picks the stage,
+    # so the test does not depend on this machine's speed.
+    path = tmp_path / "huge-vocab.gguf"
+    _write_vocab_file(path, 1_000_000)
+    tokens_end = path.read_bytes().index(b"tokenizer.ggml.scores") - 8  # the kv pair after the strings
+    bn.tokenize(path, "t1 t2")  # warm: the file in the page cache
+    start = time.monotonic()
+    bn.tokenize(path, "t1 t2")
+    full = time.monotonic() - start
+    in_strings = in_vocabulary = False
+    for fraction in (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45) * 3:
+        timeout = fraction * full
+        start = time.monotonic()
+        with pytest.raises(errors.OperationTimeout, match="timed out") as exc:
+            bn.tokenize(path, "t1 t2", timeout=timeout)
+        assert time.monotonic() - start < timeout + 2.0
+        message = exc.value.context.native_message
+        m = re.search(r"load aborted while reading kv pairs at offset (\d+)", message)
+        in_strings |= bool(m) and int(m[1]) < tokens_end
+        in_vocabulary |= "load aborted while building the vocabulary (token " in message
+        if in_strings and in_vocabulary:
+            break
+    assert in_strings, "no deadline was noticed while the token strings were read"
+    assert in_vocabulary, "no deadline was noticed while the vocabulary was built"

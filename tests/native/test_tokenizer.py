@@ -3,6 +3,7 @@ agreement with llama.cpp's own tokenizer when llama-cpp-python is installed."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -102,3 +103,29 @@ def test_identical_to_llama_cpp(make_model: Callable[..., Path], llama_tokenize:
                 for special in (True, False):
                     ours = s.tokenize(text, add_bos=add_bos, parse_special=special).tolist()
                     assert ours == llama_tokenize(path, text, add_bos, special), (text, add_bos, special)
+
+
+# ---- deadlines inside the tokenizer ------------------------------------------------------------
+
+# A timed-out call must return well within this of its deadline (generous for
+# a loaded machine; before every loop polled, these inputs ran for seconds).
+LATE = 2.0
+HUGE = 20_000_000  # bytes: each input below takes about 1-2 s per pass with no deadline
+
+
+@pytest.mark.parametrize(
+    ("text", "parse_special"),
+    [
+        pytest.param("a" * HUGE, False, id="symbols-and-queue"),  # one symbol and one lookup per byte, few merges
+        pytest.param(" " * HUGE, False, id="escaping"),  # every byte becomes U+2581 (3 bytes)
+        pytest.param("\u20ac" * (HUGE // 3), False, id="byte-fallback"),  # no token: three <0xXX> per character
+        pytest.param("<|user|>" * (HUGE // 8), True, id="special-token-split"),  # one special token per 8 bytes
+    ],
+)
+def test_every_loop_honours_the_deadline(session: bn.BitnetSession, text: str, parse_special: bool) -> None:
+    timeout = 0.2
+    start = time.monotonic()
+    with pytest.raises(bn.errors.OperationTimeout, match="tokenize timed out"):
+        session.tokenize(text, parse_special=parse_special, timeout=timeout)
+    assert time.monotonic() - start < timeout + LATE
+    assert session.tokenize("still works", timeout=timeout).size > 1
