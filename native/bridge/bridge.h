@@ -110,8 +110,10 @@ bitnet_context_t *bn_session_ctx(const bitnet_session_t *s, int remove);
 
 /* ---- calls.c ------------------------------------------------------------- */
 
-/* The calling thread's deadline (bitnet_bridge_set_call_timeout) and the
- * cancel flag of the handle, for the duration of one call. */
+/* The calling thread's deadline (bitnet_bridge_set_call_timeout or
+ * bitnet_bridge_set_call_deadline) and the cancel flag of the handle, for
+ * the duration of one call.  cancel is NULL when no other thread can reach
+ * it (a call with neither a deadline nor a cancel flag refuses to hang). */
 typedef struct {
     bn_deadline dl;
     const bn_deadline *prev;

@@ -49,7 +49,12 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
         return bn_done(BITNET_E_OOM, err, err_len);
     c->be = be;
     call_scope scope;
-    bn_scope_enter(&scope, &c->cancel, "create");
+    /* No cancel flag: the handle is given out only when create returns, so
+     * no other thread can reach c->cancel before then (bitnet_bridge_cancel
+     * looks handles up in the registry).  Counting it would let a hang with
+     * no deadline wait for a cancel that can never come; without it, such a
+     * hang is refused at once (bn_deadline_sleep). */
+    bn_scope_enter(&scope, NULL, "create");
     rc = BN_FAULT(INIT_CONTEXT);
     if (rc)
         bn_done(rc, err, err_len);

@@ -95,8 +95,11 @@ static int sleep_local(int64_t ms)
     const bn_deadline *d = current;
     if (ms < 0 && (!d || (!d->at_ns && !d->cancel)))
         return bn_error(BITNET_E_INTERNAL,
-                        "refusing to hang with no deadline and no cancel "
-                        "flag: it could never end; give the call a timeout");
+                        "refusing to hang in %s with no deadline and no "
+                        "cancel flag another thread could set: it could "
+                        "never end; give the call a timeout "
+                        "(bitnet_bridge_set_call_timeout)",
+                        d && d->operation ? d->operation : "a call");
     int64_t until = ms < 0 ? INT64_MAX : bn_now_ns() + ms * 1000000LL;
     for (;;) {
         int64_t now = bn_now_ns();

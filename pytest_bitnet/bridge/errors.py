@@ -182,6 +182,7 @@ def apply_hints(message: str) -> str:
 
 # What the C API's names are in the Python API's words.
 add_hint("raise the timeout (bitnet_bridge_set_call_timeout)", replace="raise the timeout (timeout=..., BITNET_CPP_TIMEOUT)")
+add_hint("give the call a timeout (bitnet_bridge_set_call_timeout)", replace="give the call a finite timeout (timeout=..., BITNET_CPP_TIMEOUT)")
 add_hint("check the backend option (bitnet_bridge_options.backend)", replace="check the backend= argument")
 add_hint("evaluate on the CPU (bitnet_cpp_eval_with_context)", replace="use evaluate() on the CPU")
 add_hint("or load it with a bridge of its ABI version", replace="or install the pytest-bitnet release that matches it")

@@ -145,3 +145,20 @@ def test_a_c_callers_timeout_still_restarts_with_each_call(tiny_model: Path) -> 
         finally:
             abi.lib.bitnet_bridge_set_call_timeout(0)
 
+
+@pytest.mark.parametrize("backend", ["reference", "dlopen"])  # dlopen: the hang is inside the loaded library
+def test_create_with_no_deadline_refuses_to_hang(tiny_model: Path, backend: str) -> None:
+    # No session exists while create runs, so no thread can cancel it: a hang
+    # with no deadline could never end, and must be refused at once.  Each
+    # load step in turn, in a child the sweep kills if it hangs after all.
+    def create() -> None:
+        bn.BitnetSession.create(tiny_model, n_ctx=64, timeout=math.inf, backend=backend).close()
+
+    report = fi.sweep("load.step", create, action="hang", fork=True, timeout=30.0, stop_on_failure=True)
+    assert report.ok, report.describe()
+    fired = [it for it in report.iterations if it.fired]
+    assert len(fired) >= 3  # the header, kv pairs, tensor infos, data chunks
+    for it in fired:
+        assert it.error == "InternalError" and it.message, it.line()
+        assert "refusing to hang in create" in it.message and "timeout=" in it.message, it.message
+        assert it.seconds < LATE
