@@ -554,27 +554,42 @@ static void mm_rows(void *arg, int64_t r0, int64_t r1)
 /* Below this many weight-times-token products a matmul stays on the
  * calling thread: waking the workers would cost more than it saves. */
 #define PARALLEL_MIN_WORK (1 << 18)
+/* At most this many products between two deadline checks (a millisecond or
+ * two): the output projection of a 512-token prompt is ~10^10 of them. */
+#define POLL_WORK (1 << 24)
 
 /* y[n_tokens x w->nrows] = W x, scaled by the weight's per-tensor scale
  * (already folded into the I2_S kernel).  Rows are shared among the
- * context's threads in chunks of a multiple of 16. */
-static void matmul(bn_pool *pool, const bn_weight *w, const float *x,
-                   int64_t n_tokens, float *y, void *act)
+ * context's threads in chunks of a multiple of 16, no larger than
+ * POLL_WORK products; the step callback is asked before each chunk the
+ * calling thread takes, so a deadline stops a long matmul part way (the
+ * output is then garbage: the caller abandons the evaluation). */
+static int matmul(bn_pool *pool, const bn_weight *w, const float *x,
+                  int64_t n_tokens, float *y, void *act, bn_step_fn step,
+                  void *step_user)
 {
     bn_act_prepare(w, x, n_tokens, act);
     mm_job job = {w, act, n_tokens, y};
+    const int64_t work = w->nrows * w->ncols * n_tokens;
     int threads = bn_pool_threads(pool);
-    if (threads > 1 && w->nrows * w->ncols * n_tokens >= PARALLEL_MIN_WORK) {
-        int64_t grain = (w->nrows / (threads * 4) + 15) & ~(int64_t)15;
-        bn_pool_run(pool, mm_rows, &job, w->nrows, grain < 16 ? 16 : grain);
-    } else {
-        mm_rows(&job, 0, w->nrows);
-    }
+    int64_t grain = w->nrows;
+    if (threads > 1 && work >= PARALLEL_MIN_WORK)
+        grain = (w->nrows / (threads * 4) + 15) & ~(int64_t)15;
+    int64_t bounded = (POLL_WORK / (w->ncols * n_tokens) + 15) & ~(int64_t)15;
+    if (grain > bounded)
+        grain = bounded;
+    if (grain < 16)
+        grain = 16;
+    int rc = bn_pool_run(grain < w->nrows ? pool : NULL, mm_rows, &job,
+                         w->nrows, grain, step, step_user);
+    if (rc)
+        return rc;
     if (w->type != BN_TYPE_I2_S && w->scale != 1.0f) {
         int64_t n = n_tokens * w->nrows;
         for (int64_t i = 0; i < n; i++)
             y[i] *= w->scale;
     }
+    return BITNET_OK;
 }
 
 /* Rotates one head in place; theta advances by repeated multiplication,
@@ -678,6 +693,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         bn_dequant_row(&m->tok_embd, tokens[t], S.x + t * d);
 
     seq_state *sq = &s->seq[seq];
+#define MATMUL(w, in, out)                                                    \
+    matmul(s->pool, (w), (in), n, (out), S.act, step, step_user)
     for (int32_t l = 0; l < m->n_layer; l++) {
         if ((step && (rc = step(step_user))) || (rc = BN_FAULT(EVAL_STEP)))
             goto out;
@@ -687,9 +704,10 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
         for (int64_t t = 0; t < n; t++)
             rmsnorm(S.xb + t * d, S.x + t * d, L->attn_norm, d, m->eps);
-        matmul(s->pool, &L->wq, S.xb, n, S.q, S.act);
-        matmul(s->pool, &L->wk, S.xb, n, S.k, S.act);
-        matmul(s->pool, &L->wv, S.xb, n, S.v, S.act);
+        if ((rc = MATMUL(&L->wq, S.xb, S.q)) ||
+            (rc = MATMUL(&L->wk, S.xb, S.k)) ||
+            (rc = MATMUL(&L->wv, S.xb, S.v)))
+            goto out;
         for (int64_t t = 0; t < n; t++) {
             int32_t pos = n_past + (int32_t)t;
             for (int32_t h = 0; h < m->n_head; h++)
@@ -705,6 +723,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         }
         /* causal attention; output per token into S.xb */
         for (int64_t t = 0; t < n; t++) {
+            if (step && (rc = step(step_user))) /* quadratic in the tokens */
+                goto out;
             const int32_t n_kv = n_past + (int32_t)t + 1;
             for (int32_t h = 0; h < m->n_head; h++) {
                 const float *qh = S.q + t * d + h * hd;
@@ -737,14 +757,17 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             if (L->attn_sub_norm)
                 rmsnorm(S.xb + t * d, S.xb + t * d, L->attn_sub_norm, d, m->eps);
         }
-        matmul(s->pool, &L->wo, S.xb, n, S.q, S.act); /* S.q is free again */
+        /* S.q is free again */
+        if ((rc = MATMUL(&L->wo, S.xb, S.q)))
+            goto out;
         for (int64_t i = 0; i < n * d; i++)
             S.x[i] += S.q[i];
 
         for (int64_t t = 0; t < n; t++)
             rmsnorm(S.xb + t * d, S.x + t * d, L->ffn_norm, d, m->eps);
-        matmul(s->pool, &L->gate, S.xb, n, S.hb, S.act);
-        matmul(s->pool, &L->up, S.xb, n, S.hb2, S.act);
+        if ((rc = MATMUL(&L->gate, S.xb, S.hb)) ||
+            (rc = MATMUL(&L->up, S.xb, S.hb2)))
+            goto out;
         for (int64_t i = 0; i < n * ff; i++) {
             const float g = S.hb[i];
             S.hb[i] = (g / (1.0f + expf(-g))) * S.hb2[i];
@@ -753,7 +776,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             for (int64_t t = 0; t < n; t++)
                 rmsnorm(S.hb + t * ff, S.hb + t * ff, L->ffn_sub_norm, ff,
                         m->eps);
-        matmul(s->pool, &L->down, S.hb, n, S.q, S.act);
+        if ((rc = MATMUL(&L->down, S.hb, S.q)))
+            goto out;
         for (int64_t i = 0; i < n * d; i++)
             S.x[i] += S.q[i];
     }
@@ -761,7 +785,9 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         goto out;
     for (int64_t t = 0; t < n; t++)
         rmsnorm(S.xb + t * d, S.x + t * d, m->output_norm, d, m->eps);
-    matmul(s->pool, &m->output, S.xb, n, logits, S.act);
+    if ((rc = MATMUL(&m->output, S.xb, logits)))
+        goto out;
+#undef MATMUL
     const int poisoned = BN_FAULT_ANY_ARMED() ? logits_fault(logits, n, m->n_vocab) : 0;
     if (poisoned < 0) {
         rc = poisoned;

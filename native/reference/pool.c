@@ -76,12 +76,20 @@ static int owned(const bn_pool *p)
            atomic_load_explicit(&fork_generation, memory_order_relaxed);
 }
 
-static void work(bn_pool *p)
+/* Takes chunks until none is left; the calling thread asks `stop` before
+ * each (workers pass NULL) and, told to stop, claims every item left so
+ * that no worker starts another chunk. */
+static int work(bn_pool *p, bn_pool_stop_fn stop, void *stop_user)
 {
     for (;;) {
+        int rc = stop ? stop(stop_user) : 0;
+        if (rc) {
+            atomic_store(&p->next, p->n_items);
+            return rc;
+        }
         int64_t i0 = atomic_fetch_add(&p->next, p->grain);
         if (i0 >= p->n_items)
-            return;
+            return BITNET_OK;
         int64_t i1 = i0 + p->grain < p->n_items ? i0 + p->grain : p->n_items;
         p->fn(p->arg, i0, i1);
     }
@@ -111,7 +119,7 @@ static void *worker(void *arg)
         seen = gen;
         atomic_fetch_add(&p->inside, 1);
         if (atomic_load(&p->open))
-            work(p); /* a closed (or later) job: its fields are visible */
+            work(p, NULL, NULL); /* an open job: its fields are visible */
         if (atomic_fetch_sub(&p->inside, 1) == 1) {
             pthread_mutex_lock(&p->lock);
             pthread_cond_signal(&p->idle);
@@ -197,14 +205,19 @@ int bn_pool_threads(const bn_pool *p)
     return p && owned(p) ? p->n_threads : 1;
 }
 
-void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
-                 int64_t grain)
+int bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
+                int64_t grain, bn_pool_stop_fn stop, void *stop_user)
 {
     if (grain < 1)
         grain = 1;
     if (!p || p->n_threads == 1 || n_items <= grain || !owned(p)) {
-        fn(arg, 0, n_items);
-        return;
+        for (int64_t i0 = 0; i0 < n_items; i0 += grain) {
+            int rc = stop ? stop(stop_user) : 0;
+            if (rc)
+                return rc;
+            fn(arg, i0, i0 + grain < n_items ? i0 + grain : n_items);
+        }
+        return BITNET_OK;
     }
     p->fn = fn;
     p->arg = arg;
@@ -216,7 +229,7 @@ void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
     atomic_fetch_add(&p->generation, 1); /* wakes the workers */
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
-    work(p);
+    int rc = work(p, stop, stop_user);
     /* every item is claimed: no worker may join from here on, and the ones
      * inside finish the chunk they hold (see `open` above) */
     atomic_store(&p->open, 0);
@@ -231,4 +244,5 @@ void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
             pthread_cond_wait(&p->idle, &p->lock);
         pthread_mutex_unlock(&p->lock);
     }
+    return rc;
 }

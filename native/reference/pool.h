@@ -21,14 +21,22 @@
 
 typedef struct bn_pool bn_pool;
 typedef void (*bn_task_fn)(void *arg, int64_t i0, int64_t i1);
+/* Asked by the calling thread before each chunk it takes: non-zero stops
+ * the job (a deadline, a cancel). */
+typedef int (*bn_pool_stop_fn)(void *user);
 
 /* n_threads counts the caller: 1 creates no thread.  BITNET_E_OOM or
  * BITNET_E_INTERNAL (thread creation refused) on failure. */
 int bn_pool_new(int n_threads, bn_pool **out);
 void bn_pool_free(bn_pool *p); /* NULL-safe; joins every worker */
 int bn_pool_threads(const bn_pool *p);
-void bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
-                 int64_t grain);
+/* Runs fn over [0, n_items) in chunks of `grain` (the calling thread with
+ * the workers, or alone).  stop, if not NULL, is asked before each chunk
+ * the calling thread takes; when it returns non-zero no further chunk is
+ * started (a worker finishes the one it holds) and bn_pool_run returns
+ * that code, some items not run.  BITNET_OK when every item ran. */
+int bn_pool_run(bn_pool *p, bn_task_fn fn, void *arg, int64_t n_items,
+                int64_t grain, bn_pool_stop_fn stop, void *stop_user);
 
 /* Threads to use when nothing says otherwise: BITNET_NUM_THREADS if set
  * (1..64), else the online CPUs, at most 8. */

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -162,3 +163,25 @@ def test_create_with_no_deadline_refuses_to_hang(tiny_model: Path, backend: str)
         assert it.error == "InternalError" and it.message, it.line()
         assert "refusing to hang in create" in it.message and "timeout=" in it.message, it.message
         assert it.seconds < LATE
+
+
+def test_a_deadline_inside_a_long_matmul_ends_it(make_model: Callable[..., Path]) -> None:
+    # The forward pass checked the deadline once per layer, so a long matmul
+    # ran to its end: past the last layer's check, a deadline during the
+    # output projection was never seen and the call returned late with
+    # success.  A model whose evaluation is almost all output projection
+    # (32000-token vocabulary, one small layer): a deadline at half an
+    # untimed evaluation falls inside it, whatever this machine's speed.
+    path = make_model(n_vocab=32000, n_layer=1, n_ff=256, embd_type="f16")
+    with bn.BitnetSession.create(path, n_ctx=512, timeout=math.inf) as s:
+        tokens = s.tokenize("the output projection dominates " * 40)[:256]
+        start = time.monotonic()
+        s.evaluate(tokens)
+        full = time.monotonic() - start
+        s.reset()
+        start = time.monotonic()
+        with pytest.raises(errors.OperationTimeout, match="evaluate timed out"):
+            s.evaluate(tokens, timeout=full / 2)
+        assert time.monotonic() - start < full / 2 + LATE
+        assert s.n_past() == 0
+        np.testing.assert_array_equal(s.evaluate(tokens[:4]), s.evaluate(tokens[:4], seq_id=1))
