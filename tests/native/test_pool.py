@@ -31,13 +31,16 @@ TOKENS = [1, 17, 300, 45, 2, 99, 511, 260]
 LEAK_KEYS = ("contexts", "sessions", "models", "bytes")
 
 
-@pytest.fixture
-def pooled(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[bn.BitnetSession, np.ndarray, dict[str, int]]]:
+# dlopen: the engine (and its pool) of the loaded library, a copy of its own
+@pytest.fixture(params=["reference", "dlopen"])
+def pooled(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[bn.BitnetSession, np.ndarray, dict[str, int]]]:
     """A session with two pool threads, made in this (the parent) process,
     its logits for TOKENS, and the counters from before it was created."""
     monkeypatch.setenv("BITNET_NUM_THREADS", "2")  # read by the pool when the context is created
     before = bn.live_counters()
-    s = bn.BitnetSession.create(tiny_model, n_ctx=64, timeout=2.0)
+    s = bn.BitnetSession.create(tiny_model, n_ctx=64, timeout=2.0, backend=request.param)
     try:
         expected = s.evaluate(TOKENS)
         s.reset()
