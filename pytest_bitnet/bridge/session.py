@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,20 @@ def _free_context(ctx: Any, path: str) -> None:
     )
     log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
     lib.bitnet_cpp_free_context(ctx)
+
+
+def _text(fn: Callable[..., int], *args: Any) -> str | None:
+    """The text a two-pass copy-out function (bitnet_bridge_served_by, ...) gives, or None.
+
+    The bridge copies it while it holds the handle: no pointer into a
+    context that another thread may free is ever read here.
+    """
+    buf = ffi.new("char[]", 256)
+    n = fn(*args, buf, len(buf))
+    if n >= len(buf):
+        buf = ffi.new("char[]", n + 1)
+        n = fn(*args, buf, len(buf))
+    return ffi.string(buf).decode("utf-8", "replace") if n >= 0 else None
 
 
 class BitnetSession:
@@ -99,7 +113,8 @@ class BitnetSession:
         lib.bitnet_cpp_get_model_info(self._ctx, info_v, info_c)
         self.n_vocab = int(info_v[0])
         self.n_ctx = int(info_c[0])
-        self.backend_info = {"create": ffi.string(lib.bitnet_bridge_backend_name(self._ctx)).decode()}
+        # nobody else has the handle yet: it cannot be stale here
+        self.backend_info = {"create": _text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
         if counters.tracking():
             counters.record(self)
         return self
@@ -169,11 +184,10 @@ class BitnetSession:
         return self.timeout if timeout is None else parse_timeout(timeout)
 
     def _served(self, ctx: Any, operation: str) -> None:
-        label = lib.bitnet_bridge_served_by(ctx, operation.encode())
-        if label != ffi.NULL:
-            text = ffi.string(label).decode()
-            self.backend_info[operation] = text
-            warn_if_fallback(text, operation)
+        label = _text(lib.bitnet_bridge_served_by, ctx, operation.encode())
+        if label is not None:  # None: closed meanwhile; the call itself was served
+            self.backend_info[operation] = label
+            warn_if_fallback(label, operation)
 
     # -- work --------------------------------------------------------------
 
