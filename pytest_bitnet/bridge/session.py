@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 import weakref
 from typing import Any, Callable
@@ -63,9 +64,15 @@ class BitnetSession:
     own.  Every operation takes a timeout in seconds: the call's, else the
     session's, else the run-wide default (settings.configure), else
     BITNET_CPP_TIMEOUT, else 30 s; math.inf disables it, 0 is already past.
+
+    A call on a closed session raises InferenceError ("closed"), also when
+    another thread closes it while the call starts (InvalidHandle): a call
+    never runs on a session other than its own.
     """
 
-    __slots__ = ("_ctx", "_finalizer", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__")
+    __slots__ = (
+        "_ctx", "_finalizer", "_close_lock", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__"
+    )
 
     def __init__(self) -> None:  # use create()
         raise TypeError("use BitnetSession.create(model_path, ...)")
@@ -106,6 +113,7 @@ class BitnetSession:
             raise_native(rc, "create", err, parameters=params, hint=hint)
         self = object.__new__(cls)
         self._ctx = out[0]
+        self._close_lock = threading.Lock()
         self.model_path = path
         self.timeout = session_timeout
         self._finalizer = weakref.finalize(self, _free_context, out[0], path)
@@ -126,30 +134,33 @@ class BitnetSession:
         return self._ctx is None
 
     def close(self) -> None:
-        """Frees the native context.  Idempotent.
+        """Frees the native context.  Idempotent, also from several threads.
 
         Raises CleanupFailed when the native free fails; the session then
         stays open (and counted) so close() can be retried.
         """
-        if self._ctx is None:
-            return
-        rc = lib.bitnet_cpp_free_context(self._ctx)
-        if rc:
-            # Whatever stopped the free, the caller's question is "is it
-            # freed?": CleanupFailed (the class says retry), naming the
-            # cause's class when it was something else.
-            params: dict[str, Any] = {"model_path": self.model_path}
-            if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
-                params["cause"] = errors.error_for_code(rc).__name__
-            raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None, parameters=params)
-        self._finalizer.detach()
-        self._ctx = None
+        with self._close_lock:
+            if self._ctx is None:
+                return
+            rc = lib.bitnet_cpp_free_context(self._ctx)
+            if rc:
+                # Whatever stopped the free, the caller's question is "is it
+                # freed?": CleanupFailed (the class says retry), naming the
+                # cause's class when it was something else.
+                params: dict[str, Any] = {"model_path": self.model_path}
+                if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
+                    params["cause"] = errors.error_for_code(rc).__name__
+                raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None,
+                             parameters=params)
+            self._finalizer.detach()
+            self._ctx = None
 
     def cancel(self) -> None:
         """Stops the call running on this session (from another thread).
 
         The call raises OperationTimeout at its next step point; the session
-        stays usable.  Does nothing when no call is running.
+        stays usable.  Does nothing when no call is running, or when the
+        session is closed meanwhile (a stale handle cancels nothing).
         """
         ctx = self._ctx
         if ctx is not None:
@@ -172,6 +183,12 @@ class BitnetSession:
         return self._live("handle")
 
     def _live(self, operation: str) -> Any:
+        """The handle for a call about to start.
+
+        Call it after every argument is converted (conversion can run user
+        code: a str subclass's encode(), an object's __array__ or __int__,
+        which may close this session) and right before the native call.
+        """
         if self._ctx is None:
             raise errors.InferenceError(
                 f"{operation} on a closed session: the session for {self.model_path!r} was "
@@ -179,6 +196,26 @@ class BitnetSession:
                 errors.ErrorContext(operation=operation, parameters={"model_path": self.model_path}),
             )
         return self._ctx
+
+    def _closed_meanwhile(self, operation: str, ctx: Any, exc: errors.InvalidHandle) -> errors.BitnetError:
+        """What to raise for an InvalidHandle from a call that held ctx.
+
+        The handle was valid at _live(); refused now, it was freed in
+        between: the session was closed by another thread while the call
+        started (the bridge's handles are never reused, so the call ran on
+        nothing else).
+        """
+        # A close in progress has freed the handle before it clears _ctx:
+        # its lock is held until both are done.
+        if self._ctx is ctx and not self._close_lock.locked():
+            return exc  # still ours and not closing: report the bridge's words
+        return errors.InvalidHandle(
+            f"{operation} on a closed session: the session for {self.model_path!r} was closed "
+            "by another thread while the call was starting, and the call did nothing. Create a new one with "
+            "BitnetSession.create(), and do not close a session other threads are calling",
+            errors.ErrorContext(operation=operation, phase=exc.context.phase, parameters=dict(exc.context.parameters),
+                                native_code=exc.context.native_code, native_message=exc.context.native_message),
+        )
 
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else parse_timeout(timeout)
@@ -195,16 +232,20 @@ class BitnetSession:
         self, prompt: str | bytes, add_bos: bool = True, parse_special: bool = False, timeout: float | None = None
     ) -> npt.NDArray[np.int32]:
         """Token ids of prompt (BOS first when add_bos), as int32."""
-        ctx = self._live("tokenize")
         raw = prompt_arg(prompt)
+        bos, special = bool(add_bos), bool(parse_special)
         seconds = self._timeout(timeout)
-        params = {"prompt_bytes": len(raw), "add_bos": bool(add_bos), "parse_special": bool(parse_special), "timeout": seconds}
+        params = {"prompt_bytes": len(raw), "add_bos": bos, "parse_special": special, "timeout": seconds}
+        ctx = self._live("tokenize")  # no user code from here to the native call
 
         def call(buf: Any, cap: int, n: Any, err: Any) -> int:
-            return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
+            return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bos, special, buf, cap, n, err, len(err))
 
-        with deadline(seconds):
-            out = tokenize_two_pass(call, "tokenize", params)
+        try:
+            with deadline(seconds):
+                out = tokenize_two_pass(call, "tokenize", params)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("tokenize", ctx, exc) from None
         self._served(ctx, "tokenize")
         return out
 
@@ -213,34 +254,48 @@ class BitnetSession:
 
         A failed or timed-out call leaves the sequence as it was.
         """
-        ctx = self._live("evaluate")
         toks = tokens_arg(tokens)
         seq_id = int_arg("evaluate", "seq_id", seq_id, minimum=0)
         seconds = self._timeout(timeout)
-        params = {"n_tokens": int(toks.size), "seq_id": seq_id, "n_past": self.n_past(seq_id), "timeout": seconds}
         ptr = ffi.from_buffer("int32_t[]", toks)
+        n_tokens = int(toks.size)
+        ctx = self._live("evaluate")  # no user code from here to the native call
+        try:
+            params = {"n_tokens": n_tokens, "seq_id": seq_id, "n_past": self._n_past(ctx, seq_id), "timeout": seconds}
 
-        def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
-            return lib.bitnet_cpp_eval_with_context(ctx, ptr, toks.size, seq_id, buf, cap, rows, cols, err, len(err))
+            def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+                return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
 
-        with deadline(seconds):
-            out = eval_two_pass(call, "evaluate", params)
+            with deadline(seconds):
+                out = eval_two_pass(call, "evaluate", params)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("evaluate", ctx, exc) from None
         self._served(ctx, "evaluate")
         return out
 
     def n_past(self, seq_id: int = 0) -> int:
         """Positions already evaluated in sequence seq_id."""
+        seq_id = int_arg("n_past", "seq_id", seq_id, minimum=0)
         ctx = self._live("n_past")
+        try:
+            return self._n_past(ctx, seq_id)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("n_past", ctx, exc) from None
+
+    def _n_past(self, ctx: Any, seq_id: int) -> int:
         out = ffi.new("int32_t *")
-        rc = lib.bitnet_cpp_get_n_past(ctx, int_arg("n_past", "seq_id", seq_id, minimum=0), out)
+        rc = lib.bitnet_cpp_get_n_past(ctx, seq_id, out)
         if rc:
             raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
         return int(out[0])
 
     def reset(self, seq_id: int | None = None) -> None:
         """Forgets sequence seq_id (every sequence when None)."""
-        ctx = self._live("reset")
         seq = -1 if seq_id is None else int_arg("reset", "seq_id", seq_id, minimum=0)
+        ctx = self._live("reset")
         rc = lib.bitnet_cpp_reset_context(ctx, seq)
         if rc:
-            raise_native(rc, "reset", None, parameters={"seq_id": seq_id})
+            try:
+                raise_native(rc, "reset", None, parameters={"seq_id": seq_id if seq_id is None else seq})
+            except errors.InvalidHandle as exc:
+                raise self._closed_meanwhile("reset", ctx, exc) from None
