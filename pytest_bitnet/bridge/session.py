@@ -3,10 +3,24 @@
 The model stays loaded and each sequence keeps its KV cache, so repeated
 calls pay no load cost.  Results are numpy arrays that native code fills in
 place.
+
+Freeing that fails.  ``close()`` raises CleanupFailed and the session stays
+open and counted; the exception carries it (``exc.session``) so a handler
+that no longer has the object can still retry.  A session dropped without a
+successful close is freed by its finalizer (with a ResourceWarning); when
+that free fails too, the native context is not forgotten: it waits in a
+module-level list (:func:`pending_cleanups`) and is retried by the next
+``create()`` and every successful ``close()``, by :func:`retry_pending`, and
+once more at interpreter exit.  Until then it stays in the live counters, so
+a leak check (``pytest --bitnet-leak-check``) reports it in the test that
+dropped it, like a leak pytest-memray would report: counted and visible,
+never silently lost.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -23,11 +37,70 @@ from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_na
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
 
-__all__ = ["BitnetSession"]
+__all__ = ["BitnetSession", "PendingCleanup", "pending_cleanups", "retry_pending"]
 
 log = logging.getLogger("pytest_bitnet")
 
 native_log.install()
+
+
+# ---- contexts whose free failed in a finalizer --------------------------------------------
+
+
+@dataclasses.dataclass
+class PendingCleanup:
+    """A native context whose free failed after its session was dropped."""
+
+    model_path: str
+    handle: Any  # the bitnet_context_t * (cffi)
+    attempts: int  # frees tried so far
+    error: str  # what the last one said
+
+
+_pending: list[PendingCleanup] = []
+# Re-entrant: a finalizer may run (gc) inside retry_pending on the same thread.
+_pending_lock = threading.RLock()
+
+
+def pending_cleanups() -> tuple[PendingCleanup, ...]:
+    """The contexts waiting for a retried free (oldest first)."""
+    with _pending_lock:
+        return tuple(_pending)
+
+
+def retry_pending() -> int:
+    """Tries to free every pending context again; returns how many are still pending.
+
+    Called by create() and by every successful close(), and at exit; call it
+    yourself after removing what made the frees fail.  Never raises.
+    """
+    with _pending_lock:
+        todo = list(_pending)
+        del _pending[:]
+    kept = []
+    for p in todo:
+        rc = lib.bitnet_cpp_free_context(p.handle)
+        if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:  # freed now, or by someone holding the raw handle
+            log.info("pending BitnetSession context for %r freed on retry %d", p.model_path, p.attempts + 1)
+            continue
+        p.attempts += 1
+        p.error = native_message(None)[0]
+        kept.append(p)
+    with _pending_lock:
+        _pending[:0] = kept
+        return len(_pending)
+
+
+def _retry_pending_at_exit() -> None:
+    # Registered before any session exists, so it runs after the finalizers
+    # weakref.finalize runs at exit (atexit is last in, first out).
+    if _pending and retry_pending():
+        for p in pending_cleanups():
+            log.warning("BitnetSession context for %r could not be freed at exit after %d attempts: %s",
+                        p.model_path, p.attempts, p.error)
+
+
+atexit.register(_retry_pending_at_exit)
 
 
 def _free_context(ctx: Any, path: str) -> None:
@@ -39,7 +112,22 @@ def _free_context(ctx: Any, path: str) -> None:
         stacklevel=2,
     )
     log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
-    lib.bitnet_cpp_free_context(ctx)
+    rc = lib.bitnet_cpp_free_context(ctx)
+    if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:
+        return
+    message = native_message(None)[0]
+    with _pending_lock:
+        _pending.append(PendingCleanup(path, ctx, 1, message))
+    warnings.warn(
+        f"freeing the unclosed BitnetSession for {path!r} failed ({message}); its context stays "
+        "alive and counted in pytest_bitnet.bridge.session.pending_cleanups(), and is retried by "
+        "the next create() or close(), by retry_pending(), and at exit",
+        ResourceWarning,
+        stacklevel=2,
+    )
+
+
+# ---- the session --------------------------------------------------------------------------
 
 
 def _text(fn: Callable[..., int], *args: Any) -> str | None:
@@ -92,7 +180,10 @@ class BitnetSession:
         backend: "reference" (embedded), "dlopen" (a libbitnet.so found by
         discovery, or library_path), "llama", "stub"; default BITNET_BACKEND,
         else "reference".  timeout bounds the load and is the session's default.
+        Retries the frees of pending_cleanups() first.
         """
+        if _pending:
+            retry_pending()
         raw_path = path_arg(model_path)
         n_ctx = int_arg("create", "n_ctx", n_ctx, minimum=0)
         n_gpu_layers = int_arg("create", "n_gpu_layers", n_gpu_layers, minimum=0)
@@ -137,7 +228,10 @@ class BitnetSession:
         """Frees the native context.  Idempotent, also from several threads.
 
         Raises CleanupFailed when the native free fails; the session then
-        stays open (and counted) so close() can be retried.
+        stays open (and counted) so close() can be retried, and the
+        exception's ``session`` is this session, for a handler that no
+        longer holds it.  A session never closed is freed by its finalizer;
+        see the module docstring for what happens when that fails.
         """
         with self._close_lock:
             if self._ctx is None:
@@ -150,10 +244,16 @@ class BitnetSession:
                 params: dict[str, Any] = {"model_path": self.model_path}
                 if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
                     params["cause"] = errors.error_for_code(rc).__name__
-                raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None,
-                             parameters=params)
+                try:
+                    raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None,
+                                 parameters=params)
+                except errors.CleanupFailed as exc:
+                    exc.session = self
+                    raise
             self._finalizer.detach()
             self._ctx = None
+        if _pending:
+            retry_pending()
 
     def cancel(self) -> None:
         """Stops the call running on this session (from another thread).
