@@ -99,7 +99,9 @@ def build_program(out_dir: Path, source: str, name: str, defines: Iterable[str] 
     src.write_text(source)
     exe = out_dir / name
     lower = sorted(str(p) for d in ("common", "fault") for p in (ROOT / "native" / d).glob("*.c"))
-    cmd = [cc, "-O1", *[f for f in b.CFLAGS if not f.startswith("-O") and f != "-fvisibility=hidden"],
+    # the caller decides on BN_LOCK_CHECKS (the sanitizer build adds it to CFLAGS)
+    flags = [f for f in b.CFLAGS if not f.startswith("-O") and f not in ("-fvisibility=hidden", "-DBN_LOCK_CHECKS")]
+    cmd = [cc, "-O1", *flags,
            *[f"-D{d}" for d in defines], *[f"-I{ROOT / d}" for d in b.include_dirs()], str(src), *lower,
            "-o", str(exe), *b.LDFLAGS]
     proc = subprocess.run(cmd, capture_output=True, text=True)
