@@ -82,3 +82,28 @@ def build_broken_backend(out_dir: Path, bug: str, real_library: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return lib
+
+
+def build_program(out_dir: Path, source: str, name: str, defines: Iterable[str] = ()) -> Path:
+    """out_dir/name: `source` (C text with a main) linked with native/common and native/fault.
+
+    For tests of the layers below the bridge (the allocator, the fault
+    engine, the bridge's lock helpers) without a bridge around them.
+    """
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build test programs")
+    b = _build_module()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / f"{name}.c"
+    src.write_text(source)
+    exe = out_dir / name
+    lower = sorted(str(p) for d in ("common", "fault") for p in (ROOT / "native" / d).glob("*.c"))
+    # the caller decides on BN_LOCK_CHECKS (the sanitizer build adds it to CFLAGS)
+    flags = [f for f in b.CFLAGS if not f.startswith("-O") and f not in ("-fvisibility=hidden", "-DBN_LOCK_CHECKS")]
+    cmd = [cc, "-O1", *flags,
+           *[f"-D{d}" for d in defines], *[f"-I{ROOT / d}" for d in b.include_dirs()], str(src), *lower,
+           "-o", str(exe), *b.LDFLAGS]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return exe

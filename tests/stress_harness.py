@@ -1,5 +1,7 @@
 """The stress harness behind tests/bridge/test_stress.py: N threads, each looping
-create / tokenize / evaluate / close with its own random faults armed.
+create / tokenize / evaluate / close with its own random faults armed; and
+the race mode (run_churn): close/create churn against concurrent calls on one
+session object, and calls whose argument conversion closes it.
 
 Kept apart from the tests so the always-on run, the full 8 x 1000 run and
 the soak run share one loop, and so a failing seed can be replayed from a
@@ -22,7 +24,9 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 import fault_inject as fi
 import pytest_bitnet as bn
@@ -241,3 +245,177 @@ def run_stress(
     elapsed = time.monotonic() - t0
     stuck = _stacks(workers)
     return StressReport(seed, results, elapsed, stuck, baseline, bn.live_counters())
+
+
+# ---- race stress: close/create churn against calls on one session object ------------------
+#
+# What found issue 13's use-after-free and stale-handle calls: callers share
+# one BitnetSession object (box.current) while a churner closes it and puts a
+# new one in its place, and some calls carry arguments whose conversion runs
+# user code that does the same (a str subclass's encode(), an object's
+# __array__).  Every outcome must be a success on the caller's own session or
+# a clean error; and nothing may ever run on another session, which each
+# caller checks through a sequence only it uses: its n_past there must be
+# exactly what its own successful calls added.
+
+CHURN_OPS: tuple[str, ...] = (
+    "tokenize", "tokenize", "tokenize_hostile", "evaluate", "evaluate", "evaluate_hostile",
+    "n_past", "reset", "cancel",
+)
+
+
+@dataclasses.dataclass
+class ChurnReport:
+    seed: int
+    elapsed: float
+    outcomes: collections.Counter[str]  # "op: result class"
+    sessions_made: int
+    failures: list[str]
+    stuck: list[str]
+    baseline: dict[str, int]
+    after: dict[str, int]
+
+    @property
+    def leaked(self) -> dict[str, tuple[int, int]]:
+        return {k: (self.baseline[k], self.after[k]) for k in LEAK_COUNTERS if self.after[k] != self.baseline[k]}
+
+    def summary(self) -> str:
+        calls = sum(self.outcomes.values())
+        rate = calls / self.elapsed if self.elapsed > 0 else 0.0
+        return (
+            f"churn seed={self.seed}: {calls} calls in {self.elapsed:.1f} s = {rate:.0f} calls/s, "
+            f"{self.sessions_made} sessions made\n  outcomes: {dict(sorted(self.outcomes.items()))}"
+        )
+
+
+class _Churn:
+    """The shared session, the sessions ever made, and the one way to replace it."""
+
+    def __init__(self, model: Path, n_ctx: int) -> None:
+        self.model, self.n_ctx = model, n_ctx
+        self.lock = threading.Lock()  # one replacement at a time: none is orphaned
+        self.current = bn.BitnetSession.create(model, n_ctx=n_ctx)
+        self.made = [self.current]
+
+    def replace(self) -> str:
+        """Closes the current session and makes a new one: the result, for the tally."""
+        with self.lock:
+            old = self.current
+            try:
+                old.close()
+            except errors.CleanupFailed:  # a call is in flight on it (ThreadSafetyError cause): later
+                return "close:CleanupFailed"
+            try:
+                new = bn.BitnetSession.create(self.model, n_ctx=self.n_ctx)
+            except errors.BitnetError as exc:
+                return f"create:{type(exc).__name__}"
+            self.made.append(new)
+            self.current = new
+            return "replaced"
+
+
+def _churn_caller(churn: _Churn, index: int, rng: random.Random, stop_at: float, report: ChurnReport) -> None:
+    seq = index + 1  # this caller's own sequence: nobody else evaluates there
+    expected: dict[int, int] = {}  # id(session) -> n_past of seq there, by this caller's own successes
+    tokens = [1, 5, 7]
+
+    class HostilePrompt(str):
+        def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+            report.outcomes[f"hostile encode: {churn.replace()}"] += 1
+            return str.encode(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    class HostileTokens:
+        def __array__(self, dtype: object = None, copy: object = None) -> Any:
+            report.outcomes[f"hostile __array__: {churn.replace()}"] += 1
+            return np.array(tokens, dtype=np.int32)
+
+    def check(s: bn.BitnetSession, where: str) -> None:
+        try:
+            n = s.n_past(seq)
+        except errors.BitnetError:
+            return  # closed or busy meanwhile: nothing to compare
+        if n != expected.get(id(s), 0):
+            report.failures.append(
+                f"caller {index}: after {where}, n_past of sequence {seq} is {n} but this caller's own calls "
+                f"added {expected.get(id(s), 0)}: a call ran on a session other than its own")
+
+    while time.monotonic() < stop_at and len(report.failures) < 5:
+        op = rng.choice(CHURN_OPS)
+        s = churn.current
+        try:
+            if op.startswith("tokenize"):
+                s.tokenize(HostilePrompt("hello there") if op.endswith("hostile") else "hello there")
+            elif op.startswith("evaluate"):
+                if expected.get(id(s), 0) + len(tokens) > churn.n_ctx:
+                    s.reset(seq)
+                    expected[id(s)] = 0
+                s.evaluate(HostileTokens() if op.endswith("hostile") else tokens, seq_id=seq)
+                expected[id(s)] = expected.get(id(s), 0) + len(tokens)
+                check(s, op)
+            elif op == "n_past":
+                check(s, op)
+            elif op == "reset":
+                s.reset(seq)
+                expected[id(s)] = 0
+            else:
+                s.cancel()
+            report.outcomes[f"{op}: ok"] += 1
+        except errors.BitnetError as exc:
+            report.outcomes[f"{op}: {type(exc).__name__}"] += 1
+            if isinstance(exc, errors.InvalidHandle) and "closed" not in str(exc):
+                report.failures.append(f"caller {index}: {op} raised InvalidHandle not saying 'closed': {exc}")
+        except BaseException as exc:  # anything but BitnetError is a finding
+            report.failures.append(f"caller {index}: {op}: " + "".join(traceback.format_exception_only(type(exc), exc)).strip())
+
+
+def _churner(churn: _Churn, rng: random.Random, stop_at: float, report: ChurnReport) -> None:
+    while time.monotonic() < stop_at and len(report.failures) < 5:
+        try:
+            if rng.random() < 0.5:
+                report.outcomes[f"churn: {churn.replace()}"] += 1
+            else:  # a call of its own on the shared object between replacements
+                churn.current.tokenize("churn")
+                report.outcomes["churn tokenize: ok"] += 1
+        except errors.BitnetError as exc:
+            report.outcomes[f"churn tokenize: {type(exc).__name__}"] += 1
+        except BaseException as exc:
+            report.failures.append("churner: " + "".join(traceback.format_exception_only(type(exc), exc)).strip())
+
+
+def run_churn(model: Path, *, seed: int, seconds: float = 3.0, callers: int = 3, n_ctx: int = 64,
+              join_timeout: float = 120.0) -> ChurnReport:
+    """Callers and a churner on one BitnetSession object for `seconds`.
+
+    Each thread draws its operations from its own random.Random(seed, index),
+    so a seed replays the same operation sequences (the interleaving is the
+    scheduler's).  Every session ever made is closed at the end; the live
+    counters must be back at their baseline.
+    """
+    baseline = bn.live_counters()
+    report = ChurnReport(seed, 0.0, collections.Counter(), 0, [], [], baseline, baseline)
+    churn = _Churn(model, n_ctx)
+    t0 = time.monotonic()
+    stop_at = t0 + seconds
+    threads = [threading.Thread(target=_churn_caller, args=(churn, i, random.Random(seed * 1000 + i), stop_at, report),
+                                name=f"churn-caller-{i}", daemon=True) for i in range(callers)]
+    threads.append(threading.Thread(target=_churner, args=(churn, random.Random(seed * 1000 + callers), stop_at, report),
+                                    name="churner", daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, stop_at + join_timeout - time.monotonic()))
+    report.elapsed = time.monotonic() - t0
+    report.stuck = _stacks(threads)
+    if not report.stuck:
+        for s in churn.made:
+            for _ in range(CLOSE_RETRIES):
+                try:
+                    s.close()
+                    break
+                except errors.BitnetError:
+                    continue
+            else:
+                report.failures.append(f"a session still open after {CLOSE_RETRIES} close() attempts")
+    report.sessions_made = len(churn.made)
+    report.after = bn.live_counters()
+    return report

@@ -43,7 +43,10 @@ typedef struct {
     char label[PATH_MAX + 200]; /* what bitnet_bridge_served_by reports */
 } tier;
 
-struct bitnet_context_t {
+/* What a bitnet_context_t handle names.  A handle is not a pointer to it
+ * (handles.c): bitnet_context_t stays an incomplete type in the bridge, so
+ * no code can dereference a handle instead of looking it up. */
+typedef struct {
     const bn_backend *be;   /* the selected backend */
     void *impl;             /* its context */
     const bn_backend *fb;   /* fallback tier (llama.cpp or reference), or NULL */
@@ -51,11 +54,15 @@ struct bitnet_context_t {
     tier tok, eval;         /* who serves tokenize / eval (and n_past...) */
     atomic_int busy;        /* 1 while a call runs on this handle */
     atomic_int cancel;      /* set by bitnet_bridge_cancel */
-};
+    int torn;               /* a failed free released one tier and kept the
+                               other: only free_context may be retried
+                               (written with busy held) */
+} bn_context;
 
-struct bitnet_session_t {
-    bitnet_context_t *ctx; /* a session is a context plus its tokenizer */
-};
+/* What a bitnet_session_t handle names. */
+typedef struct {
+    bitnet_context_t *ctx; /* the handle of its context (plus its tokenizer) */
+} bn_session;
 
 /* ---- options.c ----------------------------------------------------------- */
 
@@ -92,21 +99,28 @@ int bn_fallback_backend(const resolved *r, const bn_backend *serving,
 const char *bn_tier_name(const bn_backend *be);
 /* Decides who serves tokenize and eval for a new context, creating the
  * fallback context when one is needed. */
-int bn_route(bitnet_context_t *c, const resolved *r, const char *path,
+int bn_route(bn_context *c, const resolved *r, const char *path,
              int32_t n_ctx, int32_t n_gpu_layers, char *err, int32_t err_len);
 
 /* ---- handles.c ----------------------------------------------------------- */
 
-/* Registers a live handle; BITNET_E_OOM if the registry cannot grow. */
-int bn_live_add(const void *p, handle_kind kind);
-/* Validates ctx and marks it busy (BITNET_E_INVALID_HANDLE /
- * BITNET_E_THREAD_SAFETY otherwise).  remove != 0 also unregisters it
- * (free). */
-int bn_handle_enter(const bitnet_context_t *ctx, int remove);
-void bn_handle_leave(const bitnet_context_t *ctx);
-/* The session's context, or NULL with an INVALID_HANDLE error; remove != 0
- * also unregisters the session. */
-bitnet_context_t *bn_session_ctx(const bitnet_session_t *s, int remove);
+/* Registers obj under a new handle (*out); BITNET_E_OOM when the registry
+ * cannot grow.  The handle stays valid until bn_handle_remove: a free that
+ * fails leaves it registered, so there is nothing to register again. */
+int bn_handle_add(void *obj, handle_kind kind, const void **out);
+/* Unregisters a live handle and returns its object (NULL if it was not
+ * live): from here on the handle is BITNET_E_INVALID_HANDLE, even once a
+ * new object takes the memory. */
+void *bn_handle_remove(const void *handle, handle_kind kind);
+/* Validates a context handle and marks the context busy: the context, or
+ * NULL with *rc BITNET_E_INVALID_HANDLE / BITNET_E_THREAD_SAFETY (another
+ * call runs on it) / BITNET_E_CLEANUP (a torn context, unless `freeing`),
+ * the error recorded. */
+bn_context *bn_context_enter(const bitnet_context_t *handle, int freeing,
+                             int *rc);
+void bn_context_leave(bn_context *c);
+/* The handle of a session's context, or NULL with an INVALID_HANDLE error. */
+bitnet_context_t *bn_session_context(const bitnet_session_t *handle);
 
 /* ---- calls.c ------------------------------------------------------------- */
 

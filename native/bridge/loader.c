@@ -181,6 +181,24 @@ static void attach_host(const bn_library *lib)
                library_error(lib, why, sizeof why));
 }
 
+/* Is h this bridge itself: its file, a symlink or a hard link to it (the
+ * dynamic loader hands back the handle it already has), or a library whose
+ * bitnet_cpp_init_context resolves into it?  As a backend, that
+ * init_context would run this discovery again, find itself again, and
+ * recurse until the stack overflows.  Decided by where the symbol lives,
+ * not by its address: a default-visibility function of ours may be
+ * interposed, the module that contains it cannot.  *self gets our file. */
+static int is_this_bridge(void *h, char *self, size_t cap)
+{
+    Dl_info mine, theirs;
+    void *init = dlsym(h, "bitnet_cpp_init_context");
+    if (!init || !dladdr((void *)&is_this_bridge, &mine) ||
+        !dladdr(init, &theirs) || mine.dli_fbase != theirs.dli_fbase)
+        return 0;
+    snprintf(self, cap, "%s", mine.dli_fname ? mine.dli_fname : "?");
+    return 1;
+}
+
 static int load_file(const char *path, bn_discovery *d, bn_library **out)
 {
     char real[PATH_MAX];
@@ -210,6 +228,16 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
     if (!h) {
         const char *why = dlerror();
         note(d, path, "dlopen failed: %s", why ? why : "unknown error");
+        return BITNET_E_LIBRARY_NOT_FOUND;
+    }
+    char self[PATH_MAX];
+    if (is_this_bridge(h, self, sizeof self)) {
+        note(d, path,
+             "is this bridge itself (%s), not a BitNet library: as the "
+             "backend it would run this discovery again and find itself, "
+             "for ever",
+             self);
+        dlclose(h); /* drops the reference this dlopen took; we stay loaded */
         return BITNET_E_LIBRARY_NOT_FOUND;
     }
     bn_library *lib = calloc(1, sizeof *lib); /* lives until exit, not counted */

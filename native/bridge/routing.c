@@ -65,7 +65,7 @@ static void set_tier(tier *t, const bn_backend *be, void *impl,
 /* Decides who serves tokenize and eval, creating the fallback context when
  * one is needed.  The fallback loads the model once, for the context's
  * whole life (seed 003: no reload per call). */
-int bn_route(bitnet_context_t *c, const resolved *r, const char *path,
+int bn_route(bn_context *c, const resolved *r, const char *path,
              int32_t n_ctx, int32_t n_gpu_layers, char *err,
              int32_t err_len)
 {

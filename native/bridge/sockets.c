@@ -18,7 +18,7 @@
 
 /* ---- Socket 1 ---------------------------------------------------------- */
 
-static void free_impls(bitnet_context_t *c)
+static void free_impls(bn_context *c)
 {
     if (c->fb_impl)
         c->fb->free_context(c->fb_impl);
@@ -44,7 +44,7 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
         rc = bn_select_backend(&r, &be);
     if (rc)
         return bn_done(rc, err, err_len);
-    bitnet_context_t *c = bn_calloc(1, sizeof *c, "context handle");
+    bn_context *c = bn_calloc(1, sizeof *c, "context handle");
     if (!c)
         return bn_done(BITNET_E_OOM, err, err_len);
     c->be = be;
@@ -64,7 +64,8 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
                        err, err_len);
     if (!rc)
         rc = bn_route(c, &r, model_path, n_ctx, n_gpu_layers, err, err_len);
-    if (!rc && (rc = bn_live_add(c, KIND_CONTEXT)))
+    const void *handle = NULL;
+    if (!rc && (rc = bn_handle_add(c, KIND_CONTEXT, &handle)))
         bn_done(rc, err, err_len);
     bn_scope_leave(&scope);
     if (rc) {
@@ -73,7 +74,7 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
         return rc;
     }
     bn_counter_add(BN_COUNTER_CONTEXTS, 1);
-    *out_ctx = c;
+    *out_ctx = (bitnet_context_t *)handle;
     return BITNET_OK;
 }
 
@@ -86,31 +87,37 @@ BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
                                       NULL, err, err_len);
 }
 
+/* The handle stays registered (and the context busy, so no other call
+ * starts on it) until every backend context is gone: a failure anywhere
+ * leaves it valid for the retry, with nothing to register again (which
+ * could itself fail, and lose the context for good). */
 BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
     if (!ctx)
         return BITNET_OK;
     bn_error_clear();
-    int rc = bn_handle_enter(ctx, 1);
-    if (rc)
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 1, &rc);
+    if (!c)
         return rc;
     if ((rc = BN_FAULT(FREE_CONTEXT)))
         goto keep;
-    if (ctx->fb_impl) {
-        if ((rc = bn_failed(ctx->fb, ctx->fb->free_context(ctx->fb_impl),
-                            NULL, 0)))
+    if (c->fb_impl) {
+        if ((rc = bn_failed(c->fb, c->fb->free_context(c->fb_impl), NULL, 0)))
             goto keep;
-        ctx->fb_impl = NULL;
+        c->fb_impl = NULL;
+        /* a tier served by the fallback now names freed memory: until the
+         * retry frees the rest, the context serves nothing */
+        c->torn = 1;
     }
-    if ((rc = bn_failed(ctx->be, ctx->be->free_context(ctx->impl), NULL, 0)))
+    if ((rc = bn_failed(c->be, c->be->free_context(c->impl), NULL, 0)))
         goto keep;
-    bn_free(ctx);
+    bn_handle_remove(ctx, KIND_CONTEXT); /* cannot fail: it is live and ours */
+    bn_free(c);
     bn_counter_add(BN_COUNTER_CONTEXTS, -1);
     return BITNET_OK;
 keep:
-    /* the backend kept its context: keep the handle usable for a retry */
-    bn_live_add(ctx, KIND_CONTEXT);
-    bn_handle_leave(ctx);
+    bn_context_leave(c);
     return rc;
 }
 
@@ -150,7 +157,7 @@ int bn_grow_logits_error(int32_t rows, int32_t cols, int32_t cap,
                     (int)rows, (int)cols, (int)cap, bn_fault_note());
 }
 
-static int grown_tokenize(bitnet_context_t *c, const char *prompt, int add_bos,
+static int grown_tokenize(bn_context *c, const char *prompt, int add_bos,
                           int parse_special, int32_t cap, int32_t *out_len,
                           const bn_fault_special *fs)
 {
@@ -161,7 +168,7 @@ static int grown_tokenize(bitnet_context_t *c, const char *prompt, int add_bos,
     return rc ? rc : bn_grow_tokens_error(n, cap, out_len, fs);
 }
 
-static int grown_eval(bitnet_context_t *c, const int32_t *tokens,
+static int grown_eval(bn_context *c, const int32_t *tokens,
                       int32_t n_tokens, int32_t seq_id, int32_t cap,
                       int32_t *out_rows, int32_t *out_cols,
                       const bn_fault_special *fs)
@@ -182,10 +189,10 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     int32_t *out_len, char *err, int32_t err_len)
 {
     bn_error_clear();
-    int rc = bn_handle_enter(ctx, 0);
-    if (rc)
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
         return bn_done(rc, err, err_len);
-    bitnet_context_t *c = (bitnet_context_t *)ctx;
     call_scope scope;
     bn_scope_enter(&scope, &c->cancel, "tokenize");
     bn_fault_special fs;
@@ -203,7 +210,7 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
                            out_tokens, out_capacity, out_len, err, err_len),
                        err, err_len);
     bn_scope_leave(&scope);
-    bn_handle_leave(ctx);
+    bn_context_leave(c);
     return rc;
 }
 
@@ -213,10 +220,10 @@ BITNET_API int bitnet_cpp_eval_with_context(
     int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
 {
     bn_error_clear();
-    int rc = bn_handle_enter(ctx, 0);
-    if (rc)
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
         return bn_done(rc, err, err_len);
-    bitnet_context_t *c = (bitnet_context_t *)ctx;
     call_scope scope;
     bn_scope_enter(&scope, &c->cancel, "evaluate");
     bn_fault_special fs;
@@ -233,7 +240,7 @@ BITNET_API int bitnet_cpp_eval_with_context(
                            logits_capacity, out_rows, out_cols, err, err_len),
                        err, err_len);
     bn_scope_leave(&scope);
-    bn_handle_leave(ctx);
+    bn_context_leave(c);
     return rc;
 }
 
@@ -244,10 +251,11 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
                                    char *err, int32_t err_len)
 {
     bn_error_clear();
-    int rc = bn_handle_enter(ctx, 0);
-    if (rc)
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
         return bn_done(rc, err, err_len);
-    const bn_backend *be = ctx->be;
+    const bn_backend *be = c->be;
     if ((rc = BN_FAULT(EVAL_GPU)))
         bn_done(rc, err, err_len);
     else if (!be->eval_gpu)
@@ -260,11 +268,11 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
                               be->name),
                      err, err_len);
     else
-        rc = bn_failed(be, be->eval_gpu(ctx->impl, tokens, n_tokens,
+        rc = bn_failed(be, be->eval_gpu(c->impl, tokens, n_tokens,
                                         out_logits, logits_capacity, out_rows,
                                         out_cols, err, err_len),
                        err, err_len);
-    bn_handle_leave(ctx);
+    bn_context_leave(c);
     return rc;
 }
 
@@ -273,10 +281,11 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
 /* The eval tier's optional helper, or an UNSUPPORTED error. */
 #define EVAL_HELPER(ctx, field, ...)                                          \
     do {                                                                      \
-        int rc_ = bn_handle_enter(ctx, 0);                                    \
-        if (rc_)                                                              \
+        int rc_;                                                              \
+        bn_context *c_ = bn_context_enter(ctx, 0, &rc_);                      \
+        if (!c_)                                                              \
             return rc_;                                                       \
-        const tier *t_ = &(ctx)->eval;                                        \
+        const tier *t_ = &c_->eval;                                           \
         rc_ = t_->be->field                                                   \
                   ? bn_failed(t_->be, t_->be->field(t_->impl, __VA_ARGS__),   \
                               NULL, 0)                                        \
@@ -284,7 +293,7 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
                              "backend '%s' does not export the helper "       \
                              "behind " #field,                                \
                              t_->be->name);                                   \
-        bn_handle_leave(ctx);                                                 \
+        bn_context_leave(c_);                                                 \
         return rc_;                                                           \
     } while (0)
 
@@ -332,12 +341,13 @@ BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
     int rc = BN_FAULT(SESSION_CREATE);
     if (rc)
         return bn_done(rc, err, err_len);
-    bitnet_session_t *s = bn_calloc(1, sizeof *s, "session handle");
+    bn_session *s = bn_calloc(1, sizeof *s, "session handle");
     if (!s)
         return bn_done(BITNET_E_OOM, err, err_len);
     rc = bitnet_cpp_init_context(&s->ctx, model_path, n_ctx, n_gpu_layers,
                                      err, err_len);
-    if (rc == BITNET_OK && (rc = bn_live_add(s, KIND_SESSION))) {
+    const void *handle = NULL;
+    if (rc == BITNET_OK && (rc = bn_handle_add(s, KIND_SESSION, &handle))) {
         bitnet_cpp_free_context(s->ctx);
         bn_done(rc, err, err_len);
     }
@@ -346,10 +356,12 @@ BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
         return rc;
     }
     bn_counter_add(BN_COUNTER_SESSIONS, 1);
-    *out_session = s;
+    *out_session = (bitnet_session_t *)handle;
     return BITNET_OK;
 }
 
+/* Like a context, the session stays registered until its context is
+ * freed: a failure leaves it whole for the retry. */
 BITNET_API int bitnet_cpp_session_free(bitnet_session_t *session)
 {
     if (!session)
@@ -358,15 +370,14 @@ BITNET_API int bitnet_cpp_session_free(bitnet_session_t *session)
     int rc = BN_FAULT(SESSION_FREE);
     if (rc)
         return rc; /* the session stays alive for a retry */
-    bitnet_context_t *ctx = bn_session_ctx(session, 1);
+    bitnet_context_t *ctx = bn_session_context(session);
     if (!ctx)
         return BITNET_E_INVALID_HANDLE;
     rc = bitnet_cpp_free_context(ctx);
-    if (rc) {
-        bn_live_add(session, KIND_SESSION); /* still alive: allow a retry */
+    if (rc)
         return rc;
-    }
-    bn_free(session);
+    /* only the caller whose free of ctx succeeded gets here, once */
+    bn_free(bn_handle_remove(session, KIND_SESSION));
     bn_counter_add(BN_COUNTER_SESSIONS, -1);
     return BITNET_OK;
 }
@@ -377,7 +388,7 @@ BITNET_API int bitnet_cpp_session_tokenize(
     int32_t *out_len, char *err, int32_t err_len)
 {
     bn_error_clear();
-    bitnet_context_t *ctx = bn_session_ctx(session, 0);
+    bitnet_context_t *ctx = bn_session_context(session);
     if (!ctx)
         return bn_done(BITNET_E_INVALID_HANDLE, err, err_len);
     int rc = BN_FAULT(SESSION_TOKENIZE);
@@ -397,7 +408,7 @@ BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
                                        char *err, int32_t err_len)
 {
     bn_error_clear();
-    bitnet_context_t *ctx = bn_session_ctx(session, 0);
+    bitnet_context_t *ctx = bn_session_context(session);
     if (!ctx)
         return bn_done(BITNET_E_INVALID_HANDLE, err, err_len);
     int rc = BN_FAULT(SESSION_EVAL);

@@ -43,9 +43,16 @@ static void *oom(size_t size, const char *what)
 
 /* The `alloc` fault point fired.  Callers can only report a NULL as out of
  * memory, so every action there (fail, oom, a delay cut by the deadline)
- * becomes an OOM naming the allocation and the injection. */
-static void *injected(size_t size, const char *what)
+ * becomes an OOM naming the allocation and the injection; except the
+ * engine's refusal of a point reached under a bridge lock, which is a bug
+ * report, not an injection, and keeps its own words. */
+static void *injected(int rc, size_t size, const char *what)
 {
+    if (rc == BITNET_E_INTERNAL) {
+        bn_error_prefix("allocating %zu bytes for %s: ", size,
+                        what ? what : "a buffer");
+        return NULL;
+    }
     bn_error(BITNET_E_OOM,
              "out of memory: could not allocate %zu bytes for %s (%s): the "
              "allocation was refused by a fault-injection spec; disarm the "
@@ -56,8 +63,9 @@ static void *injected(size_t size, const char *what)
 
 void *bn_malloc(size_t size, const char *what)
 {
-    if (BN_FAULT(ALLOC))
-        return injected(size, what);
+    int frc = BN_FAULT(ALLOC);
+    if (frc)
+        return injected(frc, size, what);
     if (size > BN_MAX_ALLOC)
         return oom(size, what);
     unsigned char *raw = aligned_alloc(BN_HDR, BN_HDR + ((size + BN_HDR - 1) / BN_HDR) * BN_HDR);

@@ -36,6 +36,11 @@
  * one relaxed load of this point's own slot: no lock, no shared write.
  * Built with BN_NO_FAULTS every macro is the constant 0.
  *
+ * Locks.  No point may be placed where the thread holds a bridge lock
+ * (bn_lock.h): an armed point reached there performs nothing and returns
+ * BITNET_E_INTERNAL naming it (a delay under the handle registry's lock
+ * would stall every call of the process).
+ *
  * Three builds of the same points:
  *
  *   engine  (default)      the registry, arming and counting live here:
@@ -126,9 +131,27 @@ int bn_fault_eval(int point, bn_fault_special *special) BN_FAULT_HIDDEN;
 #define BN_FAULT_ANY_ARMED()                                                  \
     BN_UNLIKELY(atomic_load_explicit(BN_FAULT_ARMED_COUNTER,                  \
                                      memory_order_relaxed) != 0)
-#define BN_FAULT(id) (BN_FAULT_ANY_ARMED() ? bn_fault_eval(BN_FP_##id, NULL) : 0)
+
+/* Checking builds (BN_LOCK_CHECKS: the sanitizer pass) also check every
+ * BN_FAULT / BN_FAULT_SPECIAL point reached, armed or not, against the bridge locks the thread holds
+ * (bn_lock.h), and abort naming the point: a point placed inside a locked
+ * region then fails the first test that runs through it, not only a test
+ * that arms it.  The default build does not pay for it. */
+#ifdef BN_LOCK_CHECKS
+void bn_fault_check_unlocked(int point) BN_FAULT_HIDDEN;
+#define BN_FAULT_CHECK_(point) (bn_fault_check_unlocked(point), 0) ||
+#else
+#define BN_FAULT_CHECK_(point)
+#endif
+
+#define BN_FAULT(id)                                                          \
+    (BN_FAULT_CHECK_(BN_FP_##id) BN_FAULT_ANY_ARMED()                         \
+         ? bn_fault_eval(BN_FP_##id, NULL)                                    \
+         : 0)
 #define BN_FAULT_SPECIAL(id, sp)                                              \
-    (BN_FAULT_ANY_ARMED() ? bn_fault_eval(BN_FP_##id, (sp)) : 0)
+    (BN_FAULT_CHECK_(BN_FP_##id) BN_FAULT_ANY_ARMED()                         \
+         ? bn_fault_eval(BN_FP_##id, (sp))                                    \
+         : 0)
 #define BN_FAULT_AT(point_expr, sp)                                           \
     (BN_FAULT_ANY_ARMED() ? bn_fault_eval((point_expr), (sp)) : 0)
 

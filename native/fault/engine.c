@@ -20,6 +20,15 @@
  *     drain before freeing.  Nothing sleeps, calls back or takes a lock
  *     while inside, so that wait is short and cannot deadlock.
  *
+ * Points and the bridge's locks.  A delay or hang sleeps on the calling
+ * thread, and the firing callback runs there: under a lock other calls
+ * wait for (bn_lock.h) either would stall the whole process whatever the
+ * other calls' deadlines.  So an armed, in-scope hit on a thread that holds
+ * one counts as a hit and performs nothing: it returns the
+ * BITNET_E_INTERNAL of bn_fault_refuse_locked.  Only armed hits pay the
+ * check (one thread-local read on the slow path): disarmed points still
+ * cost one predictable branch.
+ *
  * The engine's own memory comes from plain malloc/free: it must not move
  * the live counters tests assert on, nor hit the `alloc` point.  A
  * thread-local guard makes points reached while a firing is being handled
@@ -38,6 +47,7 @@
 #include <string.h>
 
 #include "bn_deadline.h"
+#include "bn_lock.h"
 #include "fault_internal.h"
 
 #if defined(__GLIBC__)
@@ -199,6 +209,7 @@ typedef struct {
     int64_t arg;
     uint64_t hit, generation;
     int first;
+    int locked; /* reached under a bridge lock: refused, nothing taken */
     char text[40];
 } firing;
 
@@ -272,7 +283,8 @@ int bn_fault_eval(int point, bn_fault_special *special)
     chain *c = atomic_load(&ps->chain);
     if (c && (!c->thread || c->thread == thread_id())) {
         f.hit = atomic_fetch_add(&ps->hits, 1) + 1;
-        for (int i = 0; i < c->n_terms; i++) {
+        f.locked = bn_locks_held() > 0;
+        for (int i = 0; i < c->n_terms && !f.locked; i++) {
             term *t = &c->terms[i];
             if (!take(t, c->mix, f.hit, i))
                 continue;
@@ -294,7 +306,9 @@ int bn_fault_eval(int point, bn_fault_special *special)
     f.generation = ps->generation;
     atomic_fetch_sub(&ps->inside, 1);
     int rc = 0;
-    if (f.term >= 0 && f.action != BITNET_FAULT_OFF)
+    if (f.locked)
+        rc = bn_fault_refuse_locked(point);
+    else if (f.term >= 0 && f.action != BITNET_FAULT_OFF)
         rc = fire(point, &f, special);
     tl.busy = 0;
     return rc;

@@ -22,6 +22,14 @@ extern const bitnet_fault_point_t bn_fault_registry[BN_FP__N] BN_FAULT_HIDDEN;
  * guest hand its point indexes to a host's engine (bitnet_host.h). */
 uint64_t bn_fault_registry_hash(void) BN_FAULT_HIDDEN;
 
+/* The error of an armed point reached while the thread holds a bridge lock
+ * (bn_lock.h): BITNET_E_INTERNAL naming the point, recorded.  Nothing at
+ * such a point is performed, whatever the action: a point does not belong
+ * inside a locked region, and refusing loudly (rather than skipping the
+ * sleep) makes the first test that arms it fail instead of passing with
+ * the delay silently dropped. */
+int bn_fault_refuse_locked(int point) BN_FAULT_HIDDEN;
+
 /* Copies a failure's message into the caller's buffer; returns rc. */
 int bn_fault_done(int rc, char *err, int32_t err_len) BN_FAULT_HIDDEN;
 

@@ -8,6 +8,7 @@
 
 #ifdef BN_FAULT_FORWARD
 
+#include "bn_lock.h"
 #include "fault_internal.h"
 
 /* What a point reads before attach (or after a refused one): a zero that
@@ -26,6 +27,12 @@ int bn_fault_eval(int point, bn_fault_special *special)
                                                   memory_order_acquire);
     if (!h)
         return 0;
+    /* This library's own bridge locks are invisible to the host's engine
+     * (another module's thread-locals): refuse here, as the engine would.
+     * The guest cannot ask whether this point is armed for this thread, so
+     * it refuses whenever something is armed (the macro checked that). */
+    if (bn_locks_held())
+        return bn_fault_refuse_locked(point);
     int rc = h->fault_eval(point, special);
     /* the host recorded the firing in its own last error: this library's
      * callers (and the bridge, via bitnet_cpp_get_last_error) read ours */

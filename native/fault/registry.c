@@ -3,9 +3,12 @@
  * hashed.  Every build has it (the engine, a guest, BN_NO_FAULTS): a
  * compiled-out build can still say which points its code would have.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bn_fault.h"
+#include "bn_lock.h"
 #include "fault_internal.h"
 
 const bitnet_fault_point_t bn_fault_registry[] = {
@@ -56,6 +59,32 @@ uint64_t bn_fault_registry_hash(void)
         }
     return h;
 }
+
+int bn_fault_refuse_locked(int point)
+{
+    return bn_error(BITNET_E_INTERNAL,
+                    "fault point '%s' reached while this thread holds a "
+                    "bridge lock: its action is refused (a delay or hang "
+                    "there would stall every call waiting for the lock, a "
+                    "firing callback would run under it); a point inside a "
+                    "locked region is a bug in the bridge, please report it",
+                    bn_fault_registry[point].name);
+}
+
+#ifdef BN_LOCK_CHECKS
+void bn_fault_check_unlocked(int point)
+{
+    if (BN_LIKELY(!bn_locks_held()))
+        return;
+    fprintf(stderr,
+            "bitnet: fault point '%s' reached while this thread holds a "
+            "bridge lock (BN_LOCK_CHECKS): a point inside a locked region "
+            "is a bug in the bridge; aborting\n",
+            bn_fault_registry[point].name);
+    fflush(stderr);
+    abort();
+}
+#endif
 
 int bn_fault_done(int rc, char *err, int32_t err_len)
 {

@@ -29,6 +29,10 @@
  *    bitnet_cpp_get_last_error().
  *  - Handles are not shared between threads at the same time: a second
  *    concurrent call on one context fails with BITNET_E_THREAD_SAFETY.
+ *  - Handles are opaque values, not addresses to dereference.  A freed
+ *    handle fails with BITNET_E_INVALID_HANDLE for ever after, even once a
+ *    new context or session is created in its place: a call that kept one
+ *    never runs on another caller's context.
  */
 #ifndef BITNET_H
 #define BITNET_H

@@ -59,13 +59,20 @@ BITNET_API int bitnet_bridge_percall_eval(
     float *out_logits, int32_t logits_capacity, int32_t *out_rows,
     int32_t *out_cols, char *err, int32_t err_len);
 
-/* Name of the backend serving ctx ("reference", "dlopen:/path", "stub"),
- * static storage; NULL for an invalid handle. */
-BITNET_API const char *bitnet_bridge_backend_name(const bitnet_context_t *ctx);
-/* Which tier serves `operation` ("tokenize" or "evaluate") for ctx:
- * the backend's name, or "fallback:reference (<why>)"; NULL if unknown. */
-BITNET_API const char *bitnet_bridge_served_by(const bitnet_context_t *ctx,
-                                               const char *operation);
+/* Name of the backend serving ctx ("reference", "dlopen:/path", "stub").
+ * Which tier serves `operation` ("tokenize" or "evaluate") for ctx: the
+ * backend's name, or "fallback:<name> (<why>)".
+ *
+ * Both copy the text into buf (NUL-terminated, truncated to buf_len - 1
+ * bytes) while the handle is held, so a free on another thread cannot pull
+ * it away; buf NULL is a size query.  They return the full length without
+ * the NUL, or BITNET_E_INVALID_HANDLE (BITNET_E_INVALID_ARG for an unknown
+ * operation). */
+BITNET_API int32_t bitnet_bridge_backend_name(const bitnet_context_t *ctx,
+                                              char *buf, int32_t buf_len);
+BITNET_API int32_t bitnet_bridge_served_by(const bitnet_context_t *ctx,
+                                           const char *operation, char *buf,
+                                           int32_t buf_len);
 
 /* Deadline for the bridge calls this thread makes from now on:
  * timeout_ns > 0 sets one (measured from the start of each call), 0 clears

@@ -9,7 +9,9 @@ socket symbols, fault points, backends) are read with :func:`read_def`.
 Build options (environment):
 
 ``BITNET_SANITIZE``  e.g. ``address,undefined``: compile and link with
-                     ``-fsanitize=...`` (the sanitizer CI pass).
+                     ``-fsanitize=...`` (the sanitizer CI pass), and with
+                     ``-DBN_LOCK_CHECKS``: every fault point reached while a
+                     bridge lock is held aborts, armed or not.
 ``BITNET_CFLAGS``    extra compiler flags, split on whitespace.
 ``BITNET_FAULTS``    ``0``: compile every fault point out (``-DBN_NO_FAULTS``);
                      fault_inject then reports injection as not compiled in.
@@ -190,7 +192,7 @@ def _flags() -> tuple[list[str], list[str]]:
     ldflags: list[str] = ["-lm", "-lpthread", "-ldl"]
     sanitize = os.environ.get("BITNET_SANITIZE", "").strip()
     if sanitize:
-        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g"]
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-DBN_LOCK_CHECKS"]
         ldflags += [f"-fsanitize={sanitize}"]
     if os.environ.get("BITNET_FAULTS", "").strip() == "0":
         cflags.append("-DBN_NO_FAULTS")

@@ -104,7 +104,13 @@ class ThreadSafetyError(BitnetError):
 
 
 class CleanupFailed(BitnetError):
-    """Freeing a native object failed; it is still alive."""
+    """Freeing a native object failed; it is still alive.
+
+    ``session`` is the BitnetSession whose close() failed (None when the
+    error came from elsewhere): still open and counted, retry its close().
+    """
+
+    session: Any = None
 
 
 class OperationTimeout(BitnetError, TimeoutError):

@@ -3,15 +3,30 @@
 The model stays loaded and each sequence keeps its KV cache, so repeated
 calls pay no load cost.  Results are numpy arrays that native code fills in
 place.
+
+Freeing that fails.  ``close()`` raises CleanupFailed and the session stays
+open and counted; the exception carries it (``exc.session``) so a handler
+that no longer has the object can still retry.  A session dropped without a
+successful close is freed by its finalizer (with a ResourceWarning); when
+that free fails too, the native context is not forgotten: it waits in a
+module-level list (:func:`pending_cleanups`) and is retried by the next
+``create()`` and every successful ``close()``, by :func:`retry_pending`, and
+once more at interpreter exit.  Until then it stays in the live counters, so
+a leak check (``pytest --bitnet-leak-check``) reports it in the test that
+dropped it, like a leak pytest-memray would report: counted and visible,
+never silently lost.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import logging
 import os
+import threading
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -22,11 +37,70 @@ from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_na
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
 
-__all__ = ["BitnetSession"]
+__all__ = ["BitnetSession", "PendingCleanup", "pending_cleanups", "retry_pending"]
 
 log = logging.getLogger("pytest_bitnet")
 
 native_log.install()
+
+
+# ---- contexts whose free failed in a finalizer --------------------------------------------
+
+
+@dataclasses.dataclass
+class PendingCleanup:
+    """A native context whose free failed after its session was dropped."""
+
+    model_path: str
+    handle: Any  # the bitnet_context_t * (cffi)
+    attempts: int  # frees tried so far
+    error: str  # what the last one said
+
+
+_pending: list[PendingCleanup] = []
+# Re-entrant: a finalizer may run (gc) inside retry_pending on the same thread.
+_pending_lock = threading.RLock()
+
+
+def pending_cleanups() -> tuple[PendingCleanup, ...]:
+    """The contexts waiting for a retried free (oldest first)."""
+    with _pending_lock:
+        return tuple(_pending)
+
+
+def retry_pending() -> int:
+    """Tries to free every pending context again; returns how many are still pending.
+
+    Called by create() and by every successful close(), and at exit; call it
+    yourself after removing what made the frees fail.  Never raises.
+    """
+    with _pending_lock:
+        todo = list(_pending)
+        del _pending[:]
+    kept = []
+    for p in todo:
+        rc = lib.bitnet_cpp_free_context(p.handle)
+        if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:  # freed now, or by someone holding the raw handle
+            log.info("pending BitnetSession context for %r freed on retry %d", p.model_path, p.attempts + 1)
+            continue
+        p.attempts += 1
+        p.error = native_message(None)[0]
+        kept.append(p)
+    with _pending_lock:
+        _pending[:0] = kept
+        return len(_pending)
+
+
+def _retry_pending_at_exit() -> None:
+    # Registered before any session exists, so it runs after the finalizers
+    # weakref.finalize runs at exit (atexit is last in, first out).
+    if _pending and retry_pending():
+        for p in pending_cleanups():
+            log.warning("BitnetSession context for %r could not be freed at exit after %d attempts: %s",
+                        p.model_path, p.attempts, p.error)
+
+
+atexit.register(_retry_pending_at_exit)
 
 
 def _free_context(ctx: Any, path: str) -> None:
@@ -38,7 +112,36 @@ def _free_context(ctx: Any, path: str) -> None:
         stacklevel=2,
     )
     log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
-    lib.bitnet_cpp_free_context(ctx)
+    rc = lib.bitnet_cpp_free_context(ctx)
+    if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:
+        return
+    message = native_message(None)[0]
+    with _pending_lock:
+        _pending.append(PendingCleanup(path, ctx, 1, message))
+    warnings.warn(
+        f"freeing the unclosed BitnetSession for {path!r} failed ({message}); its context stays "
+        "alive and counted in pytest_bitnet.bridge.session.pending_cleanups(), and is retried by "
+        "the next create() or close(), by retry_pending(), and at exit",
+        ResourceWarning,
+        stacklevel=2,
+    )
+
+
+# ---- the session --------------------------------------------------------------------------
+
+
+def _text(fn: Callable[..., int], *args: Any) -> str | None:
+    """The text a two-pass copy-out function (bitnet_bridge_served_by, ...) gives, or None.
+
+    The bridge copies it while it holds the handle: no pointer into a
+    context that another thread may free is ever read here.
+    """
+    buf = ffi.new("char[]", 256)
+    n = fn(*args, buf, len(buf))
+    if n >= len(buf):
+        buf = ffi.new("char[]", n + 1)
+        n = fn(*args, buf, len(buf))
+    return ffi.string(buf).decode("utf-8", "replace") if n >= 0 else None
 
 
 class BitnetSession:
@@ -49,9 +152,15 @@ class BitnetSession:
     own.  Every operation takes a timeout in seconds: the call's, else the
     session's, else the run-wide default (settings.configure), else
     BITNET_CPP_TIMEOUT, else 30 s; math.inf disables it, 0 is already past.
+
+    A call on a closed session raises InferenceError ("closed"), also when
+    another thread closes it while the call starts (InvalidHandle): a call
+    never runs on a session other than its own.
     """
 
-    __slots__ = ("_ctx", "_finalizer", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__")
+    __slots__ = (
+        "_ctx", "_finalizer", "_close_lock", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__"
+    )
 
     def __init__(self) -> None:  # use create()
         raise TypeError("use BitnetSession.create(model_path, ...)")
@@ -71,7 +180,10 @@ class BitnetSession:
         backend: "reference" (embedded), "dlopen" (a libbitnet.so found by
         discovery, or library_path), "llama", "stub"; default BITNET_BACKEND,
         else "reference".  timeout bounds the load and is the session's default.
+        Retries the frees of pending_cleanups() first.
         """
+        if _pending:
+            retry_pending()
         raw_path = path_arg(model_path)
         n_ctx = int_arg("create", "n_ctx", n_ctx, minimum=0)
         n_gpu_layers = int_arg("create", "n_gpu_layers", n_gpu_layers, minimum=0)
@@ -92,6 +204,7 @@ class BitnetSession:
             raise_native(rc, "create", err, parameters=params, hint=hint)
         self = object.__new__(cls)
         self._ctx = out[0]
+        self._close_lock = threading.Lock()
         self.model_path = path
         self.timeout = session_timeout
         self._finalizer = weakref.finalize(self, _free_context, out[0], path)
@@ -99,7 +212,8 @@ class BitnetSession:
         lib.bitnet_cpp_get_model_info(self._ctx, info_v, info_c)
         self.n_vocab = int(info_v[0])
         self.n_ctx = int(info_c[0])
-        self.backend_info = {"create": ffi.string(lib.bitnet_bridge_backend_name(self._ctx)).decode()}
+        # nobody else has the handle yet: it cannot be stale here
+        self.backend_info = {"create": _text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
         if counters.tracking():
             counters.record(self)
         return self
@@ -111,30 +225,42 @@ class BitnetSession:
         return self._ctx is None
 
     def close(self) -> None:
-        """Frees the native context.  Idempotent.
+        """Frees the native context.  Idempotent, also from several threads.
 
         Raises CleanupFailed when the native free fails; the session then
-        stays open (and counted) so close() can be retried.
+        stays open (and counted) so close() can be retried, and the
+        exception's ``session`` is this session, for a handler that no
+        longer holds it.  A session never closed is freed by its finalizer;
+        see the module docstring for what happens when that fails.
         """
-        if self._ctx is None:
-            return
-        rc = lib.bitnet_cpp_free_context(self._ctx)
-        if rc:
-            # Whatever stopped the free, the caller's question is "is it
-            # freed?": CleanupFailed (the class says retry), naming the
-            # cause's class when it was something else.
-            params: dict[str, Any] = {"model_path": self.model_path}
-            if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
-                params["cause"] = errors.error_for_code(rc).__name__
-            raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None, parameters=params)
-        self._finalizer.detach()
-        self._ctx = None
+        with self._close_lock:
+            if self._ctx is None:
+                return
+            rc = lib.bitnet_cpp_free_context(self._ctx)
+            if rc:
+                # Whatever stopped the free, the caller's question is "is it
+                # freed?": CleanupFailed (the class says retry), naming the
+                # cause's class when it was something else.
+                params: dict[str, Any] = {"model_path": self.model_path}
+                if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
+                    params["cause"] = errors.error_for_code(rc).__name__
+                try:
+                    raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None,
+                                 parameters=params)
+                except errors.CleanupFailed as exc:
+                    exc.session = self
+                    raise
+            self._finalizer.detach()
+            self._ctx = None
+        if _pending:
+            retry_pending()
 
     def cancel(self) -> None:
         """Stops the call running on this session (from another thread).
 
         The call raises OperationTimeout at its next step point; the session
-        stays usable.  Does nothing when no call is running.
+        stays usable.  Does nothing when no call is running, or when the
+        session is closed meanwhile (a stale handle cancels nothing).
         """
         ctx = self._ctx
         if ctx is not None:
@@ -157,6 +283,12 @@ class BitnetSession:
         return self._live("handle")
 
     def _live(self, operation: str) -> Any:
+        """The handle for a call about to start.
+
+        Call it after every argument is converted (conversion can run user
+        code: a str subclass's encode(), an object's __array__ or __int__,
+        which may close this session) and right before the native call.
+        """
         if self._ctx is None:
             raise errors.InferenceError(
                 f"{operation} on a closed session: the session for {self.model_path!r} was "
@@ -165,15 +297,34 @@ class BitnetSession:
             )
         return self._ctx
 
+    def _closed_meanwhile(self, operation: str, ctx: Any, exc: errors.InvalidHandle) -> errors.BitnetError:
+        """What to raise for an InvalidHandle from a call that held ctx.
+
+        The handle was valid at _live(); refused now, it was freed in
+        between: the session was closed by another thread while the call
+        started (the bridge's handles are never reused, so the call ran on
+        nothing else).
+        """
+        # A close in progress has freed the handle before it clears _ctx:
+        # its lock is held until both are done.
+        if self._ctx is ctx and not self._close_lock.locked():
+            return exc  # still ours and not closing: report the bridge's words
+        return errors.InvalidHandle(
+            f"{operation} on a closed session: the session for {self.model_path!r} was closed "
+            "by another thread while the call was starting, and the call did nothing. Create a new one with "
+            "BitnetSession.create(), and do not close a session other threads are calling",
+            errors.ErrorContext(operation=operation, phase=exc.context.phase, parameters=dict(exc.context.parameters),
+                                native_code=exc.context.native_code, native_message=exc.context.native_message),
+        )
+
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else parse_timeout(timeout)
 
     def _served(self, ctx: Any, operation: str) -> None:
-        label = lib.bitnet_bridge_served_by(ctx, operation.encode())
-        if label != ffi.NULL:
-            text = ffi.string(label).decode()
-            self.backend_info[operation] = text
-            warn_if_fallback(text, operation)
+        label = _text(lib.bitnet_bridge_served_by, ctx, operation.encode())
+        if label is not None:  # None: closed meanwhile; the call itself was served
+            self.backend_info[operation] = label
+            warn_if_fallback(label, operation)
 
     # -- work --------------------------------------------------------------
 
@@ -181,16 +332,20 @@ class BitnetSession:
         self, prompt: str | bytes, add_bos: bool = True, parse_special: bool = False, timeout: float | None = None
     ) -> npt.NDArray[np.int32]:
         """Token ids of prompt (BOS first when add_bos), as int32."""
-        ctx = self._live("tokenize")
         raw = prompt_arg(prompt)
+        bos, special = bool(add_bos), bool(parse_special)
         seconds = self._timeout(timeout)
-        params = {"prompt_bytes": len(raw), "add_bos": bool(add_bos), "parse_special": bool(parse_special), "timeout": seconds}
+        params = {"prompt_bytes": len(raw), "add_bos": bos, "parse_special": special, "timeout": seconds}
+        ctx = self._live("tokenize")  # no user code from here to the native call
 
         def call(buf: Any, cap: int, n: Any, err: Any) -> int:
-            return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
+            return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bos, special, buf, cap, n, err, len(err))
 
-        with deadline(seconds):
-            out = tokenize_two_pass(call, "tokenize", params)
+        try:
+            with deadline(seconds):
+                out = tokenize_two_pass(call, "tokenize", params)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("tokenize", ctx, exc) from None
         self._served(ctx, "tokenize")
         return out
 
@@ -199,34 +354,48 @@ class BitnetSession:
 
         A failed or timed-out call leaves the sequence as it was.
         """
-        ctx = self._live("evaluate")
         toks = tokens_arg(tokens)
         seq_id = int_arg("evaluate", "seq_id", seq_id, minimum=0)
         seconds = self._timeout(timeout)
-        params = {"n_tokens": int(toks.size), "seq_id": seq_id, "n_past": self.n_past(seq_id), "timeout": seconds}
         ptr = ffi.from_buffer("int32_t[]", toks)
+        n_tokens = int(toks.size)
+        ctx = self._live("evaluate")  # no user code from here to the native call
+        try:
+            params = {"n_tokens": n_tokens, "seq_id": seq_id, "n_past": self._n_past(ctx, seq_id), "timeout": seconds}
 
-        def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
-            return lib.bitnet_cpp_eval_with_context(ctx, ptr, toks.size, seq_id, buf, cap, rows, cols, err, len(err))
+            def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+                return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
 
-        with deadline(seconds):
-            out = eval_two_pass(call, "evaluate", params)
+            with deadline(seconds):
+                out = eval_two_pass(call, "evaluate", params)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("evaluate", ctx, exc) from None
         self._served(ctx, "evaluate")
         return out
 
     def n_past(self, seq_id: int = 0) -> int:
         """Positions already evaluated in sequence seq_id."""
+        seq_id = int_arg("n_past", "seq_id", seq_id, minimum=0)
         ctx = self._live("n_past")
+        try:
+            return self._n_past(ctx, seq_id)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("n_past", ctx, exc) from None
+
+    def _n_past(self, ctx: Any, seq_id: int) -> int:
         out = ffi.new("int32_t *")
-        rc = lib.bitnet_cpp_get_n_past(ctx, int_arg("n_past", "seq_id", seq_id, minimum=0), out)
+        rc = lib.bitnet_cpp_get_n_past(ctx, seq_id, out)
         if rc:
             raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
         return int(out[0])
 
     def reset(self, seq_id: int | None = None) -> None:
         """Forgets sequence seq_id (every sequence when None)."""
-        ctx = self._live("reset")
         seq = -1 if seq_id is None else int_arg("reset", "seq_id", seq_id, minimum=0)
+        ctx = self._live("reset")
         rc = lib.bitnet_cpp_reset_context(ctx, seq)
         if rc:
-            raise_native(rc, "reset", None, parameters={"seq_id": seq_id})
+            try:
+                raise_native(rc, "reset", None, parameters={"seq_id": seq_id if seq_id is None else seq})
+            except errors.InvalidHandle as exc:
+                raise self._closed_meanwhile("reset", ctx, exc) from None

@@ -204,3 +204,128 @@ def test_context_overflow_one_call_and_accumulated(tiny_model: Path) -> None:
         assert s.n_past() == 5  # unchanged by the failed call
         s.evaluate([6, 7, 8])  # exactly fills the context
         assert s.n_past() == 8
+
+
+# ---- a session closed while a call starts (issue 13, item 2) -------------------------------
+#
+# glibc hands a freed block to the next allocation of its size, so a new
+# session usually gets the memory of the one just closed.  A call that took
+# the old session's handle before the close must fail as "closed", never run
+# on the new session.  Each scenario repeats a few times: before handles were
+# generation-checked the reuse happened 19 times in 20, so one repetition
+# could pass by luck.
+
+REPEAT = 5
+
+
+class _Box:
+    """The session the scenario works on, and the one it re-creates."""
+
+    def __init__(self, model: Path) -> None:
+        self.model = model
+        self.first = bn.BitnetSession.create(model, n_ctx=64)
+        self.second: bn.BitnetSession | None = None
+
+    def close_and_recreate(self) -> None:
+        self.first.close()
+        self.second = bn.BitnetSession.create(self.model, n_ctx=64)
+
+    def close_all(self) -> None:
+        for s in (self.first, self.second):
+            if s is not None:
+                s.close()
+
+
+def test_prompt_whose_encode_closes_the_session_fails_as_closed(tiny_model: Path) -> None:
+    for _ in range(REPEAT):
+        box = _Box(tiny_model)
+
+        class Hostile(str):
+            def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+                box.close_and_recreate()
+                return str.encode(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        try:
+            with pytest.raises(errors.InferenceError, match="closed"):
+                box.first.tokenize(Hostile("hello"))
+            assert box.second is not None and box.second.n_past() == 0
+        finally:
+            box.close_all()
+
+
+def test_tokens_whose_array_closes_the_session_fail_as_closed(tiny_model: Path) -> None:
+    for _ in range(REPEAT):
+        box = _Box(tiny_model)
+
+        class Hostile:
+            def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+                box.close_and_recreate()
+                return np.array([1, 5, 7], dtype=np.int32)
+
+        try:
+            with pytest.raises(errors.InferenceError, match="closed"):
+                box.first.evaluate(Hostile())
+            assert box.second is not None and box.second.n_past() == 0  # its KV cache untouched
+        finally:
+            box.close_all()
+
+
+def test_seq_id_whose_index_closes_the_session_fails_as_closed(tiny_model: Path) -> None:
+    # int_arg reads a numbers.Integral through int(): user code too.
+    for _ in range(REPEAT):
+        box = _Box(tiny_model)
+        box.first.evaluate([1, 5, 7], seq_id=0)
+
+        class Hostile(int):
+            def __int__(self) -> int:
+                box.close_and_recreate()
+                return 0
+
+        try:
+            with pytest.raises(errors.InferenceError, match="closed"):
+                box.first.reset(Hostile(0))
+            with pytest.raises(errors.InferenceError, match="closed"):
+                box.first.n_past(Hostile(0))
+            assert box.second is not None
+            box.second.evaluate([1, 5], seq_id=0)
+            box.first = box.second  # the next Hostile closes this one: nothing it did may reach a third
+            box.second = None
+            with pytest.raises(errors.InferenceError, match="closed"):
+                box.first.evaluate([1], seq_id=Hostile(0))
+            assert box.second is not None and box.second.n_past() == 0
+        finally:
+            box.close_all()
+
+
+def test_another_thread_closing_between_check_and_call_fails_as_closed(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The window after the liveness check: the call holds the handle, another
+    # thread closes the session and creates one that takes its memory, then
+    # the call reaches native code.  The session module enters the call's
+    # deadline right there; a wrapper around it opens the window on purpose.
+    from pytest_bitnet.bridge import session as session_module
+
+    real_deadline = session_module.deadline
+    for op in ("tokenize", "evaluate"):
+        for _ in range(REPEAT):
+            box = _Box(tiny_model)
+            fired: list[bool] = []
+
+            def racing_deadline(seconds: float):  # type: ignore[no-untyped-def]
+                if not fired:
+                    fired.append(True)
+                    t = threading.Thread(target=box.close_and_recreate)
+                    t.start()
+                    t.join()
+                return real_deadline(seconds)
+
+            monkeypatch.setattr(session_module, "deadline", racing_deadline)
+            try:
+                with pytest.raises(errors.InferenceError, match="closed"):
+                    if op == "tokenize":
+                        box.first.tokenize("hello")
+                    else:
+                        box.first.evaluate([1, 5, 7])
+                assert fired and box.second is not None and box.second.n_past() == 0
+            finally:
+                monkeypatch.setattr(session_module, "deadline", real_deadline)
+                box.close_all()

@@ -9,6 +9,14 @@ asserted: the machine is shared.  The full run takes ~10 s on 2 cores, so
 it is always on.  ``--bitnet-soak=SECONDS`` (or BITNET_SOAK_SECONDS) adds a
 longer run; BITNET_STRESS_SEED replays a printed seed.
 
+The race mode (issue 13): callers share one session object while a churner
+closes it and makes a new one, and some calls convert arguments whose user
+code does the same.  A few seconds, always on, and in the sanitizer pass
+(.ci/sanitize runs the whole suite, with BITNET_CHURN_SECONDS raising its
+length: on the unfixed bridge the use-after-free it found aborted the ASan
+build after 6 and 13 s of churn).  BITNET_STRESS_SEED replays its operation
+sequences too.
+
 The harness is tests/stress_harness.py.
 """
 
@@ -21,10 +29,11 @@ from typing import Callable
 
 import pytest
 
-from ..stress_harness import SPECS, StressReport, deal_specs, run_stress
+from ..stress_harness import SPECS, ChurnReport, StressReport, deal_specs, run_churn, run_stress
 
 THREADS = 8
 ITERATIONS = 1000
+CHURN_SECONDS = 3.0  # default length of the race mode; BITNET_CHURN_SECONDS overrides
 
 
 def _seed() -> int:
@@ -70,3 +79,22 @@ def test_soak(stress_model: Path, soak_seconds: float | None, capsys: pytest.Cap
         pytest.skip("soak is opt-in: --bitnet-soak=SECONDS or BITNET_SOAK_SECONDS")
     report = run_stress(stress_model, seed=_seed(), threads=THREADS, iterations=None, seconds=soak_seconds, join_timeout=120)
     _check(report, capsys)
+
+
+def _churn_seconds() -> float:
+    raw = os.environ.get("BITNET_CHURN_SECONDS", "").strip()
+    return float(raw) if raw else CHURN_SECONDS
+
+
+def test_race_close_create_churn_against_calls_on_one_session(stress_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report: ChurnReport = run_churn(stress_model, seed=_seed(), seconds=_churn_seconds())
+    with capsys.disabled():
+        print(f"\n{report.summary()}\n  replay: BITNET_STRESS_SEED={report.seed}")
+    assert not report.stuck, f"deadlock? threads still running (seed {report.seed}):\n" + "\n".join(report.stuck)
+    assert not report.failures, f"seed {report.seed}:\n" + "\n".join(report.failures)
+    assert not report.leaked, f"live counters not back to baseline (baseline, after), seed {report.seed}: {report.leaked}"
+    # the mode did what it is for: sessions were replaced under the callers,
+    # calls hit closed sessions, and calls still got through
+    assert report.sessions_made > 2
+    assert any(k.endswith(("InferenceError", "InvalidHandle")) for k in report.outcomes)
+    assert sum(n for k, n in report.outcomes.items() if k.startswith("evaluate") and k.endswith(": ok")) > 0

@@ -135,3 +135,75 @@ def test_e51_sessions_in_parallel_threads(tiny_model: Path) -> None:
         np.testing.assert_array_equal(r, expected)
     after = bn.live_counters()
     assert {k: after[k] for k in ("contexts", "bytes")} == {k: before[k] for k in ("contexts", "bytes")}
+
+
+# ---- a failed close never loses the session (issue 13, item 7) -----------------------------
+
+
+def test_a_failed_close_under_oom_can_still_be_retried(tiny_model: Path) -> None:
+    # 7a: a free that failed used to re-register the handle, and an OOM there
+    # lost the context for good (every later close() InvalidHandle).
+    before = bn.live_counters()
+    s = bn.BitnetSession.create(tiny_model)
+    with pytest.warns(fi.NeverHitWarning, match="never hit: 'alloc'"):
+        with fi.inject("free_context=1*fail;alloc=1*oom"):
+            with pytest.raises(errors.CleanupFailed):
+                s.close()
+    assert not s.closed and len(s.tokenize("still usable")) > 1
+    s.close()
+    after = bn.live_counters()
+    assert {k: after[k] for k in ("contexts", "bytes")} == {k: before[k] for k in ("contexts", "bytes")}
+
+
+def test_cleanup_failed_carries_the_session_for_a_retry(tiny_model: Path) -> None:
+    before = bn.live_counters()["contexts"]
+    with fi.inject("free_context=1*fail"):
+        with pytest.raises(errors.CleanupFailed) as caught:
+            with bn.BitnetSession.create(tiny_model):  # no name bound: only the error holds it
+                pass
+    session = caught.value.session
+    assert isinstance(session, bn.BitnetSession) and not session.closed
+    session.close()
+    assert bn.live_counters()["contexts"] == before
+
+
+def test_a_finalizer_whose_free_fails_keeps_the_context_for_a_retry(tiny_model: Path) -> None:
+    # 7b: close() fails inside `with`, the object is dropped, its finalizer's
+    # free fails too: the context must stay retrievable and be retried.
+    from pytest_bitnet.bridge import session as session_module
+
+    before = bn.live_counters()
+    with fi.inject("free_context=2*fail"):
+        with pytest.raises(errors.CleanupFailed) as caught:
+            with bn.BitnetSession.create(tiny_model):
+                pass
+        with pytest.warns(ResourceWarning) as warned:
+            del caught  # the traceback held the session
+            gc.collect()
+        assert any("not closed" in str(w.message) for w in warned)
+        assert any("pending_cleanups()" in str(w.message) for w in warned)
+    pending = session_module.pending_cleanups()
+    assert len(pending) == 1 and pending[0].model_path == str(tiny_model) and pending[0].attempts == 1
+    assert "free_context" in pending[0].error
+    assert bn.live_counters()["contexts"] == before["contexts"] + 1  # alive and counted
+    # the next create retries it; nothing else is needed
+    bn.BitnetSession.create(tiny_model).close()
+    assert session_module.pending_cleanups() == ()
+    after = bn.live_counters()
+    assert {k: after[k] for k in ("contexts", "bytes")} == {k: before[k] for k in ("contexts", "bytes")}
+
+
+def test_retry_pending_keeps_what_still_fails(tiny_model: Path) -> None:
+    from pytest_bitnet.bridge import session as session_module
+
+    before = bn.live_counters()["contexts"]
+    with fi.inject("free_context=3*fail"):
+        s = bn.BitnetSession.create(tiny_model)
+        with pytest.warns(ResourceWarning):
+            del s
+            gc.collect()
+        assert session_module.retry_pending() == 1  # the 2nd failure
+        (p,) = session_module.pending_cleanups()
+        assert p.attempts == 2
+    assert session_module.retry_pending() == 0 and session_module.pending_cleanups() == ()
+    assert bn.live_counters()["contexts"] == before

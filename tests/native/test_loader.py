@@ -202,3 +202,64 @@ def test_diagnostics_command_exit_codes(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "pytest_bitnet", "diagnostics", "--backend", "dlopen"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1
     assert "MISSING REQUIRED PARTS" in bad.stdout and f"{tmp_path}/libbitnet.so: not found" in bad.stdout
+
+
+# ---- the bridge is not a backend of itself (issue 13, item 10) -----------------------------
+#
+# Loaded as its own backend, the bridge recursed (discovery from the
+# environment: init_context ran discovery again, found itself, until SIGSEGV)
+# or deadlocked (an explicit library_path: the live counters summed the
+# library's, which are the bridge's own, under the loader's lock).  Each runs
+# in a child, so a regression fails the test instead of taking the run with it.
+
+_CREATE_IN_CHILD = """
+import sys
+import pytest_bitnet as bn
+from pytest_bitnet import errors
+model, paths = sys.argv[1], sys.argv[2:] or [None]
+for path in paths:
+    try:
+        bn.BitnetSession.create(model, backend="dlopen", library_path=path).close()
+    except errors.LibraryNotFound as exc:
+        print("LibraryNotFound:", str(exc).replace("\\n", " | "))  # one line per attempt
+    else:
+        print("created")
+if paths != [None]:
+    report = bn.diagnostics(backend="dlopen", library_path=paths[0])
+    print("diagnostics ok" if report["ok"] else "diagnostics errors: " + " | ".join(report["errors"]))
+print("contexts", bn.live_counters()["contexts"])
+"""
+
+
+def _bridge_module() -> Path:
+    from pytest_bitnet.bridge import _bridge
+
+    return Path(_bridge.__file__).resolve()
+
+
+def _in_child(model: Path, *paths: Path, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-c", _CREATE_IN_CHILD, str(model), *map(str, paths)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+    assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def test_a_libdir_holding_the_bridge_itself_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "libbitnet.so").symlink_to(_bridge_module())
+    out = _in_child(tiny_model, env={"BITNET_CPP_LIBDIR": str(tmp_path), "BITNET_BACKEND": "dlopen"})
+    assert out.startswith("LibraryNotFound:"), out
+    assert f"{tmp_path}/libbitnet.so: is this bridge itself ({_bridge_module()})" in out  # the attempt: what was found
+    assert "would run this discovery again" in out  # why it cannot be used
+    assert "BITNET_CPP_LIBDIR" in out  # how to fix
+    assert out.endswith("contexts 0\n")
+
+
+def test_the_bridge_as_an_explicit_library_path_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    link = tmp_path / "libbitnet.so"
+    link.symlink_to(_bridge_module())
+    lines = _in_child(tiny_model, link, _bridge_module()).splitlines()
+    assert len(lines) == 4, lines
+    for line in lines[:2]:
+        assert line.startswith("LibraryNotFound:") and "is this bridge itself" in line, line
+    assert lines[2].startswith("diagnostics errors:") and "is this bridge itself" in lines[2]
+    assert lines[3] == "contexts 0"
