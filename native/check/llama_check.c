@@ -471,6 +471,70 @@ static int check_tokens(const bn_gguf_kv *tokens, const char *model)
     return rc;
 }
 
+/* An RWKV token as llama.cpp's RWKV tokenizer reads it: the text unescaped
+ * ("\\t", "\\n", "\\r", "\\xNN" with its lenient hex digits, "\\c" for any other
+ * c).  Only what the rule needs: the first byte and the byte count. */
+static uint64_t rwkv_bytes(const char *s, uint64_t len, uint8_t *first)
+{
+    uint64_t n = 0;
+    int escaping = 0, hex_left = 0;
+    uint8_t acc = 0;
+    for (uint64_t i = 0; i < len; i++) {
+        uint8_t c = (uint8_t)s[i], out;
+        if (hex_left) {
+            acc = (uint8_t)((acc << 4) + (c >= 'a' ? c - 'a' + 10 : c - '0'));
+            if (--hex_left)
+                continue;
+            out = acc;
+            acc = 0;
+        } else if (escaping) {
+            escaping = 0;
+            if (c == 'x') {
+                hex_left = 2;
+                continue;
+            }
+            out = c == 't' ? '\t' : c == 'n' ? '\n' : c == 'r' ? '\r' : c;
+        } else if (c == '\\') {
+            escaping = 1;
+            continue;
+        } else {
+            out = c;
+        }
+        if (n++ == 0)
+            *first = out;
+    }
+    return n;
+}
+
+/* llama.cpp's RWKV tokenizer walks a trie of the tokens for the longest
+ * match; when the bytes it walked hold no whole token, it starts over from
+ * the beginning of the text, without end and growing its output.  That
+ * never happens when every byte that begins a token is a token itself. */
+static int check_rwkv(const bn_gguf_kv *tokens)
+{
+    const bn_gguf_str *tok = tokens->data;
+    uint8_t starts[256] = {0}, single[256] = {0};
+    for (uint64_t i = 0; i < tokens->n; i++) {
+        uint8_t b = 0;
+        uint64_t n = rwkv_bytes(tok[i].data, tok[i].len, &b);
+        if (n)
+            starts[b] = 1;
+        if (n == 1)
+            single[b] = 1;
+    }
+    for (int b = 0; b < 256; b++)
+        if (starts[b] && !single[b])
+            return bn_error(BITNET_E_MODEL_LOAD,
+                            "the 'rwkv' vocabulary has tokens that begin with "
+                            "byte 0x%02X but no token of that byte alone: "
+                            "llama.cpp's RWKV tokenizer then loops without end "
+                            "on text with that byte, its output growing until "
+                            "memory runs out (no deadline reaches it); add the "
+                            "single-byte tokens",
+                            b);
+    return BITNET_OK;
+}
+
 static int check_vocab(const bn_gguf *g)
 {
     /* No model name, an unknown one, no token list: llama.cpp refuses the
@@ -483,7 +547,11 @@ static int check_vocab(const bn_gguf *g)
     if (!strcmp(model, "none") || !strcmp(model, "no_vocab"))
         return BITNET_OK;
     int rc = check_vocab_tables(g, tokens, model);
-    return rc ? rc : check_tokens(tokens, model);
+    if (!rc)
+        rc = check_tokens(tokens, model);
+    if (!rc && !strcmp(model, "rwkv"))
+        rc = check_rwkv(tokens);
+    return rc;
 }
 
 /* ---- tensors ------------------------------------------------------------- */

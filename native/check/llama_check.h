@@ -37,7 +37,9 @@
  *                 of a type llama.cpp reads and at least as long; an SPM
  *                 ("llama") vocabulary holding a token for each of the 256
  *                 bytes (its tokenizer falls back to them and throws on a
- *                 missing one); no BYTE-typed token in a WPM ("bert") one
+ *                 missing one); no BYTE-typed token in a WPM ("bert") one;
+ *                 in an RWKV one, each byte that begins a token a token
+ *                 itself (its tokenizer loops without end otherwise)
  *   tensors       1-D tensors F32 (norms, scales: ggml's CPU element-wise
  *                 ops mix F32 activations with F32 only); others of a type
  *                 the CPU backend can multiply and look up rows of
