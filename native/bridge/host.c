@@ -7,6 +7,7 @@
 #include "bn_deadline.h"
 #include "bn_log.h"
 #include "lend.h"
+#include "llama_check.h"
 
 /* ---- host end ------------------------------------------------------------ */
 
@@ -31,6 +32,7 @@ static void fill_table(void)
     table.log = host_log;
     table.log_threshold = host_log_threshold;
     table.last_error = bn_error_message;
+    table.check_for_llama = bn_check_for_llama;
     bn_fault_lend(&table); /* the fault part, if this build has an engine */
 }
 

@@ -18,7 +18,9 @@
  *     the same format and threshold as the bridge's own;
  *   - place fault points that the bridge's fault registry arms, counts and
  *     reports (when both were built from the same points.def: the registry
- *     hashes must match, else the library must not use fault_eval).
+ *     hashes must match, else the library must not use fault_eval);
+ *   - have a model file checked before handing it to llama.cpp
+ *     (check_for_llama).
  *
  * The table stays valid as long as the library stays loaded.  The hook is
  * optional: a library without it (BitNet.cpp, say) is loaded the same way
@@ -77,6 +79,17 @@ typedef struct {
     const atomic_int *fault_armed;
     int (*fault_eval)(int point, void *special);
     const char *(*fault_note)(void);
+
+    /* Model admission for llama.cpp (appended: a library checks that size
+     * covers it).  check_for_llama(path, vocab_only): BITNET_OK, or an
+     * error code with the message in last_error() for a file that llama.cpp
+     * would crash or hang on (a GGML_ASSERT, an uncaught exception, a
+     * kernel that never returns), checked with the bridge's strict GGUF
+     * reader on the calling thread, under the caller's deadline.  A library
+     * handing files to llama_model_load_from_file calls it first;
+     * vocab_only != 0 for a vocabulary-only load.  NULL: the bridge has no
+     * check to lend. */
+    int (*check_for_llama)(const char *path, int vocab_only);
 } bitnet_host_t;
 
 /* Positive returns of bitnet_host_attach (flags). */

@@ -12,7 +12,15 @@
  *   - deadline_check, polled by llama.cpp's abort callback (every graph
  *     node of a decode) and by the model loader's progress callback, so
  *     timeouts and cancellation stop llama.cpp mid-work;
- *   - log, the sink that llama.cpp's log lines are routed into.
+ *   - log, the sink that llama.cpp's log lines are routed into;
+ *   - check_for_llama, run on every file before llama.cpp sees it: a
+ *     well-formed GGUF file with a hostile hyperparameter, vocabulary or
+ *     tensor type makes llama.cpp abort, crash or spin inside a kernel
+ *     where no deadline reaches, and nothing in this process can catch
+ *     that afterwards.  It runs here, in load_model, because every path
+ *     into llama.cpp passes this one function (sessions, the fallback tier
+ *     of another backend, the per-call functions, vocabulary-only loads),
+ *     whichever bridge entry point led to it.
  *
  * Sequences: like the reference engine, every seq_id in [0, AD_MAX_SEQ)
  * has n_ctx positions of its own.  llama.cpp is asked for AD_MAX_SEQ
@@ -135,8 +143,10 @@ static int timeout_error(const char *where)
 static _Thread_local char log_line[1024];
 static _Thread_local size_t log_len;
 static _Thread_local int log_level = -1; /* host level of the open line */
-/* The last error line llama.cpp logged on this thread: model loading
- * reports failures only there, and the caller deserves the reason. */
+/* The first error line llama.cpp logged on this thread since it was last
+ * cleared: model loading reports failures only there, the cause first
+ * ("error loading model: check_tensor_dims: ...") and a generic line
+ * after it ("failed to load model"), and the caller deserves the cause. */
 static _Thread_local char last_llama_error[512];
 
 static int host_level(enum ggml_log_level level)
@@ -154,7 +164,7 @@ static void flush_line(void)
     while (log_len && (log_line[log_len - 1] == '\n' || log_line[log_len - 1] == ' '))
         log_len--;
     log_line[log_len] = '\0';
-    if (log_len && log_level == 0)
+    if (log_len && log_level == 0 && !last_llama_error[0])
         snprintf(last_llama_error, sizeof last_llama_error, "%s", log_line);
     const bitnet_host_t *h = host;
     if (log_len && h && h->log && (!h->log_threshold || log_level <= h->log_threshold()))
@@ -243,6 +253,21 @@ static int check_path(const char *path)
     return BITNET_OK;
 }
 
+/* The bridge's check of the file (bitnet_host.h, check_for_llama), when
+ * the bridge that attached us lends one. */
+static int check_model(const char *path, int vocab_only)
+{
+    const bitnet_host_t *h = host;
+    if (!h || (size_t)h->size < offsetof(bitnet_host_t, check_for_llama) +
+                                    sizeof h->check_for_llama ||
+        !h->check_for_llama)
+        return BITNET_OK;
+    int rc = h->check_for_llama(path, vocab_only);
+    if (rc)
+        return fail(rc, "%s", h->last_error ? h->last_error() : "refused");
+    return BITNET_OK;
+}
+
 static int load_model(const char *path, int vocab_only, struct llama_model **out)
 {
     *out = NULL;
@@ -252,6 +277,8 @@ static int load_model(const char *path, int vocab_only, struct llama_model **out
     pthread_once(&backend_once, backend_init);
     if (deadline_passed())
         return timeout_error("llama.cpp model load");
+    if ((rc = check_model(path, vocab_only)))
+        return rc;
     int timed_out = 0;
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
@@ -360,6 +387,10 @@ static int new_llama_context(ad_ctx *c)
     return BITNET_OK;
 }
 
+/* llama.cpp holds the AD_MAX_SEQ streams in one context of 32-bit
+ * positions: per sequence at most this many. */
+#define AD_MAX_N_CTX (INT32_MAX / AD_MAX_SEQ)
+
 static int ad_check_init_args(int32_t n_ctx, int32_t n_gpu_layers)
 {
     if (n_ctx < 0)
@@ -367,6 +398,12 @@ static int ad_check_init_args(int32_t n_ctx, int32_t n_gpu_layers)
                     "n_ctx=%d is negative; pass a positive context size, or 0 "
                     "for the model's own",
                     (int)n_ctx);
+    if (n_ctx > AD_MAX_N_CTX)
+        return fail(BITNET_E_INVALID_ARG,
+                    "n_ctx=%d is more than the %d positions per sequence "
+                    "llama.cpp can hold for %d sequences; pass a smaller "
+                    "n_ctx",
+                    (int)n_ctx, AD_MAX_N_CTX, AD_MAX_SEQ);
     if (n_gpu_layers < 0)
         return fail(BITNET_E_INVALID_ARG,
                     "n_gpu_layers=%d is negative; use 0 for CPU only",
@@ -403,7 +440,18 @@ static int ad_ctx_new(const char *path, int32_t n_ctx, ad_ctx **out)
         c->vocab = llama_model_get_vocab(c->model);
         c->n_vocab = llama_vocab_n_tokens(c->vocab);
         c->n_ctx = n_ctx > 0 ? n_ctx : llama_model_n_ctx_train(c->model);
-        rc = new_llama_context(c);
+        /* the file's context_length (a u32, which llama.cpp hands back as
+         * an int32_t) sizes the context when the caller leaves it to the
+         * model: a zero, a wrapped or a huge one must not reach it */
+        if (c->n_ctx <= 0 || c->n_ctx > AD_MAX_N_CTX)
+            rc = fail(BITNET_E_MODEL_LOAD,
+                      "'%s': the model's context_length (read back as %d) "
+                      "is not a context size llama.cpp can hold for %d "
+                      "sequences (1..%d positions each); pass an explicit "
+                      "n_ctx",
+                      path, (int)c->n_ctx, AD_MAX_SEQ, AD_MAX_N_CTX);
+        else
+            rc = new_llama_context(c);
     }
     if (rc) {
         ad_ctx_free(c);
@@ -745,9 +793,9 @@ BITNET_API int crossval_bitnet_eval_with_tokens(
 {
     clear_error();
     ad_ctx *c = NULL;
-    int rc = n_ctx < 0 ? fail(BITNET_E_INVALID_ARG, "n_ctx=%d is negative",
-                              (int)n_ctx)
-                       : ad_ctx_new(model_path, n_ctx, &c);
+    int rc = ad_check_init_args(n_ctx, 0);
+    if (!rc)
+        rc = ad_ctx_new(model_path, n_ctx, &c);
     if (!rc)
         rc = eval_two_pass(c, tokens, n_tokens, 0, out_logits,
                            logits_capacity, out_rows, out_cols);

@@ -28,12 +28,14 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
-INCLUDE_DIRS = [NATIVE / "include", NATIVE / "common", NATIVE / "reference", NATIVE / "bridge", NATIVE / "fault"]
-SOURCE_DIRS = [NATIVE / "common", NATIVE / "reference", NATIVE / "bridge", NATIVE / "fault"]
+INCLUDE_DIRS = [NATIVE / "include", NATIVE / "common", NATIVE / "reference", NATIVE / "check", NATIVE / "bridge", NATIVE / "fault"]
+SOURCE_DIRS = [NATIVE / "common", NATIVE / "reference", NATIVE / "check", NATIVE / "bridge", NATIVE / "fault"]
 
 # Internal declarations the Python side uses besides the socket ABI: the
-# kernels, for the matvec benchmark and kernel tests.
+# kernels, for the matvec benchmark and kernel tests; the llama check, for its
+# tests where llama.cpp is not installed.
 INTERNAL_CDEF = """
+int bn_check_for_llama(const char *path, int vocab_only);
 typedef struct {
     uint32_t type;
     const void *data;
@@ -217,7 +219,7 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "pytest_bitnet.bridge._bridge",
-    '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "bitnet_fault.h"\n#include "kernels.h"\n',
+    '#include "bitnet.h"\n#include "bitnet_bridge.h"\n#include "bitnet_fault.h"\n#include "kernels.h"\n#include "llama_check.h"\n',
     sources=native_sources(),
     include_dirs=include_dirs(),
     extra_compile_args=CFLAGS,

@@ -11,7 +11,14 @@ changes (an extra kv pair, a longer tensor name) are made by parsing the file
 into its parts and writing it again with the data section re-aligned; fixed
 fields (magic, version, counts) are patched in place.
 
-Standalone on purpose: only the standard library is used.
+``Gguf`` is the other kind: a file decoded into kv pairs and tensors that a
+test edits (a hostile hyperparameter, a vocabulary table, a tensor type) and
+writes back, laid out validly, so a loader meets only the value it was given::
+
+    Gguf.read("tiny.gguf").set("{arch}.block_count", 0).write(tmp_path / "no-layers.gguf")
+
+Only the standard library is used (tensor sizes come from gguf-py's table,
+imported when a tensor is read or retyped).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import os
 import struct
 from pathlib import Path
 
-__all__ = ["write_variants"]
+__all__ = ["Gguf", "Kv", "TensorData", "tensor_nbytes", "write_variants"]
 
 _ARRAY, _STRING, _UINT32 = 9, 8, 4
 # Byte size of each fixed-size GGUF value type (gguf_type in ggml).
@@ -196,3 +203,155 @@ def write_variants(src: str | os.PathLike[str], out_dir: str | os.PathLike[str])
         path.write_bytes(blob)
         result[name] = (path, fragment)
     return result
+
+
+# ---- a structured editor: hostile values in a valid layout ---------------------------
+#
+# write_variants breaks the layout; the files below keep it valid and break what a
+# loader must check beyond it: hyperparameters, vocabulary tables, tensor shapes and
+# types.  Gguf holds every kv pair decoded and every tensor's own bytes, so any of them
+# can change and to_bytes() lays the file out again (offsets, padding, alignment).
+
+INT32_TYPE, FLOAT32, UINT64, INT64, FLOAT64, BOOL = 5, 6, 10, 11, 12, 7
+_SCALAR_FORMAT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+@dataclasses.dataclass
+class Kv:
+    """A decoded kv pair: vtype is the GGUF value type; arrays carry arr_type and a list."""
+
+    vtype: int
+    value: object
+    arr_type: int = 0
+
+
+@dataclasses.dataclass
+class TensorData:
+    name: str
+    ne: list[int]
+    type: int
+    data: bytes  # exactly the tensor's bytes, no padding
+
+
+def tensor_nbytes(ggml_type: int, ne: list[int]) -> int:
+    """Bytes of a tensor of ggml_type with dims ne (I2_S: BitNet.cpp's codes + 32-byte scale)."""
+    n = 1
+    for d in ne:
+        n *= d
+    if ggml_type == 36:  # I2_S, unknown to gguf-py
+        return n // 4 + 32
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # the table gguf-py writes with
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    return n // block * size
+
+
+def _decode_value(buf: bytes, pos: int, vtype: int) -> tuple[object, int]:
+    if vtype == _STRING:
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        return buf[pos + 8 : pos + 8 + n].decode("utf-8", "surrogateescape"), pos + 8 + n
+    fmt = "<" + _SCALAR_FORMAT[vtype]
+    return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
+
+
+def _encode_value(vtype: int, value: object) -> bytes:
+    if vtype == _STRING:
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+        return _string(raw)
+    return struct.pack("<" + _SCALAR_FORMAT[vtype], value)
+
+
+@dataclasses.dataclass
+class Gguf:
+    """A GGUF file as decoded kv pairs and tensors; edit them, then to_bytes() / write()."""
+
+    version: int
+    kvs: dict[str, Kv]
+    tensors: list[TensorData]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Gguf:
+        buf = Path(path).read_bytes()
+        raw = _parse(buf)
+        kvs: dict[str, Kv] = {}
+        for key, record in raw.kvs:
+            pos = 8 + len(key)
+            (vtype,) = struct.unpack_from("<I", record, pos)
+            pos += 4
+            if vtype == _ARRAY:
+                etype, n = struct.unpack_from("<IQ", record, pos)
+                pos += 12
+                items = []
+                for _ in range(n):
+                    item, pos = _decode_value(record, pos, etype)
+                    items.append(item)
+                kvs[key.decode()] = Kv(vtype, items, etype)
+            else:
+                kvs[key.decode()] = Kv(vtype, _decode_value(record, pos, vtype)[0])
+        tensors = [
+            TensorData(t.name.decode(), list(t.ne), t.type, raw.data[t.offset : t.offset + tensor_nbytes(t.type, t.ne)])
+            for t in raw.tensors
+        ]
+        return cls(raw.version, kvs, tensors)
+
+    @property
+    def arch(self) -> str:
+        return str(self.kvs["general.architecture"].value)
+
+    def set(self, key: str, value: object, vtype: int | None = None, arr_type: int | None = None) -> Gguf:
+        """Sets key (an `{arch}.` prefix is filled in); the old type is kept unless given."""
+        key = key.replace("{arch}", self.arch)
+        old = self.kvs.get(key)
+        if vtype is None:
+            if old is None:
+                raise KeyError(f"{key!r} is not in the file: pass vtype")
+            vtype = old.vtype
+        if arr_type is None:
+            arr_type = old.arr_type if old is not None and vtype == _ARRAY else 0
+        self.kvs[key] = Kv(vtype, value, arr_type)
+        return self
+
+    def drop(self, key: str) -> Gguf:
+        del self.kvs[key.replace("{arch}", self.arch)]
+        return self
+
+    def tensor(self, name: str) -> TensorData:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(f"no tensor {name!r}")
+
+    def retype(self, name: str, ggml_type: int, ne: list[int] | None = None, fill: int = 0) -> Gguf:
+        """Gives tensor `name` another type (and dims), its bytes all `fill`."""
+        t = self.tensor(name)
+        t.type = ggml_type
+        t.ne = list(ne if ne is not None else t.ne)
+        t.data = bytes([fill]) * tensor_nbytes(ggml_type, t.ne)
+        return self
+
+    def alignment(self) -> int:
+        kv = self.kvs.get("general.alignment")
+        return int(kv.value) if kv is not None and kv.vtype == _UINT32 else _DEFAULT_ALIGNMENT  # type: ignore[call-overload]
+
+    def to_bytes(self) -> bytes:
+        records = []
+        for key, kv in self.kvs.items():
+            rec = _string(key.encode()) + struct.pack("<I", kv.vtype)
+            if kv.vtype == _ARRAY:
+                items = list(kv.value)  # type: ignore[call-overload]
+                rec += struct.pack("<IQ", kv.arr_type, len(items)) + b"".join(_encode_value(kv.arr_type, v) for v in items)
+            else:
+                rec += _encode_value(kv.vtype, kv.value)
+            records.append((key.encode(), rec))
+        align = max(self.alignment(), 1)
+        tensors, data, offset = [], bytearray(), 0
+        for t in self.tensors:
+            tensors.append(_Tensor(t.name.encode(), t.ne, t.type, offset))
+            padded = t.data + bytes(-len(t.data) % align)
+            data += padded
+            offset += len(padded)
+        return _Gguf(self.version, records, tensors, align, bytes(data)).to_bytes()
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        Path(path).write_bytes(self.to_bytes())
+        return Path(path)

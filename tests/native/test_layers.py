@@ -3,7 +3,7 @@
 A file's layer is its directory under native/.  The order (DESIGN.md,
 "Layers": data flows down, errors flow up) is
 
-    include  <  common  <  fault  <  reference  <  bridge
+    include  <  common  <  fault  <  reference  <  check  <  bridge
                                        llama (a library of its own)
 
 and ALLOWED below writes down, per layer, which layers its files may
@@ -33,9 +33,12 @@ ALLOWED: dict[str, set[str]] = {
     "fault": {"include", "common", "fault"},
     # the embedded engine: knows nothing of the bridge that routes to it
     "reference": {"include", "common", "reference"},
+    # what a file must satisfy before llama.cpp sees it: rules over the strict GGUF reader, independent of
+    # the bridge's handles and of the adapter, so anything that hands files to llama.cpp can use it
+    "check": {"include", "common", "reference", "check"},
     # routing, handles, sockets, loader, host: serves calls with the reference engine as a backend and
-    # lends the fault engine to the libraries it loads
-    "bridge": {"include", "common", "fault", "reference", "bridge"},
+    # lends the fault engine and the llama check to the libraries it loads
+    "bridge": {"include", "common", "fault", "reference", "check", "bridge"},
     # the llama.cpp adapter: a separate shared library built against the ABI headers alone
     "llama": {"include"},
 }
