@@ -80,7 +80,8 @@ typedef struct {
 /* The options of one call, defaults and environment applied and checked:
  * BITNET_E_INVALID_ARG naming the bad value and where it came from. */
 int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r);
-/* The backend for resolved options (loading a library for dlopen / llama). */
+/* The backend for resolved options (loading a library for dlopen / llama);
+ * the caller releases it (bn_backend_release, loader.h) when done. */
 int bn_select_backend(const resolved *r, const bn_backend **out);
 
 /* ---- routing.c ----------------------------------------------------------- */

@@ -10,23 +10,29 @@
 #include "bn_error.h"
 #include "bn_log.h"
 #include "bridge.h"
+#include "loader.h"
 
 /* ---- per-call functions: the same chain, one call long ------------------- */
 
-/* The backend serving a per-call function: the selected one when it exports
- * the function (has() says), else the fallback tier. */
+/* The tiers serving a per-call function: the selected backend, and the
+ * fallback tier when the selected one lacks the function (has() says) or
+ * the fallback is forced.  *serving is the one to call; the caller
+ * releases both (bn_backend_release) when the call is over. */
 static int percall_backend(const bitnet_bridge_options *opts,
                            int (*has)(const bn_backend *),
-                           const bn_backend **out)
+                           const bn_backend **selected,
+                           const bn_backend **fallback,
+                           const bn_backend **serving)
 {
     resolved r;
     const bn_backend *be;
+    *selected = *fallback = *serving = NULL;
     int rc = bn_bridge_resolve(opts, &r);
     if (!rc)
         rc = bn_select_backend(&r, &be);
     if (rc)
         return rc;
-    *out = be;
+    *selected = *serving = be;
     if (be == &bn_stub_backend || (!r.force_fallback && has(be)))
         return BITNET_OK;
     if (!r.fallback_allowed)
@@ -42,8 +48,15 @@ static int percall_backend(const bitnet_bridge_options *opts,
            "%s: per-call function %s; served by the fallback tier (%s)",
            be->name, r.force_fallback ? "forced to fallback" : "missing",
            bn_tier_name(fb));
-    *out = fb;
+    *fallback = *serving = fb;
     return BITNET_OK;
+}
+
+static void percall_release(const bn_backend *selected,
+                            const bn_backend *fallback)
+{
+    bn_backend_release(fallback);
+    bn_backend_release(selected);
 }
 
 static int has_percall_tok(const bn_backend *be) { return be->percall_tokenize != NULL; }
@@ -55,10 +68,12 @@ BITNET_API int bitnet_bridge_percall_tokenize(
     int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
     bn_error_clear();
-    const bn_backend *be;
-    int rc = percall_backend(opts, has_percall_tok, &be);
-    if (rc)
+    const bn_backend *sel, *fb, *be;
+    int rc = percall_backend(opts, has_percall_tok, &sel, &fb, &be);
+    if (rc) {
+        percall_release(sel, fb);
         return bn_done(rc, err, err_len);
+    }
     call_scope scope;
     bn_scope_enter(&scope, NULL, "tokenize");
     bn_fault_special fs;
@@ -80,6 +95,7 @@ BITNET_API int bitnet_bridge_percall_tokenize(
                                                 err_len),
                        err, err_len);
     bn_scope_leave(&scope);
+    percall_release(sel, fb);
     return rc;
 }
 
@@ -90,10 +106,12 @@ BITNET_API int bitnet_bridge_percall_eval(
     int32_t *out_cols, char *err, int32_t err_len)
 {
     bn_error_clear();
-    const bn_backend *be;
-    int rc = percall_backend(opts, has_percall_eval, &be);
-    if (rc)
+    const bn_backend *sel, *fb, *be;
+    int rc = percall_backend(opts, has_percall_eval, &sel, &fb, &be);
+    if (rc) {
+        percall_release(sel, fb);
         return bn_done(rc, err, err_len);
+    }
     call_scope scope;
     bn_scope_enter(&scope, NULL, "evaluate");
     bn_fault_special fs;
@@ -114,6 +132,7 @@ BITNET_API int bitnet_bridge_percall_eval(
                                             out_rows, out_cols, err, err_len),
                        err, err_len);
     bn_scope_leave(&scope);
+    percall_release(sel, fb);
     return rc;
 }
 

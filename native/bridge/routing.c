@@ -14,7 +14,8 @@
  * its adapter is configured (BITNET_FALLBACK=auto, the default, or
  * =llama, which insists on it), else the embedded reference engine
  * (=reference forces it).  `serving` is the tier that needs a fallback:
- * llama.cpp never falls back to itself. */
+ * llama.cpp never falls back to itself.  The caller releases *out
+ * (bn_backend_release) when done with it. */
 int bn_fallback_backend(const resolved *r, const bn_backend *serving,
                         const bn_backend **out)
 {
@@ -27,10 +28,13 @@ int bn_fallback_backend(const resolved *r, const bn_backend *serving,
     bn_discovery d;
     bn_library *lib;
     int rc = bn_llama_open(&d, &lib);
-    if (!rc && bn_library_backend(lib) != serving) {
-        *out = bn_library_backend(lib);
+    /* the same library, whether either load saw it through a fault */
+    if (!rc && !bn_backend_same_library(bn_library_backend(lib), serving)) {
+        *out = bn_library_backend(lib); /* the caller's to release */
         return BITNET_OK;
     }
+    if (!rc)
+        bn_backend_release(bn_library_backend(lib));
     if (want_llama)
         return rc ? rc
                   : bn_error(BITNET_E_NOT_AVAILABLE,

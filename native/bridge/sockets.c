@@ -26,6 +26,14 @@ static void free_impls(bitnet_context_t *c)
         c->be->free_context(c->impl);
 }
 
+/* The loads a context holds (a library view made under a dlsym fault is
+ * freed with it, loader.h). */
+static void release_backends(bitnet_context_t *c)
+{
+    bn_backend_release(c->fb);
+    bn_backend_release(c->be);
+}
+
 BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
                                           const char *model_path,
                                           int32_t n_ctx, int32_t n_gpu_layers,
@@ -45,8 +53,10 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
     if (rc)
         return bn_done(rc, err, err_len);
     bitnet_context_t *c = bn_calloc(1, sizeof *c, "context handle");
-    if (!c)
+    if (!c) {
+        bn_backend_release(be);
         return bn_done(BITNET_E_OOM, err, err_len);
+    }
     c->be = be;
     call_scope scope;
     bn_scope_enter(&scope, &c->cancel, "create");
@@ -64,6 +74,7 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
     bn_scope_leave(&scope);
     if (rc) {
         free_impls(c);
+        release_backends(c);
         bn_free(c);
         return rc;
     }
@@ -99,6 +110,7 @@ BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
     }
     if ((rc = bn_failed(ctx->be, ctx->be->free_context(ctx->impl), NULL, 0)))
         goto keep;
+    release_backends(ctx);
     bn_free(ctx);
     bn_counter_add(BN_COUNTER_CONTEXTS, -1);
     return BITNET_OK;

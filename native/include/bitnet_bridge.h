@@ -110,6 +110,14 @@ BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
 BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                                           char *buf, int32_t buf_len);
 
+/* The loader's library objects: `libraries` cached (one per library
+ * loaded, kept until exit with the library itself) and `views` alive (a
+ * library as a load under an armed dlsym.<symbol> fault sees it, counted
+ * in the live bytes and freed with the context or call that loaded it).
+ * Either pointer may be NULL. */
+BITNET_API void bitnet_bridge_library_objects(int32_t *libraries,
+                                              int32_t *views);
+
 /* ---- the tables of native/include, for callers to enumerate ------------
  * Each returns BITNET_OK and fills *out with static strings, or
  * BITNET_E_INVALID_ARG for an index outside 0..count-1 or out NULL. */
