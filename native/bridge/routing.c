@@ -55,15 +55,21 @@ const char *bn_tier_name(const bn_backend *be)
     return be == &bn_reference_backend ? "reference engine" : "llama.cpp";
 }
 
+void bn_tier_label(char *buf, size_t cap, const bn_backend *be,
+                   const char *why)
+{
+    if (why)
+        snprintf(buf, cap, "fallback:%s (%s)", be->name, why);
+    else
+        snprintf(buf, cap, "%s", be->name);
+}
+
 static void set_tier(tier *t, const bn_backend *be, void *impl,
                      const char *why)
 {
     t->be = be;
     t->impl = impl;
-    if (why)
-        snprintf(t->label, sizeof t->label, "fallback:%s (%s)", be->name, why);
-    else
-        snprintf(t->label, sizeof t->label, "%s", be->name);
+    bn_tier_label(t->label, sizeof t->label, be, why);
 }
 
 /* Decides who serves tokenize and eval, creating the fallback context when

@@ -59,6 +59,12 @@ BITNET_API int bitnet_bridge_percall_eval(
     float *out_logits, int32_t logits_capacity, int32_t *out_rows,
     int32_t *out_cols, char *err, int32_t err_len);
 
+/* Which tier served the calling thread's last per-call function, as
+ * bitnet_bridge_served_by says it ("" before the first, or when it failed
+ * before a tier was chosen), copied into buf (NUL-terminated, truncated).
+ * Returns the length needed including the NUL: buf NULL is a size query. */
+BITNET_API int32_t bitnet_bridge_percall_served_by(char *buf, int32_t buf_len);
+
 /* Name of the backend serving ctx ("reference", "dlopen:/path", "stub"),
  * static storage; NULL for an invalid handle. */
 BITNET_API const char *bitnet_bridge_backend_name(const bitnet_context_t *ctx);
