@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import counters, errors, native_log
-from ._calls import deadline, eval_two_pass, tokenize_two_pass, warn_if_fallback
+from ._calls import deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
@@ -169,9 +169,8 @@ class BitnetSession:
         return self.timeout if timeout is None else parse_timeout(timeout)
 
     def _served(self, ctx: Any, operation: str) -> None:
-        label = lib.bitnet_bridge_served_by(ctx, operation.encode())
-        if label != ffi.NULL:
-            text = ffi.string(label).decode()
+        text = served_label(ctx, operation)
+        if text is not None:
             self.backend_info[operation] = text
             warn_if_fallback(text, operation)
 
@@ -190,7 +189,7 @@ class BitnetSession:
             return lib.bitnet_cpp_tokenize_with_context(ctx, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
 
         with deadline(seconds):
-            out = tokenize_two_pass(call, "tokenize", params)
+            out = tokenize_two_pass(call, "tokenize", params, served_by=lambda: served_label(ctx, "tokenize"))
         self._served(ctx, "tokenize")
         return out
 
@@ -210,7 +209,7 @@ class BitnetSession:
             return lib.bitnet_cpp_eval_with_context(ctx, ptr, toks.size, seq_id, buf, cap, rows, cols, err, len(err))
 
         with deadline(seconds):
-            out = eval_two_pass(call, "evaluate", params)
+            out = eval_two_pass(call, "evaluate", params, served_by=lambda: served_label(ctx, "evaluate"))
         self._served(ctx, "evaluate")
         return out
 
