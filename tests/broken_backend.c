@@ -16,10 +16,14 @@
  *                               the whole result anyway, then reports the
  *                               buffer too small;
  *   BUG_CRASH_IN_EVAL           every evaluation's fill pass aborts the
- *                               process.
+ *                               process;
+ *   BUG_OVERREPORT_FILL         every fill pass that succeeds reports one
+ *                               token (tokenize) or one row (eval) more than
+ *                               it wrote, i.e. more than the buffer holds.
  *
  * tests/native_builds.py builds them; tests/fault_inject/test_matrix.py checks that the
- * matrix turns red on exactly the rows each bug should break.
+ * matrix turns red on exactly the rows each bug should break;
+ * tests/bridge/test_calls.py that a misreported count is never a result.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -62,6 +66,17 @@ static int reported(int rc)
     return rc ? BITNET_E_INTERNAL : rc;
 #else
     return rc;
+#endif
+}
+
+/* What a fill pass that succeeded reports as its count. */
+static void overreported(int rc, const void *buf, int32_t *count)
+{
+#ifdef BUG_OVERREPORT_FILL
+    if (rc == BITNET_OK && buf && count)
+        ++*count; /* the bug: one more than was written */
+#else
+    (void)rc, (void)buf, (void)count;
 #endif
 }
 
@@ -156,6 +171,7 @@ int bitnet_cpp_tokenize_with_context(const bitnet_context_t *ctx, const char *pr
 #endif
     int rc = REAL(bitnet_cpp_tokenize_with_context)(ctx, prompt, add_bos, parse_special, out_tokens, out_capacity,
                                                    out_len, err, err_len);
+    overreported(rc, out_tokens, out_len);
 #ifdef BUG_LEAK_ON_TOKENIZE_ERROR
     if (rc == BITNET_OK && scratch)
         REAL(bitnet_cpp_free_context)(scratch); /* the bug: not on the error path */
@@ -187,8 +203,10 @@ int bitnet_cpp_eval_with_context(const bitnet_context_t *ctx, const int32_t *tok
         }
     }
 #endif
-    return reported(REAL(bitnet_cpp_eval_with_context)(ctx, tokens, n_tokens, seq_id, out_logits, logits_capacity,
-                                                       out_rows, out_cols, err, err_len));
+    int rc = REAL(bitnet_cpp_eval_with_context)(ctx, tokens, n_tokens, seq_id, out_logits, logits_capacity, out_rows,
+                                                out_cols, err, err_len);
+    overreported(rc, out_logits, out_rows);
+    return reported(rc);
 }
 
 int bitnet_cpp_session_create(bitnet_session_t **out_session, const char *model_path, const char *tokenizer_path,
@@ -225,16 +243,20 @@ int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps) { return report
 int crossval_bitnet_tokenize(const char *model_path, const char *prompt, int add_bos, int parse_special,
                              int32_t *out_tokens, int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
-    return reported(REAL(crossval_bitnet_tokenize)(model_path, prompt, add_bos, parse_special, out_tokens, out_capacity,
-                                                   out_len, err, err_len));
+    int rc = REAL(crossval_bitnet_tokenize)(model_path, prompt, add_bos, parse_special, out_tokens, out_capacity, out_len,
+                                            err, err_len);
+    overreported(rc, out_tokens, out_len);
+    return reported(rc);
 }
 
 int crossval_bitnet_eval_with_tokens(const char *model_path, const int32_t *tokens, int32_t n_tokens, int32_t n_ctx,
                                      float *out_logits, int32_t logits_capacity, int32_t *out_rows, int32_t *out_cols,
                                      char *err, int32_t err_len)
 {
-    return reported(REAL(crossval_bitnet_eval_with_tokens)(model_path, tokens, n_tokens, n_ctx, out_logits,
-                                                           logits_capacity, out_rows, out_cols, err, err_len));
+    int rc = REAL(crossval_bitnet_eval_with_tokens)(model_path, tokens, n_tokens, n_ctx, out_logits, logits_capacity,
+                                                    out_rows, out_cols, err, err_len);
+    overreported(rc, out_logits, out_rows);
+    return reported(rc);
 }
 
 int bitnet_cpp_get_n_past(const bitnet_context_t *ctx, int32_t seq_id, int32_t *out_n_past)

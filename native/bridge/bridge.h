@@ -28,6 +28,7 @@
 
 #include <limits.h>
 #include <stdatomic.h>
+#include <stddef.h>
 
 #include "backend.h"
 #include "bitnet_bridge.h"
@@ -87,7 +88,8 @@ typedef struct {
 /* The options of one call, defaults and environment applied and checked:
  * BITNET_E_INVALID_ARG naming the bad value and where it came from. */
 int bn_bridge_resolve(const bitnet_bridge_options *o, resolved *r);
-/* The backend for resolved options (loading a library for dlopen / llama). */
+/* The backend for resolved options (loading a library for dlopen / llama);
+ * the caller releases it (bn_backend_release, loader.h) when done. */
 int bn_select_backend(const resolved *r, const bn_backend **out);
 
 /* ---- routing.c ----------------------------------------------------------- */
@@ -97,6 +99,10 @@ int bn_fallback_backend(const resolved *r, const bn_backend *serving,
                         const bn_backend **out);
 /* The tier's name for messages: "llama.cpp" or "reference engine". */
 const char *bn_tier_name(const bn_backend *be);
+/* What bitnet_bridge_served_by reports for a tier: the backend's name, or
+ * "fallback:<name> (<why>)" when why is not NULL. */
+void bn_tier_label(char *buf, size_t cap, const bn_backend *be,
+                   const char *why);
 /* Decides who serves tokenize and eval for a new context, creating the
  * fallback context when one is needed. */
 int bn_route(bn_context *c, const resolved *r, const char *path,

@@ -113,6 +113,8 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                     lib ? (found ? "found" : "missing") : "unknown",
                     serves((bn_symbol)i, found, &r));
             }
+            if (lib)
+                bn_backend_release(bn_library_backend(lib));
         } else {
             put(&rep, "library\t(embedded %s)\n", r.backend);
             put(&rep, "abi\t%d\t%d\n", BITNET_ABI_VERSION, BITNET_ABI_VERSION);

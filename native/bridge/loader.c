@@ -10,11 +10,14 @@
 #include <stdarg.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
 #include "bn_log.h"
@@ -29,27 +32,49 @@ const bn_symbol_info bn_socket_symbols[BN_SYM__N] = {
 #undef BITNET_SYMBOL
 };
 
+/* Library objects.  A *cached* library is one per library loaded (one
+ * dlopen handle): found again by the path it was asked for, or by its
+ * handle when another path names the same file; it lives until exit with
+ * the library itself (loader.h), so there are as many as distinct library
+ * files loaded.  A *view* is what a load gets when an armed
+ * dlsym.<symbol> fault removes a symbol: a copy of the cached library
+ * without it, from the counted allocator, owned by the context or call
+ * that loaded it and freed by bn_backend_release.  A view is never
+ * cached, so a later load with nothing armed gets the whole library, and
+ * a fault armed for thousands of loads costs nothing once they end. */
 struct bn_library {
-    char path[PATH_MAX];
+    char key[PATH_MAX];  /* the path asked for, resolved: the cache key */
+    char path[PATH_MAX]; /* the path mapped (the loader's own answer) */
     char name[PATH_MAX + 8]; /* "dlopen:<path>", the backend's name */
     void *handle;
     void *syms[BN_SYM__N]; /* indexed by bn_symbol; NULL: missing */
     int32_t abi;
     char version[128];
     bn_backend be;
-    int faulted;      /* a dlsym fault removed a symbol: never reused */
-    bn_library *next;
+    const bn_library *base; /* a view: the cached library it narrows */
+    bn_library *next;       /* the cache list */
 };
+
+/* What a load found, before a view is made (outside the loader's lock:
+ * an allocation may be slowed by a fault and must not hold it). */
+typedef struct {
+    bn_library *lib;                 /* cached */
+    unsigned char removed[BN_SYM__N]; /* by a dlsym.<symbol> fault */
+    int any_removed;
+} loaded;
 
 static struct {
     pthread_mutex_t lock;
-    bn_library *head;
+    bn_library *head; /* cached libraries */
+    int32_t n_cached;
     char bundled[PATH_MAX];
     /* the llama.cpp adapter (see bn_loader_set_llama) */
     char llama_adapter[PATH_MAX];
     char llama_lib[PATH_MAX];
     char llama_unavailable[1024];
-} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, "", "", "", ""};
+} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, "", "", "", ""};
+
+static atomic_int n_views;
 
 void bn_loader_set_bundled(const char *path)
 {
@@ -122,13 +147,20 @@ static void fill_backend(bn_library *lib)
 #undef SYM
 }
 
-/* An entry already holding dlopen handle h: the same library, loaded
- * again afresh while a fault was armed (dlopen hands back the same
- * handle).  Caller holds libs.lock. */
-static const bn_library *same_handle(const void *h, const bn_library *until)
+/* The cached library of dlopen handle h, or of the path asked for.
+ * Caller holds libs.lock. */
+static bn_library *cached_by_handle(const void *h)
 {
-    for (const bn_library *l = libs.head; l && l != until; l = l->next)
+    for (bn_library *l = libs.head; l; l = l->next)
         if (l->handle == h)
+            return l;
+    return NULL;
+}
+
+static bn_library *cached_by_key(const char *key)
+{
+    for (bn_library *l = libs.head; l; l = l->next)
+        if (strcmp(l->key, key) == 0)
             return l;
     return NULL;
 }
@@ -145,12 +177,10 @@ static const char *library_error(const bn_library *lib, char *buf, size_t cap)
 }
 
 /* Lends the bridge's deadlines, logging and fault engine to a library that
- * exports bitnet_host_attach (bitnet_host.h).  Once per library: a handle
- * already in the list was attached when it was first loaded. */
+ * exports bitnet_host_attach (bitnet_host.h).  Once per library: when it
+ * is cached (a handle is cached once). */
 static void attach_host(const bn_library *lib)
 {
-    if (same_handle(lib->handle, NULL))
-        return;
     bitnet_host_attach_fn attach =
         (bitnet_host_attach_fn)dlsym(lib->handle, "bitnet_host_attach");
     if (!attach) {
@@ -181,6 +211,93 @@ static void attach_host(const bn_library *lib)
                library_error(lib, why, sizeof why));
 }
 
+/* The error for a library lacking required symbol i (in its own build,
+ * or removed by a dlsym.<symbol> fault for this load). */
+static int required_missing(const char *lib_path, int i, bn_discovery *d,
+                            const char *path)
+{
+    note(d, path, "loaded, but required symbol %s is missing",
+         bn_socket_symbols[i].name);
+    return bn_error(BITNET_E_SYMBOL_MISSING,
+                    "required symbol '%s' not found in '%s': the library was "
+                    "built without the socket ABI or is too old; rebuild "
+                    "BitNet.cpp with bitnet.h (ABI version %d) or point "
+                    "BITNET_CPP_LIBDIR at a build that exports it (check "
+                    "with: nm -D %s | grep bitnet_cpp_)",
+                    bn_socket_symbols[i].name, lib_path, BITNET_ABI_VERSION,
+                    lib_path);
+}
+
+/* Caches the library of a new dlopen handle h (opened from path, `key`
+ * resolved): its symbols resolved, its required symbols and ABI checked,
+ * the host attached.  Closes h when it is refused.  Caller holds
+ * libs.lock. */
+static int cache_library(void *h, const char *path, const char *key,
+                         bn_discovery *d, bn_library **out)
+{
+    /* lives until exit with the library (see struct bn_library): one per
+     * library file, outside the counted allocator like the library's own
+     * mapping */
+    bn_library *lib = calloc(1, sizeof *lib);
+    if (!lib) {
+        dlclose(h);
+        return bn_error(BITNET_E_OOM, "out of memory loading '%s'", path);
+    }
+    snprintf(lib->key, sizeof lib->key, "%s", key);
+    /* the path actually mapped, for a bare name found on the loader path */
+    struct link_map *lm = NULL;
+    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name && lm->l_name[0])
+        snprintf(lib->path, sizeof lib->path, "%s", lm->l_name);
+    else
+        snprintf(lib->path, sizeof lib->path, "%s", key);
+    lib->handle = h;
+    int rc = BITNET_OK;
+    for (int i = 0; i < BN_SYM__N; i++)
+        lib->syms[i] = dlsym(h, bn_socket_symbols[i].name);
+    for (int i = 0; i < BN_SYM__N && !rc; i++)
+        if (bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED &&
+            !lib->syms[i])
+            rc = required_missing(lib->path, i, d, path);
+    lib->abi = -1;
+    int32_t (*abi_fn)(void) = (int32_t (*)(void))lib->syms[BN_SYM_bitnet_cpp_abi_version];
+    if (!rc && abi_fn)
+        lib->abi = abi_fn();
+    const char *(*ver_fn)(void) = (const char *(*)(void))lib->syms[BN_SYM_bitnet_cpp_version];
+    if (!rc && ver_fn) {
+        const char *v = ver_fn();
+        snprintf(lib->version, sizeof lib->version, "%s", v ? v : "");
+    }
+    if (!rc && lib->abi != -1 && lib->abi != BITNET_ABI_VERSION) {
+        note(d, path, "loaded, but ABI version %d != %d", (int)lib->abi,
+             BITNET_ABI_VERSION);
+        rc = bn_error(BITNET_E_ABI_MISMATCH,
+                      "incompatible library '%s': it reports ABI version "
+                      "%d, this bridge expects %d; rebuild the library "
+                      "against this bridge's bitnet.h, or load it with a "
+                      "bridge of its ABI version",
+                      lib->path, (int)lib->abi, BITNET_ABI_VERSION);
+    }
+    if (rc) {
+        dlclose(h);
+        free(lib);
+        return rc;
+    }
+    if (lib->abi == -1)
+        BN_LOG(BN_LOG_INFO, "loader",
+               "%s does not export bitnet_cpp_abi_version; assuming ABI %d",
+               lib->path, BITNET_ABI_VERSION);
+    fill_backend(lib);
+    attach_host(lib); /* before the first call into it, as promised */
+    lib->next = libs.head;
+    libs.head = lib;
+    libs.n_cached++;
+    note(d, path, "loaded");
+    BN_LOG(BN_LOG_INFO, "loader", "loaded %s (ABI %d, %s)", lib->path,
+           (int)lib->abi, lib->version[0] ? lib->version : "no version");
+    *out = lib;
+    return BITNET_OK;
+}
+
 /* Is h this bridge itself: its file, a symlink or a hard link to it (the
  * dynamic loader hands back the handle it already has), or a library whose
  * bitnet_cpp_init_context resolves into it?  As a backend, that
@@ -199,20 +316,22 @@ static int is_this_bridge(void *h, char *self, size_t cap)
     return 1;
 }
 
-static int load_file(const char *path, bn_discovery *d, bn_library **out)
+/* Loads path: its cached library, after the dlopen and dlsym.<symbol>
+ * points of this load (while anything is armed they are reached on every
+ * load, cached or not; a symbol a fault removes is recorded in res, and
+ * the load gets a view).  Caller holds libs.lock. */
+static int load_file(const char *path, bn_discovery *d, loaded *res)
 {
-    char real[PATH_MAX];
-    if (!realpath(path, real))
-        snprintf(real, sizeof real, "%s", path);
-    /* While a fault is armed, resolve afresh: a cached library would skip
-     * the dlopen and dlsym.<symbol> points. */
-    if (!BN_FAULT_ANY_ARMED())
-        for (bn_library *l = libs.head; l; l = l->next)
-            if (strcmp(l->path, real) == 0 && !l->faulted) {
-                note(d, path, "already loaded");
-                *out = l;
-                return BITNET_OK;
-            }
+    memset(res, 0, sizeof *res);
+    char key[PATH_MAX];
+    if (!realpath(path, key))
+        snprintf(key, sizeof key, "%s", path);
+    bn_library *lib = cached_by_key(key);
+    if (lib && !BN_FAULT_ANY_ARMED()) {
+        note(d, path, "already loaded");
+        res->lib = lib;
+        return BITNET_OK;
+    }
     bn_fault_special fs;
     int frc = BN_FAULT_SPECIAL(DLOPEN, &fs);
     if (frc < 0) {
@@ -223,109 +342,131 @@ static int load_file(const char *path, bn_discovery *d, bn_library **out)
         note(d, path, "not found (%s)", bn_fault_note());
         return BITNET_E_LIBRARY_NOT_FOUND;
     }
-    dlerror();
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        const char *why = dlerror();
-        note(d, path, "dlopen failed: %s", why ? why : "unknown error");
-        return BITNET_E_LIBRARY_NOT_FOUND;
+    if (lib) {
+        note(d, path, "already loaded");
+    } else {
+        dlerror();
+        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            const char *why = dlerror();
+            note(d, path, "dlopen failed: %s", why ? why : "unknown error");
+            return BITNET_E_LIBRARY_NOT_FOUND;
+        }
+        char self[PATH_MAX];
+        if (is_this_bridge(h, self, sizeof self)) {
+            note(d, path,
+                 "is this bridge itself (%s), not a BitNet library: as the "
+                 "backend it would run this discovery again and find itself, "
+                 "for ever",
+                 self);
+            dlclose(h); /* drops the reference this dlopen took; we stay loaded */
+            return BITNET_E_LIBRARY_NOT_FOUND;
+        }
+        if ((lib = cached_by_handle(h))) {
+            /* the same library by another path: one object, and the
+             * reference this dlopen took is given back */
+            dlclose(h);
+            note(d, path, "already loaded");
+        } else {
+            int rc = cache_library(h, path, key, d, &lib);
+            if (rc)
+                return rc;
+        }
     }
-    char self[PATH_MAX];
-    if (is_this_bridge(h, self, sizeof self)) {
-        note(d, path,
-             "is this bridge itself (%s), not a BitNet library: as the "
-             "backend it would run this discovery again and find itself, "
-             "for ever",
-             self);
-        dlclose(h); /* drops the reference this dlopen took; we stay loaded */
-        return BITNET_E_LIBRARY_NOT_FOUND;
-    }
-    bn_library *lib = calloc(1, sizeof *lib); /* lives until exit, not counted */
-    if (!lib) {
-        dlclose(h);
-        return bn_error(BITNET_E_OOM, "out of memory loading '%s'", path);
-    }
-    /* the path actually mapped, for a bare name found on the loader path */
-    struct link_map *lm = NULL;
-    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name && lm->l_name[0])
-        snprintf(lib->path, sizeof lib->path, "%s", lm->l_name);
-    else
-        snprintf(lib->path, sizeof lib->path, "%s", real);
-    lib->handle = h;
+    res->lib = lib;
     for (int i = 0; i < BN_SYM__N; i++) {
-        lib->syms[i] = dlsym(h, bn_socket_symbols[i].name);
         /* dlsym.<symbol>=missing: the library lacks it, for this load */
         bn_fault_special sfs;
         int src = BN_FAULT_AT(bn_socket_symbols[i].point, &sfs);
-        if (src > 0) {
-            lib->syms[i] = NULL;
-            lib->faulted = 1;
-        }
-        else if (src < 0) {
+        if (src > 0 && lib->syms[i]) {
+            res->removed[i] = 1;
+            res->any_removed = 1;
+        } else if (src < 0) {
             note(d, path, "dlsym(%s) failed: %s", bn_socket_symbols[i].name,
                  bn_error_message());
-            dlclose(h);
-            free(lib);
             return src;
         }
     }
     for (int i = 0; i < BN_SYM__N; i++)
-        if (bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED &&
-            !lib->syms[i]) {
-            note(d, path, "loaded, but required symbol %s is missing",
-                 bn_socket_symbols[i].name);
-            int rc = bn_error(BITNET_E_SYMBOL_MISSING,
-                              "required symbol '%s' not found in '%s': the "
-                              "library was built without the socket ABI or is "
-                              "too old; rebuild BitNet.cpp with bitnet.h (ABI "
-                              "version %d) or point BITNET_CPP_LIBDIR at a "
-                              "build that exports it (check with: nm -D %s | "
-                              "grep bitnet_cpp_)",
-                              bn_socket_symbols[i].name, lib->path,
-                              BITNET_ABI_VERSION, lib->path);
-            dlclose(h);
-            free(lib);
-            return rc;
-        }
-    lib->abi = -1;
-    int32_t (*abi_fn)(void) = (int32_t (*)(void))lib->syms[BN_SYM_bitnet_cpp_abi_version];
-    if (abi_fn)
-        lib->abi = abi_fn();
-    const char *(*ver_fn)(void) = (const char *(*)(void))lib->syms[BN_SYM_bitnet_cpp_version];
-    if (ver_fn) {
-        const char *v = ver_fn();
-        snprintf(lib->version, sizeof lib->version, "%s", v ? v : "");
-    }
-    if (lib->abi != -1 && lib->abi != BITNET_ABI_VERSION) {
-        note(d, path, "loaded, but ABI version %d != %d", (int)lib->abi,
-             BITNET_ABI_VERSION);
-        int rc = bn_error(BITNET_E_ABI_MISMATCH,
-                          "incompatible library '%s': it reports ABI version "
-                          "%d, this bridge expects %d; rebuild the library "
-                          "against this bridge's bitnet.h, or load it with a "
-                          "bridge of its ABI version",
-                          lib->path, (int)lib->abi, BITNET_ABI_VERSION);
-        dlclose(h);
-        free(lib);
-        return rc;
-    }
-    if (lib->abi == -1)
-        BN_LOG(BN_LOG_INFO, "loader",
-               "%s does not export bitnet_cpp_abi_version; assuming ABI %d",
-               lib->path, BITNET_ABI_VERSION);
-    fill_backend(lib);
-    attach_host(lib); /* before the first call into it, as promised */
-    lib->next = libs.head;
-    libs.head = lib;
-    note(d, path, "loaded");
-    BN_LOG(BN_LOG_INFO, "loader", "loaded %s (ABI %d, %s)", lib->path,
-           (int)lib->abi, lib->version[0] ? lib->version : "no version");
-    *out = lib;
+        if (res->removed[i] &&
+            bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED)
+            return required_missing(lib->path, i, d, path);
     return BITNET_OK;
 }
 
+/* The library a load hands out: the cached one, or a view of it without
+ * the symbols a fault removed.  Called without libs.lock (a cached
+ * library does not change once cached). */
+static int hand_out(const loaded *res, bn_library **out)
+{
+    if (!res->any_removed) {
+        *out = res->lib;
+        return BITNET_OK;
+    }
+    bn_library *v = bn_malloc(sizeof *v, "library view");
+    if (!v) {
+        bn_error_prefix("loading '%s': ", res->lib->path);
+        return BITNET_E_OOM;
+    }
+    *v = *res->lib;
+    v->base = res->lib;
+    v->next = NULL;
+    for (int i = 0; i < BN_SYM__N; i++)
+        if (res->removed[i])
+            v->syms[i] = NULL;
+    /* what the library says of itself, as it would without the symbol */
+    if (!v->syms[BN_SYM_bitnet_cpp_abi_version])
+        v->abi = -1;
+    if (!v->syms[BN_SYM_bitnet_cpp_version])
+        v->version[0] = '\0';
+    fill_backend(v);
+    /* a name handed out must outlive the view (bitnet_bridge_backend_name
+     * promises static storage): the cached library's */
+    v->be.name = res->lib->name;
+    atomic_fetch_add(&n_views, 1);
+    *out = v;
+    return BITNET_OK;
+}
+
+/* Every backend a load hands out is a bn_library's; the embedded ones
+ * (reference, stub) are not loaded and say so. */
+static const bn_library *library_of(const bn_backend *be)
+{
+    if (!be || be->embedded)
+        return NULL;
+    return (const bn_library *)((const char *)be - offsetof(bn_library, be));
+}
+
+void bn_backend_release(const bn_backend *be)
+{
+    const bn_library *lib = library_of(be);
+    if (!lib || !lib->base)
+        return; /* embedded, or cached: lives until exit */
+    atomic_fetch_sub(&n_views, 1);
+    bn_free((void *)lib);
+}
+
+int bn_backend_same_library(const bn_backend *a, const bn_backend *b)
+{
+    const bn_library *la = library_of(a), *lb = library_of(b);
+    if (!la || !lb)
+        return a == b;
+    return (la->base ? la->base : la) == (lb->base ? lb->base : lb);
+}
+
+BITNET_API void bitnet_bridge_library_objects(int32_t *libraries,
+                                              int32_t *views)
+{
+    pthread_mutex_lock(&libs.lock);
+    if (libraries)
+        *libraries = libs.n_cached;
+    pthread_mutex_unlock(&libs.lock);
+    if (views)
+        *views = atomic_load(&n_views);
+}
+
 /* Tries dir/libbitnet.so: absent is recorded and skipped. */
-static int try_dir(const char *dir, bn_discovery *d, bn_library **out)
+static int try_dir(const char *dir, bn_discovery *d, loaded *out)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s", dir, LIB_NAME);
@@ -360,34 +501,35 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
 {
     *out = NULL;
     memset(d, 0, sizeof *d);
+    loaded res;
     pthread_mutex_lock(&libs.lock);
     int rc;
     if (explicit_path) {
-        rc = load_file(explicit_path, d, out);
+        rc = load_file(explicit_path, d, &res);
         goto done;
     }
     const char *libdir = getenv("BITNET_CPP_LIBDIR");
     const char *cppdir = getenv("BITNET_CPP_DIR");
     rc = BITNET_E_LIBRARY_NOT_FOUND;
     if (libdir && *libdir) {
-        rc = try_dir(libdir, d, out);
+        rc = try_dir(libdir, d, &res);
         if (rc != BITNET_E_LIBRARY_NOT_FOUND)
             goto done;
     }
     if (cppdir && *cppdir) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof dir, "%s/build/bin", cppdir);
-        rc = try_dir(dir, d, out);
+        rc = try_dir(dir, d, &res);
         if (rc != BITNET_E_LIBRARY_NOT_FOUND)
             goto done;
     }
-    rc = load_file(LIB_NAME, d, out); /* the system loader's search path */
+    rc = load_file(LIB_NAME, d, &res); /* the system loader's search path */
     if (rc != BITNET_E_LIBRARY_NOT_FOUND)
         goto done;
     /* Explicit configuration is honoured strictly: the bundled library is
      * the last resort only when neither variable names a place. */
     if (!(libdir && *libdir) && !(cppdir && *cppdir) && libs.bundled[0]) {
-        rc = load_file(libs.bundled, d, out);
+        rc = load_file(libs.bundled, d, &res);
         if (rc != BITNET_E_LIBRARY_NOT_FOUND)
             goto done;
     }
@@ -395,13 +537,14 @@ done:
     pthread_mutex_unlock(&libs.lock);
     if (rc == BITNET_E_LIBRARY_NOT_FOUND)
         return not_found(d);
-    return rc;
+    return rc ? rc : hand_out(&res, out);
 }
 
 int bn_llama_open(bn_discovery *d, bn_library **out)
 {
     *out = NULL;
     memset(d, 0, sizeof *d);
+    loaded res;
     pthread_mutex_lock(&libs.lock);
     int rc;
     if (!libs.llama_adapter[0]) {
@@ -412,20 +555,24 @@ int bn_llama_open(bn_discovery *d, bn_library **out)
                           : "no llama.cpp adapter was configured "
                             "(bitnet_bridge_set_llama_library)");
     } else {
-        rc = load_file(libs.llama_adapter, d, out);
+        rc = load_file(libs.llama_adapter, d, &res);
         if (rc == BITNET_E_LIBRARY_NOT_FOUND)
             rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
                           "the llama.cpp adapter '%s' (for %s) could not be "
                           "loaded: %s",
                           libs.llama_adapter, libs.llama_lib,
                           d->n_tried ? d->tried[d->n_tried - 1].result : "?");
-        else if (!rc)
-            /* served_by and backend_info name llama.cpp, not the adapter */
-            snprintf((*out)->name, sizeof (*out)->name, "llama.cpp:%.4000s",
-                     libs.llama_lib);
+        else if (!rc) {
+            /* served_by and backend_info name llama.cpp, not the adapter;
+             * written once, not under readers on every load */
+            char name[sizeof res.lib->name];
+            snprintf(name, sizeof name, "llama.cpp:%.4000s", libs.llama_lib);
+            if (strcmp(res.lib->name, name) != 0)
+                memcpy(res.lib->name, name, sizeof name);
+        }
     }
     pthread_mutex_unlock(&libs.lock);
-    return rc;
+    return rc ? rc : hand_out(&res, out);
 }
 
 const bn_backend *bn_library_backend(const bn_library *lib) { return &lib->be; }
@@ -436,9 +583,7 @@ const char *bn_library_version(const bn_library *lib) { return lib->version; }
 void bn_libraries_add_counters(bitnet_counters_t *out)
 {
     pthread_mutex_lock(&libs.lock);
-    for (bn_library *l = libs.head; l; l = l->next) {
-        if (same_handle(l->handle, l))
-            continue; /* one library reloaded: its objects count once */
+    for (bn_library *l = libs.head; l; l = l->next) { /* one per handle */
         int (*fn)(bitnet_counters_t *) =
             (int (*)(bitnet_counters_t *))l->syms[BN_SYM_bitnet_cpp_get_counters];
         bitnet_counters_t c;

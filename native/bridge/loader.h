@@ -3,7 +3,10 @@
  *
  * Loaded libraries stay loaded until the process exits: contexts created
  * from them hold function pointers into them, and dlclose under a live
- * context would be a use-after-unmap.  One library per resolved path.
+ * context would be a use-after-unmap.  One library object per library
+ * (dlopen handle), cached; a load under an armed dlsym.<symbol> fault gets
+ * a view of it instead, which its holder gives back with
+ * bn_backend_release (loader.c).
  */
 #ifndef BN_LOADER_H
 #define BN_LOADER_H
@@ -45,9 +48,17 @@ typedef struct bn_library bn_library;
 
 /* Loads `path` (explicit_path != NULL) or discovers one, recording every
  * attempt in d.  BITNET_E_LIBRARY_NOT_FOUND / BITNET_E_SYMBOL_MISSING /
- * BITNET_E_ABI_MISMATCH with an actionable message on failure. */
+ * BITNET_E_ABI_MISMATCH with an actionable message on failure.  The caller
+ * owns what it gets: bn_backend_release(bn_library_backend(lib)) when done
+ * with it (a context: when it is freed). */
 int bn_library_open(const char *explicit_path, bn_discovery *d,
                     bn_library **out);
+
+/* Gives back a backend a load handed out: frees it when it is a view; the
+ * cached libraries, the embedded backends and NULL are left alone. */
+void bn_backend_release(const bn_backend *be);
+/* 1 when a and b are the same library (a view is its cached library). */
+int bn_backend_same_library(const bn_backend *a, const bn_backend *b);
 
 const bn_backend *bn_library_backend(const bn_library *lib);
 const char *bn_library_path(const bn_library *lib);

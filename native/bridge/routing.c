@@ -14,7 +14,8 @@
  * its adapter is configured (BITNET_FALLBACK=auto, the default, or
  * =llama, which insists on it), else the embedded reference engine
  * (=reference forces it).  `serving` is the tier that needs a fallback:
- * llama.cpp never falls back to itself. */
+ * llama.cpp never falls back to itself.  The caller releases *out
+ * (bn_backend_release) when done with it. */
 int bn_fallback_backend(const resolved *r, const bn_backend *serving,
                         const bn_backend **out)
 {
@@ -27,10 +28,13 @@ int bn_fallback_backend(const resolved *r, const bn_backend *serving,
     bn_discovery d;
     bn_library *lib;
     int rc = bn_llama_open(&d, &lib);
-    if (!rc && bn_library_backend(lib) != serving) {
-        *out = bn_library_backend(lib);
+    /* the same library, whether either load saw it through a fault */
+    if (!rc && !bn_backend_same_library(bn_library_backend(lib), serving)) {
+        *out = bn_library_backend(lib); /* the caller's to release */
         return BITNET_OK;
     }
+    if (!rc)
+        bn_backend_release(bn_library_backend(lib));
     if (want_llama)
         return rc ? rc
                   : bn_error(BITNET_E_NOT_AVAILABLE,
@@ -51,15 +55,21 @@ const char *bn_tier_name(const bn_backend *be)
     return be == &bn_reference_backend ? "reference engine" : "llama.cpp";
 }
 
+void bn_tier_label(char *buf, size_t cap, const bn_backend *be,
+                   const char *why)
+{
+    if (why)
+        snprintf(buf, cap, "fallback:%s (%s)", be->name, why);
+    else
+        snprintf(buf, cap, "%s", be->name);
+}
+
 static void set_tier(tier *t, const bn_backend *be, void *impl,
                      const char *why)
 {
     t->be = be;
     t->impl = impl;
-    if (why)
-        snprintf(t->label, sizeof t->label, "fallback:%s (%s)", be->name, why);
-    else
-        snprintf(t->label, sizeof t->label, "%s", be->name);
+    bn_tier_label(t->label, sizeof t->label, be, why);
 }
 
 /* Decides who serves tokenize and eval, creating the fallback context when

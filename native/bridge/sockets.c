@@ -26,6 +26,14 @@ static void free_impls(bn_context *c)
         c->be->free_context(c->impl);
 }
 
+/* The loads a context holds (a library view made under a dlsym fault is
+ * freed with it, loader.h). */
+static void release_backends(bn_context *c)
+{
+    bn_backend_release(c->fb);
+    bn_backend_release(c->be);
+}
+
 BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
                                           const char *model_path,
                                           int32_t n_ctx, int32_t n_gpu_layers,
@@ -45,8 +53,10 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
     if (rc)
         return bn_done(rc, err, err_len);
     bn_context *c = bn_calloc(1, sizeof *c, "context handle");
-    if (!c)
+    if (!c) {
+        bn_backend_release(be);
         return bn_done(BITNET_E_OOM, err, err_len);
+    }
     c->be = be;
     call_scope scope;
     /* No cancel flag: the handle is given out only when create returns, so
@@ -70,6 +80,7 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
     bn_scope_leave(&scope);
     if (rc) {
         free_impls(c);
+        release_backends(c);
         bn_free(c);
         return rc;
     }
@@ -113,6 +124,7 @@ BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
     if ((rc = bn_failed(c->be, c->be->free_context(c->impl), NULL, 0)))
         goto keep;
     bn_handle_remove(ctx, KIND_CONTEXT); /* cannot fail: it is live and ours */
+    release_backends(c);
     bn_free(c);
     bn_counter_add(BN_COUNTER_CONTEXTS, -1);
     return BITNET_OK;

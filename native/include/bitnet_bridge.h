@@ -59,6 +59,13 @@ BITNET_API int bitnet_bridge_percall_eval(
     float *out_logits, int32_t logits_capacity, int32_t *out_rows,
     int32_t *out_cols, char *err, int32_t err_len);
 
+/* Which tier served the calling thread's last per-call function, as
+ * bitnet_bridge_served_by says it ("" before the first, or when it failed
+ * before a tier was chosen), copied into buf (NUL-terminated, truncated to
+ * buf_len - 1 bytes).  Returns the full length without the NUL, like the
+ * two below: buf NULL is a size query. */
+BITNET_API int32_t bitnet_bridge_percall_served_by(char *buf, int32_t buf_len);
+
 /* Name of the backend serving ctx ("reference", "dlopen:/path", "stub").
  * Which tier serves `operation` ("tokenize" or "evaluate") for ctx: the
  * backend's name, or "fallback:<name> (<why>)".
@@ -124,6 +131,14 @@ BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
  * Returns the length written (without NUL), or a negative code. */
 BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                                           char *buf, int32_t buf_len);
+
+/* The loader's library objects: `libraries` cached (one per library
+ * loaded, kept until exit with the library itself) and `views` alive (a
+ * library as a load under an armed dlsym.<symbol> fault sees it, counted
+ * in the live bytes and freed with the context or call that loaded it).
+ * Either pointer may be NULL. */
+BITNET_API void bitnet_bridge_library_objects(int32_t *libraries,
+                                              int32_t *views);
 
 /* ---- the tables of native/include, for callers to enumerate ------------
  * Each returns BITNET_OK and fills *out with static strings, or

@@ -1,5 +1,7 @@
 """What every native call of the API does around the C function: set the
-deadline, run the two passes of a buffer-filling socket, report a fallback.
+deadline, run the two passes of a buffer-filling socket (checking what the
+native side reports against the buffer), say which tier served a call,
+report a fallback.
 
 Shared by sessions (session.py) and the per-call functions (percall.py).
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -55,35 +57,109 @@ def warn_if_fallback(label: str, operation: str) -> None:
         )
 
 
-def tokenize_two_pass(call: Any, operation: str, params: dict[str, Any]) -> npt.NDArray[np.int32]:
-    """Runs a tokenize socket: query the count, then fill a numpy array."""
+def copied_text(fn: Callable[..., int], *args: Any) -> str | None:
+    """The text a copy-out function of the bridge gives (bitnet_bridge_served_by, ...), or None.
+
+    Each copies into the caller's buffer while it holds the handle and
+    returns the full length without the NUL (negative: an error), so no
+    pointer into a context another thread may free is ever read here.
+    """
+    buf = ffi.new("char[]", 256)
+    n = int(fn(*args, buf, len(buf)))
+    if n >= len(buf):
+        buf = ffi.new("char[]", n + 1)
+        n = int(fn(*args, buf, len(buf)))
+    return str(ffi.string(buf).decode("utf-8", "replace")) if n >= 0 else None
+
+
+def served_label(ctx: Any, operation: str) -> str | None:
+    """Which tier serves operation ("tokenize" / "evaluate") for a context; None once it is closed."""
+    return copied_text(lib.bitnet_bridge_served_by, ctx, operation.encode())
+
+
+def percall_served_label() -> str | None:
+    """Which tier served the calling thread's last per-call function."""
+    return copied_text(lib.bitnet_bridge_percall_served_by) or None
+
+
+def _misreport(
+    operation: str, phase: str, what: str, params: dict[str, Any], served_by: Callable[[], str | None] | None
+) -> errors.InferenceError:
+    # A count the native side reported that the buffer does not agree with:
+    # the result is not returned, whatever the library's return code said.
+    library = (served_by() if served_by is not None else None) or "an unidentified library"
+    return errors.InferenceError(
+        f"{operation} ({phase}) failed: {what} (served by {library}), so the result is discarded; "
+        "if the model file was being replaced, call again once it is stable, otherwise the library "
+        "misreports its output: report it to its authors",
+        errors.ErrorContext(operation=operation, phase=phase, parameters={**params, "served_by": library}),
+    )
+
+
+def tokenize_two_pass(
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
+) -> npt.NDArray[np.int32]:
+    """Runs a tokenize socket: query the count, then fill a numpy array.
+
+    Every count the native side reports is checked: a negative one, or a
+    fill that reports another count than its query, is an InferenceError
+    naming both and the library that served the call (served_by() says
+    which), never an array the native side did not fill.
+    """
     n = ffi.new("int32_t *")
     err = new_err_buffer()
     rc = call(ffi.NULL, 0, n, err)
     if rc:
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
-    out = np.empty(n[0], dtype=np.int32)
+    want = int(n[0])
+    if want < 0:
+        raise _misreport(operation, QUERY, f"the query pass reported {want} tokens", params, served_by)
+    out = np.empty(want, dtype=np.int32)
     rc = call(ffi.from_buffer("int32_t[]", out), out.size, n, err)
     if rc:
         raise_native(rc, operation, err, phase=FILL, parameters={**params, "expected_tokens": out.size})
-    return out[: n[0]]
+    got = int(n[0])
+    if got != want:
+        beyond = " (more than the buffer holds)" if got > out.size else ""
+        raise _misreport(
+            operation, FILL, f"the fill pass reported {got} tokens{beyond} where the query pass reported {want}",
+            {**params, "query_tokens": want, "fill_tokens": got}, served_by,
+        )
+    return out
 
 
-def eval_two_pass(call: Any, operation: str, params: dict[str, Any]) -> npt.NDArray[np.float32]:
-    """Runs an eval socket: query rows x cols, then fill a numpy array."""
+def eval_two_pass(
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
+) -> npt.NDArray[np.float32]:
+    """Runs an eval socket: query rows x cols, then fill a numpy array.
+
+    As for tokenize_two_pass: the fill must report the query's rows and
+    cols, else an InferenceError naming both shapes and the library.
+    """
     rows, cols = ffi.new("int32_t *"), ffi.new("int32_t *")
     err = new_err_buffer()
     rc = call(ffi.NULL, 0, rows, cols, err)
     if rc:
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
-    out = np.empty((rows[0], cols[0]), dtype=np.float32)
-    if out.size > 2**31 - 1:
+    want = (int(rows[0]), int(cols[0]))
+    if min(want) < 0:
+        raise _misreport(operation, QUERY, f"the query pass reported {want[0]} x {want[1]} logits", params, served_by)
+    if want[0] * want[1] > 2**31 - 1:
         raise errors.OutOfMemory(
-            f"{operation}: {rows[0]} x {cols[0]} logits exceed the C API's int32 capacity; "
+            f"{operation}: {want[0]} x {want[1]} logits exceed the C API's int32 capacity; "
             "evaluate fewer tokens per call",
             errors.ErrorContext(operation=operation, phase=QUERY, parameters=params),
         )
+    out = np.empty(want, dtype=np.float32)
     rc = call(ffi.from_buffer("float[]", out), out.size, rows, cols, err)
     if rc:
         raise_native(rc, operation, err, phase=FILL, parameters={**params, "rows": out.shape[0], "cols": out.shape[1]})
+    got = (int(rows[0]), int(cols[0]))
+    if got != want:
+        beyond = " (more than the buffer holds)" if min(got) >= 0 and got[0] * got[1] > out.size else ""
+        raise _misreport(
+            operation, FILL,
+            f"the fill pass reported {got[0]} x {got[1]} logits{beyond} where the query pass reported {want[0]} x {want[1]}",
+            {**params, "query_shape": want, "fill_shape": got}, served_by,
+        )
     return out

@@ -192,4 +192,5 @@ add_hint("give the call a timeout (bitnet_bridge_set_call_timeout)", replace="gi
 add_hint("check the backend option (bitnet_bridge_options.backend)", replace="check the backend= argument")
 add_hint("evaluate on the CPU (bitnet_cpp_eval_with_context)", replace="use evaluate() on the CPU")
 add_hint("or load it with a bridge of its ABI version", replace="or install the pytest-bitnet release that matches it")
+add_hint("repeat both passes, query then fill", replace="call again once the file is stable (each call runs both passes)")
 add_hint("the llama.cpp adapter '", append="remove it to have it rebuilt, or reinstall llama-cpp-python")

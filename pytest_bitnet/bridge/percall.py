@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._calls import deadline, eval_two_pass, tokenize_two_pass
+from ._calls import deadline, eval_two_pass, percall_served_label, tokenize_two_pass
 from ._native import Options, ffi, lib
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
@@ -38,7 +38,7 @@ def tokenize(
         return lib.bitnet_bridge_percall_tokenize(opts.cdata, raw_path, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
 
     with deadline(seconds):
-        return tokenize_two_pass(call, "tokenize (per-call)", params)
+        return tokenize_two_pass(call, "tokenize (per-call)", params, served_by=percall_served_label)
 
 
 def evaluate(
@@ -64,4 +64,4 @@ def evaluate(
         return lib.bitnet_bridge_percall_eval(opts.cdata, raw_path, ptr, toks.size, n_ctx, buf, cap, rows, cols, err, len(err))
 
     with deadline(seconds):
-        return eval_two_pass(call, "evaluate (per-call)", params)
+        return eval_two_pass(call, "evaluate (per-call)", params, served_by=percall_served_label)

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import counters, errors, native_log
-from ._calls import deadline, eval_two_pass, tokenize_two_pass, warn_if_fallback
+from ._calls import copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
@@ -130,20 +130,6 @@ def _free_context(ctx: Any, path: str) -> None:
 # ---- the session --------------------------------------------------------------------------
 
 
-def _text(fn: Callable[..., int], *args: Any) -> str | None:
-    """The text a two-pass copy-out function (bitnet_bridge_served_by, ...) gives, or None.
-
-    The bridge copies it while it holds the handle: no pointer into a
-    context that another thread may free is ever read here.
-    """
-    buf = ffi.new("char[]", 256)
-    n = fn(*args, buf, len(buf))
-    if n >= len(buf):
-        buf = ffi.new("char[]", n + 1)
-        n = fn(*args, buf, len(buf))
-    return ffi.string(buf).decode("utf-8", "replace") if n >= 0 else None
-
-
 class BitnetSession:
     """A loaded model with its context: create once, call many times.
 
@@ -213,7 +199,7 @@ class BitnetSession:
         self.n_vocab = int(info_v[0])
         self.n_ctx = int(info_c[0])
         # nobody else has the handle yet: it cannot be stale here
-        self.backend_info = {"create": _text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
+        self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
         if counters.tracking():
             counters.record(self)
         return self
@@ -321,7 +307,7 @@ class BitnetSession:
         return self.timeout if timeout is None else parse_timeout(timeout)
 
     def _served(self, ctx: Any, operation: str) -> None:
-        label = _text(lib.bitnet_bridge_served_by, ctx, operation.encode())
+        label = served_label(ctx, operation)
         if label is not None:  # None: closed meanwhile; the call itself was served
             self.backend_info[operation] = label
             warn_if_fallback(label, operation)
@@ -343,7 +329,7 @@ class BitnetSession:
 
         try:
             with deadline(seconds):
-                out = tokenize_two_pass(call, "tokenize", params)
+                out = tokenize_two_pass(call, "tokenize", params, served_by=lambda: served_label(ctx, "tokenize"))
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("tokenize", ctx, exc) from None
         self._served(ctx, "tokenize")
@@ -367,7 +353,7 @@ class BitnetSession:
                 return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
 
             with deadline(seconds):
-                out = eval_two_pass(call, "evaluate", params)
+                out = eval_two_pass(call, "evaluate", params, served_by=lambda: served_label(ctx, "evaluate"))
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("evaluate", ctx, exc) from None
         self._served(ctx, "evaluate")

@@ -183,6 +183,17 @@ def test_fallback_order_can_be_pinned(tiny_model: Path, monkeypatch: pytest.Monk
     assert report["fallback"] == "llama.cpp"
 
 
+def test_llama_is_not_its_own_fallback_when_a_fault_narrowed_one_load(tiny_model: Path) -> None:
+    # The first load (the backend) lacks tokenize for this load only; the
+    # second (the fallback tier) is the whole library again.  It is still
+    # llama.cpp itself: the fallback is the reference engine.
+    with pytest.warns(errors.OptionalSymbolMissing), fi.inject("dlsym.bitnet_cpp_tokenize_with_context=1*missing"):
+        with bn.BitnetSession.create(tiny_model, backend="llama") as s:
+            s.tokenize("x")
+            assert s.backend_info["tokenize"] == "fallback:reference (bitnet_cpp_tokenize_with_context missing)"
+            assert s.backend_info["create"].startswith("llama.cpp:")
+
+
 def test_fallback_session_keeps_the_model_loaded(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BITNET_FORCE_LLAMA_FALLBACK", "1")
     with warnings.catch_warnings():

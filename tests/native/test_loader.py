@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fault_inject as fi
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge import abi
 
 from ..native_builds import build_library
 
@@ -263,3 +265,76 @@ def test_the_bridge_as_an_explicit_library_path_is_refused(tiny_model: Path, tmp
         assert line.startswith("LibraryNotFound:") and "is this bridge itself" in line, line
     assert lines[2].startswith("diagnostics errors:") and "is this bridge itself" in lines[2]
     assert lines[3] == "contexts 0"
+
+
+# ---- library objects under armed points (issue 13, item 6) ----------------------------
+
+
+def library_objects() -> tuple[int, int]:
+    """(cached libraries, live views) of the loader."""
+    libraries, views = abi.ffi.new("int32_t *"), abi.ffi.new("int32_t *")
+    abi.lib.bitnet_bridge_library_objects(libraries, views)
+    return int(libraries[0]), int(views[0])
+
+
+def test_loads_while_any_point_is_armed_reuse_the_cached_library(tiny_model: Path) -> None:
+    # With anything armed the loader used to skip its cache (so the dlopen
+    # and dlsym.* points are reached) and made a new ~8 KB library object
+    # per load, never freed and not counted: 4000 loads under eval_gpu=off
+    # grew RSS 41.7 -> 106.4 MB.  The points are still reached on every
+    # load; the object is the cached one.
+    bn.tokenize(tiny_model, "x", backend="dlopen")  # the bundled library, loaded and cached
+    before = library_objects()
+    with pytest.warns(fi.NeverHitWarning), fi.inject("eval_gpu=off;dlopen=off") as armed:
+        for _ in range(1000):  # two loads each: the query and the fill
+            bn.tokenize(tiny_model, "hello world", backend="dlopen")
+        for _ in range(30):
+            with bn.BitnetSession.create(tiny_model, backend="dlopen"):
+                pass
+        assert armed.hits("dlopen") >= 2030  # reached on every load, cached or not
+    assert library_objects() == before
+
+
+def test_a_library_seen_through_a_dlsym_fault_is_counted_and_freed_with_its_holder(tiny_model: Path) -> None:
+    # A load under dlsym.<symbol>=missing must see the library without the
+    # symbol (a view of it), and that view is the holder's: freed with the
+    # call or context, counted while it lives.
+    bn.tokenize(tiny_model, "x", backend="dlopen")
+    libraries, views = library_objects()
+    assert views == 0
+    with bn.BitnetSession.create(tiny_model, backend="dlopen"):
+        whole = bn.live_counters()
+    with fi.inject("dlsym.bitnet_cpp_eval_gpu=missing"):
+        for _ in range(300):
+            bn.tokenize(tiny_model, "hello world", backend="dlopen")
+        assert library_objects() == (libraries, 0)
+        with bn.BitnetSession.create(tiny_model, backend="dlopen") as s:
+            assert library_objects() == (libraries, 1)  # held by the context
+            seen = bn.live_counters()
+            assert seen["allocations"] - whole["allocations"] == 1 and seen["bytes"] > whole["bytes"]
+            with pytest.raises(errors.Unsupported):  # the view has no eval_gpu
+                _eval_gpu(s)
+    assert library_objects() == (libraries, 0)
+
+
+def _eval_gpu(s: bn.BitnetSession) -> None:
+    rows, cols = abi.ffi.new("int32_t *"), abi.ffi.new("int32_t *")
+    toks = abi.ffi.new("int32_t[]", [1, 2])
+    err = abi.ffi.new("char[]", abi.ERR_LEN)
+    rc = abi.lib.bitnet_cpp_eval_gpu(s.handle, toks, 2, abi.ffi.NULL, 0, rows, cols, err, len(err))
+    abi.raise_for_code(rc, "eval_gpu", err)
+
+
+def test_a_dlsym_fault_leaves_no_faulted_library_for_later_loads(tiny_model: Path) -> None:
+    with pytest.warns(errors.OptionalSymbolMissing), fi.inject("dlsym.bitnet_cpp_tokenize_with_context=missing"):
+        held = bn.BitnetSession.create(tiny_model, backend="dlopen")
+        held.tokenize("hello")
+    try:
+        with bn.BitnetSession.create(tiny_model, backend="dlopen") as fresh:
+            fresh.tokenize("hello")
+            assert fresh.backend_info["tokenize"].startswith("dlopen:")  # the whole library
+        with pytest.warns(errors.OptionalSymbolMissing):
+            held.tokenize("hello")  # still the library it was created with
+        assert held.backend_info["tokenize"].startswith("fallback:")
+    finally:
+        held.close()
