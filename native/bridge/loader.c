@@ -20,6 +20,7 @@
 #include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
+#include "bn_lock.h"
 #include "bn_log.h"
 #include "host.h"
 
@@ -72,35 +73,41 @@ static struct {
     char llama_adapter[PATH_MAX];
     char llama_lib[PATH_MAX];
     char llama_unavailable[1024];
-} libs = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, "", "", "", ""};
+} libs = {PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP, NULL, 0, "", "", "", ""};
+/* libs.lock is a bridge lock (bn_lock.h): every dlopen create, per-call
+ * function and live-counter read waits for it.  So no fault point fires
+ * under it (the loader's points are reached before and after the locked
+ * part of a load).  It is recursive because a load logs while it holds it
+ * and the log sink runs the host's code (a Python logging handler), which
+ * may read the live counters on the same thread. */
 
 static atomic_int n_views;
 
 void bn_loader_set_bundled(const char *path)
 {
-    pthread_mutex_lock(&libs.lock);
+    bn_lock(&libs.lock);
     snprintf(libs.bundled, sizeof libs.bundled, "%s", path ? path : "");
-    pthread_mutex_unlock(&libs.lock);
+    bn_unlock(&libs.lock);
 }
 
 void bn_loader_set_llama(const char *adapter, const char *libllama,
                          const char *unavailable)
 {
-    pthread_mutex_lock(&libs.lock);
+    bn_lock(&libs.lock);
     snprintf(libs.llama_adapter, sizeof libs.llama_adapter, "%s",
              adapter ? adapter : "");
     snprintf(libs.llama_lib, sizeof libs.llama_lib, "%s",
              libllama ? libllama : "");
     snprintf(libs.llama_unavailable, sizeof libs.llama_unavailable, "%s",
              unavailable ? unavailable : "");
-    pthread_mutex_unlock(&libs.lock);
+    bn_unlock(&libs.lock);
 }
 
 int bn_llama_configured(void)
 {
-    pthread_mutex_lock(&libs.lock);
+    bn_lock(&libs.lock);
     int yes = libs.llama_adapter[0] != '\0';
-    pthread_mutex_unlock(&libs.lock);
+    bn_unlock(&libs.lock);
     return yes;
 }
 
@@ -316,22 +323,61 @@ static int is_this_bridge(void *h, char *self, size_t cap)
     return 1;
 }
 
-/* Loads path: its cached library, after the dlopen and dlsym.<symbol>
- * points of this load (while anything is armed they are reached on every
- * load, cached or not; a symbol a fault removes is recorded in res, and
- * the load gets a view).  Caller holds libs.lock. */
-static int load_file(const char *path, bn_discovery *d, loaded *res)
+/* The cached library of path, opened and cached on first use.  Takes
+ * libs.lock; reaches no fault point. */
+static int open_cached(const char *path, bn_discovery *d, bn_library **out)
 {
-    memset(res, 0, sizeof *res);
     char key[PATH_MAX];
     if (!realpath(path, key))
         snprintf(key, sizeof key, "%s", path);
+    int rc = BITNET_OK;
+    bn_lock(&libs.lock);
     bn_library *lib = cached_by_key(key);
-    if (lib && !BN_FAULT_ANY_ARMED()) {
+    if (lib) {
         note(d, path, "already loaded");
-        res->lib = lib;
-        return BITNET_OK;
+        goto done;
     }
+    dlerror();
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *why = dlerror();
+        note(d, path, "dlopen failed: %s", why ? why : "unknown error");
+        rc = BITNET_E_LIBRARY_NOT_FOUND;
+        goto done;
+    }
+    char self[PATH_MAX];
+    if (is_this_bridge(h, self, sizeof self)) {
+        note(d, path,
+             "is this bridge itself (%s), not a BitNet library: as the "
+             "backend it would run this discovery again and find itself, "
+             "for ever",
+             self);
+        dlclose(h); /* drops the reference this dlopen took; we stay loaded */
+        rc = BITNET_E_LIBRARY_NOT_FOUND;
+        goto done;
+    }
+    if ((lib = cached_by_handle(h))) {
+        /* the same library by another path: one object, and the
+         * reference this dlopen took is given back */
+        dlclose(h);
+        note(d, path, "already loaded");
+    } else {
+        rc = cache_library(h, path, key, d, &lib);
+    }
+done:
+    bn_unlock(&libs.lock);
+    *out = rc ? NULL : lib;
+    return rc;
+}
+
+/* Loads path: its cached library, after the dlopen and dlsym.<symbol>
+ * points of this load (while anything is armed they are reached on every
+ * load, cached or not; a symbol a fault removes is recorded in res, and
+ * the load gets a view).  Called without libs.lock: a point may delay or
+ * hang, and its fire handlers run the host's code. */
+static int load_file(const char *path, bn_discovery *d, loaded *res)
+{
+    memset(res, 0, sizeof *res);
     bn_fault_special fs;
     int frc = BN_FAULT_SPECIAL(DLOPEN, &fs);
     if (frc < 0) {
@@ -342,38 +388,11 @@ static int load_file(const char *path, bn_discovery *d, loaded *res)
         note(d, path, "not found (%s)", bn_fault_note());
         return BITNET_E_LIBRARY_NOT_FOUND;
     }
-    if (lib) {
-        note(d, path, "already loaded");
-    } else {
-        dlerror();
-        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-        if (!h) {
-            const char *why = dlerror();
-            note(d, path, "dlopen failed: %s", why ? why : "unknown error");
-            return BITNET_E_LIBRARY_NOT_FOUND;
-        }
-        char self[PATH_MAX];
-        if (is_this_bridge(h, self, sizeof self)) {
-            note(d, path,
-                 "is this bridge itself (%s), not a BitNet library: as the "
-                 "backend it would run this discovery again and find itself, "
-                 "for ever",
-                 self);
-            dlclose(h); /* drops the reference this dlopen took; we stay loaded */
-            return BITNET_E_LIBRARY_NOT_FOUND;
-        }
-        if ((lib = cached_by_handle(h))) {
-            /* the same library by another path: one object, and the
-             * reference this dlopen took is given back */
-            dlclose(h);
-            note(d, path, "already loaded");
-        } else {
-            int rc = cache_library(h, path, key, d, &lib);
-            if (rc)
-                return rc;
-        }
-    }
-    res->lib = lib;
+    bn_library *lib;
+    int rc = open_cached(path, d, &lib);
+    if (rc)
+        return rc;
+    res->lib = lib; /* cached: lives until exit, its symbols never change */
     for (int i = 0; i < BN_SYM__N; i++) {
         /* dlsym.<symbol>=missing: the library lacks it, for this load */
         bn_fault_special sfs;
@@ -457,10 +476,10 @@ int bn_backend_same_library(const bn_backend *a, const bn_backend *b)
 BITNET_API void bitnet_bridge_library_objects(int32_t *libraries,
                                               int32_t *views)
 {
-    pthread_mutex_lock(&libs.lock);
+    bn_lock(&libs.lock);
     if (libraries)
         *libraries = libs.n_cached;
-    pthread_mutex_unlock(&libs.lock);
+    bn_unlock(&libs.lock);
     if (views)
         *views = atomic_load(&n_views);
 }
@@ -502,7 +521,6 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
     *out = NULL;
     memset(d, 0, sizeof *d);
     loaded res;
-    pthread_mutex_lock(&libs.lock);
     int rc;
     if (explicit_path) {
         rc = load_file(explicit_path, d, &res);
@@ -528,13 +546,16 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
         goto done;
     /* Explicit configuration is honoured strictly: the bundled library is
      * the last resort only when neither variable names a place. */
-    if (!(libdir && *libdir) && !(cppdir && *cppdir) && libs.bundled[0]) {
-        rc = load_file(libs.bundled, d, &res);
+    char bundled[PATH_MAX];
+    bn_lock(&libs.lock);
+    memcpy(bundled, libs.bundled, sizeof bundled);
+    bn_unlock(&libs.lock);
+    if (!(libdir && *libdir) && !(cppdir && *cppdir) && bundled[0]) {
+        rc = load_file(bundled, d, &res);
         if (rc != BITNET_E_LIBRARY_NOT_FOUND)
             goto done;
     }
 done:
-    pthread_mutex_unlock(&libs.lock);
     if (rc == BITNET_E_LIBRARY_NOT_FOUND)
         return not_found(d);
     return rc ? rc : hand_out(&res, out);
@@ -545,34 +566,37 @@ int bn_llama_open(bn_discovery *d, bn_library **out)
     *out = NULL;
     memset(d, 0, sizeof *d);
     loaded res;
-    pthread_mutex_lock(&libs.lock);
+    char adapter[PATH_MAX], llama_lib[PATH_MAX], unavailable[1024];
+    bn_lock(&libs.lock);
+    memcpy(adapter, libs.llama_adapter, sizeof adapter);
+    memcpy(llama_lib, libs.llama_lib, sizeof llama_lib);
+    memcpy(unavailable, libs.llama_unavailable, sizeof unavailable);
+    bn_unlock(&libs.lock);
     int rc;
-    if (!libs.llama_adapter[0]) {
-        rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
-                      "the llama.cpp backend is not available: %s",
-                      libs.llama_unavailable[0]
-                          ? libs.llama_unavailable
-                          : "no llama.cpp adapter was configured "
-                            "(bitnet_bridge_set_llama_library)");
-    } else {
-        rc = load_file(libs.llama_adapter, d, &res);
-        if (rc == BITNET_E_LIBRARY_NOT_FOUND)
-            rc = bn_error(BITNET_E_LIBRARY_NOT_FOUND,
-                          "the llama.cpp adapter '%s' (for %s) could not be "
-                          "loaded: %s",
-                          libs.llama_adapter, libs.llama_lib,
-                          d->n_tried ? d->tried[d->n_tried - 1].result : "?");
-        else if (!rc) {
-            /* served_by and backend_info name llama.cpp, not the adapter;
-             * written once, not under readers on every load */
-            char name[sizeof res.lib->name];
-            snprintf(name, sizeof name, "llama.cpp:%.4000s", libs.llama_lib);
-            if (strcmp(res.lib->name, name) != 0)
-                memcpy(res.lib->name, name, sizeof name);
-        }
-    }
-    pthread_mutex_unlock(&libs.lock);
-    return rc ? rc : hand_out(&res, out);
+    if (!adapter[0])
+        return bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                        "the llama.cpp backend is not available: %s",
+                        unavailable[0] ? unavailable
+                                       : "no llama.cpp adapter was configured "
+                                         "(bitnet_bridge_set_llama_library)");
+    rc = load_file(adapter, d, &res);
+    if (rc == BITNET_E_LIBRARY_NOT_FOUND)
+        return bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                        "the llama.cpp adapter '%s' (for %s) could not be "
+                        "loaded: %s",
+                        adapter, llama_lib,
+                        d->n_tried ? d->tried[d->n_tried - 1].result : "?");
+    if (rc)
+        return rc;
+    /* served_by and backend_info name llama.cpp, not the adapter: written
+     * on the first open, the same text on every later one */
+    char name[sizeof res.lib->name];
+    snprintf(name, sizeof name, "llama.cpp:%.4000s", llama_lib);
+    bn_lock(&libs.lock);
+    if (strcmp(res.lib->name, name) != 0)
+        memcpy(res.lib->name, name, sizeof name);
+    bn_unlock(&libs.lock);
+    return hand_out(&res, out);
 }
 
 const bn_backend *bn_library_backend(const bn_library *lib) { return &lib->be; }
@@ -582,7 +606,7 @@ const char *bn_library_version(const bn_library *lib) { return lib->version; }
 
 void bn_libraries_add_counters(bitnet_counters_t *out)
 {
-    pthread_mutex_lock(&libs.lock);
+    bn_lock(&libs.lock);
     for (bn_library *l = libs.head; l; l = l->next) { /* one per handle */
         int (*fn)(bitnet_counters_t *) =
             (int (*)(bitnet_counters_t *))l->syms[BN_SYM_bitnet_cpp_get_counters];
@@ -597,5 +621,5 @@ void bn_libraries_add_counters(bitnet_counters_t *out)
             out->peak_bytes += c.peak_bytes;
         }
     }
-    pthread_mutex_unlock(&libs.lock);
+    bn_unlock(&libs.lock);
 }

@@ -291,15 +291,17 @@ BITNET_API int bitnet_bridge_percall_tokenize(
     int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
     bn_error_clear();
+    /* the deadline covers the whole call, loading the library included */
+    call_scope scope;
+    bn_scope_enter(&scope, NULL, "tokenize");
     const bn_backend *sel, *fb, *be;
     int rc = percall_backend(opts, has_percall_tok, "crossval_bitnet_tokenize",
                              &sel, &fb, &be);
     if (rc) {
+        bn_scope_leave(&scope);
         percall_release(sel, fb);
         return bn_done(rc, err, err_len);
     }
-    call_scope scope;
-    bn_scope_enter(&scope, NULL, "tokenize");
     bn_fault_special fs;
     int fill = out_tokens != NULL;
     rc = fill ? BN_FAULT_SPECIAL(TOKENIZE_FILL, &fs) : BN_FAULT(TOKENIZE_QUERY);
@@ -347,16 +349,18 @@ BITNET_API int bitnet_bridge_percall_eval(
     int32_t *out_cols, char *err, int32_t err_len)
 {
     bn_error_clear();
+    /* the deadline covers the whole call, loading the library included */
+    call_scope scope;
+    bn_scope_enter(&scope, NULL, "evaluate");
     const bn_backend *sel, *fb, *be;
     int rc = percall_backend(opts, has_percall_eval,
                              "crossval_bitnet_eval_with_tokens", &sel, &fb,
                              &be);
     if (rc) {
+        bn_scope_leave(&scope);
         percall_release(sel, fb);
         return bn_done(rc, err, err_len);
     }
-    call_scope scope;
-    bn_scope_enter(&scope, NULL, "evaluate");
     bn_fault_special fs;
     int fill = out_logits != NULL;
     rc = fill ? BN_FAULT_SPECIAL(EVAL_FILL, &fs) : BN_FAULT(EVAL_QUERY);

@@ -45,26 +45,30 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
         return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_ctx is NULL"), err,
                        err_len);
     *out_ctx = NULL;
+    call_scope scope;
+    /* The deadline covers the whole call, finding and loading the library
+     * included.  No cancel flag: the handle is given out only when create
+     * returns, so no other thread can reach c->cancel before then
+     * (bitnet_bridge_cancel looks handles up in the registry).  Counting it
+     * would let a hang with no deadline wait for a cancel that can never
+     * come; without it, such a hang is refused at once (bn_deadline_sleep). */
+    bn_scope_enter(&scope, NULL, "create");
     resolved r;
     const bn_backend *be;
     int rc = bn_bridge_resolve(opts, &r);
     if (!rc)
         rc = bn_select_backend(&r, &be);
-    if (rc)
+    if (rc) {
+        bn_scope_leave(&scope);
         return bn_done(rc, err, err_len);
+    }
     bn_context *c = bn_calloc(1, sizeof *c, "context handle");
     if (!c) {
+        bn_scope_leave(&scope);
         bn_backend_release(be);
         return bn_done(BITNET_E_OOM, err, err_len);
     }
     c->be = be;
-    call_scope scope;
-    /* No cancel flag: the handle is given out only when create returns, so
-     * no other thread can reach c->cancel before then (bitnet_bridge_cancel
-     * looks handles up in the registry).  Counting it would let a hang with
-     * no deadline wait for a cancel that can never come; without it, such a
-     * hang is refused at once (bn_deadline_sleep). */
-    bn_scope_enter(&scope, NULL, "create");
     rc = BN_FAULT(INIT_CONTEXT);
     if (rc)
         bn_done(rc, err, err_len);

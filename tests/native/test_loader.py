@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -216,6 +217,7 @@ def test_diagnostics_command_exit_codes(tmp_path: Path) -> None:
 
 _CREATE_IN_CHILD = """
 import sys
+import threading
 import pytest_bitnet as bn
 from pytest_bitnet import errors
 model, paths = sys.argv[1], sys.argv[2:] or [None]
@@ -338,3 +340,71 @@ def test_a_dlsym_fault_leaves_no_faulted_library_for_later_loads(tiny_model: Pat
         assert held.backend_info["tokenize"].startswith("fallback:")
     finally:
         held.close()
+
+
+# ---- the loader's lock: no fault point and no host code waits under it (issue 13, item 9) ---
+#
+# Every dlopen create, per-call function and live-counter read takes the
+# loader's lock.  Its `dlopen` and `dlsym.*` points fired while it was held,
+# so a `dlopen=hang` (or delay) in one thread's load stalled every other
+# thread's load and the leak check's counter read for as long as it lasted;
+# and a load logged under it, so a logging handler reading the live counters
+# on the loading thread deadlocked for ever.
+
+
+def test_a_load_hanging_at_its_dlopen_point_stalls_no_other_load(tiny_model: Path) -> None:
+    bn.tokenize(tiny_model, "x", backend="dlopen")  # the bundled library, cached
+    box: dict[str, object] = {}
+    ready = threading.Event()
+
+    def hanging_create() -> None:
+        with fi.inject("dlopen=hang", thread=True) as armed:
+            box["armed"] = armed
+            ready.set()
+            try:
+                bn.BitnetSession.create(tiny_model, backend="dlopen", timeout=5).close()
+            except errors.OperationTimeout as exc:
+                box["error"] = exc
+
+    t = threading.Thread(target=hanging_create)
+    t.start()
+    ready.wait()
+    assert box["armed"].wait_hit("dlopen", while_alive=t)  # type: ignore[attr-defined]
+    results: list[object] = []
+    u = threading.Thread(target=lambda: results.extend([bn.live_counters()["contexts"],
+                                                        bn.tokenize(tiny_model, "hello", backend="dlopen").size]))
+    u.start()
+    u.join(timeout=4.0)  # honest bound: the hang lasts 5 s, these take milliseconds
+    stalled = u.is_alive()
+    u.join()
+    t.join()
+    assert not stalled, "another thread's load waited for the loader's lock while a dlopen point hung"
+    assert len(results) == 2 and isinstance(box.get("error"), errors.OperationTimeout)
+
+
+_LOG_HANDLER_READS_COUNTERS = """
+import logging, shutil, sys
+import pytest_bitnet as bn
+from pytest_bitnet.bridge import abi, native_log
+
+class ReadCounters(logging.Handler):
+    def emit(self, record):
+        if "] loaded " in record.getMessage():
+            self.seen = bn.live_counters()["contexts"]  # on the loading thread, inside the load
+
+handler = ReadCounters()
+native_log.native_log.addHandler(handler)
+native_log.native_log.setLevel(logging.INFO)
+native_log.set_native_level("info")
+copy = shutil.copy(abi.bundled_library(), sys.argv[2])  # a file not loaded yet: this load opens it
+with bn.BitnetSession.create(sys.argv[1], backend="dlopen", library_path=copy):
+    pass
+print("seen", handler.seen)
+"""
+
+
+def test_a_log_handler_may_read_the_counters_inside_a_load(tiny_model: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _LOG_HANDLER_READS_COUNTERS, str(tiny_model), str(tmp_path / "libbitnet.so")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "seen 0\n"
