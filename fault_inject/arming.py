@@ -5,10 +5,19 @@ owns the points it armed, counts their hits and firings, keeps the Python
 stack and native backtrace of each point's first firing, and on
 :meth:`Armed.disarm` returns a :class:`DisarmReport` naming what was armed
 but never hit.  Nothing here knows about pytest.
+
+Composition: ``arm(spec, over=handles)`` arms a narrower spec over wider
+ones.  For each point it names that one of ``handles`` holds, it takes the
+point over (the wider handle's counts so far are kept); when it is
+disarmed the point goes back to the handle below it, whose chain starts
+again from its first term.  Points it does not name stay with the wider
+handles.  Each handle's hits, firings and report count only the hits it
+held the point for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
@@ -16,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Mapping
+from typing import Any, Final, Iterable, Mapping
 
 from pytest_bitnet.bridge import faults as native
 
@@ -33,6 +42,7 @@ __all__ = [
     "PointReport",
     "arm",
     "armed",
+    "derive_seed",
     "disarm",
     "disarm_all",
     "fired",
@@ -86,6 +96,7 @@ class DisarmReport:
     thread_scoped: bool
     points: Mapping[str, PointReport]
     never_hit: tuple[str, ...]  # entry points/patterns no in-scope thread reached
+    overridden: tuple[str, ...] = ()  # points a narrower arm held for a while (arm(..., over=))
 
     @property
     def hits(self) -> dict[str, int]:
@@ -108,6 +119,8 @@ class DisarmReport:
         text = f"{self.spec} (seed {self.seed}): " + ("; ".join(parts) or "nothing hit")
         if self.never_hit:
             text += "; never hit: " + ", ".join(self.never_hit)
+        if self.overridden:
+            text += "; overridden for a while by a narrower spec: " + ", ".join(self.overridden)
         return text
 
 
@@ -117,20 +130,29 @@ class DisarmReport:
 class Armed:
     """Points armed by one spec.  Use as a context manager, or call disarm().
 
-    Counters are those of this arm: they restart when a point is armed.
+    Counters are those of this arm: they restart when a point is armed, and
+    count only the hits it held the point for (not while a narrower arm
+    held it, see ``arm(..., over=)``).
     """
 
-    __slots__ = ("resolved", "seed", "thread_scoped", "_live", "_first", "_reports", "_report", "_strict")
+    __slots__ = (
+        "resolved", "seed", "thread_scoped", "_live", "_suspended", "_overridden", "_first", "_reports", "_report",
+        "_strict", "_thread", "_entry_of",
+    )  # fmt: skip
 
     def __init__(self, resolved: Resolved, seed: int, thread_scoped: bool, strict: bool) -> None:
         self.resolved = resolved  # the validated spec; str() is its canonical text
         self.seed = seed  # the seed of its probability draws
         self.thread_scoped = thread_scoped  # hits from the arming thread only
-        self._live: set[str] = set()  # points still armed; under _STATE.lock
+        self._live: set[str] = set()  # points armed natively with this handle's chain; under _STATE.lock
+        self._suspended: set[str] = set()  # points a narrower arm holds now; they come back to this one
+        self._overridden: set[str] = set()  # points a narrower arm held at some time (for the report)
         self._first: dict[str, tuple[str, ...]] = {}  # point -> Python stack at first firing
-        self._reports: dict[str, PointReport] = {}  # points already disarmed
+        self._reports: dict[str, PointReport] = {}  # point -> counts of the stretches it was armed (closed ones)
         self._report: DisarmReport | None = None  # set once everything is disarmed
         self._strict = strict  # NeverHit instead of NeverHitWarning on exit
+        self._thread = threading.get_ident()  # the arming thread (a thread-scoped point is re-armed for it)
+        self._entry_of = {n: ce for ce in resolved.entries for n in ce.points}  # point -> its compiled entry
 
     @property
     def spec(self) -> Spec:
@@ -144,7 +166,8 @@ class Armed:
 
     @property
     def active(self) -> bool:
-        return bool(self._live)
+        """Whether it still holds a point (also one a narrower arm has taken over for now)."""
+        return bool(self._live or self._suspended)
 
     def hits(self, point: str | None = None) -> Any:
         """Hits of one point (int), or of every point (dict)."""
@@ -159,9 +182,13 @@ class Armed:
             return {n: self._counter(which, n) for n in self.points}
         if point not in self.points:
             raise UnknownPoint(f"{point!r} is not armed by {str(self.spec)!r}; it armed: {', '.join(self.points)}")
-        if point in self._reports:
-            return getattr(self._reports[point], which)
-        return getattr(native.stats(lookup(point).index), which)
+        closed = self._reports.get(point)
+        done = getattr(closed, which) if closed is not None else 0
+        if point in self._live:
+            # read the set before the native counters: a point that leaves
+            # _live meanwhile has its stretch already added to _reports
+            return done + getattr(native.stats(lookup(point).index), which)
+        return done
 
     def wait_hit(self, point: str, hits: int = 1, *, timeout: float = 10.0, while_alive: threading.Thread | None = None) -> bool:
         """Waits until `point` has `hits` hits (another thread reached it).
@@ -184,24 +211,35 @@ class Armed:
 
     def native_backtrace(self, point: str) -> str | None:
         """The native backtrace at the point's first firing, where supported."""
-        if point in self._reports:
-            return self._reports[point].native_backtrace
+        closed = self._reports.get(point)
+        if closed is not None and (closed.native_backtrace or point not in self._live):
+            return closed.native_backtrace
         return native.backtrace(lookup(point).index)
 
     def disarm(self) -> DisarmReport:
-        """Disarms what is still armed; returns the report (idempotent)."""
+        """Disarms what is still armed; returns the report (idempotent).
+
+        Points a narrower arm had taken over from a wider one go back to
+        the wider one.
+        """
+        return self._disarm(give_back=True)
+
+    def _disarm(self, *, give_back: bool) -> DisarmReport:
         with _STATE.lock:
             if self._report is None:
-                _disarm_points(self, sorted(self._live))
+                _release(self, sorted(self._live | self._suspended), give_back=give_back)
                 self._report = self._make_report()
             return self._report
 
     def _make_report(self) -> DisarmReport:
-        # a point missing from _reports was never armed (a refused arm rolled back)
+        # a point missing from _reports was never armed (a refused arm rolled back);
+        # an entry a narrower arm took over was not this arm's to hit meanwhile
         never = tuple(
-            e.pattern for e in self.resolved.entries if not any(n in self._reports and self._reports[n].hits for n in e.points)
-        )
-        return DisarmReport(str(self.spec), self.seed, self.thread_scoped, dict(self._reports), never)
+            e.pattern for e in self.resolved.entries
+            if not any(n in self._reports and self._reports[n].hits for n in e.points) and not self._overridden & set(e.points)
+        )  # fmt: skip
+        overridden = tuple(n for n in self.points if n in self._overridden)
+        return DisarmReport(str(self.spec), self.seed, self.thread_scoped, dict(self._reports), never, overridden)
 
     def __enter__(self) -> Armed:
         return self
@@ -231,7 +269,10 @@ class _State:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()  # arm/disarm bookkeeping (never taken on a firing)
-        self.owners: dict[str, Armed] = {}  # point name -> the handle that armed it
+        # point name -> the handles holding it, widest first; the last one
+        # is armed natively, the others wait for it.  Tuples, replaced
+        # under the lock and never mutated, so a firing reads one without it.
+        self.owners: dict[str, tuple[Armed, ...]] = {}
 
 
 _STATE: Final = _State()
@@ -239,27 +280,76 @@ _STATE: Final = _State()
 
 def owner_of(point: str) -> Armed | None:
     """The handle that armed `point` now (read without the lock: a firing's view)."""
-    return _STATE.owners.get(point)
+    holders = _STATE.owners.get(point)
+    return holders[-1] if holders else None
 
 
-def _disarm_points(armed: Armed, names: list[str]) -> None:
-    # Caller holds _STATE.lock.  Counters are read after the native disarm,
-    # so no hit can slip in between; they stay valid until the next arm,
-    # which needs the lock.
-    for name in names:
-        info = lookup(name)
-        native.disarm(name)
-        st = native.stats(info.index)
-        armed._reports[name] = PointReport(
-            point=name,
-            hits=st.hits,
-            fired=st.fired,
-            first_fired_hit=st.first_fired_hit,
-            python_stack=armed._first.get(name),
-            native_backtrace=native.backtrace(info.index),
+def _close_stretch(armed: Armed, name: str) -> None:
+    # Caller holds _STATE.lock.  Disarms `name` natively and adds what it
+    # counted while `armed` held it to armed's report.  Counters are read
+    # after the native disarm, so no hit can slip in between.
+    info = lookup(name)
+    native.disarm(name)
+    st = native.stats(info.index)
+    prev = armed._reports.get(name)
+    before = prev.hits if prev is not None else 0
+    first = prev.first_fired_hit if prev is not None and prev.first_fired_hit else (before + st.first_fired_hit if st.first_fired_hit else 0)
+    armed._reports[name] = PointReport(
+        point=name,
+        hits=before + st.hits,
+        fired=(prev.fired if prev is not None else 0) + st.fired,
+        first_fired_hit=first,  # numbered over every stretch
+        python_stack=armed._first.get(name),
+        native_backtrace=(prev.native_backtrace if prev is not None else None) or native.backtrace(info.index),
+    )
+    armed._live.discard(name)
+
+
+def _arm_native(armed: Armed, pattern: str, terms: list[tuple[float, int, int, int]]) -> str | None:
+    return native.arm(pattern, terms, armed.seed, native.THIS_THREAD if armed.thread_scoped else 0)
+
+
+def _resume(armed: Armed, name: str) -> None:
+    # Caller holds _STATE.lock.  A narrower arm let `name` go: it is armed
+    # again with armed's chain, from its first term (the native engine
+    # starts a chain afresh; the report keeps counting on).
+    armed._suspended.discard(name)
+    if armed.thread_scoped and threading.get_ident() != armed._thread:
+        # THIS_THREAD means the thread that arms: re-arming from here would
+        # scope the point to the wrong thread
+        warnings.warn(
+            f"fault spec {str(armed.spec)!r}: point {name!r} was not re-armed after a narrower spec released it, "
+            "because that happened on another thread than the one that armed it thread-scoped; "
+            "disarm the narrower spec on the arming thread",
+            RuntimeWarning,
+            stacklevel=4,
         )
-        armed._live.discard(name)
-        if _STATE.owners.get(name) is armed:
+        return
+    refused = _arm_native(armed, name, list(armed._entry_of[name].terms))
+    if refused is None:
+        armed._live.add(name)
+    else:  # only reachable if something armed the point natively meanwhile
+        warnings.warn(f"fault spec {str(armed.spec)!r}: point {name!r} could not be re-armed: {refused}", RuntimeWarning, stacklevel=4)
+
+
+def _release(armed: Armed, names: Iterable[str], *, give_back: bool = True) -> None:
+    # Caller holds _STATE.lock.  armed lets go of `names`: where it is the
+    # narrowest holder the point is disarmed natively and, with give_back,
+    # goes to the holder below; where a narrower one holds it, armed just
+    # leaves the queue.
+    for name in names:
+        holders = _STATE.owners.get(name, ())
+        if armed not in holders:
+            continue
+        rest = tuple(a for a in holders if a is not armed)
+        if holders[-1] is armed:
+            _close_stretch(armed, name)
+            if rest and give_back:
+                _resume(rest[-1], name)
+        armed._suspended.discard(name)
+        if rest:
+            _STATE.owners[name] = rest
+        else:
             del _STATE.owners[name]
 
 
@@ -289,6 +379,31 @@ def parse_seed(seed: int | str | None, source: str | None = None) -> int:
     return value
 
 
+def derive_seed(seed: int, key: str) -> int:
+    """The seed of one part of a run (a test: key = its node id), from the run's seed.
+
+    Draws hash (seed, point, hit number, term), and hit numbers restart at
+    each arm, so arming one spec with one seed in every test would draw
+    the same pattern in each.  Mixing a stable key in gives each part its
+    own draws; they depend only on (seed, key), not on what ran before, so
+    the part alone, run again with the same run seed, draws the same.
+    """
+    digest = hashlib.blake2b(f"{parse_seed(seed)}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _handles(over: Armed | Iterable[Armed] | None) -> tuple[Armed, ...]:
+    if over is None:
+        return ()
+    if isinstance(over, Armed):
+        return (over,)
+    handles = tuple(over)
+    for h in handles:
+        if not isinstance(h, Armed):
+            raise TypeError(f"over= takes Armed handles, got {type(h).__name__}")
+    return handles
+
+
 def arm(
     spec: str | Spec | Resolved,
     *,
@@ -296,6 +411,7 @@ def arm(
     thread: bool = False,
     strict: bool = False,
     source: str | None = None,
+    over: Armed | Iterable[Armed] | None = None,
 ) -> Armed:
     """Arms every entry of spec; returns the handle that owns them.
 
@@ -305,35 +421,51 @@ def arm(
     thread: only hits from this thread count and fire.  strict: leaving
     the handle's ``with`` block raises NeverHit (instead of warning) if an
     entry was never hit.  source: where the spec came from, for messages.
+    over: wider arms this one may take points from (a handle or several):
+    a point one of them holds is this arm's until it is disarmed, then
+    goes back (its chain starts again); the points this spec does not name
+    stay theirs.  Hits are counted to whichever holds the point.
 
-    All or nothing: on any error nothing stays armed.  Raises
-    FaultSpecError (bad text, unknown point), FaultStateError (a point is
-    already armed), InjectionNotCompiled.
+    All or nothing: on any error nothing stays armed and nothing is taken
+    over.  Raises FaultSpecError (bad text, unknown point),
+    FaultStateError (a point is already armed by a handle not in `over`),
+    InjectionNotCompiled.
     """
     require_compiled()
+    wider = _handles(over)
     resolved = registry.validate(spec, source=source)
     armed = Armed(resolved, parse_seed(seed), bool(thread), strict)
     with _STATE.lock:
+        taken: list[tuple[Armed, str]] = []
         for name in resolved.points:
-            holder = _STATE.owners.get(name)
-            if holder is not None:
+            holders = _STATE.owners.get(name, ())
+            if holders and not any(holders[-1] is w for w in wider):
                 raise FaultStateError(
-                    f"cannot arm {str(resolved)!r}: point {name!r} is already armed by {str(holder.spec)!r}; "
-                    "disarm that first (fault_inject.disarm(point) or its handle's disarm())"
+                    f"cannot arm {str(resolved)!r}: point {name!r} is already armed by {str(holders[-1].spec)!r}; "
+                    "disarm that first (fault_inject.disarm(point) or its handle's disarm()), "
+                    "or arm this spec over it (arm(spec, over=handle))"
                 )
+            if holders:
+                taken.append((holders[-1], name))
         done: list[str] = []
         try:
+            for holder, name in taken:
+                _close_stretch(holder, name)
+                holder._suspended.add(name)
+                holder._overridden.add(name)
             for ce in resolved.entries:
-                refused = native.arm(ce.pattern, list(ce.terms), armed.seed, native.THIS_THREAD if thread else 0)
+                refused = _arm_native(armed, ce.pattern, list(ce.terms))
                 if refused is not None:
                     # only reachable if something armed these points natively
                     raise FaultStateError(f"cannot arm {str(resolved)!r}: {refused}")
                 done.extend(ce.points)
                 armed._live.update(ce.points)
                 for name in ce.points:
-                    _STATE.owners[name] = armed
+                    _STATE.owners[name] = (*_STATE.owners.get(name, ()), armed)
         except BaseException:
-            _disarm_points(armed, done)
+            _release(armed, done, give_back=False)
+            for holder, name in taken:  # give back what was taken
+                _resume(holder, name)
             raise
     return armed
 
@@ -341,10 +473,11 @@ def arm(
 class inject:  # noqa: N801 - used as a function: with fi.inject(spec) as armed
     """``with inject("tokenize.fill=fail") as armed:`` arms for the block.
 
-    Arms on entering the block (same arguments as :func:`arm`); on exit
-    everything is disarmed, even on error, and entries never hit give a
-    NeverHitWarning (strict=True: NeverHit) unless the block raised.  The
-    report is ``armed.disarm()`` (idempotent) after the block.
+    Arms on entering the block (same arguments as :func:`arm`, ``over=``
+    included); on exit everything is disarmed, even on error, and entries
+    never hit give a NeverHitWarning (strict=True: NeverHit) unless the
+    block raised.  The report is ``armed.disarm()`` (idempotent) after the
+    block.
     """
 
     __slots__ = ("_spec", "_kwargs", "_armed")
@@ -357,9 +490,10 @@ class inject:  # noqa: N801 - used as a function: with fi.inject(spec) as armed
         thread: bool = False,
         strict: bool = False,
         source: str | None = None,
+        over: Armed | Iterable[Armed] | None = None,
     ) -> None:
         self._spec = spec
-        self._kwargs = {"seed": seed, "thread": thread, "strict": strict, "source": source}
+        self._kwargs = {"seed": seed, "thread": thread, "strict": strict, "source": source, "over": over}
         self._armed: Armed | None = None
 
     def __enter__(self) -> Armed:
@@ -376,7 +510,9 @@ class inject:  # noqa: N801 - used as a function: with fi.inject(spec) as armed
 def disarm(target: Armed | str) -> DisarmReport:
     """Disarms a handle, or the points matching a name / 'prefix*'.
 
-    Raises FaultStateError when nothing matching is armed.
+    A name disarms the point outright: every handle holding it lets it go
+    (none gets it back).  Raises FaultStateError when nothing matching is
+    armed.
     """
     if isinstance(target, Armed):
         return target.disarm()
@@ -387,18 +523,15 @@ def disarm(target: Armed | str) -> DisarmReport:
     if not names:
         lookup(target)  # raises UnknownPoint with the closest names
     with _STATE.lock:
-        owned: dict[int, tuple[Armed, list[str]]] = {}
-        for name in names:
-            holder = _STATE.owners.get(name)
-            if holder is not None:
-                owned.setdefault(id(holder), (holder, []))[1].append(name)
-        if not owned:
+        held = [(name, _STATE.owners[name]) for name in names if name in _STATE.owners]
+        if not held:
             raise FaultStateError(f"cannot disarm {target!r}: it is not armed (armed now: {', '.join(sorted(_STATE.owners)) or 'nothing'})")
         reports: dict[str, PointReport] = {}
-        for holder, mine in owned.values():
-            _disarm_points(holder, mine)
-            reports.update({n: holder._reports[n] for n in mine})
-        first = next(iter(owned.values()))[0]
+        for name, holders in held:
+            for holder in reversed(holders):  # the narrowest first: no one gets it back
+                _release(holder, [name], give_back=False)
+            reports[name] = holders[-1]._reports[name]
+        first = held[0][1][-1]
         never = tuple(n for n, r in reports.items() if r.hits == 0)
         return DisarmReport(target, first.seed, first.thread_scoped, reports, never)
 
@@ -409,7 +542,9 @@ def disarm_all() -> list[DisarmReport]:
     Never raises for "nothing armed": returns [].
     """
     with _STATE.lock:
-        handles = list({id(a): a for a in _STATE.owners.values()}.values())
+        handles = list({id(a): a for holders in _STATE.owners.values() for a in holders}.values())
+        for a in handles:  # nothing is handed back: everything goes
+            a._disarm(give_back=False)
         reports = [a.disarm() for a in handles]
         if compiled_in():
             native.disarm_all()
@@ -423,7 +558,7 @@ def compiled_in() -> bool:
 def armed() -> tuple[Armed, ...]:
     """The handles with points still armed."""
     with _STATE.lock:
-        return tuple({id(a): a for a in _STATE.owners.values()}.values())
+        return tuple({id(a): a for holders in _STATE.owners.values() for a in holders}.values())
 
 
 def hits(point: str) -> int:

@@ -374,6 +374,11 @@ class Resolved:
         """Whether a term draws (P%), so the seed matters."""
         return any(t.percent is not None for e in self.spec.entries for t in e.terms)
 
+    @property
+    def hangs(self) -> tuple[str, ...]:
+        """The entries (patterns) with a ``hang`` term: they end only at a deadline or cancel()."""
+        return tuple(e.point for e in self.spec.entries if any(t.action == "hang" for t in e.terms))
+
 
 def resolve(
     spec: Spec,

@@ -742,3 +742,106 @@ def test_compiled_out_build_says_so(tmp_path: Path, tiny_model: Path) -> None:
         [sys.executable, "-c", "import fault_inject"], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path), "BITNET_INJECT": "alloc=oom"}, capture_output=True, text=True
     )
     assert proc.returncode != 0 and "BITNET_INJECT='alloc=oom' is set, but fault injection is not compiled in" in proc.stderr
+
+
+# ---- composition: arm(spec, over=wider) ---------------------------------------------------------
+
+
+def test_arm_over_takes_the_points_it_names_and_gives_them_back(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        wide = fi.arm("tokenize.fill=fail;tokenize.query=off")
+        with pytest.raises(fi.FaultStateError, match=r"already armed by 'tokenize.fill=fail;tokenize.query=off'.*over=handle"):
+            fi.arm("tokenize.fill=off")
+        narrow = fi.arm("tokenize.fill=off", over=wide)
+        assert arming.owner_of("tokenize.fill") is narrow and arming.owner_of("tokenize.query") is wide
+        s.tokenize("the narrow spec holds tokenize.fill")
+        assert (narrow.hits("tokenize.fill"), wide.hits("tokenize.fill"), wide.hits("tokenize.query")) == (1, 0, 1)
+        assert wide.active and fi.armed() == (wide, narrow)
+        r_narrow = narrow.disarm()
+        assert arming.owner_of("tokenize.fill") is wide  # handed back
+        with pytest.raises(errors.InferenceError, match="FILL PHASE"):
+            s.tokenize("the wide spec has it again")
+        assert wide.hits() == {"tokenize.fill": 1, "tokenize.query": 2}
+        r_wide = wide.disarm()
+        assert r_narrow.hits == {"tokenize.fill": 1} and r_narrow.never_hit == ()
+        assert r_wide.hits == {"tokenize.fill": 1, "tokenize.query": 2} and r_wide.fired == {"tokenize.fill": 1, "tokenize.query": 0}
+        assert r_wide.points["tokenize.fill"].first_fired_hit == 1
+        assert r_wide.overridden == ("tokenize.fill",) and r_wide.never_hit == ()
+        s.tokenize("nothing armed")
+        assert not fi.armed()
+
+
+def test_arm_over_counts_hit_numbers_over_every_stretch(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        wide = fi.arm("tokenize.fill=off")
+        s.tokenize("hit 1 of the wide spec")
+        with fi.inject("tokenize.fill=off", over=wide):
+            s.tokenize("the narrow spec's")
+        with pytest.raises(errors.InferenceError):
+            with fi.inject("tokenize.fill=fail", over=wide):
+                s.tokenize("fails")
+        s.tokenize("hit 2 of the wide spec")
+        assert wide.hits("tokenize.fill") == 2 and wide.disarm().points["tokenize.fill"].first_fired_hit == 0
+
+
+def test_a_spec_taken_over_for_its_whole_life_is_not_reported_never_hit() -> None:
+    wide = fi.arm("eval_gpu=fail")
+    fi.arm("eval_gpu=off", over=wide).disarm()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fi.NeverHitWarning)
+        report = wide.disarm()
+    assert report.never_hit == () and report.overridden == ("eval_gpu",)
+
+
+def test_three_deep_released_out_of_order(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        a = fi.arm("tokenize.fill=fail(inference)")
+        b = fi.arm("tokenize.fill=oom", over=a)
+        c = fi.arm("tokenize.fill=off", over=[a, b])
+        b.disarm()  # the middle one leaves; c still holds the point
+        s.tokenize("c holds it")
+        assert arming.owner_of("tokenize.fill") is c and not b.active
+        c.disarm()  # back to a, not to b
+        with pytest.raises(errors.InferenceError):
+            s.tokenize("a again")
+        assert (a.hits("tokenize.fill"), b.hits("tokenize.fill"), c.hits("tokenize.fill")) == (1, 0, 1)
+        a.disarm()
+
+
+def test_a_refused_arm_over_takes_nothing(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        wide = fi.arm("tokenize.fill=fail")
+        other = fi.arm("eval.query=fail")
+        with pytest.raises(fi.FaultStateError, match="'eval.query' is already armed by 'eval.query=fail'"):
+            fi.arm("tokenize.fill=off;eval.query=off", over=wide)  # eval.query is not wide's to give
+        assert arming.owner_of("tokenize.fill") is wide
+        with pytest.raises(errors.InferenceError, match="FILL PHASE"):
+            s.tokenize("still the wide spec")
+        with pytest.raises(TypeError, match="over= takes Armed handles"):
+            fi.arm("tokenize.fill=off", over=["tokenize.fill"])  # type: ignore[list-item]
+        other.disarm()
+        wide.disarm()
+
+
+def test_disarm_by_name_and_disarm_all_clear_every_holder() -> None:
+    wide = fi.arm("eval_gpu=fail;tokenize.query=off")
+    fi.arm("eval_gpu=off", over=wide)
+    fi.disarm("eval_gpu")
+    assert "eval_gpu" not in arming._STATE.owners and wide.active  # tokenize.query stays
+    narrow = fi.arm("tokenize.query=fail", over=wide)
+    reports = fi.disarm_all()
+    assert {r.spec for r in reports} == {"eval_gpu=fail;tokenize.query=off", "tokenize.query=fail"}
+    assert not fi.armed() and not wide.active and not narrow.active
+    st = ffi.new("bitnet_fault_stats_t *")
+    lib.bitnet_fault_stats(lib.bitnet_fault_point_index(b"tokenize.query"), st)
+    assert st.armed == 0  # nothing was handed back to stay armed
+
+
+def test_derive_seed_depends_on_seed_and_key_only() -> None:
+    a = fi.derive_seed(1234, "tests/test_x.py::test_a")
+    assert a == fi.derive_seed(1234, "tests/test_x.py::test_a") and 0 <= a < 2**64
+    assert len({a, fi.derive_seed(1234, "tests/test_x.py::test_b"), fi.derive_seed(1235, "tests/test_x.py::test_a")}) == 3
+    # fixed: a rerun in another process or release must draw the same
+    assert fi.derive_seed(0, "") == int.from_bytes(__import__("hashlib").blake2b(b"0\0", digest_size=8).digest(), "big")
+    with pytest.raises(ValueError, match="invalid seed"):
+        fi.derive_seed(-1, "x")
