@@ -125,7 +125,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     try:
         faults.start(run, item, st)
     except pytest.UsageError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        refused = str(exc)
+    else:
+        refused = None
+    if refused is not None:
+        # Outside the except block: failing inside it chains the UsageError
+        # ("During handling of the above exception ..."), printing it twice.
+        pytest.fail(refused, pytrace=False)
     leaks.start(run, st)
 
 
@@ -154,10 +160,16 @@ def _finish(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    st = item.stash.get(TEST, None)
+    if st is None:
+        return report
     if call.when == "teardown":
-        st = item.stash.get(TEST, None)
-        if st is not None:
-            reports.decorate(st, report)
+        reports.decorate(st, report, item.config.stash[RUN].seed)
+    elif report.failed:
+        # shown with the failure: what reruns this one test with the same draws
+        again = faults.reproduce(item.config.stash[RUN], item, st)
+        if again:
+            report.sections.append(("bitnet fault injection", again))
     return report
 
 

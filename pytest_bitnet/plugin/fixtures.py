@@ -35,7 +35,7 @@ class Injector:
         self._run, self._item, self._state = run, item, state
 
     def __call__(self, spec: str, *, thread: bool = False, seed: int | None = None) -> fi.Armed:
-        return faults.arm(self._run, self._state, self._item, spec, seed=seed, thread=thread, source="the bitnet_inject fixture")
+        return faults.arm(self._run, self._state, self._item, spec, seed=seed, thread=thread, source=faults.FIXTURE)
 
     @property
     def armed(self) -> tuple[fi.Armed, ...]:

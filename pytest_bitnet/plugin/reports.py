@@ -22,11 +22,16 @@ def header(run: RunState) -> list[str]:
     s = run.settings
     lines = [f"bitnet: backend={s.backend or 'reference'} ({s.backend_source}), leak-check={s.leak_check} ({s.leak_check_source})"
              + (f", timeout={s.timeout}s ({s.timeout_source})" if s.timeout is not None else "")]
+    # Each test draws with derive_seed(run seed, its node id): the run seed
+    # and the node id are what reproduce one test.
     if s.inject is not None:
         lines.append(f"bitnet: inject={str(s.inject)!r} ({s.inject_source}), seed={run.seed} ({s.seed_source}); "
-                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed}")
+                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed} "
+                     "(one test: pytest NODEID with the same flags; each test draws from its own seed, "
+                     "fault_inject.derive_seed(seed, NODEID))")
     else:
-        lines.append(f"bitnet: seed={run.seed} ({s.seed_source})")
+        cancelled = f"inject=none ({s.inject_source}), " if s.inject_source != "default" else ""
+        lines.append(f"bitnet: {cancelled}seed={run.seed} ({s.seed_source})")
     if s.diagnostics:
         from pytest_bitnet.bridge.diagnostics import diagnostics, format_text
 
@@ -34,17 +39,23 @@ def header(run: RunState) -> list[str]:
     return lines
 
 
-def decorate(st: TestState, report: pytest.TestReport) -> None:
-    """Puts the test's bitnet data on its teardown report (travels under xdist)."""
+def decorate(st: TestState, report: pytest.TestReport, run_seed: int | None = None) -> None:
+    """Puts the test's bitnet data on its teardown report (travels under xdist).
+
+    A spec armed with the test's own seed (derived from run_seed and the
+    node id) is marked "derived": the summary groups those by run seed.
+    """
     if not (st.reports or st.leak):
         return
     data: dict[str, Any] = {}
     if st.reports:
         data["faults"] = [
-            {"spec": r.spec, "seed": r.seed, "hits": r.hits, "fired": r.fired, "never_hit": list(r.never_hit)} for r in st.reports
+            {"spec": r.spec, "seed": r.seed, "derived": r.seed == st.seed, "hits": r.hits, "fired": r.fired,
+             "never_hit": list(r.never_hit)} for r in st.reports
         ]
         for r in st.reports:
-            report.user_properties.append(("bitnet_inject", f"{r.spec} (seed {r.seed})"))
+            derived = f", derived from run seed {run_seed} and the node id" if r.seed == st.seed else ""
+            report.user_properties.append(("bitnet_inject", f"{r.spec} (seed {r.seed}{derived})"))
             report.user_properties.append(("bitnet_hits", json.dumps(r.hits, sort_keys=True)))
             if r.never_hit:
                 report.user_properties.append(("bitnet_never_hit", ", ".join(r.never_hit)))
@@ -72,7 +83,7 @@ class Collector:
             return
         run = self.run
         for f in data.get("faults", ()):
-            row = run.fault_rows.setdefault((f["spec"], f["seed"]), {"tests": 0, "hits": {}, "fired": {}, "never_hit": {}})
+            row = run.fault_rows.setdefault((f["spec"], run.seed if f.get("derived") else f["seed"]), {"tests": 0, "hits": {}, "fired": {}, "never_hit": {}})
             row["tests"] += 1
             for k, v in f["hits"].items():
                 row["hits"][k] = row["hits"].get(k, 0) + v

@@ -48,7 +48,8 @@ class Option:
 
 OPTIONS: Final = (
     Option("inject", "--bitnet-inject", "bitnet_inject", "BITNET_INJECT",
-           "fault spec armed for every test, e.g. 'tokenize.fill=fail' or 'alloc=2*off->oom' (grammar: fault_inject.spec)", metavar="SPEC"),
+           "fault spec armed for every test, e.g. 'tokenize.fill=fail' or 'alloc=2*off->oom' (grammar: fault_inject.spec); "
+           "'none' or an empty value: no spec (cancels one from the ini file or BITNET_INJECT)", metavar="SPEC"),
     Option("seed", "--bitnet-seed", "bitnet_seed", "BITNET_INJECT_SEED",
            "seed of the fault spec's probability draws (default: random, printed in the header)", metavar="N"),
     Option("leak_check", "--bitnet-leak-check", "bitnet_leak_check", None,
@@ -64,10 +65,14 @@ OPTIONS: Final = (
 
 #: marker name -> description (listed by --markers)
 MARKERS: Final = {
-    "bitnet_inject": "bitnet_inject(spec, thread=False, seed=None): arm the fault spec for this test "
-    "(replaces --bitnet-inject); thread=True: only the test's thread hits the points",
+    "bitnet_inject": "bitnet_inject(spec, thread=False, seed=None): arm the fault spec for this test; "
+    "the narrower scope wins for the points it names, the others stay armed: --bitnet-inject < module marker "
+    "< class marker < function marker (of stacked ones, the one nearest the def) < the bitnet_inject fixture; "
+    "thread=True: only the test's thread hits the points; seed: instead of the test's own (derived from --bitnet-seed "
+    "and the node id)",
     "bitnet_allow_leaks": "bitnet_allow_leaks: do not leak-check this test's native objects",
-    "bitnet_timeout": "bitnet_timeout(seconds): default deadline for native calls in this test (replaces --bitnet-timeout)",
+    "bitnet_timeout": "bitnet_timeout(seconds): default deadline for native calls in this test (replaces --bitnet-timeout; "
+    "None or math.inf: none, refused with a hang armed)",
 }
 
 
@@ -93,8 +98,32 @@ def usage(message: str) -> pytest.UsageError:
     return pytest.UsageError(f"bitnet: {message}")
 
 
+def import_fault_inject() -> Any:
+    """fault_inject, imported without letting it arm BITNET_INJECT run-wide.
+
+    Under pytest the plugin arms BITNET_INJECT per test (validated as a
+    setting); fault_inject's own import-time arming would arm it for the
+    whole run, or crash the run on a bad value (an internal error instead
+    of the usage error naming BITNET_INJECT).  Every import of fault_inject
+    by the plugin goes through here.
+    """
+    import os
+    import sys
+
+    module = sys.modules.get("fault_inject")
+    if module is None:
+        saved = os.environ.pop("BITNET_INJECT", None)
+        try:
+            import fault_inject as module
+        finally:
+            if saved is not None:
+                os.environ["BITNET_INJECT"] = saved
+    return module
+
+
 def check_spec(value: str, source: str) -> Resolved:
     """The spec, validated against the registry; UsageError otherwise."""
+    import_fault_inject()
     from fault_inject import FaultSpecError, UnknownPoint, compiled_in, validate
     from fault_inject.registry import NOT_COMPILED
 
@@ -107,7 +136,19 @@ def check_spec(value: str, source: str) -> Resolved:
         raise usage(text if source in text else f"invalid fault spec from {source}: {text}") from None
 
 
+#: --bitnet-inject=none (and an empty value): no run-wide spec, whatever the ini file or BITNET_INJECT say
+NO_SPEC: Final = ("none", "")
+
+
+def check_run_spec(value: str, source: str) -> Resolved | None:
+    """The run-wide spec: check_spec's, or None for 'none' or an empty value."""
+    if str(value).strip().lower() in NO_SPEC:
+        return None
+    return check_spec(value, source)
+
+
 def check_seed(value: str, source: str) -> int:
+    import_fault_inject()
     from fault_inject import parse_seed
 
     try:
@@ -151,7 +192,7 @@ def check_bool(value: object, source: str) -> bool:
 
 
 _VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
-    "inject": check_spec,
+    "inject": check_run_spec,
     "seed": check_seed,
     "leak_check": check_leak_check,
     "timeout": check_timeout,

@@ -39,6 +39,7 @@ class TestState:
         "leak_mode",
         "reports",
         "saved_defaults",
+        "seed",
         "seq_start",
     )
 
@@ -53,6 +54,7 @@ class TestState:
         self.reports: list[fi.DisarmReport] = []  # filled at disarm
         self.events: list[fi.FireEvent] = []  # firings, for pytest_bitnet_fault_fired
         self.saved_defaults: Defaults | None = None  # the bridge's defaults before a bitnet_timeout marker
+        self.seed: int | None = None  # this test's draws: derive_seed(run seed, node id), made on first use
         self.leak: Leak | None = None
         self.leak_mode = leak_mode  # strict | warn | off (bitnet_allow_leaks)
         self.finished = False  # finish() ran

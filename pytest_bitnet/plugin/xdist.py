@@ -36,7 +36,9 @@ def unconfigure(run: RunState) -> None:
 
 def note_armed(run: RunState, item: pytest.Item, st: TestState) -> None:
     if run.state_dir is not None and run.workerinput is not None:
-        note = {"nodeid": item.nodeid, "specs": [[str(a.spec), a.seed] for a in st.armed if a.active]}
+        # the run seed, not the test's: rerunning the test derives its seed again
+        note = {"nodeid": item.nodeid, "specs": [[str(a.spec), a.seed] for a in st.armed if a.active], "run_seed": run.seed,
+                "run_spec": str(run.settings.inject) if run.settings.inject is not None else None}
         Path(run.state_dir, run.workerinput["workerid"]).write_text(json.dumps(note))
 
 
@@ -61,18 +63,22 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     if node is None or run is None:
         return
     specs: list[list[Any]] = []
+    data: dict[str, Any] = {}
     if run.state_dir is not None:
         note = Path(run.state_dir, node.gateway.id)
         try:
             data = json.loads(note.read_text())
             if data.get("nodeid") == crashitem:
                 specs = data["specs"]
+            else:
+                data = {}
         except (OSError, ValueError):
             pass
     if specs:
         armed = "; ".join(f"{spec!r} (seed {seed})" for spec, seed in specs)
         line = f"{crashitem} crashed the worker with fault spec {armed} armed"
-        repro = f"reproduce: pytest '{crashitem}' --bitnet-inject='{specs[0][0]}' --bitnet-seed={specs[0][1]}"
+        flags = f" --bitnet-inject='{data['run_spec']}'" if data.get("run_spec") else ""
+        repro = f"reproduce: pytest '{crashitem}'{flags} --bitnet-seed={data.get('run_seed', run.seed)}"
     else:
         line = f"{crashitem} crashed the worker with no fault armed"
         repro = f"reproduce: pytest '{crashitem}'"

@@ -98,7 +98,8 @@ def test_header_summary_and_junit(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "bitnet: backend=reference*leak-check=strict*",
-            "bitnet: inject='tokenize.fill=fail' (--bitnet-inject), seed=11 (--bitnet-seed); reproduce with --bitnet-inject='tokenize.fill=fail' --bitnet-seed=11",
+            "bitnet: inject='tokenize.fill=fail' (--bitnet-inject), seed=11 (--bitnet-seed); reproduce with --bitnet-inject='tokenize.fill=fail' --bitnet-seed=11 "
+            "(one test: pytest NODEID with the same flags; each test draws from its own seed, fault_inject.derive_seed(seed, NODEID))",
             "*= bitnet =*",
             "fault spec 'tokenize.fill=fail' (seed 11) armed in 2 test(s):",
             "  tokenize.fill: 1 hits, 1 fired",
@@ -106,7 +107,10 @@ def test_header_summary_and_junit(pytester: pytest.Pytester) -> None:
         ]
     )
     xml = (pytester.path / "out.xml").read_text()
-    assert '<property name="bitnet_inject" value="tokenize.fill=fail (seed 11)" />' in xml
+    import fault_inject as fi
+
+    seed = fi.derive_seed(11, "test_header_summary_and_junit.py::test_fill")
+    assert f'<property name="bitnet_inject" value="tokenize.fill=fail (seed {seed}, derived from run seed 11 and the node id)" />' in xml
     assert '<property name="bitnet_hits" value="{&quot;tokenize.fill&quot;: 1}" />' in xml
     assert '<property name="bitnet_never_hit" value="tokenize.fill" />' in xml
 

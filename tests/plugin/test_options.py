@@ -54,18 +54,25 @@ def _armed(result: pytest.RunResult) -> str:
 
 
 def test_inject_precedence_ini_env_cli_marker(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fault_inject as fi
+
+    def seed(run_seed: int) -> int:  # each test draws from its own seed
+        return fi.derive_seed(run_seed, "test_inject_precedence_ini_env_cli_marker.py::test_show")
+
     pytester.makeini("[pytest]\nbitnet_inject = tokenize.query=fail\nbitnet_seed = 3\n")
     pytester.makepyfile(SHOW_ARMED)
-    assert "('tokenize.query=fail', 3)" in _armed(pytester.runpytest("-s"))
+    assert f"('tokenize.query=fail', {seed(3)})" in _armed(pytester.runpytest("-s"))
     monkeypatch.setenv("BITNET_INJECT", "tokenize.fill=fail")
     monkeypatch.setenv("BITNET_INJECT_SEED", "4")
-    assert "('tokenize.fill=fail', 4)" in _armed(pytester.runpytest("-s"))
-    assert "('eval.query=fail', 5)" in _armed(pytester.runpytest("-s", "--bitnet-inject=eval.query=fail", "--bitnet-seed=5"))
+    assert f"('tokenize.fill=fail', {seed(4)})" in _armed(pytester.runpytest("-s"))
+    assert f"('eval.query=fail', {seed(5)})" in _armed(pytester.runpytest("-s", "--bitnet-inject=eval.query=fail", "--bitnet-seed=5"))
     pytester.makepyfile(
         "import pytest\n"
         + SHOW_ARMED.replace("def test_show", "@pytest.mark.bitnet_inject('eval.fill=fail', seed=9)\ndef test_show")
     )
-    assert "('eval.fill=fail', 9)" in _armed(pytester.runpytest("-s", "--bitnet-inject=eval.query=fail"))
+    # the marker's own seed; the run-wide spec stays armed for the points the marker does not name
+    shown = _armed(pytester.runpytest("-s", "--bitnet-inject=eval.query=fail", "--bitnet-seed=5"))
+    assert f"[('eval.query=fail', {seed(5)}), ('eval.fill=fail', 9)]" in shown
 
 
 def test_seed_is_random_and_printed_when_not_given(pytester: pytest.Pytester) -> None:
@@ -73,7 +80,10 @@ def test_seed_is_random_and_printed_when_not_given(pytester: pytest.Pytester) ->
     result = pytester.runpytest("-s", "--bitnet-inject=tokenize.fill=fail")
     header = next(line for line in result.outlines if line.startswith("bitnet: inject="))
     seed = header.split("seed=")[1].split(" ")[0]
-    assert f"('tokenize.fill=fail', {seed})" in _armed(result)
+    import fault_inject as fi
+
+    derived = fi.derive_seed(int(seed), "test_seed_is_random_and_printed_when_not_given.py::test_show")
+    assert f"('tokenize.fill=fail', {derived})" in _armed(result)
     assert f"--bitnet-seed={seed}" in header
 
 

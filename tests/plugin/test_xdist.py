@@ -15,7 +15,7 @@ def test_spec_and_seed_reach_every_worker_and_are_summarised(pytester: pytest.Py
         def test_armed(i, bitnet_session, bitnet_inject, tmp_path_factory):
             (armed,) = bitnet_inject.armed
             out = tmp_path_factory.getbasetemp().parent / f"seen-{os.environ['PYTEST_XDIST_WORKER']}-{i}"
-            out.write_text(f"{armed.spec}|{armed.seed}")
+            out.write_text(f"{armed.spec}|{armed.seed}|{os.environ['PYTEST_CURRENT_TEST'].split(' ')[0]}")
             with pytest.raises(bn.errors.InferenceError):
                 bitnet_session.tokenize("x")
         """
@@ -25,8 +25,13 @@ def test_spec_and_seed_reach_every_worker_and_are_summarised(pytester: pytest.Py
     header = next(line for line in result.outlines if line.startswith("bitnet: inject="))
     seed = header.split("seed=")[1].split(" ")[0]
     seen = {p.read_text() for p in pytester.path.glob("**/seen-*")}
+    import fault_inject as fi
+
+    # every worker derives each test's seed from the controller's run seed and the node id
+    assert len(seen) == 6
+    assert seen == {f"tokenize.fill=fail|{fi.derive_seed(int(seed), nodeid)}|{nodeid}" for nodeid in (s.split("|")[2] for s in seen)}
+    assert len({s.split("|")[1] for s in seen}) == 6
     workers = {p.name.split("-")[1] for p in pytester.path.glob("**/seen-*")}
-    assert seen == {f"tokenize.fill=fail|{seed}"}
     assert len(workers) == 2
     result.stdout.fnmatch_lines([f"fault spec 'tokenize.fill=fail' (seed {seed}) armed in 6 test(s):", "  tokenize.fill: 6 hits, 6 fired"])
 
@@ -64,7 +69,8 @@ def test_worker_crash_names_test_and_fault_spec(pytester: pytest.Pytester) -> No
         [
             "*worker 'gw*' crashed while running 'test_worker_crash_names_test_and_fault_spec.py::test_crashes'",
             "bitnet: test_worker_crash_names_test_and_fault_spec.py::test_crashes crashed the worker with fault spec 'tokenize.fill=crash' (seed 42) armed",
-            "bitnet: reproduce: pytest *--bitnet-inject='tokenize.fill=crash' --bitnet-seed=42",
+            # the marker is in the file; the run seed (not the marker's) is what a rerun needs
+            "bitnet: reproduce: pytest 'test_worker_crash_names_test_and_fault_spec.py::test_crashes' --bitnet-seed=*",
         ]
     )
     result.stdout.fnmatch_lines(["worker crash: *test_crashes crashed the worker with fault spec 'tokenize.fill=crash'*"])
