@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Final, Iterator
 
 import numpy as np
 
@@ -17,26 +17,51 @@ from pytest_bitnet.bridge import native_log
 
 from .. import arming
 from ..sweep import sweep
-from ._core import Scenario, engine_point, entry
+from ._core import Scenario, ScenarioFailed, engine_point, entry
 
 _TIMEOUT = 0.2
-# How late a timed-out call may return before the entry calls it a hang.
-# Generous: the catalog checks that the deadline ends the call, not how
-# fast this machine is (the figure itself is reported with the outcome).
-_LATE = 2.0
+
+#: E44/E45's promise (DESIGN.md): a timed-out call returns within this many
+#: seconds of its deadline.  Measured on 2 loaded cores (load 7-9, 300 calls
+#: each): hang at eval.step p50 0.5 ms, p99 5-23 ms, max 19-138 ms; at
+#: tokenize.step p50 0.4 ms, p99 11-35 ms, max 22-42 ms.  The overshoot is the
+#: wake-up from the sleep that ends at the deadline and the way back (error
+#: text, native log line, exception), not the step granularity: the engine
+#: checks the deadline in every matmul and per token of attention (work cut
+#: by a 50 ms deadline: p50 4 ms, p99 16 ms late).
+LATE: Final = 0.1
+#: A call later than LATE is repeated up to RETRIES more times before the
+#: entry fails: a process descheduled for 100 ms on a loaded machine is not
+#: a late deadline, and a deadline that is really late is late every time.
+RETRIES: Final = 2
+
+
+def timed_out_late(call: Callable[[], Any], timeout: float) -> list[float]:
+    """How late (seconds after `timeout`) call() returned, per try: one try,
+    more (up to RETRIES) while each returned later than LATE.  call() must
+    raise (the caller checks what); every try must leave no thread behind."""
+    lates: list[float] = []
+    for _ in range(1 + RETRIES):
+        threads = threading.active_count()
+        start = time.monotonic()
+        call()
+        lates.append(time.monotonic() - start - timeout)
+        if threading.active_count() != threads:
+            raise ScenarioFailed("a thread was left running")
+        if lates[-1] <= LATE:
+            break
+    return lates
 
 
 def _timed_out(s: Scenario, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
-    threads = threading.active_count()
-    start = time.monotonic()
-    s.fails(fn, *args, timeout=_TIMEOUT, **kw)
-    late = time.monotonic() - start - _TIMEOUT
-    s.note(f"returned {late * 1000:+.0f} ms after the deadline")
-    s.check(late < _LATE, f"the call returned {late:.2f} s after its {_TIMEOUT} s deadline")
-    s.check(threading.active_count() == threads, "a thread was left running")
+    lates = timed_out_late(lambda: s.fails(fn, *args, timeout=_TIMEOUT, **kw), _TIMEOUT)
+    shown = ", ".join(f"{late * 1000:+.0f} ms" for late in lates)
+    s.note(f"returned {shown} after the deadline" + (" (retried: later than the promise)" if len(lates) > 1 else ""))
+    s.check(lates[-1] <= LATE, f"the call returned {shown} after its {_TIMEOUT} s deadline in each of {len(lates)} tries; "
+            f"the promise is within {LATE} s (a late deadline: look for work between deadline checks)")
 
 
-@entry("E44", "timeouts", "`eval.step=hang`, timeout 0.2 s → OperationTimeout within the deadline; session not corrupted; no thread left running",
+@entry("E44", "timeouts", "`eval.step=hang`, timeout 0.2 s → OperationTimeout within deadline + 0.1 s; session not corrupted; no thread left running",
        expect="OperationTimeout", inject="eval.step=hang", arm_in_scenario=True,
        fragments=("evaluate timed out", "raise the timeout"), not_for=engine_point("eval.step"))
 def e44(s: Scenario) -> None:

@@ -14,6 +14,9 @@ minus the timeout) as p50 / p99 / max:
   create     timeout 10 ms: loading the 40 MB bench model, ~30 ms untimed
              (checked per 4 MiB data chunk and while the metadata and the
              vocabulary are read)
+  hang eval  timeout 200 ms: E44, `eval.step=hang` (the sleep ends at the
+             deadline: what is left is the wake-up and the way back)
+  hang tok   timeout 200 ms: E45, `tokenize.step=hang`
 
 Wall times include Python's own call overhead; the machine's load shows up in
 p99 and max, so the load average is printed with the figures.
@@ -31,6 +34,7 @@ from typing import Callable
 
 from bench_session_vs_percall import BENCH_MODEL
 
+import fault_inject as fi
 import pytest_bitnet as bn
 
 
@@ -70,6 +74,12 @@ def main() -> None:
 
         print(row("evaluate", overshoots(evaluate, 0.05, args.runs)))
     print(row("create", overshoots(lambda t: bn.BitnetSession.create(path, n_ctx=512, timeout=t), 0.01, args.runs)))
+    with bn.BitnetSession.create(path, n_ctx=512) as s:
+        tokens = s.tokenize("hang in the middle")
+        with fi.inject("eval.step=hang"):
+            print(row("hang eval", overshoots(lambda t: s.evaluate(tokens, timeout=t), 0.2, args.runs)))
+        with fi.inject("tokenize.step=hang"):
+            print(row("hang tok", overshoots(lambda t: s.tokenize("hang here", timeout=t), 0.2, args.runs)))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

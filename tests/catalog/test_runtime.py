@@ -15,13 +15,14 @@ import pytest
 import fault_inject as fi
 import pytest_bitnet as bn
 from fault_inject.catalog import CATALOG
-from fault_inject.catalog.runtime import evaluating_in_another_thread
+from fault_inject.catalog import ScenarioFailed
+from fault_inject.catalog._core import Scenario
+from fault_inject.catalog.runtime import LATE, RETRIES, _timed_out, evaluating_in_another_thread, timed_out_late
 from pytest_bitnet.bridge import native_log
 from pytest_bitnet.plugin.fixtures import Counters, Injector
 
-# A timed-out call must return well within this of its deadline (generous:
-# the point is that the deadline ends the call, not this machine's speed).
-LATE = 2.0
+# The bound is the catalog's (LATE: DESIGN's deadline + 0.1 s), with its retry of a
+# try that came back later (a descheduled process, not a late deadline).
 
 
 def test_e44_eval_hang_times_out_and_leaves_the_session_intact(
@@ -31,10 +32,15 @@ def test_e44_eval_hang_times_out_and_leaves_the_session_intact(
     with bn.BitnetSession.create(bitnet_model) as s, bn.BitnetSession.create(bitnet_model) as fresh:
         tokens = s.tokenize("hang in the middle")
         threads = threading.active_count()
-        start = time.monotonic()
-        with bitnet_inject("eval.step=hang"), pytest.raises(entry.error_class) as exc:
-            s.evaluate(tokens, timeout=0.2)
-        assert time.monotonic() - start < 0.2 + LATE
+        caught: list[BaseException] = []
+
+        def call() -> None:
+            with bitnet_inject("eval.step=hang"), pytest.raises(entry.error_class) as exc:
+                s.evaluate(tokens, timeout=0.2)
+            caught.append(exc.value)
+
+        assert timed_out_late(call, 0.2)[-1] <= LATE
+        exc = pytest.ExceptionInfo.from_exception(caught[-1])
         entry.check(exc.value)
         assert threading.active_count() == threads  # no thread left running
         assert s.n_past() == 0  # not corrupted: the position did not move...
@@ -46,10 +52,15 @@ def test_e45_tokenize_hang_times_out(bitnet_model: Path, bitnet_inject: Injector
     entry = CATALOG["E45"]
     with bn.BitnetSession.create(bitnet_model) as s, bn.BitnetSession.create(bitnet_model) as fresh:
         threads = threading.active_count()
-        start = time.monotonic()
-        with bitnet_inject("tokenize.step=hang"), pytest.raises(entry.error_class) as exc:
-            s.tokenize("hang here", timeout=0.2)
-        assert time.monotonic() - start < 0.2 + LATE
+        caught: list[BaseException] = []
+
+        def call() -> None:
+            with bitnet_inject("tokenize.step=hang"), pytest.raises(entry.error_class) as exc:
+                s.tokenize("hang here", timeout=0.2)
+            caught.append(exc.value)
+
+        assert timed_out_late(call, 0.2)[-1] <= LATE
+        exc = pytest.ExceptionInfo.from_exception(caught[-1])
         entry.check(exc.value)
         assert threading.active_count() == threads
         np.testing.assert_array_equal(s.tokenize("fine now"), fresh.tokenize("fine now"))
@@ -177,3 +188,57 @@ def test_e52_native_errors_are_logged_in_the_documented_format(
         s.tokenize("quiet")
     assert not [r for r in caplog.records if r.name == "pytest_bitnet.native" and r.levelno < logging.ERROR]
     assert bitnet_counters.delta() == {}
+
+
+def test_the_timeout_entries_fail_a_call_that_returns_late(tmp_path: Path) -> None:
+    # E44/E45 promise deadline + 0.1 s; their check used to accept 2 s, so a
+    # deadline noticed 0.4 s late passed.  Late in every try: a failure.
+    s = Scenario(CATALOG["E44"], "reference", workdir=tmp_path, models=tmp_path)
+    tries: list[float] = []
+
+    def late(timeout: float) -> None:
+        tries.append(timeout)
+        time.sleep(timeout + 0.4)
+        raise bn.errors.OperationTimeout("evaluate timed out: the deadline passed; raise the timeout")
+
+    with pytest.raises(ScenarioFailed, match=r"after its 0.2 s deadline in each of 3 tries; the promise is within 0.1 s"):
+        _timed_out(s, late)
+    assert len(tries) == 1 + RETRIES
+    # late once (a descheduled try), then on time: the retry passes it, and the figures are kept
+    tries.clear()
+
+    def once_late(timeout: float) -> None:
+        tries.append(timeout)
+        time.sleep(timeout + (0.4 if len(tries) == 1 else 0.0))
+        raise bn.errors.OperationTimeout("evaluate timed out: the deadline passed; raise the timeout")
+
+    _timed_out(s, once_late)
+    assert len(tries) == 2 and "retried" in s.notes[-1]
+
+
+@pytest.mark.parametrize("point", ["eval.step", "tokenize.step"])
+def test_timed_out_calls_return_within_the_promise_at_p99(bitnet_model: Path, point: str) -> None:
+    # The distribution, not one lucky call: 100 timed-out calls, at most one
+    # (p99) later than deadline + LATE.  A batch that misses is run once more
+    # (a loaded machine can deschedule this process for a while); a deadline
+    # that is really late misses both.
+    with bn.BitnetSession.create(bitnet_model) as s:
+        tokens = s.tokenize("hang in the middle")
+
+        def batch() -> list[float]:
+            lates = []
+            with fi.inject(f"{point}=hang"):
+                for _ in range(100):
+                    start = time.monotonic()
+                    with pytest.raises(bn.errors.OperationTimeout):
+                        if point == "eval.step":
+                            s.evaluate(tokens, timeout=0.05)
+                        else:
+                            s.tokenize("hang here", timeout=0.05)
+                    lates.append(time.monotonic() - start - 0.05)
+            return sorted(lates)
+
+        lates = batch()
+        if lates[98] > LATE:
+            lates = batch()
+        assert lates[98] <= LATE, f"p99 {lates[98] * 1000:.1f} ms after the deadline (max {lates[-1] * 1000:.1f} ms)"
