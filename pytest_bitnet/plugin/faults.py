@@ -2,8 +2,8 @@
 
 Composition, one rule for every way of arming: the narrower scope wins for
 the points it names, the wider ones stay armed for the rest.  From wide to
-narrow: the run-wide spec (command line < environment < ini, as settings
-resolve it) < a module marker < a class marker < a function marker (of
+narrow: the run-wide spec (--bitnet-inject, else BITNET_INJECT, else the
+ini key) < a module marker < a class marker < a function marker (of
 markers stacked on one function, the one nearest the ``def``) < each
 ``bitnet_inject`` fixture call (a later call over an earlier one).  Each is
 armed over the ones before it (:func:`fault_inject.arm` with ``over=``), so
@@ -123,6 +123,8 @@ def start(run: RunState, item: pytest.Item, st: TestState) -> None:
             layers.append((check_spec(mark.args[0], where), where, bool(mark.kwargs.get("thread", False)), seed))
     if run.settings.inject is not None:
         layers.append((run.settings.inject, run.settings.inject_source, False, None))
+    if not layers:
+        return  # most tests: nothing to arm, nothing more to read
     timeout = _default_timeout()
     for spec, source, _, _ in layers:
         refused = hang_refusal(spec, source, timeout, timeout_from)

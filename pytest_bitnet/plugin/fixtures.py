@@ -27,6 +27,9 @@ class Injector:
     ``bitnet_inject(spec, thread=False, seed=None)`` arms and returns the
     :class:`fault_inject.Armed` handle (also usable as ``with``); whatever is
     still armed when the test ends is disarmed then, whatever its outcome.
+    It is the narrowest scope: it arms over the run-wide spec, the markers
+    and earlier calls, taking the points it names (they go back when it is
+    disarmed) and leaving them the rest.  seed=None: the test's own seed.
     """
 
     __slots__ = ("_item", "_run", "_state")
