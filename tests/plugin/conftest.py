@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+# Imported here, before any in-process pytester run: such a run drops the
+# modules first imported inside it from sys.modules, but not the attribute
+# the package keeps, so the next run's plugin (`from pytest_bitnet.bridge import
+# settings`) and its test files (`from pytest_bitnet.bridge.settings import
+# ...`) would see two copies of the bridge's defaults.  Which outer test
+# imported it first used to decide whether test_options passed alone.
+import pytest_bitnet.bridge.settings  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _share_models(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, model_dir: object) -> None:
