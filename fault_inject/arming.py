@@ -452,7 +452,6 @@ def arm(
             for holder, name in taken:
                 _close_stretch(holder, name)
                 holder._suspended.add(name)
-                holder._overridden.add(name)
             for ce in resolved.entries:
                 refused = _arm_native(armed, ce.pattern, list(ce.terms))
                 if refused is not None:
@@ -467,6 +466,8 @@ def arm(
             for holder, name in taken:  # give back what was taken
                 _resume(holder, name)
             raise
+        for holder, name in taken:  # only now: a refused arm overrode nothing
+            holder._overridden.add(name)
     return armed
 
 

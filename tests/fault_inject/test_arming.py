@@ -845,3 +845,18 @@ def test_derive_seed_depends_on_seed_and_key_only() -> None:
     assert fi.derive_seed(0, "") == int.from_bytes(__import__("hashlib").blake2b(b"0\0", digest_size=8).digest(), "big")
     with pytest.raises(ValueError, match="invalid seed"):
         fi.derive_seed(-1, "x")
+
+
+def test_an_arm_over_refused_natively_rolls_back_and_hands_back(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as s:
+        wide = fi.arm("tokenize.fill=fail")
+        terms = ffi.new("bitnet_fault_term_t[1]")
+        terms[0].probability = 1.0
+        assert lib.bitnet_fault_arm(b"eval_gpu", terms, 1, 0, 0, ffi.NULL, ffi.NULL, 0) == 0  # behind Python's back
+        with pytest.raises(fi.FaultStateError, match="cannot arm 'tokenize.fill=off;eval_gpu=off'"):
+            fi.arm("tokenize.fill=off;eval_gpu=off", over=wide)  # tokenize.fill was taken, then eval_gpu refused
+        assert arming.owner_of("tokenize.fill") is wide
+        with pytest.raises(errors.InferenceError, match="FILL PHASE"):
+            s.tokenize("handed back")
+        assert wide.disarm().overridden == ()  # nothing was overridden in the end
+        fi.disarm_all()
