@@ -99,7 +99,7 @@ int bn_select_backend(const resolved *r, const bn_backend **out)
         *out = &bn_stub_backend;
         return BITNET_OK;
     case BN_BACKEND_LLAMA:
-        rc = bn_llama_open(&d, &lib);
+        rc = bn_llama_open(BN_LOAD_SESSION, &d, &lib);
         break;
     case BN_BACKEND_DLOPEN:
     default:

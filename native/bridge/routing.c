@@ -27,7 +27,7 @@ int bn_fallback_backend(const resolved *r, const bn_backend *serving,
         return BITNET_OK;
     bn_discovery d;
     bn_library *lib;
-    int rc = bn_llama_open(&d, &lib);
+    int rc = bn_llama_open(BN_LOAD_FALLBACK, &d, &lib);
     /* the same library, whether either load saw it through a fault */
     if (!rc && !bn_backend_same_library(bn_library_backend(lib), serving)) {
         *out = bn_library_backend(lib); /* the caller's to release */
@@ -110,8 +110,8 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
         int rc = bn_fallback_backend(r, c->be, &c->fb);
         if (rc)
             return bn_done(rc, err, err_len);
-        /* A fallback library may lack the socket too (built without it, or
-         * a dlsym.<symbol> fault armed for every library loaded). */
+        /* A fallback library may lack the socket too (built without it;
+         * a dlsym.<symbol> fault never removes it, loader.h). */
         if ((tok_why && !c->fb->tokenize_with_context) ||
             (eval_why && !c->fb->eval_with_context))
             return bn_done(bn_error(BITNET_E_NOT_AVAILABLE,
