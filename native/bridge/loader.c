@@ -522,6 +522,7 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
                     bn_library **out)
 {
     *out = NULL;
+    BN_ERROR_WHERE("loader");
     memset(d, 0, sizeof *d);
     loaded res;
     int rc;
@@ -567,6 +568,7 @@ done:
 int bn_llama_open(bn_load_role role, bn_discovery *d, bn_library **out)
 {
     *out = NULL;
+    BN_ERROR_WHERE("loader");
     memset(d, 0, sizeof *d);
     loaded res;
     char adapter[PATH_MAX], llama_lib[PATH_MAX], unavailable[1024];

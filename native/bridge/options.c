@@ -127,6 +127,12 @@ BITNET_API void bitnet_bridge_set_log_level(int level)
 
 BITNET_API int bitnet_bridge_get_log_level(void) { return bn_log_threshold; }
 
+BITNET_API int32_t bitnet_bridge_take_log_config_error(char *buf,
+                                                       int32_t buf_len)
+{
+    return bn_log_take_config_error(buf, buf_len);
+}
+
 BITNET_API void bitnet_bridge_set_bundled_library(const char *path)
 {
     bn_loader_set_bundled(path);

@@ -40,6 +40,7 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
                                           const bitnet_bridge_options *opts,
                                           char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("create");
     bn_error_clear();
     if (!out_ctx)
         return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_ctx is NULL"), err,
@@ -108,6 +109,7 @@ BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
  * could itself fail, and lose the context for good). */
 BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
+    BN_ERROR_WHERE("free");
     if (!ctx)
         return BITNET_OK;
     bn_error_clear();
@@ -204,6 +206,7 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     int parse_special, int32_t *out_tokens, int32_t out_capacity,
     int32_t *out_len, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("tokenize");
     bn_error_clear();
     int rc;
     bn_context *c = bn_context_enter(ctx, 0, &rc);
@@ -296,6 +299,7 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
 
 /* The eval tier's optional helper, or an UNSUPPORTED error. */
 #define EVAL_HELPER(ctx, field, ...)                                          \
+    BN_ERROR_WHERE("evaluate");
     do {                                                                      \
         int rc_;                                                              \
         bn_context *c_ = bn_context_enter(ctx, 0, &rc_);                      \
@@ -327,6 +331,7 @@ BITNET_API int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id)
 }
 
 BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,
+    BN_ERROR_WHERE("eval_gpu");
                                          int32_t *out_n_vocab,
                                          int32_t *out_n_ctx)
 {
@@ -403,6 +408,7 @@ BITNET_API int bitnet_cpp_session_tokenize(
     int parse_special, int32_t *out_tokens, int32_t out_capacity,
     int32_t *out_len, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("session.create");
     bn_error_clear();
     bitnet_context_t *ctx = bn_session_context(session);
     if (!ctx)
@@ -441,6 +447,7 @@ BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
 {
     bn_error_clear();
     return bn_reference_backend.get_capabilities(out_caps);
+    BN_ERROR_WHERE("session.free");
 }
 
 BITNET_API int32_t bitnet_cpp_abi_version(void) { return BITNET_ABI_VERSION; }
@@ -464,4 +471,6 @@ BITNET_API int bitnet_cpp_get_counters(bitnet_counters_t *out)
     bn_counters_read(out);
     bn_libraries_add_counters(out); /* objects living in loaded libraries */
     return BITNET_OK;
+    BN_ERROR_WHERE("tokenize");
 }
+    BN_ERROR_WHERE("evaluate");
