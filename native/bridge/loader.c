@@ -142,6 +142,7 @@ static void fill_backend(bn_library *lib)
     SYM(init_context, bitnet_cpp_init_context);
     SYM(free_context, bitnet_cpp_free_context);
     SYM(tokenize_with_context, bitnet_cpp_tokenize_with_context);
+    SYM(detokenize_with_context, bitnet_cpp_detokenize_with_context);
     SYM(eval_with_context, bitnet_cpp_eval_with_context);
     SYM(eval_gpu, bitnet_cpp_eval_gpu);
     SYM(get_n_past, bitnet_cpp_get_n_past);
@@ -521,8 +522,8 @@ static int not_found(const bn_discovery *d)
 int bn_library_open(const char *explicit_path, bn_discovery *d,
                     bn_library **out)
 {
-    *out = NULL;
     BN_ERROR_WHERE("loader");
+    *out = NULL;
     memset(d, 0, sizeof *d);
     loaded res;
     int rc;
@@ -567,8 +568,8 @@ done:
 
 int bn_llama_open(bn_load_role role, bn_discovery *d, bn_library **out)
 {
-    *out = NULL;
     BN_ERROR_WHERE("loader");
+    *out = NULL;
     memset(d, 0, sizeof *d);
     loaded res;
     char adapter[PATH_MAX], llama_lib[PATH_MAX], unavailable[1024];

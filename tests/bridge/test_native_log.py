@@ -93,12 +93,14 @@ def test_error_lines_name_the_operation_that_failed(
     with bn.BitnetSession.create(tiny_model, n_ctx=8) as s:
         with pytest.raises(errors.InferenceError):
             s.evaluate([1, 99999])
+        with pytest.raises(errors.InferenceError):
+            s.detokenize([99999])
     with pytest.raises(errors.LibraryNotFound):
         bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=tmp_path / "nope.so")
     with pytest.raises(errors.InferenceError):
         bn.evaluate(tiny_model, [99999])
     tags = [tag for tag, _ in _error_lines(caplog)]
-    assert tags == ["create", "evaluate", "loader", "evaluate"], _error_lines(caplog)
+    assert tags == ["create", "evaluate", "detokenize", "loader", "evaluate"], _error_lines(caplog)
 
 
 def test_an_invalid_level_is_reported_naming_the_valid_ones() -> None:
