@@ -108,6 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("-v", "--verbose", action="store_true", help="print each cell as it finishes (in process)")
     m.set_defaults(fn=_matrix.main)
     args = ap.parse_args(argv)
+    if args.command != "matrix":
+        # a CLI is an application: native warnings reach stderr (the
+        # library itself only adds a NullHandler).  Not for the matrix,
+        # whose cells provoke failures on purpose and report each in its
+        # table: their log lines are the cells' expected output.
+        from pytest_bitnet.bridge.native_log import cli_handler
+
+        cli_handler()
     return int(args.fn(args))
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # what the lazy table below provides, for type checkers
     from .bridge.counters import live_counters
     from .bridge.diagnostics import diagnostics
     from .bridge.errors import BitnetError, ErrorContext
-    from .bridge.percall import evaluate, tokenize
+    from .bridge.percall import detokenize, evaluate, tokenize
     from .bridge.session import BitnetSession
     from .testing import models
 
@@ -36,6 +36,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Capabilities": ("bridge.capabilities", "Capabilities"),
     "capabilities": ("bridge.capabilities", "capabilities"),
     "evaluate": ("bridge.percall", "evaluate"),
+    "detokenize": ("bridge.percall", "detokenize"),
     "live_counters": ("bridge.counters", "live_counters"),
     "tokenize": ("bridge.percall", "tokenize"),
     "BitnetError": ("bridge.errors", "BitnetError"),

@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
     cv.set_defaults(func=_crossval)
     args = parser.parse_args(argv)
+    # a CLI is an application: native warnings reach stderr (the library
+    # itself only adds a NullHandler, bridge/native_log.py)
+    from .bridge.native_log import cli_handler
+
+    cli_handler()
     return int(args.func(args))
 
 

@@ -149,6 +149,16 @@ int bitnet_cpp_free_context(bitnet_context_t *ctx)
     return reported(rc);
 }
 
+/* forwarded unbroken: the bugs above are about tokenize and eval, and a
+ * library without detokenize would also load the fallback tier's model */
+int bitnet_cpp_detokenize_with_context(const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+                                       int remove_special, int unparse_special, char *out_text,
+                                       int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
+{
+    return reported(REAL(bitnet_cpp_detokenize_with_context)(ctx, tokens, n_tokens, remove_special, unparse_special,
+                                                            out_text, out_capacity, out_len, err, err_len));
+}
+
 int bitnet_cpp_tokenize_with_context(const bitnet_context_t *ctx, const char *prompt, int add_bos,
                                      int parse_special, int32_t *out_tokens, int32_t out_capacity,
                                      int32_t *out_len, char *err, int32_t err_len)

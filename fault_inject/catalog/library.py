@@ -85,7 +85,7 @@ def _served_by_fallback(s: Scenario, operation: str, missing: str) -> None:
 
 
 @entry("E06", "symbols", "optional tokenize symbol missing → OptionalSymbolMissing warning, tokenize served by fallback",
-       expect="OptionalSymbolMissing", inject="dlsym.bitnet_cpp_tokenize_with_context=1*missing",
+       expect="OptionalSymbolMissing", inject="dlsym.bitnet_cpp_tokenize_with_context=missing",
        fragments=("bitnet_cpp_tokenize_with_context", "tokenize served by fallback"), stub=STUB_SAME)
 def e06(s: Scenario) -> None:
     """create(backend='dlopen') on a library lacking bitnet_cpp_tokenize_with_context; tokenize"""
@@ -93,7 +93,7 @@ def e06(s: Scenario) -> None:
 
 
 @entry("E07", "symbols", "optional eval symbol missing → OptionalSymbolMissing warning, eval served by fallback",
-       expect="OptionalSymbolMissing", inject="dlsym.bitnet_cpp_eval_with_context=1*missing",
+       expect="OptionalSymbolMissing", inject="dlsym.bitnet_cpp_eval_with_context=missing",
        fragments=("bitnet_cpp_eval_with_context", "evaluate served by fallback"), stub=STUB_SAME)
 def e07(s: Scenario) -> None:
     """create(backend='dlopen') on a library lacking bitnet_cpp_eval_with_context; evaluate"""

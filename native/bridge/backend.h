@@ -26,6 +26,11 @@ typedef struct bn_backend {
                                  int parse_special, int32_t *out_tokens,
                                  int32_t out_capacity, int32_t *out_len,
                                  char *err, int32_t err_len);
+    int (*detokenize_with_context)(void *ctx, const int32_t *tokens,
+                                   int32_t n_tokens, int remove_special,
+                                   int unparse_special, char *out_text,
+                                   int32_t out_capacity, int32_t *out_len,
+                                   char *err, int32_t err_len);
     int (*eval_with_context)(void *ctx, const int32_t *tokens,
                              int32_t n_tokens, int32_t seq_id,
                              float *out_logits, int32_t logits_capacity,

@@ -53,6 +53,7 @@ typedef struct {
     const bn_backend *fb;   /* fallback tier (llama.cpp or reference), or NULL */
     void *fb_impl;          /* its context: the model stays loaded */
     tier tok, eval;         /* who serves tokenize / eval (and n_past...) */
+    tier detok;             /* who serves detokenize */
     atomic_int busy;        /* 1 while a call runs on this handle */
     atomic_int cancel;      /* set by bitnet_bridge_cancel */
     int torn;               /* a failed free released one tier and kept the

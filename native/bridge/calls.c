@@ -82,7 +82,9 @@ int bn_done(int rc, char *err, int32_t err_len)
     if (rc != BITNET_OK) {
         bn_error_copy(err, err_len);
 #ifndef BN_GUEST
-        BN_LOG(BN_LOG_ERROR, "bridge", "%s: %s", bn_error_name(rc), bn_error_message());
+        /* tagged with what failed ([create], [tokenize], [loader], ...) */
+        BN_LOG(BN_LOG_ERROR, bn_error_where(), "%s: %s", bn_error_name(rc),
+               bn_error_message());
 #endif
     }
     return rc;

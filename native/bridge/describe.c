@@ -93,7 +93,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
             bn_discovery d;
             bn_library *lib = NULL;
             rc = r.kind == BN_BACKEND_LLAMA
-                     ? bn_llama_open(&d, &lib)
+                     ? bn_llama_open(BN_LOAD_SESSION, &d, &lib)
                      : bn_library_open(r.library_path, &d, &lib);
             for (int i = 0; i < d.n_tried; i++)
                 put(&rep, "tried\t%s\t%s\n", d.tried[i].path, d.tried[i].result);

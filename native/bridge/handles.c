@@ -290,17 +290,21 @@ BITNET_API int32_t bitnet_bridge_served_by(const bitnet_context_t *ctx,
                                            int32_t buf_len)
 {
     int tok = operation && strcmp(operation, "tokenize") == 0;
-    if (!tok && !(operation && strcmp(operation, "evaluate") == 0))
+    int detok = operation && strcmp(operation, "detokenize") == 0;
+    if (!tok && !detok && !(operation && strcmp(operation, "evaluate") == 0))
         return bn_error(BITNET_E_INVALID_ARG,
                         "served_by: unknown operation '%s' (known: tokenize, "
-                        "evaluate)",
+                        "detokenize, evaluate)",
                         operation ? operation : "(null)");
     int32_t n = -1;
     bn_lock(&reg.lock);
     slot *s = find(ctx, KIND_CONTEXT);
     if (s) {
         const bn_context *c = s->obj;
-        n = copy_out(tok ? c->tok.label : c->eval.label, buf, buf_len);
+        n = copy_out(tok ? c->tok.label
+                     : detok ? c->detok.label
+                             : c->eval.label,
+                     buf, buf_len);
     }
     bn_unlock(&reg.lock);
     return n >= 0 ? n : bad_handle("context");

@@ -142,6 +142,7 @@ static void fill_backend(bn_library *lib)
     SYM(init_context, bitnet_cpp_init_context);
     SYM(free_context, bitnet_cpp_free_context);
     SYM(tokenize_with_context, bitnet_cpp_tokenize_with_context);
+    SYM(detokenize_with_context, bitnet_cpp_detokenize_with_context);
     SYM(eval_with_context, bitnet_cpp_eval_with_context);
     SYM(eval_gpu, bitnet_cpp_eval_gpu);
     SYM(get_n_past, bitnet_cpp_get_n_past);
@@ -373,9 +374,12 @@ done:
 /* Loads path: its cached library, after the dlopen and dlsym.<symbol>
  * points of this load (while anything is armed they are reached on every
  * load, cached or not; a symbol a fault removes is recorded in res, and
- * the load gets a view).  Called without libs.lock: a point may delay or
- * hang, and its fire handlers run the host's code. */
-static int load_file(const char *path, bn_discovery *d, loaded *res)
+ * the load gets a view).  The dlsym points are reached only by a
+ * session's own library (bn_load_role, loader.h).  Called without
+ * libs.lock: a point may delay or hang, and its fire handlers run the
+ * host's code. */
+static int load_file(const char *path, bn_load_role role, bn_discovery *d,
+                     loaded *res)
 {
     memset(res, 0, sizeof *res);
     bn_fault_special fs;
@@ -393,7 +397,7 @@ static int load_file(const char *path, bn_discovery *d, loaded *res)
     if (rc)
         return rc;
     res->lib = lib; /* cached: lives until exit, its symbols never change */
-    for (int i = 0; i < BN_SYM__N; i++) {
+    for (int i = 0; role == BN_LOAD_SESSION && i < BN_SYM__N; i++) {
         /* dlsym.<symbol>=missing: the library lacks it, for this load */
         bn_fault_special sfs;
         int src = BN_FAULT_AT(bn_socket_symbols[i].point, &sfs);
@@ -494,7 +498,7 @@ static int try_dir(const char *dir, bn_discovery *d, loaded *out)
         note(d, path, "not found");
         return BITNET_E_LIBRARY_NOT_FOUND;
     }
-    return load_file(path, d, out);
+    return load_file(path, BN_LOAD_SESSION, d, out);
 }
 
 static int not_found(const bn_discovery *d)
@@ -518,12 +522,13 @@ static int not_found(const bn_discovery *d)
 int bn_library_open(const char *explicit_path, bn_discovery *d,
                     bn_library **out)
 {
+    BN_ERROR_WHERE("loader");
     *out = NULL;
     memset(d, 0, sizeof *d);
     loaded res;
     int rc;
     if (explicit_path) {
-        rc = load_file(explicit_path, d, &res);
+        rc = load_file(explicit_path, BN_LOAD_SESSION, d, &res);
         goto done;
     }
     const char *libdir = getenv("BITNET_CPP_LIBDIR");
@@ -541,7 +546,7 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
         if (rc != BITNET_E_LIBRARY_NOT_FOUND)
             goto done;
     }
-    rc = load_file(LIB_NAME, d, &res); /* the system loader's search path */
+    rc = load_file(LIB_NAME, BN_LOAD_SESSION, d, &res); /* the system loader's search path */
     if (rc != BITNET_E_LIBRARY_NOT_FOUND)
         goto done;
     /* Explicit configuration is honoured strictly: the bundled library is
@@ -551,7 +556,7 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
     memcpy(bundled, libs.bundled, sizeof bundled);
     bn_unlock(&libs.lock);
     if (!(libdir && *libdir) && !(cppdir && *cppdir) && bundled[0]) {
-        rc = load_file(bundled, d, &res);
+        rc = load_file(bundled, BN_LOAD_SESSION, d, &res);
         if (rc != BITNET_E_LIBRARY_NOT_FOUND)
             goto done;
     }
@@ -561,8 +566,9 @@ done:
     return rc ? rc : hand_out(&res, out);
 }
 
-int bn_llama_open(bn_discovery *d, bn_library **out)
+int bn_llama_open(bn_load_role role, bn_discovery *d, bn_library **out)
 {
+    BN_ERROR_WHERE("loader");
     *out = NULL;
     memset(d, 0, sizeof *d);
     loaded res;
@@ -579,7 +585,7 @@ int bn_llama_open(bn_discovery *d, bn_library **out)
                         unavailable[0] ? unavailable
                                        : "no llama.cpp adapter was configured "
                                          "(bitnet_bridge_set_llama_library)");
-    rc = load_file(adapter, d, &res);
+    rc = load_file(adapter, role, d, &res);
     if (rc == BITNET_E_LIBRARY_NOT_FOUND)
         return bn_error(BITNET_E_LIBRARY_NOT_FOUND,
                         "the llama.cpp adapter '%s' (for %s) could not be "

@@ -79,8 +79,19 @@ void bn_loader_set_bundled(const char *path);
 void bn_loader_set_llama(const char *adapter, const char *libllama,
                          const char *unavailable);
 int bn_llama_configured(void);
+/* Why a library is loaded.  The dlsym.<symbol> points are about the
+ * library a session asked for (backend "dlopen" or "llama"): they remove a
+ * symbol from that load only.  The fallback tier's adapter, loaded through
+ * the same loader to serve what that library lacks, is not reached by them:
+ * a fault that removed the socket from both tiers would test the fallback
+ * chain's refusal instead of its fallback. */
+typedef enum {
+    BN_LOAD_SESSION,  /* the backend a context or a call selected */
+    BN_LOAD_FALLBACK, /* the fallback tier (routing.c) */
+} bn_load_role;
+
 /* Loads the configured adapter (backend name "llama.cpp:<libllama>"), or
  * BITNET_E_LIBRARY_NOT_FOUND saying why there is none. */
-int bn_llama_open(bn_discovery *d, bn_library **out);
+int bn_llama_open(bn_load_role role, bn_discovery *d, bn_library **out);
 
 #endif

@@ -99,7 +99,7 @@ int bn_select_backend(const resolved *r, const bn_backend **out)
         *out = &bn_stub_backend;
         return BITNET_OK;
     case BN_BACKEND_LLAMA:
-        rc = bn_llama_open(&d, &lib);
+        rc = bn_llama_open(BN_LOAD_SESSION, &d, &lib);
         break;
     case BN_BACKEND_DLOPEN:
     default:
@@ -126,6 +126,12 @@ BITNET_API void bitnet_bridge_set_log_level(int level)
 }
 
 BITNET_API int bitnet_bridge_get_log_level(void) { return bn_log_threshold; }
+
+BITNET_API int32_t bitnet_bridge_take_log_config_error(char *buf,
+                                                       int32_t buf_len)
+{
+    return bn_log_take_config_error(buf, buf_len);
+}
 
 BITNET_API void bitnet_bridge_set_bundled_library(const char *path)
 {

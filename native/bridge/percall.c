@@ -290,6 +290,7 @@ BITNET_API int bitnet_bridge_percall_tokenize(
     const char *prompt, int add_bos, int parse_special, int32_t *out_tokens,
     int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("tokenize");
     bn_error_clear();
     /* the deadline covers the whole call, loading the library included */
     call_scope scope;
@@ -348,6 +349,7 @@ BITNET_API int bitnet_bridge_percall_eval(
     float *out_logits, int32_t logits_capacity, int32_t *out_rows,
     int32_t *out_cols, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("evaluate");
     bn_error_clear();
     /* the deadline covers the whole call, loading the library included */
     call_scope scope;

@@ -157,6 +157,36 @@ static int ref_tokenize(void *ctx, const char *prompt, int add_bos,
                 err, err_len);
 }
 
+static int ref_detokenize(void *ctx, const int32_t *tokens, int32_t n_tokens,
+                          int remove_special, int unparse_special,
+                          char *out_text, int32_t out_capacity,
+                          int32_t *out_len, char *err, int32_t err_len)
+{
+    ref_ctx *c = ctx;
+    int rc = BITNET_OK;
+    if (!out_len)
+        rc = bn_error(BITNET_E_INVALID_ARG, "out_len is NULL");
+    else if (n_tokens < 0)
+        rc = bn_error(BITNET_E_INVALID_ARG, "n_tokens=%d is negative",
+                      (int)n_tokens);
+    else if (out_text && out_capacity < 0)
+        rc = bn_error(BITNET_E_INVALID_ARG, "out_capacity=%d is negative",
+                      (int)out_capacity);
+    size_t n = 0;
+    if (!rc)
+        rc = bn_detokenize(bn_model_vocab(c->model), tokens, (size_t)n_tokens,
+                           remove_special, unparse_special, out_text,
+                           out_text ? (size_t)out_capacity : 0, &n, step,
+                           NULL);
+    if (out_len && (!rc || n))
+        *out_len = n > INT32_MAX ? INT32_MAX : (int32_t)n;
+    if (!rc && n > INT32_MAX)
+        rc = bn_error(BITNET_E_INFERENCE,
+                      "the text of %d tokens is longer than 2^31-1 bytes",
+                      (int)n_tokens);
+    return done(rc, err, err_len);
+}
+
 static int eval_two_pass(bn_state *st, int32_t n_vocab, const int32_t *tokens,
                          int32_t n_tokens, int32_t seq_id, float *out_logits,
                          int32_t logits_capacity, int32_t *out_rows,
@@ -314,6 +344,7 @@ const bn_backend bn_reference_backend = {
     .init_context = ref_init_context,
     .free_context = ref_free_context,
     .tokenize_with_context = ref_tokenize,
+    .detokenize_with_context = ref_detokenize,
     .eval_with_context = ref_eval,
     .eval_gpu = ref_eval_gpu,
     .get_n_past = ref_get_n_past,

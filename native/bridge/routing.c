@@ -27,7 +27,7 @@ int bn_fallback_backend(const resolved *r, const bn_backend *serving,
         return BITNET_OK;
     bn_discovery d;
     bn_library *lib;
-    int rc = bn_llama_open(&d, &lib);
+    int rc = bn_llama_open(BN_LOAD_FALLBACK, &d, &lib);
     /* the same library, whether either load saw it through a fault */
     if (!rc && !bn_backend_same_library(bn_library_backend(lib), serving)) {
         *out = bn_library_backend(lib); /* the caller's to release */
@@ -79,9 +79,15 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
              int32_t n_ctx, int32_t n_gpu_layers, char *err,
              int32_t err_len)
 {
-    const char *tok_why = NULL, *eval_why = NULL;
+    const char *tok_why = NULL, *eval_why = NULL, *detok_why = NULL;
     if (r->force_fallback)
-        tok_why = eval_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
+        tok_why = eval_why = detok_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
+    /* detokenize, an extension of Socket 2 newer than the others, is the
+     * one a library built before it lacks: without a fallback tier it
+     * fails when called, not at create (a library that serves everything
+     * else stays usable under BITNET_FALLBACK=none) */
+    if (!detok_why && !c->be->detokenize_with_context)
+        detok_why = "bitnet_cpp_detokenize_with_context missing";
     if (!tok_why && !c->be->tokenize_with_context)
         tok_why = "bitnet_cpp_tokenize_with_context missing";
     if (!eval_why && !c->be->eval_with_context)
@@ -106,12 +112,12 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
                                 "sockets or enable the fallback",
                                 op, native_why),
                        err, err_len);
-    if (tok_why || eval_why) {
+    if (tok_why || eval_why || (detok_why && r->fallback_allowed)) {
         int rc = bn_fallback_backend(r, c->be, &c->fb);
         if (rc)
             return bn_done(rc, err, err_len);
-        /* A fallback library may lack the socket too (built without it, or
-         * a dlsym.<symbol> fault armed for every library loaded). */
+        /* A fallback library may lack the socket too (built without it;
+         * a dlsym.<symbol> fault never removes it, loader.h). */
         if ((tok_why && !c->fb->tokenize_with_context) ||
             (eval_why && !c->fb->eval_with_context))
             return bn_done(bn_error(BITNET_E_NOT_AVAILABLE,
@@ -135,10 +141,23 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
             BN_LOG(BN_LOG_WARN, "fallback",
                    "%s: %s; evaluate is served by the fallback tier (%s)",
                    c->be->name, eval_why, bn_tier_name(c->fb));
+        if (detok_why && c->fb->detokenize_with_context)
+            BN_LOG(BN_LOG_WARN, "fallback",
+                   "%s: %s; detokenize is served by the fallback tier (%s)",
+                   c->be->name, detok_why, bn_tier_name(c->fb));
     }
     set_tier(&c->tok, tok_why ? c->fb : c->be, tok_why ? c->fb_impl : c->impl,
              tok_why);
     set_tier(&c->eval, eval_why ? c->fb : c->be,
              eval_why ? c->fb_impl : c->impl, eval_why);
+    if (!detok_why)
+        set_tier(&c->detok, c->be, c->impl, NULL);
+    else if (c->fb && c->fb->detokenize_with_context)
+        set_tier(&c->detok, c->fb, c->fb_impl, detok_why);
+    else /* no tier: the call says why (sockets.c) */
+        snprintf(c->detok.label, sizeof c->detok.label, "none (%s%s)",
+                 detok_why,
+                 c->fb ? "; the fallback tier lacks it too"
+                       : "; the fallback tier is disabled");
     return BITNET_OK;
 }

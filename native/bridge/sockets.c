@@ -40,6 +40,7 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
                                           const bitnet_bridge_options *opts,
                                           char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("create");
     bn_error_clear();
     if (!out_ctx)
         return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_ctx is NULL"), err,
@@ -108,6 +109,7 @@ BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
  * could itself fail, and lose the context for good). */
 BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
+    BN_ERROR_WHERE("free");
     if (!ctx)
         return BITNET_OK;
     bn_error_clear();
@@ -204,6 +206,7 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     int parse_special, int32_t *out_tokens, int32_t out_capacity,
     int32_t *out_len, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("tokenize");
     bn_error_clear();
     int rc;
     bn_context *c = bn_context_enter(ctx, 0, &rc);
@@ -230,11 +233,73 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     return rc;
 }
 
+/* The `grow` fault of detokenize: as bn_grow_tokens_error, in bytes. */
+static int grown_detokenize(bn_context *c, const int32_t *tokens,
+                            int32_t n_tokens, int remove_special,
+                            int unparse_special, int32_t cap,
+                            int32_t *out_len, const bn_fault_special *fs)
+{
+    int32_t n = 0;
+    int rc = c->detok.be->detokenize_with_context(
+        c->detok.impl, tokens, n_tokens, remove_special, unparse_special,
+        NULL, 0, &n, NULL, 0);
+    if (rc)
+        return rc;
+    int64_t need = (int64_t)n + fs->arg;
+    if (out_len)
+        *out_len = need > INT32_MAX ? INT32_MAX : (int32_t)need;
+    return bn_error(BITNET_E_INFERENCE,
+                    "the fill pass needs %lld bytes but the query pass said "
+                    "%d (buffer holds %d): the detokenizer's output changed "
+                    "between the passes; nothing was written (%s)",
+                    (long long)need, (int)n, (int)cap, bn_fault_note());
+}
+
+BITNET_API int bitnet_cpp_detokenize_with_context(
+    const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+    int remove_special, int unparse_special, char *out_text,
+    int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
+{
+    BN_ERROR_WHERE("detokenize");
+    bn_error_clear();
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
+        return bn_done(rc, err, err_len);
+    call_scope scope;
+    bn_scope_enter(&scope, &c->cancel, "detokenize");
+    bn_fault_special fs;
+    rc = out_text ? BN_FAULT_SPECIAL(DETOKENIZE_FILL, &fs)
+                  : BN_FAULT(DETOKENIZE_QUERY);
+    if (rc >= 0 && !c->detok.be) /* a grow has nothing to grow either */
+        rc = bn_error(BITNET_E_NOT_AVAILABLE,
+                      "no tier can serve detokenize: %s; load a library "
+                      "that exports bitnet_cpp_detokenize_with_context, or "
+                      "enable the fallback tier (BITNET_FALLBACK=auto)",
+                      c->detok.label);
+    else if (rc > 0) /* grow: the fill pass needs more than the query said */
+        rc = grown_detokenize(c, tokens, n_tokens, remove_special,
+                              unparse_special, out_capacity, out_len, &fs);
+    if (rc)
+        bn_done(rc, err, err_len);
+    else
+        rc = bn_failed(c->detok.be,
+                       c->detok.be->detokenize_with_context(
+                           c->detok.impl, tokens, n_tokens, remove_special,
+                           unparse_special, out_text, out_capacity, out_len,
+                           err, err_len),
+                       err, err_len);
+    bn_scope_leave(&scope);
+    bn_context_leave(c);
+    return rc;
+}
+
 BITNET_API int bitnet_cpp_eval_with_context(
     const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
     int32_t seq_id, float *out_logits, int32_t logits_capacity,
     int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("evaluate");
     bn_error_clear();
     int rc;
     bn_context *c = bn_context_enter(ctx, 0, &rc);
@@ -266,6 +331,7 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
                                    int32_t *out_rows, int32_t *out_cols,
                                    char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("eval_gpu");
     bn_error_clear();
     int rc;
     bn_context *c = bn_context_enter(ctx, 0, &rc);
@@ -342,6 +408,7 @@ BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
                                          int32_t n_ctx, int32_t n_gpu_layers,
                                          char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("session.create");
     bn_error_clear();
     if (!out_session)
         return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_session is NULL"),
@@ -380,6 +447,7 @@ BITNET_API int bitnet_cpp_session_create(bitnet_session_t **out_session,
  * freed: a failure leaves it whole for the retry. */
 BITNET_API int bitnet_cpp_session_free(bitnet_session_t *session)
 {
+    BN_ERROR_WHERE("session.free");
     if (!session)
         return BITNET_OK;
     bn_error_clear();
@@ -403,6 +471,7 @@ BITNET_API int bitnet_cpp_session_tokenize(
     int parse_special, int32_t *out_tokens, int32_t out_capacity,
     int32_t *out_len, char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("tokenize");
     bn_error_clear();
     bitnet_context_t *ctx = bn_session_context(session);
     if (!ctx)
@@ -423,6 +492,7 @@ BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
                                        int32_t *out_rows, int32_t *out_cols,
                                        char *err, int32_t err_len)
 {
+    BN_ERROR_WHERE("evaluate");
     bn_error_clear();
     bitnet_context_t *ctx = bn_session_context(session);
     if (!ctx)

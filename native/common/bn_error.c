@@ -11,8 +11,23 @@
 
 static _Thread_local struct {
     int code;
+    const char *where; /* static text: where it was raised (bn_error.h) */
     char msg[BN_ERROR_CAP];
 } last;
+
+/* the innermost BN_ERROR_WHERE block of this thread; NULL: none */
+static _Thread_local const char *where_now;
+
+const char *bn_error_where_enter(const char *where)
+{
+    const char *outer = where_now;
+    where_now = where;
+    return outer;
+}
+
+void bn_error_where_leave(const char **outer) { where_now = *outer; }
+
+const char *bn_error_where(void) { return last.where ? last.where : "bridge"; }
 
 static void cut_utf8(char *s, size_t cap)
 {
@@ -34,6 +49,7 @@ int bn_error(int code, const char *fmt, ...)
     va_end(ap);
     cut_utf8(last.msg, sizeof last.msg);
     last.code = code;
+    last.where = where_now;
     return code;
 }
 
@@ -61,6 +77,7 @@ int bn_error_prefix(const char *fmt, ...)
 void bn_error_clear(void)
 {
     last.code = BITNET_OK;
+    last.where = NULL;
     last.msg[0] = '\0';
 }
 

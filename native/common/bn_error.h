@@ -42,6 +42,21 @@ int bn_error_code(void);
  * NULL or non-positive len: does nothing. */
 void bn_error_copy(char *err, int32_t err_len);
 
+/* Where the calling thread is: the operation or component running
+ * ("create", "tokenize", "loader", ...).  An error records it when it is
+ * raised, so the log line of an error names what failed, not the layer
+ * that reported it.  Entered for a block with BN_ERROR_WHERE("name"),
+ * which restores the outer one when the block is left by any path (a
+ * cleanup attribute: no exit can leave it set). */
+const char *bn_error_where_enter(const char *where); /* returns the outer */
+void bn_error_where_leave(const char **outer);
+#define BN_ERROR_WHERE(where)                                                 \
+    __attribute__((cleanup(bn_error_where_leave))) const char                 \
+        *bn_error_where_outer_ = bn_error_where_enter(where)
+/* Where this thread's last error was raised; "bridge" for one raised
+ * outside every BN_ERROR_WHERE block. */
+const char *bn_error_where(void);
+
 /* A short name for a code: "BITNET_E_INVALID_ARG" etc. (bitnet_errors.def). */
 const char *bn_error_name(int code);
 

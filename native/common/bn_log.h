@@ -50,6 +50,9 @@ void bn_log_emit(int level, const char *component, const char *fmt, ...)
  * check: callers have made it. */
 void bn_log_write(int level, const char *component, const char *message);
 void bn_log_set_sink(bn_log_sink sink);
+/* The report of an invalid BITNET_CPP_LOG_LEVEL, taken (it is then not
+ * logged): see bitnet_bridge_take_log_config_error. */
+int32_t bn_log_take_config_error(char *buf, int32_t buf_len);
 /* Parses "error".."trace" or "0".."4"; -1 when not recognised. */
 int bn_log_parse_level(const char *s);
 const char *bn_log_level_name(int level);

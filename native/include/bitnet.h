@@ -8,6 +8,7 @@
  *
  *   Socket 1  bitnet_cpp_init_context / bitnet_cpp_free_context
  *   Socket 2  bitnet_cpp_tokenize_with_context            (optional)
+ *             bitnet_cpp_detokenize_with_context          (optional)
  *   Socket 3  bitnet_cpp_eval_with_context                (optional)
  *   Socket 4  bitnet_cpp_session_*                        (optional)
  *   Socket 5  bitnet_cpp_eval_gpu                         (optional)
@@ -107,6 +108,20 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
     const bitnet_context_t *ctx, const char *prompt, int add_bos,
     int parse_special, int32_t *out_tokens, int32_t out_capacity,
     int32_t *out_len, char *err, int32_t err_len);
+
+/* The text of tokens[0..n_tokens), as bytes (not NUL-terminated; a
+ * sequence may end inside a UTF-8 character), with llama_detokenize's
+ * semantics: remove_special drops a leading BOS and a trailing EOS the
+ * vocabulary adds; unparse_special renders control tokens' text (else they
+ * give nothing).  Two passes like tokenize: out_text NULL sets *out_len to
+ * the bytes needed.  A token id outside the vocabulary is
+ * BITNET_E_INFERENCE naming it and its position.  An extension of seed
+ * 003's Socket 2, optional: a library without it is served by the fallback
+ * tier (ABI version unchanged). */
+BITNET_API int bitnet_cpp_detokenize_with_context(
+    const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+    int remove_special, int unparse_special, char *out_text,
+    int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len);
 
 /* ---- Socket 3: evaluate with a context -------------------------------- */
 

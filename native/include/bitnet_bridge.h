@@ -105,6 +105,13 @@ BITNET_API void bitnet_bridge_set_log_sink(void (*sink)(int level,
                                                         const char *line));
 BITNET_API void bitnet_bridge_set_log_level(int level);
 BITNET_API int bitnet_bridge_get_log_level(void);
+/* An invalid BITNET_CPP_LOG_LEVEL is reported once, naming the valid
+ * levels: as a WARN line at the first line logged or when a sink is set,
+ * unless a binding takes the report first to raise it its own way (Python:
+ * a warning).  Copies it into buf (NUL-terminated, truncated) and returns
+ * its length, 0 when there is none (or it was already reported). */
+BITNET_API int32_t bitnet_bridge_take_log_config_error(char *buf,
+                                                       int32_t buf_len);
 
 /* Where the dlopen mode's last-resort bundled library lives (set by the
  * binding at load time). */

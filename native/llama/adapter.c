@@ -546,6 +546,75 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
                err, err_len);
 }
 
+/* ---- detokenize --------------------------------------------------------- */
+
+/* llama_detokenize over the socket's two passes.  Ids are checked first:
+ * llama.cpp reads a token's attributes with std::vector::at, so an id
+ * outside the vocabulary would throw through C and abort the process. */
+static int detokenize(const ad_ctx *c, const int32_t *tokens,
+                      int32_t n_tokens, int remove_special,
+                      int unparse_special, char *out_text,
+                      int32_t out_capacity, int32_t *out_len)
+{
+    if (!out_len)
+        return fail(BITNET_E_INVALID_ARG, "out_len is NULL");
+    if (n_tokens < 0)
+        return fail(BITNET_E_INVALID_ARG, "n_tokens=%d is negative",
+                    (int)n_tokens);
+    if (n_tokens && !tokens)
+        return fail(BITNET_E_INVALID_ARG, "tokens is NULL");
+    if (out_text && out_capacity < 0)
+        return fail(BITNET_E_INVALID_ARG, "out_capacity=%d is negative",
+                    (int)out_capacity);
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->n_vocab)
+            return fail(BITNET_E_INFERENCE,
+                        "invalid token id %d at position %d: ids must be in "
+                        "[0, %d) for this model's vocabulary",
+                        (int)tokens[i], (int)i, (int)c->n_vocab);
+    /* The count first (a NULL buffer of 0 bytes: minus the bytes needed):
+     * llama_detokenize writes what fits as it goes, the socket nothing. */
+    int32_t n = n_tokens ? llama_detokenize(c->vocab, tokens, n_tokens, NULL,
+                                            0, remove_special != 0,
+                                            unparse_special != 0)
+                         : 0;
+    if (n == INT32_MIN)
+        return fail(BITNET_E_INFERENCE,
+                    "the text of %d tokens is longer than 2^31-1 bytes",
+                    (int)n_tokens);
+    n = n < 0 ? -n : n;
+    *out_len = n;
+    if (!out_text || n == 0)
+        return BITNET_OK;
+    if (out_capacity < n)
+        return fail(BITNET_E_INVALID_ARG,
+                    "buffer too small (need %d, got %d): call first with "
+                    "out_text=NULL to query the size",
+                    (int)n, (int)out_capacity);
+    int32_t got = llama_detokenize(c->vocab, tokens, n_tokens, out_text,
+                                   out_capacity, remove_special != 0,
+                                   unparse_special != 0);
+    if (got != n)
+        return fail(BITNET_E_INTERNAL,
+                    "llama_detokenize gave %d bytes after counting %d",
+                    (int)got, (int)n);
+    return BITNET_OK;
+}
+
+BITNET_API int bitnet_cpp_detokenize_with_context(
+    const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
+    int remove_special, int unparse_special, char *out_text,
+    int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
+{
+    clear_error();
+    if (!ctx)
+        return out(fail(BITNET_E_INVALID_HANDLE, "context is NULL"), err, err_len);
+    return out(detokenize((const ad_ctx *)ctx, tokens, n_tokens,
+                          remove_special, unparse_special, out_text,
+                          out_capacity, out_len),
+               err, err_len);
+}
+
 /* ---- evaluate ----------------------------------------------------------- */
 
 /* The reference engine's checks, with its messages: both backends must

@@ -1203,3 +1203,126 @@ int bn_tokenize(const bn_vocab *v, const char *text, size_t len, int add_bos,
     bn_free(w.heap);
     return rc;
 }
+
+/* ---- detokenizing ----------------------------------------------------- */
+
+/* Where the text goes: counted always, copied only on the fill pass. */
+typedef struct {
+    char *out;     /* NULL: the counting pass */
+    size_t total;  /* bytes so far */
+} text_out;
+
+static void put(text_out *t, const char *s, size_t n)
+{
+    if (t->out)
+        memcpy(t->out + t->total, s, n);
+    t->total += n;
+}
+
+/* llama_vocab's token_to_byte for SPM: the two hex digits of "<0xXX>"
+ * (strtol's reading: it stops at the first non-digit). */
+static unsigned char byte_of(const char *text, uint32_t len)
+{
+    unsigned value = 0;
+    for (uint32_t i = 3; i < len && i < 5; i++) {
+        char c = text[i];
+        int d = c >= '0' && c <= '9' ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0)
+            break;
+        value = value * 16 + (unsigned)d;
+    }
+    return (unsigned char)value;
+}
+
+/* Puts s[0..n), dropping its first byte when *strip is set and it is a
+ * space (llama.cpp's lstrip of one space: the token's first byte only). */
+static void put_stripped(text_out *t, int *strip, const char *s, size_t n)
+{
+    if (!n)
+        return;
+    if (*strip && s[0] == ' ')
+        s++, n--;
+    *strip = 0;
+    put(t, s, n);
+}
+
+/* One token's text (llama_vocab's token_to_piece); *lstrip (one leading
+ * space off this token) is cleared after it, as llama_detokenize does. */
+static void piece_text(const bn_vocab *v, int32_t id, int unparse_special,
+                       int *lstrip, text_out *t)
+{
+    uint16_t attr = v->attr[id];
+    const char *s = piece(v, id);
+    uint32_t n = v->len[id];
+    int strip = *lstrip;
+    *lstrip = 0;
+    if (!unparse_special && (attr & (ATTR_UNKNOWN | ATTR_CONTROL)))
+        return;
+    if (attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) {
+        put_stripped(t, &strip, s, n);
+    } else if (attr & ATTR_NORMAL) {
+        /* U+2581 (E2 96 81), the escaped space, back to ' ' */
+        uint32_t from = 0;
+        for (uint32_t i = 0; i + 2 < n; i++)
+            if ((unsigned char)s[i] == 0xE2 && (unsigned char)s[i + 1] == 0x96 &&
+                (unsigned char)s[i + 2] == 0x81) {
+                put_stripped(t, &strip, s + from, i - from);
+                put_stripped(t, &strip, " ", 1);
+                from = i + 3;
+                i += 2;
+            }
+        put_stripped(t, &strip, s + from, n - from);
+    } else if (attr & ATTR_BYTE) {
+        char b = (char)byte_of(s, n);
+        put_stripped(t, &strip, &b, 1);
+    }
+    /* unused, undefined: nothing, as llama.cpp suppresses them */
+}
+
+int bn_detokenize(const bn_vocab *v, const int32_t *ids, size_t n,
+                  int remove_special, int unparse_special, char *out,
+                  size_t cap, size_t *out_len, int (*step)(void *),
+                  void *step_user)
+{
+    if (n && !ids)
+        return bn_error(BITNET_E_INVALID_ARG, "tokens is NULL");
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= v->n)
+            return bn_error(BITNET_E_INFERENCE,
+                            "invalid token id %d at position %zu: ids must be in "
+                            "[0, %d) for this model's vocabulary",
+                            (int)ids[i], i, (int)v->n);
+    }
+    /* llama_detokenize: the space prefix goes, unless a removed BOS
+     * leads (then llama.cpp keeps it); a removed EOS ends */
+    int lstrip = v->add_space_prefix;
+    if (remove_special && v->add_bos && n && ids[0] == v->bos) {
+        lstrip = 0;
+        ids++, n--;
+    }
+    if (remove_special && v->add_eos && n && ids[n - 1] == v->eos)
+        n--;
+    /* two walks, counting then copying: the capacity is checked before a
+     * byte is written */
+    for (int pass = 0; pass < (out ? 2 : 1); pass++) {
+        text_out t = {pass ? out : NULL, 0};
+        int strip = lstrip;
+        for (size_t i = 0; i < n; i++) {
+            if (step && (i & 4095) == 4095) {
+                int rc = step(step_user);
+                if (rc)
+                    return rc;
+            }
+            piece_text(v, ids[i], unparse_special, &strip, &t);
+        }
+        *out_len = t.total;
+        if (!pass && out && t.total > cap)
+            return bn_error(BITNET_E_INVALID_ARG,
+                            "buffer too small (need %zu, got %zu): call "
+                            "first with out_text=NULL to query the size",
+                            t.total, cap);
+    }
+    return BITNET_OK;
+}

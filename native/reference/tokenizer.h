@@ -79,4 +79,24 @@ int bn_tokenize(const bn_vocab *v, const char *text, size_t len, int add_bos,
                 int parse_special, bn_tokens *out, int (*step)(void *),
                 void *step_user);
 
+/* The text of ids[0..n), as llama.cpp's llama_detokenize gives it for an
+ * SPM vocabulary (bytes: a sequence may end inside a UTF-8 character).
+ * Normal tokens give their text with U+2581 turned back into a space;
+ * byte tokens <0xXX> the byte; control and unknown tokens their text only
+ * with unparse_special, else nothing; user-defined tokens their text;
+ * unused and undefined tokens nothing.  The space prefix the tokenizer
+ * adds (add_space_prefix) is removed from the first token, unless
+ * remove_special drops a leading BOS (which llama.cpp keeps it for);
+ * remove_special also drops a trailing EOS when add_eos_token is set.
+ *
+ * Two passes: out == NULL counts; *out_len gets the bytes needed either
+ * way, and with out, a capacity below it is BITNET_E_INVALID_ARG ("buffer
+ * too small") with nothing written.  A token id outside 0..n_vocab-1 is
+ * BITNET_E_INFERENCE naming it and its position.  step as for
+ * bn_tokenize (polled every few thousand tokens). */
+int bn_detokenize(const bn_vocab *v, const int32_t *ids, size_t n,
+                  int remove_special, int unparse_special, char *out,
+                  size_t cap, size_t *out_len, int (*step)(void *),
+                  void *step_user);
+
 #endif

@@ -31,13 +31,14 @@ if TYPE_CHECKING:
     from .counters import live_counters
     from .diagnostics import diagnostics
     from .errors import BitnetError, ErrorContext
-    from .percall import evaluate, tokenize
+    from .percall import detokenize, evaluate, tokenize
     from .session import BitnetSession
 
 _EXPORTS: dict[str, str] = {
     "BitnetSession": "session",
     "tokenize": "percall",
     "evaluate": "percall",
+    "detokenize": "percall",
     "Capabilities": "capabilities",
     "capabilities": "capabilities",
     "live_counters": "counters",

@@ -128,6 +128,35 @@ def tokenize_two_pass(
     return out
 
 
+def bytes_two_pass(
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
+) -> bytes:
+    """Runs a socket that returns bytes (detokenize): query the length, then fill.
+
+    Counts are checked as in tokenize_two_pass.
+    """
+    n = ffi.new("int32_t *")
+    err = new_err_buffer()
+    rc = call(ffi.NULL, 0, n, err)
+    if rc:
+        raise_native(rc, operation, err, phase=QUERY, parameters=params)
+    want = int(n[0])
+    if want < 0:
+        raise _misreport(operation, QUERY, f"the query pass reported {want} bytes", params, served_by)
+    buf = ffi.new("char[]", max(want, 1))  # a NULL buffer would be another query
+    rc = call(buf, want, n, err)
+    if rc:
+        raise_native(rc, operation, err, phase=FILL, parameters={**params, "expected_bytes": want})
+    got = int(n[0])
+    if got != want:
+        beyond = " (more than the buffer holds)" if got > want else ""
+        raise _misreport(
+            operation, FILL, f"the fill pass reported {got} bytes{beyond} where the query pass reported {want}",
+            {**params, "query_bytes": want, "fill_bytes": got}, served_by,
+        )
+    return bytes(ffi.buffer(buf, want))
+
+
 def eval_two_pass(
     call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
 ) -> npt.NDArray[np.float32]:

@@ -13,7 +13,7 @@ from ._native import Options, ffi, lib
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
 
-__all__ = ["tokenize", "evaluate"]
+__all__ = ["tokenize", "detokenize", "detokenize_bytes", "evaluate"]
 
 
 def tokenize(
@@ -65,3 +65,38 @@ def evaluate(
 
     with deadline(seconds):
         return eval_two_pass(call, "evaluate (per-call)", params, served_by=percall_served_label)
+
+
+def detokenize_bytes(
+    model_path: str | os.PathLike[str],
+    tokens: npt.ArrayLike,
+    remove_special: bool = False,
+    unparse_special: bool = False,
+    timeout: float | None = None,
+    backend: str | None = None,
+    library_path: str | os.PathLike[str] | None = None,
+) -> bytes:
+    """Loads the model, detokenizes tokens (BitnetSession.detokenize_bytes), frees everything.
+
+    The socket ABI has no per-call detokenize: this is a session of one call
+    (the whole model is loaded), so it behaves exactly as the session's.
+    """
+    from .session import BitnetSession  # the session module installs the log sink
+
+    toks = tokens_arg(tokens)
+    with BitnetSession.create(model_path, n_ctx=1, timeout=timeout, backend=backend, library_path=library_path) as s:
+        return s.detokenize_bytes(toks, remove_special, unparse_special)
+
+
+def detokenize(
+    model_path: str | os.PathLike[str],
+    tokens: npt.ArrayLike,
+    remove_special: bool = False,
+    unparse_special: bool = False,
+    timeout: float | None = None,
+    backend: str | None = None,
+    library_path: str | os.PathLike[str] | None = None,
+) -> str:
+    """detokenize_bytes decoded as UTF-8 (U+FFFD for an incomplete sequence)."""
+    return detokenize_bytes(model_path, tokens, remove_special, unparse_special, timeout, backend,
+                            library_path).decode("utf-8", "replace")

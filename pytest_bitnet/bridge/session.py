@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import counters, errors, native_log
-from ._calls import copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
+from ._calls import bytes_two_pass, copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
@@ -334,6 +334,44 @@ class BitnetSession:
             raise self._closed_meanwhile("tokenize", ctx, exc) from None
         self._served(ctx, "tokenize")
         return out
+
+    def detokenize_bytes(
+        self, tokens: npt.ArrayLike, remove_special: bool = False, unparse_special: bool = False,
+        timeout: float | None = None,
+    ) -> bytes:
+        """The bytes of tokens, as llama.cpp's llama_detokenize gives them.
+
+        remove_special drops a leading BOS (and a trailing EOS) the
+        vocabulary adds; unparse_special renders control tokens' text
+        (without it they give nothing).  Bytes, because a token sequence can
+        end inside a UTF-8 character (byte tokens <0xXX>).
+        """
+        toks = tokens_arg(tokens)
+        drop, render = bool(remove_special), bool(unparse_special)
+        seconds = self._timeout(timeout)
+        ptr = ffi.from_buffer("int32_t[]", toks)
+        n_tokens = int(toks.size)
+        params = {"n_tokens": n_tokens, "remove_special": drop, "unparse_special": render, "timeout": seconds}
+        ctx = self._live("detokenize")  # no user code from here to the native call
+
+        def call(buf: Any, cap: int, n: Any, err: Any) -> int:
+            return lib.bitnet_cpp_detokenize_with_context(ctx, ptr, n_tokens, drop, render, buf, cap, n, err, len(err))
+
+        try:
+            with deadline(seconds):
+                out = bytes_two_pass(call, "detokenize", params, served_by=lambda: served_label(ctx, "detokenize"))
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("detokenize", ctx, exc) from None
+        self._served(ctx, "detokenize")
+        return out
+
+    def detokenize(
+        self, tokens: npt.ArrayLike, remove_special: bool = False, unparse_special: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """The text of tokens (detokenize_bytes decoded as UTF-8; an incomplete
+        or invalid sequence becomes U+FFFD, as llama-cpp-python decodes it)."""
+        return self.detokenize_bytes(tokens, remove_special, unparse_special, timeout).decode("utf-8", "replace")
 
     def evaluate(self, tokens: npt.ArrayLike, seq_id: int = 0, timeout: float | None = None) -> npt.NDArray[np.float32]:
         """Logits (n_tokens x n_vocab, float32) for tokens appended to seq_id.

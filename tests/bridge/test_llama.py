@@ -184,14 +184,34 @@ def test_fallback_order_can_be_pinned(tiny_model: Path, monkeypatch: pytest.Monk
 
 
 def test_llama_is_not_its_own_fallback_when_a_fault_narrowed_one_load(tiny_model: Path) -> None:
-    # The first load (the backend) lacks tokenize for this load only; the
-    # second (the fallback tier) is the whole library again.  It is still
-    # llama.cpp itself: the fallback is the reference engine.
-    with pytest.warns(errors.OptionalSymbolMissing), fi.inject("dlsym.bitnet_cpp_tokenize_with_context=1*missing"):
+    # The backend's load lacks tokenize; the fallback tier would be the
+    # same library (whole: the fault is about the session's library only).
+    # It is still llama.cpp itself: the fallback is the reference engine.
+    with pytest.warns(errors.OptionalSymbolMissing), fi.inject("dlsym.bitnet_cpp_tokenize_with_context=missing"):
         with bn.BitnetSession.create(tiny_model, backend="llama") as s:
             s.tokenize("x")
             assert s.backend_info["tokenize"] == "fallback:reference (bitnet_cpp_tokenize_with_context missing)"
             assert s.backend_info["create"].startswith("llama.cpp:")
+
+
+@pytest.mark.parametrize("symbol, call", [("bitnet_cpp_tokenize_with_context", "tokenize"),
+                                          ("bitnet_cpp_eval_with_context", "evaluate")])
+def test_a_dlsym_fault_removes_the_symbol_from_the_sessions_library_only(tiny_model: Path, symbol: str, call: str) -> None:
+    # Issue 20 item 23: an unbounded dlsym.<symbol>=missing also removed the
+    # socket from the llama.cpp adapter the fallback tier loads through the
+    # same loader, so create failed with CppNotAvailable instead of falling
+    # back.  The point is about the library the session asked for.
+    toks, logits = reference(tiny_model, "scoped to one library")
+    with pytest.warns(errors.OptionalSymbolMissing), fi.inject(f"dlsym.{symbol}=missing") as armed:
+        with bn.BitnetSession.create(tiny_model, backend="dlopen") as s:
+            got_toks = s.tokenize("scoped to one library")
+            got_logits = s.evaluate(got_toks)
+            assert s.backend_info[call].startswith("fallback:llama.cpp:"), s.backend_info
+            assert s.backend_info[call].endswith(f"({symbol} missing)")
+        # reached once: by the session's library, not by the adapter's load
+        assert armed.hits(f"dlsym.{symbol}") == 1
+    np.testing.assert_array_equal(got_toks, toks)
+    assert max_diff(got_logits, logits) <= TOLERANCE
 
 
 def test_fallback_session_keeps_the_model_loaded(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -157,7 +157,7 @@ def test_unknown_point_lists_closest_names() -> None:
         resolve("tokenize.fil=fail")
     msg = str(info.value)
     assert "unknown fault point 'tokenize.fil'" in msg
-    assert "'tokenize.fill'" in msg and "'tokenize.step'" in msg
+    assert "'tokenize.fill'" in msg and "'detokenize.fill'" in msg
     assert info.value.column == 1
 
 

@@ -146,7 +146,8 @@ def test_served_by_and_backend_name_copy_into_the_callers_buffer(tiny_model: Pat
     assert ffi.string(small) == b"ref"  # truncated, NUL-terminated
     name = ffi.new("char[]", 64)
     assert lib.bitnet_bridge_backend_name(stale, name, len(name)) == len("reference") and ffi.string(name) == b"reference"
-    assert lib.bitnet_bridge_served_by(stale, b"detokenize", name, len(name)) == lib.BITNET_E_INVALID_ARG
+    assert lib.bitnet_bridge_served_by(stale, b"detokenize", name, len(name)) == len("reference")
+    assert lib.bitnet_bridge_served_by(stale, b"summarize", name, len(name)) == lib.BITNET_E_INVALID_ARG
     assert lib.bitnet_cpp_free_context(stale) == 0
     fresh = _init(tiny_model)
     try:
