@@ -82,9 +82,11 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
     const char *tok_why = NULL, *eval_why = NULL;
     if (r->force_fallback)
         tok_why = eval_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
-    if (!tok_why && !c->be->tokenize_with_context)
+    /* c->ops: a library served through its Socket 4 tokenizes and
+     * evaluates through it (session_tier.c) */
+    if (!tok_why && !c->ops->tokenize_with_context)
         tok_why = "bitnet_cpp_tokenize_with_context missing";
-    if (!eval_why && !c->be->eval_with_context)
+    if (!eval_why && !c->ops->eval_with_context)
         eval_why = "bitnet_cpp_eval_with_context missing";
     const char *op = tok_why ? "tokenize" : "evaluate";
     const char *sym = tok_why ? "bitnet_cpp_tokenize_with_context"
@@ -136,9 +138,9 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
                    "%s: %s; evaluate is served by the fallback tier (%s)",
                    c->be->name, eval_why, bn_tier_name(c->fb));
     }
-    set_tier(&c->tok, tok_why ? c->fb : c->be, tok_why ? c->fb_impl : c->impl,
-             tok_why);
-    set_tier(&c->eval, eval_why ? c->fb : c->be,
+    set_tier(&c->tok, tok_why ? c->fb : c->ops,
+             tok_why ? c->fb_impl : c->impl, tok_why);
+    set_tier(&c->eval, eval_why ? c->fb : c->ops,
              eval_why ? c->fb_impl : c->impl, eval_why);
     return BITNET_OK;
 }
