@@ -334,7 +334,8 @@ class BitnetSession:
 
         try:
             with deadline(seconds):
-                out = tokenize_two_pass(call, "tokenize", params, served_by=lambda: served_label(ctx, "tokenize"))
+                out = tokenize_two_pass(call, "tokenize", params, served_by=lambda: served_label(ctx, "tokenize"),
+                                        socket="bitnet_cpp_tokenize_with_context")
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("tokenize", ctx, exc) from None
         self._served(ctx, "tokenize")
@@ -376,6 +377,7 @@ class BitnetSession:
                 def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
                     return lib.bitnet_cpp_eval_gpu(ctx, ptr, n_tokens, buf, cap, rows, cols, err, len(err))
 
+                socket = "bitnet_cpp_eval_gpu"
                 # Socket 5 is the native tier's own: no fallback serves it
                 served_by = lambda: copied_text(lib.bitnet_bridge_backend_name, ctx)  # noqa: E731
             else:
@@ -383,9 +385,10 @@ class BitnetSession:
                 def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
                     return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
 
+                socket = "bitnet_cpp_eval_with_context"
                 served_by = lambda: served_label(ctx, "evaluate")  # noqa: E731
             with deadline(seconds):
-                out = eval_two_pass(call, operation, params, served_by=served_by)
+                out = eval_two_pass(call, operation, params, served_by=served_by, socket=socket)
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile(operation, ctx, exc) from None
         if gpu:

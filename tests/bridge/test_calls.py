@@ -214,10 +214,11 @@ def test_a_fill_shape_other_than_the_query_is_refused(broken: Callable[[str], Pa
             s.tokenize("hello world")
         text = str(exc.value)
         assert "tokenize (FILL PHASE) failed: the fill pass reported" in text and "where the query pass reported" in text
-        assert f"served by dlopen:{lib}" in text
+        assert f"served by dlopen:{lib}, socket bitnet_cpp_tokenize_with_context" in text
     with pytest.raises(errors.InferenceError) as exc:
         bn.tokenize(tiny_model, "hello world", backend="dlopen", library_path=lib)
-    assert "where the query pass reported" in str(exc.value) and f"dlopen:{lib}" in str(exc.value)
+    assert "where the query pass reported" in str(exc.value)
+    assert f"served by dlopen:{lib}, socket crossval_bitnet_tokenize" in str(exc.value)
 
 
 def test_model_info_and_n_past_are_checked(broken: Callable[[str], Path], tiny_model: Path) -> None:
