@@ -19,7 +19,27 @@
  *                               process;
  *   BUG_OVERREPORT_FILL         every fill pass that succeeds reports one
  *                               token (tokenize) or one row (eval) more than
- *                               it wrote, i.e. more than the buffer holds.
+ *                               it wrote, i.e. more than the buffer holds;
+ *   BUG_NEGATIVE_QUERY          every query pass reports -5 tokens / -5 rows;
+ *   BUG_FILL_SHAPE              every fill pass reports one token fewer
+ *                               (tokenize) or one column fewer (eval) than
+ *                               its query said: within the buffer, and wrong;
+ *   BUG_ABSURD_SIZES            every pass reports 1,000,000 tokens / rows;
+ *   BUG_BAD_MODEL_INFO          bitnet_cpp_get_model_info says n_vocab=-1;
+ *   BUG_BAD_N_PAST              bitnet_cpp_get_n_past says -3;
+ *   BUG_BAD_CAPS                bitnet_cpp_get_capabilities says has_cuda=7.
+ *
+ * Not bugs, but libraries the bridge must serve as they are:
+ *
+ *   BUG_FAKE_GPU                reports has_cuda=1 and serves Socket 5 by
+ *                               evaluating on the CPU (the real library's
+ *                               sequence 0), counting its calls
+ *                               (broken_backend_gpu_calls) so a test can see
+ *                               the bridge routed there;
+ *   BUG_SESSION_ONLY            exports Socket 4 (bitnet_cpp_session_*) and
+ *                               no Socket 1, 2, 3, 5 or context helpers (the
+ *                               seed's alternative to Socket 1): the build
+ *                               hides those with a version script.
  *
  * tests/native_builds.py builds them; tests/fault_inject/test_matrix.py checks that the
  * matrix turns red on exactly the rows each bug should break;
@@ -78,6 +98,29 @@ static void overreported(int rc, const void *buf, int32_t *count)
 #else
     (void)rc, (void)buf, (void)count;
 #endif
+}
+
+/* What a pass that succeeded reports (the misreporting variants). */
+static void misreported(int rc, const void *buf, int32_t *count, int32_t *cols)
+{
+    if (rc != BITNET_OK || !count)
+        return;
+#ifdef BUG_NEGATIVE_QUERY
+    if (!buf)
+        *count = -5;
+#endif
+#ifdef BUG_FILL_SHAPE
+    if (buf) {
+        if (cols)
+            --*cols;
+        else
+            --*count;
+    }
+#endif
+#ifdef BUG_ABSURD_SIZES
+    *count = 1000000;
+#endif
+    (void)buf, (void)cols;
 }
 
 /* ---- model paths of live contexts (for the leaking variant) ------------- */
@@ -182,6 +225,7 @@ int bitnet_cpp_tokenize_with_context(const bitnet_context_t *ctx, const char *pr
     int rc = REAL(bitnet_cpp_tokenize_with_context)(ctx, prompt, add_bos, parse_special, out_tokens, out_capacity,
                                                    out_len, err, err_len);
     overreported(rc, out_tokens, out_len);
+    misreported(rc, out_tokens, out_len, NULL);
 #ifdef BUG_LEAK_ON_TOKENIZE_ERROR
     if (rc == BITNET_OK && scratch)
         REAL(bitnet_cpp_free_context)(scratch); /* the bug: not on the error path */
@@ -216,6 +260,7 @@ int bitnet_cpp_eval_with_context(const bitnet_context_t *ctx, const int32_t *tok
     int rc = REAL(bitnet_cpp_eval_with_context)(ctx, tokens, n_tokens, seq_id, out_logits, logits_capacity, out_rows,
                                                 out_cols, err, err_len);
     overreported(rc, out_logits, out_rows);
+    misreported(rc, out_logits, out_rows, out_cols);
     return reported(rc);
 }
 
@@ -241,14 +286,36 @@ int bitnet_cpp_session_eval(const bitnet_session_t *session, const int32_t *toke
                                                   out_cols, err, err_len));
 }
 
+#ifdef BUG_FAKE_GPU
+static int gpu_calls;
+int broken_backend_gpu_calls(void) { return __atomic_load_n(&gpu_calls, __ATOMIC_SEQ_CST); }
+#endif
+
 int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens, float *out_logits,
                         int32_t logits_capacity, int32_t *out_rows, int32_t *out_cols, char *err, int32_t err_len)
 {
+#ifdef BUG_FAKE_GPU
+    __atomic_add_fetch(&gpu_calls, 1, __ATOMIC_SEQ_CST);
+    return REAL(bitnet_cpp_eval_with_context)(ctx, tokens, n_tokens, 0, out_logits, logits_capacity, out_rows,
+                                              out_cols, err, err_len);
+#else
     return reported(REAL(bitnet_cpp_eval_gpu)(ctx, tokens, n_tokens, out_logits, logits_capacity, out_rows, out_cols,
                                               err, err_len));
+#endif
 }
 
-int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps) { return reported(REAL(bitnet_cpp_get_capabilities)(out_caps)); }
+int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
+{
+    int rc = REAL(bitnet_cpp_get_capabilities)(out_caps);
+#if defined(BUG_FAKE_GPU)
+    if (rc == BITNET_OK)
+        out_caps->has_cuda = 1;
+#elif defined(BUG_BAD_CAPS)
+    if (rc == BITNET_OK)
+        out_caps->has_cuda = 7;
+#endif
+    return reported(rc);
+}
 
 int crossval_bitnet_tokenize(const char *model_path, const char *prompt, int add_bos, int parse_special,
                              int32_t *out_tokens, int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
@@ -256,6 +323,7 @@ int crossval_bitnet_tokenize(const char *model_path, const char *prompt, int add
     int rc = REAL(crossval_bitnet_tokenize)(model_path, prompt, add_bos, parse_special, out_tokens, out_capacity, out_len,
                                             err, err_len);
     overreported(rc, out_tokens, out_len);
+    misreported(rc, out_tokens, out_len, NULL);
     return reported(rc);
 }
 
@@ -266,19 +334,30 @@ int crossval_bitnet_eval_with_tokens(const char *model_path, const int32_t *toke
     int rc = REAL(crossval_bitnet_eval_with_tokens)(model_path, tokens, n_tokens, n_ctx, out_logits, logits_capacity,
                                                     out_rows, out_cols, err, err_len);
     overreported(rc, out_logits, out_rows);
+    misreported(rc, out_logits, out_rows, out_cols);
     return reported(rc);
 }
 
 int bitnet_cpp_get_n_past(const bitnet_context_t *ctx, int32_t seq_id, int32_t *out_n_past)
 {
-    return reported(REAL(bitnet_cpp_get_n_past)(ctx, seq_id, out_n_past));
+    int rc = REAL(bitnet_cpp_get_n_past)(ctx, seq_id, out_n_past);
+#ifdef BUG_BAD_N_PAST
+    if (rc == BITNET_OK)
+        *out_n_past = -3;
+#endif
+    return reported(rc);
 }
 
 int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id) { return reported(REAL(bitnet_cpp_reset_context)(ctx, seq_id)); }
 
 int bitnet_cpp_get_model_info(const bitnet_context_t *ctx, int32_t *out_n_vocab, int32_t *out_n_ctx)
 {
-    return reported(REAL(bitnet_cpp_get_model_info)(ctx, out_n_vocab, out_n_ctx));
+    int rc = REAL(bitnet_cpp_get_model_info)(ctx, out_n_vocab, out_n_ctx);
+#ifdef BUG_BAD_MODEL_INFO
+    if (rc == BITNET_OK && out_n_vocab)
+        *out_n_vocab = -1;
+#endif
+    return reported(rc);
 }
 
 int32_t bitnet_cpp_abi_version(void) { return REAL(bitnet_cpp_abi_version)(); }

@@ -62,7 +62,20 @@ def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str
     return lib
 
 
-BROKEN_BACKEND_BUGS = ("LEAK_ON_TOKENIZE_ERROR", "GENERIC_CODE", "WRITE_PAST_BUFFER", "CRASH_IN_EVAL", "OVERREPORT_FILL")
+BROKEN_BACKEND_BUGS = (
+    "LEAK_ON_TOKENIZE_ERROR", "GENERIC_CODE", "WRITE_PAST_BUFFER", "CRASH_IN_EVAL", "OVERREPORT_FILL",
+    "NEGATIVE_QUERY", "FILL_SHAPE", "ABSURD_SIZES", "BAD_MODEL_INFO", "BAD_N_PAST", "BAD_CAPS",
+    "FAKE_GPU", "SESSION_ONLY",
+)
+
+# What a variant leaves out of its dynamic symbol table (tests/broken_backend.c says why).
+_HIDDEN = {
+    "SESSION_ONLY": (
+        "bitnet_cpp_init_context", "bitnet_cpp_free_context", "bitnet_cpp_tokenize_with_context",
+        "bitnet_cpp_eval_with_context", "bitnet_cpp_eval_gpu", "bitnet_cpp_get_n_past", "bitnet_cpp_reset_context",
+        "bitnet_cpp_get_model_info",
+    ),
+}
 
 
 def build_broken_backend(out_dir: Path, bug: str, real_library: Path) -> Path:
@@ -79,8 +92,16 @@ def build_broken_backend(out_dir: Path, bug: str, real_library: Path) -> Path:
     lib = out_dir / "libbitnet.so"
     cmd = [cc, "-shared", "-fPIC", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'native' / 'include'}",
            f'-DREAL_LIBRARY="{real}"', f"-DBUG_{bug}", str(ROOT / "tests" / "broken_backend.c"), "-o", str(lib), "-ldl", "-lpthread"]
+    hidden = _HIDDEN.get(bug, ())
+    if hidden:
+        script = out_dir / "exports.map"
+        script.write_text("{ local: " + " ".join(f"{s};" for s in hidden) + " };\n")
+        cmd.append(f"-Wl,--version-script={script}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    if hidden:
+        exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], check=True, capture_output=True, text=True).stdout
+        assert not [h for h in hidden if f" {h}\n" in exported], exported
     return lib
 
 

@@ -59,10 +59,10 @@ def e04(s: Scenario) -> None:
 
 
 @entry("E05", "symbols", "required `bitnet_cpp_init_context` missing → SymbolNotFound naming symbol, library, version guidance",
-       expect="SymbolNotFound", inject="dlsym.bitnet_cpp_init_context=missing",
+       expect="SymbolNotFound", inject="dlsym.bitnet_cpp_init_context=missing;dlsym.bitnet_cpp_session_create=missing",
        fragments=("required symbol 'bitnet_cpp_init_context' not found", "ABI version", "nm -D"), stub=STUB_SAME)
 def e05(s: Scenario) -> None:
-    """create(backend='dlopen') on a library lacking bitnet_cpp_init_context"""
+    """create(backend='dlopen') on a library lacking bitnet_cpp_init_context (and Socket 4, which could stand in)"""
     err = s.fails(bn.BitnetSession.create, s.model, **s.library_args())
     s.check(".so" in str(err), "the message does not name the library")
 

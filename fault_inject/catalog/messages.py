@@ -43,7 +43,7 @@ def _failures(s: Scenario) -> list[tuple[str, str, Callable[[], Any]]]:
     return [
         ("CppNotAvailable", "BITNET_BACKEND=reference", lambda: bn.BitnetSession.create(s.model, backend="stub")),
         ("LibraryNotFound", "BITNET_CPP_LIBDIR", with_env(lambda: bn.BitnetSession.create(s.model, backend="dlopen"), BITNET_CPP_LIBDIR=str(empty))),
-        ("SymbolNotFound", "rebuild", injected("dlsym.bitnet_cpp_init_context=missing", lambda: bn.BitnetSession.create(s.model, backend="dlopen"))),
+        ("SymbolNotFound", "rebuild", injected("dlsym.bitnet_cpp_init_context=missing;dlsym.bitnet_cpp_session_create=missing", lambda: bn.BitnetSession.create(s.model, backend="dlopen"))),
         ("AbiMismatch", "rebuild", lambda: bn.BitnetSession.create(s.model, backend="dlopen", library_path=abi_lib)),
         ("ModelLoadError", "check the path", lambda: s.session(s.tmp / "absent.gguf")),
         ("InferenceError", "ids must be in", lambda: sess.evaluate([1, 10_000])),

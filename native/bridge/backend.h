@@ -53,6 +53,20 @@ typedef struct bn_backend {
                         int32_t n_tokens, int32_t n_ctx, float *out_logits,
                         int32_t logits_capacity, int32_t *out_rows,
                         int32_t *out_cols, char *err, int32_t err_len);
+    /* Socket 4 of a library (NULL for the embedded backends): used only
+     * when it lacks Socket 1 (session_tier.c) */
+    int (*session_create)(bitnet_session_t **out, const char *model_path,
+                          const char *tokenizer_path, int32_t n_ctx,
+                          int32_t n_gpu_layers, char *err, int32_t err_len);
+    int (*session_free)(bitnet_session_t *s);
+    int (*session_tokenize)(const bitnet_session_t *s, const char *prompt,
+                            int add_bos, int parse_special,
+                            int32_t *out_tokens, int32_t out_capacity,
+                            int32_t *out_len, char *err, int32_t err_len);
+    int (*session_eval)(const bitnet_session_t *s, const int32_t *tokens,
+                        int32_t n_tokens, float *out_logits,
+                        int32_t logits_capacity, int32_t *out_rows,
+                        int32_t *out_cols, char *err, int32_t err_len);
     /* a library's own last error, to recover messages longer than err */
     int32_t (*get_last_error)(char *buf, int32_t buf_len);
 } bn_backend;

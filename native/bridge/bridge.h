@@ -16,6 +16,8 @@
  *   handles.c    the live-handle registry: validation, the busy guard
  *   calls.c      what every entry point does around a backend call
  *   sockets.c    Sockets 1-6 and the context helpers over those handles
+ *   session_tier.c  a library's own Socket 4 serving a context, when it
+ *                has no Socket 1
  *   percall.c    the per-call functions, the same chain one call long
  *   describe.c   the discovery report (bitnet_bridge_describe)
  *   tables.c     the .def tables for callers to enumerate
@@ -48,12 +50,16 @@ typedef struct {
  * (handles.c): bitnet_context_t stays an incomplete type in the bridge, so
  * no code can dereference a handle instead of looking it up. */
 typedef struct {
-    const bn_backend *be;   /* the selected backend */
-    void *impl;             /* its context */
+    const bn_backend *be;   /* the selected backend (what a load handed out) */
+    const bn_backend *ops;  /* what impl answers to: be, or the Socket 4
+                               shim over be's session API (session_tier.c) */
+    void *impl;             /* its context (or session, through ops) */
     const bn_backend *fb;   /* fallback tier (llama.cpp or reference), or NULL */
     void *fb_impl;          /* its context: the model stays loaded */
     tier tok, eval;         /* who serves tokenize / eval (and n_past...) */
     tier detok;             /* who serves detokenize */
+    int32_t n_vocab, n_ctx; /* the eval tier's model info, checked at create
+                               (0: it does not report them) */
     atomic_int busy;        /* 1 while a call runs on this handle */
     atomic_int cancel;      /* set by bitnet_bridge_cancel */
     int torn;               /* a failed free released one tier and kept the
@@ -147,6 +153,34 @@ void bn_scope_leave(call_scope *s);
  * error a library's whole message.  Both return rc. */
 int bn_done(int rc, char *err, int32_t err_len);
 int bn_failed(const bn_backend *be, int rc, char *err, int32_t err_len);
+
+/* What a backend reported, checked before a caller sees it (calls.c):
+ * BITNET_OK, or BITNET_E_INFERENCE naming the library, the socket, the
+ * pass and both values (recorded, not yet copied out: pass it to bn_done).
+ * Tokens: 0..3*strlen(prompt)+5, and within cap on a fill.  Logits: n_tokens
+ * rows of n_vocab columns (n_vocab <= 0: unknown, any >= 1), within cap on
+ * a fill.  n_ctx <= 0: unknown. */
+int bn_check_tokens(const bn_backend *be, const char *socket, int fill,
+                    int32_t n, int32_t cap, const char *prompt);
+int bn_check_logits(const bn_backend *be, const char *socket, int fill,
+                    int32_t rows, int32_t cols, int32_t n_tokens,
+                    int32_t n_vocab, int32_t cap);
+int bn_check_model_info(const bn_backend *be, int32_t n_vocab, int32_t n_ctx);
+int bn_check_n_past(const bn_backend *be, int32_t seq_id, int32_t n_past,
+                    int32_t n_ctx);
+int bn_check_capabilities(const bn_backend *be, const bitnet_capabilities_t *c);
+
+/* ---- session_tier.c ------------------------------------------------------ */
+
+/* 1 when be exports the whole of Socket 4 (create, free, tokenize, eval). */
+int bn_has_session_api(const bn_backend *be);
+/* A context of a library without Socket 1 served through its Socket 4:
+ * *impl a session wrapped for the table *ops (tokenize, eval on sequence 0,
+ * free).  Errors leave through bn_failed / bn_done (copied to err). */
+int bn_session_tier_open(const bn_backend *be, void **impl,
+                         const bn_backend **ops, const char *model_path,
+                         int32_t n_ctx, int32_t n_gpu_layers, char *err,
+                         int32_t err_len);
 
 /* ---- sockets.c ----------------------------------------------------------- */
 

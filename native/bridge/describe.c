@@ -59,13 +59,37 @@ static const char *fallback_label(const resolved *r)
     return "reference";
 }
 
-/* What serves a socket symbol of a library: itself, or the fallback. */
-static const char *serves(bn_symbol sym, int found, const resolved *r)
+static int is_session_symbol(bn_symbol sym)
+{
+    return sym == BN_SYM_bitnet_cpp_session_create ||
+           sym == BN_SYM_bitnet_cpp_session_free ||
+           sym == BN_SYM_bitnet_cpp_session_tokenize ||
+           sym == BN_SYM_bitnet_cpp_session_eval;
+}
+
+/* What serves a socket symbol of a library: itself, or the fallback; and
+ * for Socket 4, which of the two alternatives the bridge calls
+ * (session_tier.c): a symbol found but never called says "not used". */
+static const char *serves(bn_symbol sym, int found, const resolved *r,
+                          const bn_library *lib)
 {
     static _Thread_local char forced[64], plain[64];
     snprintf(forced, sizeof forced, "fallback:%s (forced)", fallback_label(r));
     snprintf(plain, sizeof plain, "fallback:%s", fallback_label(r));
     int need = bn_socket_symbols[sym].need;
+    int sessions = lib && bn_library_uses_sessions(lib);
+    if (is_session_symbol(sym) && found && !sessions)
+        return "not used (Socket 1 serves contexts)";
+    if (sessions && !found) {
+        if (sym == BN_SYM_bitnet_cpp_init_context)
+            return "library (Socket 4: bitnet_cpp_session_create)";
+        if (sym == BN_SYM_bitnet_cpp_free_context)
+            return "library (Socket 4: bitnet_cpp_session_free)";
+        if (sym == BN_SYM_bitnet_cpp_tokenize_with_context && !r->force_fallback)
+            return "library (Socket 4: bitnet_cpp_session_tokenize)";
+        if (sym == BN_SYM_bitnet_cpp_eval_with_context && !r->force_fallback)
+            return "library (Socket 4: bitnet_cpp_session_eval, sequence 0 only)";
+    }
     if (need == BITNET_SYMBOL_FALLBACK && r->force_fallback)
         return r->fallback_allowed ? forced : "none";
     if (found)
@@ -111,7 +135,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                     s->need == BITNET_SYMBOL_REQUIRED ? "required"
                                                       : "optional",
                     lib ? (found ? "found" : "missing") : "unknown",
-                    serves((bn_symbol)i, found, &r));
+                    serves((bn_symbol)i, found, &r, lib));
             }
             if (lib)
                 bn_backend_release(bn_library_backend(lib));

@@ -152,6 +152,10 @@ static void fill_backend(bn_library *lib)
     SYM(percall_tokenize, crossval_bitnet_tokenize);
     SYM(percall_eval, crossval_bitnet_eval_with_tokens);
     SYM(get_last_error, bitnet_cpp_get_last_error);
+    SYM(session_create, bitnet_cpp_session_create);
+    SYM(session_free, bitnet_cpp_session_free);
+    SYM(session_tokenize, bitnet_cpp_session_tokenize);
+    SYM(session_eval, bitnet_cpp_session_eval);
 #undef SYM
 }
 
@@ -219,6 +223,28 @@ static void attach_host(const bn_library *lib)
                library_error(lib, why, sizeof why));
 }
 
+/* Socket 4 complete in syms (removed[i] set: missing for this load). */
+static int has_sessions(void *const *syms, const unsigned char *removed)
+{
+    static const bn_symbol s4[] = {
+        BN_SYM_bitnet_cpp_session_create, BN_SYM_bitnet_cpp_session_free,
+        BN_SYM_bitnet_cpp_session_tokenize, BN_SYM_bitnet_cpp_session_eval};
+    for (size_t i = 0; i < sizeof s4 / sizeof s4[0]; i++)
+        if (!syms[s4[i]] || (removed && removed[s4[i]]))
+            return 0;
+    return 1;
+}
+
+/* Is symbol i one the library may lack?  Socket 1 is required unless the
+ * library offers the seed's alternative, the whole of Socket 4
+ * (session_tier.c serves contexts through it). */
+static int need_waived(int i, void *const *syms, const unsigned char *removed)
+{
+    return (i == BN_SYM_bitnet_cpp_init_context ||
+            i == BN_SYM_bitnet_cpp_free_context) &&
+           has_sessions(syms, removed);
+}
+
 /* The error for a library lacking required symbol i (in its own build,
  * or removed by a dlsym.<symbol> fault for this load). */
 static int required_missing(const char *lib_path, int i, bn_discovery *d,
@@ -227,11 +253,12 @@ static int required_missing(const char *lib_path, int i, bn_discovery *d,
     note(d, path, "loaded, but required symbol %s is missing",
          bn_socket_symbols[i].name);
     return bn_error(BITNET_E_SYMBOL_MISSING,
-                    "required symbol '%s' not found in '%s': the library was "
-                    "built without the socket ABI or is too old; rebuild "
-                    "BitNet.cpp with bitnet.h (ABI version %d) or point "
-                    "BITNET_CPP_LIBDIR at a build that exports it (check "
-                    "with: nm -D %s | grep bitnet_cpp_)",
+                    "required symbol '%s' not found in '%s' (nor the whole "
+                    "of Socket 4, bitnet_cpp_session_*, which could serve "
+                    "instead): the library was built without the socket ABI "
+                    "or is too old; rebuild BitNet.cpp with bitnet.h (ABI "
+                    "version %d) or point BITNET_CPP_LIBDIR at a build that "
+                    "exports it (check with: nm -D %s | grep bitnet_cpp_)",
                     bn_socket_symbols[i].name, lib_path, BITNET_ABI_VERSION,
                     lib_path);
 }
@@ -264,7 +291,7 @@ static int cache_library(void *h, const char *path, const char *key,
         lib->syms[i] = dlsym(h, bn_socket_symbols[i].name);
     for (int i = 0; i < BN_SYM__N && !rc; i++)
         if (bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED &&
-            !lib->syms[i])
+            !lib->syms[i] && !need_waived(i, lib->syms, NULL))
             rc = required_missing(lib->path, i, d, path);
     lib->abi = -1;
     int32_t (*abi_fn)(void) = (int32_t (*)(void))lib->syms[BN_SYM_bitnet_cpp_abi_version];
@@ -411,8 +438,9 @@ static int load_file(const char *path, bn_load_role role, bn_discovery *d,
         }
     }
     for (int i = 0; i < BN_SYM__N; i++)
-        if (res->removed[i] &&
-            bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED)
+        if ((res->removed[i] || !lib->syms[i]) &&
+            bn_socket_symbols[i].need == BITNET_SYMBOL_REQUIRED &&
+            !need_waived(i, lib->syms, res->removed))
             return required_missing(lib->path, i, d, path);
     return BITNET_OK;
 }
@@ -608,6 +636,11 @@ int bn_llama_open(bn_load_role role, bn_discovery *d, bn_library **out)
 const bn_backend *bn_library_backend(const bn_library *lib) { return &lib->be; }
 const char *bn_library_path(const bn_library *lib) { return lib->path; }
 int32_t bn_library_abi(const bn_library *lib) { return lib->abi; }
+int bn_library_uses_sessions(const bn_library *lib)
+{
+    return !lib->syms[BN_SYM_bitnet_cpp_init_context] &&
+           has_sessions(lib->syms, NULL);
+}
 const char *bn_library_version(const bn_library *lib) { return lib->version; }
 
 void bn_libraries_add_counters(bitnet_counters_t *out)

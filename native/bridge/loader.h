@@ -65,6 +65,8 @@ const char *bn_library_path(const bn_library *lib);
 /* Address of a socket symbol in the library, NULL when missing. */
 void *bn_library_symbol(const bn_library *lib, bn_symbol sym);
 int32_t bn_library_abi(const bn_library *lib);     /* -1: not exported */
+/* 1 when contexts of lib are served by its Socket 4 (it lacks Socket 1). */
+int bn_library_uses_sessions(const bn_library *lib);
 const char *bn_library_version(const bn_library *lib); /* "" if unknown */
 
 /* Sums the counters of every loaded library that exports

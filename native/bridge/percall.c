@@ -327,16 +327,12 @@ BITNET_API int bitnet_bridge_percall_tokenize(
             bn_done(rc, err, err_len);
         else if ((rc = brc))
             rc = bn_failed(be, rc, err, err_len);
-        /* a library that reports more than it was given room for wrote
-         * past the buffer or misreports: either way not a result */
-        else if (fill && out_len && (*out_len < 0 || *out_len > out_capacity))
-            rc = bn_done(bn_error(BITNET_E_INTERNAL,
-                                  "%s reported %d tokens from a fill pass "
-                                  "whose buffer holds %d: the library "
-                                  "misreports its output (or wrote past the "
-                                  "buffer); report it to its authors",
-                                  be->name, (int)*out_len, (int)out_capacity),
-                         err, err_len);
+        /* a count the library reports sizes the caller's buffer or says
+         * how much of it is a result: checked before anyone uses it */
+        else if (out_len &&
+                 (rc = bn_check_tokens(be, "crossval_bitnet_tokenize", fill,
+                                       *out_len, out_capacity, prompt)))
+            bn_done(rc, err, err_len);
     }
     bn_scope_leave(&scope);
     percall_release(sel, fb);
@@ -387,17 +383,11 @@ BITNET_API int bitnet_bridge_percall_eval(
             bn_done(rc, err, err_len);
         else if ((rc = brc))
             rc = bn_failed(be, rc, err, err_len);
-        else if (fill && out_rows && out_cols &&
-                 (*out_rows < 0 || *out_cols < 0 ||
-                  (int64_t)*out_rows * *out_cols > logits_capacity))
-            rc = bn_done(bn_error(BITNET_E_INTERNAL,
-                                  "%s reported %d x %d logits from a fill "
-                                  "pass whose buffer holds %d: the library "
-                                  "misreports its output (or wrote past the "
-                                  "buffer); report it to its authors",
-                                  be->name, (int)*out_rows, (int)*out_cols,
-                                  (int)logits_capacity),
-                         err, err_len);
+        else if (out_rows && out_cols &&
+                 (rc = bn_check_logits(be, "crossval_bitnet_eval_with_tokens",
+                                       fill, *out_rows, *out_cols, n_tokens,
+                                       0, logits_capacity)))
+            bn_done(rc, err, err_len);
     }
     bn_scope_leave(&scope);
     percall_release(sel, fb);

@@ -82,15 +82,17 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
     const char *tok_why = NULL, *eval_why = NULL, *detok_why = NULL;
     if (r->force_fallback)
         tok_why = eval_why = detok_why = "BITNET_FORCE_LLAMA_FALLBACK=1";
-    /* detokenize, an extension of Socket 2 newer than the others, is the
-     * one a library built before it lacks: without a fallback tier it
-     * fails when called, not at create (a library that serves everything
-     * else stays usable under BITNET_FALLBACK=none) */
-    if (!detok_why && !c->be->detokenize_with_context)
+    /* c->ops: a library served through its Socket 4 tokenizes and
+     * evaluates through it (session_tier.c).  Detokenize, an extension of
+     * Socket 2 newer than the others, is the one a library built before it
+     * lacks: without a fallback tier it fails when called, not at create
+     * (a library that serves everything else stays usable under
+     * BITNET_FALLBACK=none) */
+    if (!detok_why && !c->ops->detokenize_with_context)
         detok_why = "bitnet_cpp_detokenize_with_context missing";
-    if (!tok_why && !c->be->tokenize_with_context)
+    if (!tok_why && !c->ops->tokenize_with_context)
         tok_why = "bitnet_cpp_tokenize_with_context missing";
-    if (!eval_why && !c->be->eval_with_context)
+    if (!eval_why && !c->ops->eval_with_context)
         eval_why = "bitnet_cpp_eval_with_context missing";
     const char *op = tok_why ? "tokenize" : "evaluate";
     const char *sym = tok_why ? "bitnet_cpp_tokenize_with_context"
@@ -146,12 +148,12 @@ int bn_route(bn_context *c, const resolved *r, const char *path,
                    "%s: %s; detokenize is served by the fallback tier (%s)",
                    c->be->name, detok_why, bn_tier_name(c->fb));
     }
-    set_tier(&c->tok, tok_why ? c->fb : c->be, tok_why ? c->fb_impl : c->impl,
-             tok_why);
-    set_tier(&c->eval, eval_why ? c->fb : c->be,
+    set_tier(&c->tok, tok_why ? c->fb : c->ops,
+             tok_why ? c->fb_impl : c->impl, tok_why);
+    set_tier(&c->eval, eval_why ? c->fb : c->ops,
              eval_why ? c->fb_impl : c->impl, eval_why);
     if (!detok_why)
-        set_tier(&c->detok, c->be, c->impl, NULL);
+        set_tier(&c->detok, c->ops, c->impl, NULL);
     else if (c->fb && c->fb->detokenize_with_context)
         set_tier(&c->detok, c->fb, c->fb_impl, detok_why);
     else /* no tier: the call says why (sockets.c) */

@@ -23,7 +23,7 @@ static void free_impls(bn_context *c)
     if (c->fb_impl)
         c->fb->free_context(c->fb_impl);
     if (c->impl)
-        c->be->free_context(c->impl);
+        c->ops->free_context(c->impl);
 }
 
 /* The loads a context holds (a library view made under a dlsym fault is
@@ -32,6 +32,29 @@ static void release_backends(bn_context *c)
 {
     bn_backend_release(c->fb);
     bn_backend_release(c->be);
+}
+
+/* The eval tier's vocabulary and context sizes, checked once: every eval
+ * shape is then checked against n_vocab, every n_past against n_ctx.  A
+ * tier without the helper leaves them unknown (0). */
+static int learn_model_info(bn_context *c, char *err, int32_t err_len)
+{
+    const tier *t = &c->eval;
+    if (!t->be->get_model_info)
+        return BITNET_OK;
+    int32_t v = 0, n = 0;
+    int rc = t->be->get_model_info(t->impl, &v, &n);
+    if (rc == BITNET_E_UNSUPPORTED) {
+        bn_error_clear();
+        return BITNET_OK;
+    }
+    if (rc)
+        return bn_failed(t->be, rc, err, err_len);
+    if ((rc = bn_check_model_info(t->be, v, n)))
+        return bn_done(rc, err, err_len);
+    c->n_vocab = v;
+    c->n_ctx = n;
+    return BITNET_OK;
 }
 
 BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
@@ -69,16 +92,21 @@ BITNET_API int bitnet_bridge_init_context(bitnet_context_t **out_ctx,
         bn_backend_release(be);
         return bn_done(BITNET_E_OOM, err, err_len);
     }
-    c->be = be;
+    c->be = c->ops = be;
     rc = BN_FAULT(INIT_CONTEXT);
     if (rc)
         bn_done(rc, err, err_len);
+    else if (!be->init_context) /* no Socket 1: the loader saw Socket 4 */
+        rc = bn_session_tier_open(be, &c->impl, &c->ops, model_path, n_ctx,
+                                  n_gpu_layers, err, err_len);
     else
         rc = bn_failed(be, be->init_context(&c->impl, model_path, n_ctx,
                                             n_gpu_layers, err, err_len),
                        err, err_len);
     if (!rc)
         rc = bn_route(c, &r, model_path, n_ctx, n_gpu_layers, err, err_len);
+    if (!rc)
+        rc = learn_model_info(c, err, err_len);
     const void *handle = NULL;
     if (!rc && (rc = bn_handle_add(c, KIND_CONTEXT, &handle)))
         bn_done(rc, err, err_len);
@@ -127,7 +155,7 @@ BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
          * retry frees the rest, the context serves nothing */
         c->torn = 1;
     }
-    if ((rc = bn_failed(c->be, c->be->free_context(c->impl), NULL, 0)))
+    if ((rc = bn_failed(c->ops, c->ops->free_context(c->impl), NULL, 0)))
         goto keep;
     bn_handle_remove(ctx, KIND_CONTEXT); /* cannot fail: it is live and ours */
     release_backends(c);
@@ -228,6 +256,11 @@ BITNET_API int bitnet_cpp_tokenize_with_context(
                            c->tok.impl, prompt, add_bos, parse_special,
                            out_tokens, out_capacity, out_len, err, err_len),
                        err, err_len);
+    if (!rc && out_len &&
+        (rc = bn_check_tokens(c->tok.be, "bitnet_cpp_tokenize_with_context",
+                              out_tokens != NULL, *out_len, out_capacity,
+                              prompt)))
+        bn_done(rc, err, err_len);
     bn_scope_leave(&scope);
     bn_context_leave(c);
     return rc;
@@ -320,9 +353,32 @@ BITNET_API int bitnet_cpp_eval_with_context(
                            c->eval.impl, tokens, n_tokens, seq_id, out_logits,
                            logits_capacity, out_rows, out_cols, err, err_len),
                        err, err_len);
+    if (!rc && out_rows && out_cols &&
+        (rc = bn_check_logits(c->eval.be, "bitnet_cpp_eval_with_context",
+                              out_logits != NULL, *out_rows, *out_cols,
+                              n_tokens, c->n_vocab, logits_capacity)))
+        bn_done(rc, err, err_len);
     bn_scope_leave(&scope);
     bn_context_leave(c);
     return rc;
+}
+
+/* Socket 5 is the native tier's own (no fallback evaluates on a GPU for
+ * it).  A backend without it is refused with what it reports it can use. */
+static int no_gpu_socket(const bn_backend *be)
+{
+    bitnet_capabilities_t caps;
+    char what[160] = "it does not export bitnet_cpp_get_capabilities either";
+    if (be->get_capabilities && be->get_capabilities(&caps) == BITNET_OK)
+        snprintf(what, sizeof what,
+                 "it reports has_cuda=%d, has_metal=%d, has_hip=%d",
+                 caps.has_cuda, caps.has_metal, caps.has_hip);
+    return bn_error(BITNET_E_UNSUPPORTED,
+                    "GPU evaluation is not available: backend '%s' does not "
+                    "export bitnet_cpp_eval_gpu (Socket 5); %s; evaluate on "
+                    "the CPU (bitnet_cpp_eval_with_context), or load a "
+                    "library built with GPU support",
+                    be->name, what);
 }
 
 BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
@@ -337,23 +393,24 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
     bn_context *c = bn_context_enter(ctx, 0, &rc);
     if (!c)
         return bn_done(rc, err, err_len);
-    const bn_backend *be = c->be;
+    call_scope scope;
+    bn_scope_enter(&scope, &c->cancel, "evaluate");
+    const bn_backend *be = c->ops;
     if ((rc = BN_FAULT(EVAL_GPU)))
         bn_done(rc, err, err_len);
     else if (!be->eval_gpu)
-        rc = bn_done(bn_error(BITNET_E_UNSUPPORTED,
-                              "GPU evaluation is not available: backend '%s' "
-                              "does not export bitnet_cpp_eval_gpu "
-                              "(has_cuda=0, has_metal=0, has_hip=0); "
-                              "evaluate on the CPU "
-                              "(bitnet_cpp_eval_with_context)",
-                              be->name),
-                     err, err_len);
+        rc = bn_done(no_gpu_socket(be), err, err_len);
     else
         rc = bn_failed(be, be->eval_gpu(c->impl, tokens, n_tokens,
                                         out_logits, logits_capacity, out_rows,
                                         out_cols, err, err_len),
                        err, err_len);
+    if (!rc && out_rows && out_cols &&
+        (rc = bn_check_logits(be, "bitnet_cpp_eval_gpu", out_logits != NULL,
+                              *out_rows, *out_cols, n_tokens, c->n_vocab,
+                              logits_capacity)))
+        bn_done(rc, err, err_len);
+    bn_scope_leave(&scope);
     bn_context_leave(c);
     return rc;
 }
@@ -379,11 +436,30 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
         return rc_;                                                           \
     } while (0)
 
+/* n_past and the model info are checked like the sockets' counts
+ * (calls.c): a caller sizes its next call from them. */
 BITNET_API int bitnet_cpp_get_n_past(const bitnet_context_t *ctx,
                                      int32_t seq_id, int32_t *out_n_past)
 {
     bn_error_clear();
-    EVAL_HELPER(ctx, get_n_past, seq_id, out_n_past);
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
+        return rc;
+    const tier *t = &c->eval;
+    int32_t n = 0;
+    if (!t->be->get_n_past)
+        rc = bn_error(BITNET_E_UNSUPPORTED,
+                      "backend '%s' does not export bitnet_cpp_get_n_past",
+                      t->be->name);
+    else if (!out_n_past)
+        rc = bn_error(BITNET_E_INVALID_ARG, "out_n_past is NULL");
+    else if (!(rc = bn_failed(t->be, t->be->get_n_past(t->impl, seq_id, &n),
+                              NULL, 0)) &&
+             !(rc = bn_check_n_past(t->be, seq_id, n, c->n_ctx)))
+        *out_n_past = n;
+    bn_context_leave(c);
+    return rc;
 }
 
 BITNET_API int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id)
@@ -397,7 +473,26 @@ BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,
                                          int32_t *out_n_ctx)
 {
     bn_error_clear();
-    EVAL_HELPER(ctx, get_model_info, out_n_vocab, out_n_ctx);
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
+        return rc;
+    const tier *t = &c->eval;
+    int32_t v = 0, n = 0;
+    if (!t->be->get_model_info)
+        rc = bn_error(BITNET_E_UNSUPPORTED,
+                      "backend '%s' does not export bitnet_cpp_get_model_info",
+                      t->be->name);
+    else if (!(rc = bn_failed(t->be, t->be->get_model_info(t->impl, &v, &n),
+                              NULL, 0)) &&
+             !(rc = bn_check_model_info(t->be, v, n))) {
+        if (out_n_vocab)
+            *out_n_vocab = v;
+        if (out_n_ctx)
+            *out_n_ctx = n;
+    }
+    bn_context_leave(c);
+    return rc;
 }
 
 /* ---- Socket 4: sessions over contexts ----------------------------------- */
@@ -507,10 +602,75 @@ BITNET_API int bitnet_cpp_session_eval(const bitnet_session_t *session,
 
 /* ---- Socket 6, version, errors, counters --------------------------------- */
 
-BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
+/* Socket 6 answers for a backend, never for the bridge: what the library
+ * that serves the calls can use (a library built with CUDA says so; the
+ * reference engine reports the CPU it runs on).  Its answer is checked
+ * (calls.c).  A library without Socket 6 leaves them unknown: an error,
+ * not a guess. */
+static int backend_capabilities(const bn_backend *be,
+                                bitnet_capabilities_t *out)
+{
+    if (be == &bn_stub_backend)
+        return bn_error(BITNET_E_NOT_AVAILABLE,
+                        "STUB mode: no backend is loaded, so none can report "
+                        "capabilities; choose one with BITNET_BACKEND "
+                        "(reference, dlopen, llama)");
+    if (!be->get_capabilities)
+        return bn_error(BITNET_E_UNSUPPORTED,
+                        "%s does not export bitnet_cpp_get_capabilities "
+                        "(Socket 6): what it can use is unknown; rebuild it "
+                        "with Socket 6 to report it",
+                        be->name);
+    bitnet_capabilities_t caps;
+    memset(&caps, 0, sizeof caps);
+    int rc = bn_failed(be, be->get_capabilities(&caps), NULL, 0);
+    if (!rc)
+        rc = bn_check_capabilities(be, &caps);
+    if (!rc)
+        *out = caps;
+    return rc;
+}
+
+BITNET_API int bitnet_bridge_get_capabilities(const bitnet_bridge_options *opts,
+                                              bitnet_capabilities_t *out_caps)
 {
     bn_error_clear();
-    return bn_reference_backend.get_capabilities(out_caps);
+    if (!out_caps)
+        return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_caps is NULL"),
+                       NULL, 0);
+    resolved r;
+    const bn_backend *be;
+    int rc = bn_bridge_resolve(opts, &r);
+    if (!rc)
+        rc = bn_select_backend(&r, &be);
+    if (rc)
+        return bn_done(rc, NULL, 0);
+    rc = backend_capabilities(be, out_caps);
+    bn_backend_release(be);
+    return bn_done(rc, NULL, 0);
+}
+
+BITNET_API int bitnet_bridge_context_capabilities(
+    const bitnet_context_t *ctx, bitnet_capabilities_t *out_caps)
+{
+    bn_error_clear();
+    if (!out_caps)
+        return bn_done(bn_error(BITNET_E_INVALID_ARG, "out_caps is NULL"),
+                       NULL, 0);
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
+        return rc;
+    rc = backend_capabilities(c->be, out_caps);
+    bn_context_leave(c);
+    return bn_done(rc, NULL, 0);
+}
+
+/* The default options' backend: BITNET_BACKEND, else the reference engine
+ * (a standalone library: always its own engine, options.c). */
+BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
+{
+    return bitnet_bridge_get_capabilities(NULL, out_caps);
 }
 
 BITNET_API int32_t bitnet_cpp_abi_version(void) { return BITNET_ABI_VERSION; }

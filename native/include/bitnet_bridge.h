@@ -81,6 +81,17 @@ BITNET_API int32_t bitnet_bridge_served_by(const bitnet_context_t *ctx,
                                            const char *operation, char *buf,
                                            int32_t buf_len);
 
+/* Socket 6 of a backend: what the library serving ctx (the backend it was
+ * created with), or the backend the options select (loaded if need be),
+ * reports it can use; bitnet_cpp_get_capabilities is the latter with
+ * default options.  BITNET_E_UNSUPPORTED for a library without Socket 6,
+ * BITNET_E_NOT_AVAILABLE in STUB mode, BITNET_E_INFERENCE for a report
+ * that is not 0/1 flags. */
+BITNET_API int bitnet_bridge_get_capabilities(const bitnet_bridge_options *opts,
+                                              bitnet_capabilities_t *out_caps);
+BITNET_API int bitnet_bridge_context_capabilities(
+    const bitnet_context_t *ctx, bitnet_capabilities_t *out_caps);
+
 /* Deadline for the bridge calls this thread makes from now on:
  * timeout_ns > 0 sets one (measured from the start of each call), 0 clears
  * it.  Checked at step points (load chunks, tokenizer chunks, every layer). */

@@ -40,6 +40,20 @@
 #include "bitnet.h"
 #include "bitnet_host.h"
 #include "llama.h"
+/* ggml's device registry (shipped beside llama.h by llama-cpp-python): the
+ * devices llama.cpp would offload to, for Socket 6 */
+#if defined(__has_include)
+#if __has_include("ggml-backend.h")
+#include "ggml-backend.h"
+#define AD_HAVE_GGML_BACKEND 1
+#endif
+#endif
+
+/* AD_LLAMA_LIB: the libllama.so this adapter was compiled and linked for
+ * (set by the build), so a report says which llama.cpp answered. */
+#ifndef AD_LLAMA_LIB
+#define AD_LLAMA_LIB "libllama.so"
+#endif
 
 #define AD_MAX_SEQ 8 /* the reference engine's BN_MAX_SEQ */
 #define AD_COMPONENT "llama.cpp"
@@ -268,7 +282,8 @@ static int check_model(const char *path, int vocab_only)
     return BITNET_OK;
 }
 
-static int load_model(const char *path, int vocab_only, struct llama_model **out)
+static int load_model(const char *path, int vocab_only, int32_t n_gpu_layers,
+                      struct llama_model **out)
 {
     *out = NULL;
     int rc = check_path(path);
@@ -281,7 +296,7 @@ static int load_model(const char *path, int vocab_only, struct llama_model **out
         return rc;
     int timed_out = 0;
     struct llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 0;
+    mp.n_gpu_layers = n_gpu_layers; /* checked against llama.cpp's report */
     mp.vocab_only = vocab_only != 0;
     mp.progress_callback = on_load_progress;
     mp.progress_callback_user_data = &timed_out;
@@ -323,6 +338,7 @@ typedef struct {
     int32_t n_ctx;   /* positions per sequence, as the caller asked */
     int32_t n_batch; /* tokens per llama_decode */
     int32_t n_past[AD_MAX_SEQ];
+    int32_t n_gpu_layers; /* offloaded at init, as the caller asked */
 } ad_ctx;
 
 /* BITNET_NUM_THREADS, else the online CPUs up to 8: the reference
@@ -391,6 +407,8 @@ static int new_llama_context(ad_ctx *c)
  * positions: per sequence at most this many. */
 #define AD_MAX_N_CTX (INT32_MAX / AD_MAX_SEQ)
 
+static const char *no_gpu_reason(char *buf, size_t cap);
+
 static int ad_check_init_args(int32_t n_ctx, int32_t n_gpu_layers)
 {
     if (n_ctx < 0)
@@ -408,12 +426,16 @@ static int ad_check_init_args(int32_t n_ctx, int32_t n_gpu_layers)
         return fail(BITNET_E_INVALID_ARG,
                     "n_gpu_layers=%d is negative; use 0 for CPU only",
                     (int)n_gpu_layers);
-    if (n_gpu_layers > 0)
+    /* llama.cpp itself keeps a CPU-only build's layers on the CPU without a
+     * word; asked for offload it cannot do, the caller hears why */
+    char why[512];
+    if (n_gpu_layers > 0 && no_gpu_reason(why, sizeof why)[0])
         return fail(BITNET_E_UNSUPPORTED,
-                    "n_gpu_layers=%d asks for GPU offload, but the llama.cpp "
-                    "adapter runs on the CPU (has_cuda=0, has_metal=0, "
-                    "has_hip=0); use n_gpu_layers=0",
-                    (int)n_gpu_layers);
+                    "n_gpu_layers=%d asks for GPU offload, but %s; use "
+                    "n_gpu_layers=0, or a libllama built with a GPU backend "
+                    "(e.g. CMAKE_ARGS=-DGGML_CUDA=on pip install "
+                    "llama-cpp-python)",
+                    (int)n_gpu_layers, why);
     return BITNET_OK;
 }
 
@@ -429,13 +451,15 @@ static void ad_ctx_free(ad_ctx *c)
     ad_free(c);
 }
 
-static int ad_ctx_new(const char *path, int32_t n_ctx, ad_ctx **out)
+static int ad_ctx_new(const char *path, int32_t n_ctx, int32_t n_gpu_layers,
+                      ad_ctx **out)
 {
     *out = NULL;
     ad_ctx *c = ad_calloc(sizeof *c);
     if (!c)
         return fail(BITNET_E_OOM, "out of memory for a llama.cpp context");
-    int rc = load_model(path, 0, &c->model);
+    int rc = load_model(path, 0, n_gpu_layers, &c->model);
+    c->n_gpu_layers = n_gpu_layers;
     if (!rc) {
         c->vocab = llama_model_get_vocab(c->model);
         c->n_vocab = llama_vocab_n_tokens(c->vocab);
@@ -473,7 +497,7 @@ BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
     int rc = ad_check_init_args(n_ctx, n_gpu_layers);
     ad_ctx *c = NULL;
     if (!rc)
-        rc = ad_ctx_new(model_path, n_ctx, &c);
+        rc = ad_ctx_new(model_path, n_ctx, n_gpu_layers, &c);
     if (rc)
         return out(rc, err, err_len);
     atomic_fetch_add(&live.contexts, 1);
@@ -767,19 +791,34 @@ BITNET_API int bitnet_cpp_eval_with_context(
                err, err_len);
 }
 
+/* Socket 5: the evaluation of a context whose layers were offloaded at
+ * init (n_gpu_layers), on sequence 0; refused, naming llama.cpp's own
+ * report, when it cannot offload or nothing was offloaded. */
 BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
                                    const int32_t *tokens, int32_t n_tokens,
                                    float *out_logits, int32_t logits_capacity,
                                    int32_t *out_rows, int32_t *out_cols,
                                    char *err, int32_t err_len)
 {
-    (void)ctx; (void)tokens; (void)n_tokens; (void)out_logits;
-    (void)logits_capacity; (void)out_rows; (void)out_cols;
     clear_error();
-    return out(fail(BITNET_E_UNSUPPORTED,
-                    "GPU evaluation is not available: the llama.cpp adapter "
-                    "runs on the CPU (has_cuda=0, has_metal=0, has_hip=0); "
-                    "evaluate on the CPU (bitnet_cpp_eval_with_context)"),
+    if (!ctx)
+        return out(fail(BITNET_E_INVALID_HANDLE, "context is NULL"), err, err_len);
+    ad_ctx *c = (ad_ctx *)ctx;
+    char why[512];
+    if (no_gpu_reason(why, sizeof why)[0])
+        return out(fail(BITNET_E_UNSUPPORTED,
+                        "GPU evaluation is not available: %s; evaluate on "
+                        "the CPU (bitnet_cpp_eval_with_context)",
+                        why),
+                   err, err_len);
+    if (c->n_gpu_layers <= 0)
+        return out(fail(BITNET_E_UNSUPPORTED,
+                        "GPU evaluation of a context with no layer on the "
+                        "GPU: it was created with n_gpu_layers=0; create it "
+                        "with n_gpu_layers > 0"),
+                   err, err_len);
+    return out(eval_two_pass(c, tokens, n_tokens, 0, out_logits,
+                             logits_capacity, out_rows, out_cols),
                err, err_len);
 }
 
@@ -847,7 +886,7 @@ BITNET_API int crossval_bitnet_tokenize(const char *model_path,
 {
     clear_error();
     struct llama_model *m = NULL;
-    int rc = load_model(model_path, 1, &m); /* the vocabulary is enough */
+    int rc = load_model(model_path, 1, 0, &m); /* the vocabulary is enough */
     if (!rc)
         rc = tokenize(llama_model_get_vocab(m), prompt, add_bos, parse_special,
                       out_tokens, out_capacity, out_len);
@@ -864,7 +903,7 @@ BITNET_API int crossval_bitnet_eval_with_tokens(
     ad_ctx *c = NULL;
     int rc = ad_check_init_args(n_ctx, 0);
     if (!rc)
-        rc = ad_ctx_new(model_path, n_ctx, &c);
+        rc = ad_ctx_new(model_path, n_ctx, 0, &c);
     if (!rc)
         rc = eval_two_pass(c, tokens, n_tokens, 0, out_logits,
                            logits_capacity, out_rows, out_cols);
@@ -874,22 +913,92 @@ BITNET_API int crossval_bitnet_eval_with_tokens(
 
 /* ---- capabilities, version, errors, counters ---------------------------- */
 
+/* What llama.cpp itself reports, not what this machine has: its CPU
+ * backend's feature list (the kernels it was built with), and for the GPU
+ * runtimes a device of that backend in its registry, counted only when
+ * llama_supports_gpu_offload() says layers can go there at all. */
+static void llama_capabilities(bitnet_capabilities_t *caps)
+{
+    memset(caps, 0, sizeof *caps);
+    pthread_once(&backend_once, backend_init);
+#ifdef AD_HAVE_GGML_BACKEND
+    ggml_backend_reg_t cpu = ggml_backend_reg_by_name("CPU");
+    ggml_backend_get_features_t features =
+        cpu ? (ggml_backend_get_features_t)ggml_backend_reg_get_proc_address(
+                  cpu, "ggml_backend_get_features")
+            : NULL;
+    for (struct ggml_backend_feature *f = features ? features(cpu) : NULL;
+         f && f->name; f++) {
+        int on = f->value && strcmp(f->value, "0") != 0;
+        if (!strcmp(f->name, "AVX2"))
+            caps->has_avx2 = on;
+        else if (!strcmp(f->name, "AVX512"))
+            caps->has_avx512 = on;
+        else if (!strcmp(f->name, "NEON"))
+            caps->has_neon = on;
+    }
+    if (!llama_supports_gpu_offload())
+        return;
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        enum ggml_backend_dev_type type = ggml_backend_dev_type(dev);
+        if (type != GGML_BACKEND_DEVICE_TYPE_GPU &&
+            type != GGML_BACKEND_DEVICE_TYPE_IGPU)
+            continue;
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+        const char *name = reg ? ggml_backend_reg_name(reg) : "";
+        if (!strcmp(name, "CUDA"))
+            caps->has_cuda = 1;
+        else if (!strcmp(name, "Metal") || !strcmp(name, "MTL"))
+            caps->has_metal = 1;
+        else if (!strcmp(name, "ROCm") || !strcmp(name, "HIP"))
+            caps->has_hip = 1;
+    }
+#endif
+}
+
+/* Why GPU work cannot be done here, from llama.cpp's own report (empty
+ * when it can offload). */
+static const char *no_gpu_reason(char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    pthread_once(&backend_once, backend_init);
+    if (!llama_supports_gpu_offload()) {
+        snprintf(buf, cap,
+                 "llama.cpp (%s) reports no GPU offload support "
+                 "(llama_supports_gpu_offload() is false: it was built for "
+                 "the CPU only, has_cuda=0, has_metal=0, has_hip=0)",
+                 AD_LLAMA_LIB);
+        return buf;
+    }
+#ifdef AD_HAVE_GGML_BACKEND
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        enum ggml_backend_dev_type t =
+            ggml_backend_dev_type(ggml_backend_dev_get(i));
+        if (t == GGML_BACKEND_DEVICE_TYPE_GPU ||
+            t == GGML_BACKEND_DEVICE_TYPE_IGPU)
+            return buf; /* a device to offload to */
+    }
+    snprintf(buf, cap,
+             "llama.cpp (%s) supports GPU offload but its backend registry "
+             "lists no GPU device (ggml_backend_dev_count() = %zu, none of "
+             "type GPU)",
+             AD_LLAMA_LIB, ggml_backend_dev_count());
+#endif
+    return buf;
+}
+
 BITNET_API int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
 {
     clear_error();
     if (!out_caps)
         return fail(BITNET_E_INVALID_ARG, "out_caps is NULL");
-    memset(out_caps, 0, sizeof *out_caps);
+    llama_capabilities(out_caps);
     return BITNET_OK;
 }
 
 BITNET_API int32_t bitnet_cpp_abi_version(void) { return BITNET_ABI_VERSION; }
 
-/* AD_LLAMA_LIB: the libllama.so this adapter was compiled and linked for
- * (set by the build), so a report says which llama.cpp answered. */
-#ifndef AD_LLAMA_LIB
-#define AD_LLAMA_LIB "libllama.so"
-#endif
 
 BITNET_API const char *bitnet_cpp_version(void)
 {

@@ -83,21 +83,27 @@ def percall_served_label() -> str | None:
 
 
 def _misreport(
-    operation: str, phase: str, what: str, params: dict[str, Any], served_by: Callable[[], str | None] | None
+    operation: str, phase: str, what: str, params: dict[str, Any], served_by: Callable[[], str | None] | None,
+    socket: str | None = None,
 ) -> errors.InferenceError:
     # A count the native side reported that the buffer does not agree with:
     # the result is not returned, whatever the library's return code said.
+    # (The bridge has already checked each count against the inputs and the
+    # buffer; what is left for here is the fill against its query.)
     library = (served_by() if served_by is not None else None) or "an unidentified library"
+    through = f", socket {socket}" if socket else ""
     return errors.InferenceError(
-        f"{operation} ({phase}) failed: {what} (served by {library}), so the result is discarded; "
+        f"{operation} ({phase}) failed: {what} (served by {library}{through}), so the result is discarded; "
         "if the model file was being replaced, call again once it is stable, otherwise the library "
         "misreports its output: report it to its authors",
-        errors.ErrorContext(operation=operation, phase=phase, parameters={**params, "served_by": library}),
+        errors.ErrorContext(operation=operation, phase=phase,
+                            parameters={**params, "served_by": library, **({"socket": socket} if socket else {})}),
     )
 
 
 def tokenize_two_pass(
-    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
+    socket: str | None = None,
 ) -> npt.NDArray[np.int32]:
     """Runs a tokenize socket: query the count, then fill a numpy array.
 
@@ -113,7 +119,7 @@ def tokenize_two_pass(
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
     want = int(n[0])
     if want < 0:
-        raise _misreport(operation, QUERY, f"the query pass reported {want} tokens", params, served_by)
+        raise _misreport(operation, QUERY, f"the query pass reported {want} tokens", params, served_by, socket)
     out = np.empty(want, dtype=np.int32)
     rc = call(ffi.from_buffer("int32_t[]", out), out.size, n, err)
     if rc:
@@ -123,13 +129,14 @@ def tokenize_two_pass(
         beyond = " (more than the buffer holds)" if got > out.size else ""
         raise _misreport(
             operation, FILL, f"the fill pass reported {got} tokens{beyond} where the query pass reported {want}",
-            {**params, "query_tokens": want, "fill_tokens": got}, served_by,
+            {**params, "query_tokens": want, "fill_tokens": got}, served_by, socket,
         )
     return out
 
 
 def bytes_two_pass(
-    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
+    socket: str | None = None,
 ) -> bytes:
     """Runs a socket that returns bytes (detokenize): query the length, then fill.
 
@@ -142,7 +149,7 @@ def bytes_two_pass(
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
     want = int(n[0])
     if want < 0:
-        raise _misreport(operation, QUERY, f"the query pass reported {want} bytes", params, served_by)
+        raise _misreport(operation, QUERY, f"the query pass reported {want} bytes", params, served_by, socket)
     buf = ffi.new("char[]", max(want, 1))  # a NULL buffer would be another query
     rc = call(buf, want, n, err)
     if rc:
@@ -152,13 +159,14 @@ def bytes_two_pass(
         beyond = " (more than the buffer holds)" if got > want else ""
         raise _misreport(
             operation, FILL, f"the fill pass reported {got} bytes{beyond} where the query pass reported {want}",
-            {**params, "query_bytes": want, "fill_bytes": got}, served_by,
+            {**params, "query_bytes": want, "fill_bytes": got}, served_by, socket,
         )
     return bytes(ffi.buffer(buf, want))
 
 
 def eval_two_pass(
-    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
+    socket: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """Runs an eval socket: query rows x cols, then fill a numpy array.
 
@@ -172,7 +180,7 @@ def eval_two_pass(
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
     want = (int(rows[0]), int(cols[0]))
     if min(want) < 0:
-        raise _misreport(operation, QUERY, f"the query pass reported {want[0]} x {want[1]} logits", params, served_by)
+        raise _misreport(operation, QUERY, f"the query pass reported {want[0]} x {want[1]} logits", params, served_by, socket)
     if want[0] * want[1] > 2**31 - 1:
         raise errors.OutOfMemory(
             f"{operation}: {want[0]} x {want[1]} logits exceed the C API's int32 capacity; "
@@ -189,6 +197,6 @@ def eval_two_pass(
         raise _misreport(
             operation, FILL,
             f"the fill pass reported {got[0]} x {got[1]} logits{beyond} where the query pass reported {want[0]} x {want[1]}",
-            {**params, "query_shape": want, "fill_shape": got}, served_by,
+            {**params, "query_shape": want, "fill_shape": got}, served_by, socket,
         )
     return out

@@ -14,7 +14,7 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from . import native_log, settings
+from . import errors, native_log, settings
 from ._native import Options, bundled_library, ffi, lib
 from .capabilities import capabilities
 
@@ -71,7 +71,13 @@ def diagnostics(backend: str | None = None, library_path: str | None = None) -> 
         "abi_version": int(lib.BITNET_ABI_VERSION),
         "native_log_level": native_log.native_level(),
     }
-    report["capabilities"] = capabilities().as_dict()
+    # the capabilities of the library in use (the one the options select),
+    # not of the bridge; a library without Socket 6 reports none
+    try:
+        report["capabilities"] = capabilities(backend, library_path).as_dict()
+    except errors.BitnetError as exc:
+        report["capabilities"] = None
+        report["capabilities_error"] = str(exc)
     report["versions"] = {
         "pytest-bitnet": _version("pytest-bitnet"),
         "python": platform.python_version(),
@@ -80,7 +86,12 @@ def diagnostics(backend: str | None = None, library_path: str | None = None) -> 
         "cffi": _version("cffi"),
         "llama-cpp-python": _version("llama-cpp-python"),
     }
-    missing_required = [s["name"] for s in report["symbols"] if s["required"] and s["status"] != "found"]
+    # a required symbol another socket stands in for (Socket 1 by a library's
+    # Socket 4) is served: "library (Socket 4: ...)"
+    missing_required = [
+        s["name"] for s in report["symbols"]
+        if s["required"] and s["status"] != "found" and not s["served_by"].startswith("library")
+    ]
     report["ok"] = not report["errors"] and not missing_required
     return report
 
@@ -104,7 +115,10 @@ def format_text(report: dict[str, Any]) -> str:
     out.append("environment:")
     out += [f"  {k}={v}" for k, v in report["env"].items() if v is not None] or ["  (no BITNET_* variables set)"]
     out.append(f"build           {report['build']}")
-    out.append(f"capabilities    {report['capabilities']}")
+    if report["capabilities"] is None:
+        out.append(f"capabilities    unknown: {report.get('capabilities_error', '?')}")
+    else:
+        out.append(f"capabilities    {report['capabilities']}")
     out.append(f"versions        {report['versions']}")
     for e in report["errors"]:
         out.append(f"ERROR: {e}")

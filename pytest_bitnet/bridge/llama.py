@@ -123,7 +123,9 @@ def _key(libllama: Path, include: Path) -> str:
     """Hash of what decides the adapter binary: sources, headers, the
     library's identity and the compiler command."""
     h = hashlib.sha256()
-    for f in [ADAPTER_SOURCE, *OUR_HEADERS, include / "llama.h", include / "ggml.h"]:
+    # ggml-backend.h: the adapter includes it when shipped (Socket 6's device list)
+    backend_h = [include / "ggml-backend.h"] if (include / "ggml-backend.h").is_file() else []
+    for f in [ADAPTER_SOURCE, *OUR_HEADERS, include / "llama.h", include / "ggml.h", *backend_h]:
         h.update(f.read_bytes())
     st = libllama.stat()
     h.update(f"{libllama.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_compiler()}|{CFLAGS}".encode())

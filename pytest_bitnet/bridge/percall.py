@@ -38,7 +38,8 @@ def tokenize(
         return lib.bitnet_bridge_percall_tokenize(opts.cdata, raw_path, raw, bool(add_bos), bool(parse_special), buf, cap, n, err, len(err))
 
     with deadline(seconds):
-        return tokenize_two_pass(call, "tokenize (per-call)", params, served_by=percall_served_label)
+        return tokenize_two_pass(call, "tokenize (per-call)", params, served_by=percall_served_label,
+                                 socket="crossval_bitnet_tokenize")
 
 
 def evaluate(
@@ -64,7 +65,9 @@ def evaluate(
         return lib.bitnet_bridge_percall_eval(opts.cdata, raw_path, ptr, toks.size, n_ctx, buf, cap, rows, cols, err, len(err))
 
     with deadline(seconds):
-        return eval_two_pass(call, "evaluate (per-call)", params, served_by=percall_served_label)
+        return eval_two_pass(call, "evaluate (per-call)", params, served_by=percall_served_label,
+                             socket="crossval_bitnet_eval_with_tokens")
+
 
 
 def detokenize_bytes(

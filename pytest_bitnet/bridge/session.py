@@ -34,6 +34,7 @@ import numpy.typing as npt
 from . import counters, errors, native_log
 from ._calls import bytes_two_pass, copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
+from .capabilities import Capabilities, context_capabilities
 from .settings import default_timeout
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
 
@@ -195,9 +196,13 @@ class BitnetSession:
         self.timeout = session_timeout
         self._finalizer = weakref.finalize(self, _free_context, out[0], path)
         info_v, info_c = ffi.new("int32_t *"), ffi.new("int32_t *")
-        lib.bitnet_cpp_get_model_info(self._ctx, info_v, info_c)
-        self.n_vocab = int(info_v[0])
-        self.n_ctx = int(info_c[0])
+        # checked natively (at create too); a library without the helper
+        # (one served through Socket 4) leaves them unknown: None
+        if lib.bitnet_cpp_get_model_info(self._ctx, info_v, info_c) == 0:
+            self.n_vocab: int | None = int(info_v[0])
+            self.n_ctx: int | None = int(info_c[0])
+        else:
+            self.n_vocab = self.n_ctx = None
         # nobody else has the handle yet: it cannot be stale here
         self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
         if counters.tracking():
@@ -329,7 +334,8 @@ class BitnetSession:
 
         try:
             with deadline(seconds):
-                out = tokenize_two_pass(call, "tokenize", params, served_by=lambda: served_label(ctx, "tokenize"))
+                out = tokenize_two_pass(call, "tokenize", params, served_by=lambda: served_label(ctx, "tokenize"),
+                                        socket="bitnet_cpp_tokenize_with_context")
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("tokenize", ctx, exc) from None
         self._served(ctx, "tokenize")
@@ -359,7 +365,8 @@ class BitnetSession:
 
         try:
             with deadline(seconds):
-                out = bytes_two_pass(call, "detokenize", params, served_by=lambda: served_label(ctx, "detokenize"))
+                out = bytes_two_pass(call, "detokenize", params, served_by=lambda: served_label(ctx, "detokenize"),
+                                     socket="bitnet_cpp_detokenize_with_context")
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("detokenize", ctx, exc) from None
         self._served(ctx, "detokenize")
@@ -373,42 +380,89 @@ class BitnetSession:
         or invalid sequence becomes U+FFFD, as llama-cpp-python decodes it)."""
         return self.detokenize_bytes(tokens, remove_special, unparse_special, timeout).decode("utf-8", "replace")
 
-    def evaluate(self, tokens: npt.ArrayLike, seq_id: int = 0, timeout: float | None = None) -> npt.NDArray[np.float32]:
+    def evaluate(
+        self, tokens: npt.ArrayLike, seq_id: int = 0, timeout: float | None = None, gpu: bool = False
+    ) -> npt.NDArray[np.float32]:
         """Logits (n_tokens x n_vocab, float32) for tokens appended to seq_id.
 
-        A failed or timed-out call leaves the sequence as it was.
+        A failed or timed-out call leaves the sequence as it was.  gpu=True
+        evaluates through the library's Socket 5 (bitnet_cpp_eval_gpu), on the
+        layers offloaded at create (n_gpu_layers), sequence 0 only; a library
+        without GPU support raises Unsupported naming what it reports.
         """
         toks = tokens_arg(tokens)
         seq_id = int_arg("evaluate", "seq_id", seq_id, minimum=0)
+        if gpu is not False and gpu is not True:
+            raise errors.InvalidArgument(
+                f"evaluate: gpu must be True or False, got {gpu!r}", errors.ErrorContext(operation="evaluate")
+            )
+        if gpu and seq_id != 0:
+            raise errors.InvalidArgument(
+                f"evaluate: gpu=True evaluates sequence 0 only (Socket 5 has no seq_id), got seq_id={seq_id}; "
+                "use seq_id=0, or gpu=False for other sequences",
+                errors.ErrorContext(operation="evaluate", parameters={"seq_id": seq_id, "gpu": True}),
+            )
         seconds = self._timeout(timeout)
         ptr = ffi.from_buffer("int32_t[]", toks)
         n_tokens = int(toks.size)
-        ctx = self._live("evaluate")  # no user code from here to the native call
+        operation = "evaluate (gpu)" if gpu else "evaluate"
+        ctx = self._live(operation)  # no user code from here to the native call
         try:
-            params = {"n_tokens": n_tokens, "seq_id": seq_id, "n_past": self._n_past(ctx, seq_id), "timeout": seconds}
+            params = {"n_tokens": n_tokens, "seq_id": seq_id, "n_past": self._n_past(ctx, seq_id, known=False),
+                      "timeout": seconds}
+            if gpu:
+                params["gpu"] = True
 
-            def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
-                return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
+                def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+                    return lib.bitnet_cpp_eval_gpu(ctx, ptr, n_tokens, buf, cap, rows, cols, err, len(err))
 
+                socket = "bitnet_cpp_eval_gpu"
+                # Socket 5 is the native tier's own: no fallback serves it
+                served_by = lambda: copied_text(lib.bitnet_bridge_backend_name, ctx)  # noqa: E731
+            else:
+
+                def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+                    return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
+
+                socket = "bitnet_cpp_eval_with_context"
+                served_by = lambda: served_label(ctx, "evaluate")  # noqa: E731
             with deadline(seconds):
-                out = eval_two_pass(call, "evaluate", params, served_by=lambda: served_label(ctx, "evaluate"))
+                out = eval_two_pass(call, operation, params, served_by=served_by, socket=socket)
         except errors.InvalidHandle as exc:
-            raise self._closed_meanwhile("evaluate", ctx, exc) from None
-        self._served(ctx, "evaluate")
+            raise self._closed_meanwhile(operation, ctx, exc) from None
+        if gpu:
+            self.backend_info["evaluate_gpu"] = served_by() or "?"
+        else:
+            self._served(ctx, "evaluate")
         return out
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the library serving this session can use (its Socket 6 report)."""
+        ctx = self._live("capabilities")
+        try:
+            return context_capabilities(ctx)
+        except errors.InvalidHandle as exc:
+            raise self._closed_meanwhile("capabilities", ctx, exc) from None
 
     def n_past(self, seq_id: int = 0) -> int:
         """Positions already evaluated in sequence seq_id."""
         seq_id = int_arg("n_past", "seq_id", seq_id, minimum=0)
         ctx = self._live("n_past")
         try:
-            return self._n_past(ctx, seq_id)
+            n = self._n_past(ctx, seq_id)
+            assert n is not None
+            return n
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("n_past", ctx, exc) from None
 
-    def _n_past(self, ctx: Any, seq_id: int) -> int:
+    def _n_past(self, ctx: Any, seq_id: int, known: bool = True) -> int | None:
+        # known=False: for an error's parameters, where a library without the
+        # helper (one served through Socket 4) is no reason to fail the call
         out = ffi.new("int32_t *")
         rc = lib.bitnet_cpp_get_n_past(ctx, seq_id, out)
+        if rc == lib.BITNET_E_UNSUPPORTED and not known:
+            return None
         if rc:
             raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
         return int(out[0])

@@ -117,21 +117,128 @@ def overreporting(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_session_on_a_library_that_overreports_raises_naming_it(overreporting: Path, tiny_model: Path) -> None:
+    # natively, before Python sees the count: more than the buffer is never a result
     with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=overreporting) as s:
         with pytest.raises(errors.InferenceError) as exc:
             s.tokenize("hello world")
-        assert "tokenize (FILL PHASE) failed: the fill pass reported" in str(exc.value)
-        assert "(more than the buffer holds)" in str(exc.value) and f"served by dlopen:{overreporting}" in str(exc.value)
+        assert "tokenize (FILL PHASE) failed: " in str(exc.value)
+        assert f"dlopen:{overreporting} misreports its output: bitnet_cpp_tokenize_with_context (fill pass)" in str(exc.value)
+        assert "reported 10 tokens, more than the buffer of 9 it was given" in str(exc.value)
         toks = np.array([1, 5, 7], dtype=np.int32)
         with pytest.raises(errors.InferenceError) as exc:
             s.evaluate(toks)
-        assert f"the fill pass reported 4 x {s.n_vocab} logits (more than the buffer holds) where the query pass reported 3 x {s.n_vocab}" in str(exc.value)
-        assert f"served by dlopen:{overreporting}" in str(exc.value)
+        assert "bitnet_cpp_eval_with_context (fill pass)" in str(exc.value)
+        assert f"reported 4 x {s.n_vocab} logits for 3 tokens (expected 3 x {s.n_vocab}" in str(exc.value)
 
 
 def test_the_bridge_refuses_a_per_call_fill_that_reports_more_than_its_buffer(overreporting: Path, tiny_model: Path) -> None:
     # natively, for C callers too: more than the capacity is never a result
-    with pytest.raises(errors.InternalError, match=rf"dlopen:{overreporting} reported 4 x \d+ logits from a fill pass whose buffer holds \d+"):
+    with pytest.raises(errors.InferenceError, match=rf"dlopen:{overreporting} misreports its output: crossval_bitnet_eval_with_tokens \(fill pass\) reported 4 x \d+ logits for 3 tokens"):
         bn.evaluate(tiny_model, np.array([1, 5, 7], dtype=np.int32), backend="dlopen", library_path=overreporting)
-    with pytest.raises(errors.InternalError, match=r"reported \d+ tokens from a fill pass whose buffer holds \d+: the library misreports"):
+    with pytest.raises(errors.InferenceError, match=r"crossval_bitnet_tokenize \(fill pass\) reported \d+ tokens, more than the buffer of \d+"):
         bn.tokenize(tiny_model, "hello world", backend="dlopen", library_path=overreporting)
+
+
+# ---- real libraries that misreport in other ways (issue 20, item 15) -------------------------
+
+
+def _broken(tmp_path_factory: pytest.TempPathFactory, bug: str) -> Path:
+    real = bundled_library()
+    if real is None:
+        pytest.skip("no bundled library")
+    return build_broken_backend(tmp_path_factory.mktemp(bug.lower()), bug, real)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    built: dict[str, Path] = {}
+
+    def get(bug: str) -> Path:
+        if bug not in built:
+            built[bug] = _broken(tmp_path_factory, bug)
+        return built[bug]
+
+    return get
+
+
+def _baseline() -> dict[str, int]:
+    c = bn.live_counters()
+    return {k: c[k] for k in ("contexts", "sessions")}
+
+
+def test_a_negative_query_is_an_inference_error_naming_library_socket_and_phase(broken: Callable[[str], Path], tiny_model: Path) -> None:
+    lib = broken("NEGATIVE_QUERY")
+    before = _baseline()
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=lib) as s:
+        with pytest.raises(errors.InferenceError) as exc:
+            s.tokenize("hello")
+        text = str(exc.value)
+        assert "tokenize (QUERY PHASE) failed" in text and f"dlopen:{lib}" in text
+        assert "bitnet_cpp_tokenize_with_context (query pass) reported -5 tokens for a prompt of 5 bytes (expected 0..20)" in text
+        with pytest.raises(errors.InferenceError) as exc:
+            s.evaluate(np.array([1, 2], dtype=np.int32))
+        text = str(exc.value)
+        assert "evaluate (QUERY PHASE) failed" in text
+        assert f"bitnet_cpp_eval_with_context (query pass) reported -5 x {s.n_vocab} logits for 2 tokens (expected 2 x {s.n_vocab}" in text
+    with pytest.raises(errors.InferenceError, match=r"crossval_bitnet_tokenize \(query pass\) reported -5 tokens"):
+        bn.tokenize(tiny_model, "hello", backend="dlopen", library_path=lib)
+    with pytest.raises(errors.InferenceError, match=r"crossval_bitnet_eval_with_tokens \(query pass\) reported -5 x \d+ logits for 2 tokens"):
+        bn.evaluate(tiny_model, np.array([1, 2], dtype=np.int32), backend="dlopen", library_path=lib)
+    assert _baseline() == before
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated(broken: Callable[[str], Path], tiny_model: Path) -> None:
+    lib = broken("ABSURD_SIZES")
+    before = _baseline()
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=lib) as s:
+        with pytest.raises(errors.InferenceError, match=r"\(query pass\) reported 1000000 tokens for a prompt of 5 bytes \(expected 0\.\.20\)"):
+            s.tokenize("hello")
+        with pytest.raises(errors.InferenceError, match=rf"\(query pass\) reported 1000000 x {s.n_vocab} logits for 3 tokens \(expected 3 x {s.n_vocab}"):
+            s.evaluate(np.array([1, 2, 3], dtype=np.int32))
+        assert s.n_past() == 0  # refused at the query: the fill never ran
+    with pytest.raises(errors.InferenceError, match=r"crossval_bitnet_eval_with_tokens \(query pass\) reported 1000000 x"):
+        bn.evaluate(tiny_model, np.array([1, 2, 3], dtype=np.int32), backend="dlopen", library_path=lib)
+    assert _baseline() == before
+
+
+def test_a_fill_shape_other_than_the_query_is_refused(broken: Callable[[str], Path], tiny_model: Path) -> None:
+    lib = broken("FILL_SHAPE")
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=lib) as s:
+        # one column fewer: within the buffer, so only the shape says it is wrong (natively)
+        with pytest.raises(errors.InferenceError) as exc:
+            s.evaluate(np.array([1, 2], dtype=np.int32))
+        assert f"bitnet_cpp_eval_with_context (fill pass) reported 2 x {s.n_vocab - 1} logits for 2 tokens (expected 2 x {s.n_vocab}" in str(exc.value)
+        assert "evaluate (FILL PHASE)" in str(exc.value)
+        # one token fewer: plausible on its own; the Python side compares it with the query
+        with pytest.raises(errors.InferenceError) as exc:
+            s.tokenize("hello world")
+        text = str(exc.value)
+        assert "tokenize (FILL PHASE) failed: the fill pass reported" in text and "where the query pass reported" in text
+        assert f"served by dlopen:{lib}, socket bitnet_cpp_tokenize_with_context" in text
+    with pytest.raises(errors.InferenceError) as exc:
+        bn.tokenize(tiny_model, "hello world", backend="dlopen", library_path=lib)
+    assert "where the query pass reported" in str(exc.value)
+    assert f"served by dlopen:{lib}, socket crossval_bitnet_tokenize" in str(exc.value)
+
+
+def test_model_info_and_n_past_are_checked(broken: Callable[[str], Path], tiny_model: Path) -> None:
+    before = _baseline()
+    lib = broken("BAD_MODEL_INFO")
+    with pytest.raises(errors.InferenceError) as exc:
+        bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=lib)
+    assert f"dlopen:{lib} misreports its model: bitnet_cpp_get_model_info reported n_vocab=-1 and n_ctx=512 (expected both >= 1)" in str(exc.value)
+    assert _baseline() == before  # the refused context was freed
+    lib = broken("BAD_N_PAST")
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=lib) as s:
+        with pytest.raises(errors.InferenceError, match=rf"dlopen:{lib} misreports its state: bitnet_cpp_get_n_past reported n_past=-3 for seq_id 0 \(expected 0\.\.512"):
+            s.n_past()
+    assert _baseline() == before
+
+
+def test_capabilities_are_checked(broken: Callable[[str], Path], tiny_model: Path) -> None:
+    lib = broken("BAD_CAPS")
+    with pytest.raises(errors.InferenceError, match=rf"dlopen:{lib} misreports its capabilities: bitnet_cpp_get_capabilities reported has_cuda=7 \(expected 0 or 1\)"):
+        bn.capabilities(backend="dlopen", library_path=lib)
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=lib) as s:
+        with pytest.raises(errors.InferenceError, match="has_cuda=7"):
+            s.capabilities

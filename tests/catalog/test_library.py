@@ -22,8 +22,9 @@ from tests.native_builds import build_library
 
 @pytest.fixture(scope="module")
 def library_without_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real libbitnet.so whose dynamic symbol table lacks bitnet_cpp_init_context."""
-    return build_library(tmp_path_factory.mktemp("no_init"), hide=["bitnet_cpp_init_context"])
+    """A real libbitnet.so whose dynamic symbol table lacks bitnet_cpp_init_context (and
+    bitnet_cpp_session_create: with the whole of Socket 4 it would be served through that)."""
+    return build_library(tmp_path_factory.mktemp("no_init"), hide=["bitnet_cpp_init_context", "bitnet_cpp_session_create"])
 
 
 def _assert_same_as_reference(model: Path, tokens: np.ndarray, logits: np.ndarray) -> None:
@@ -85,7 +86,7 @@ def test_e04_no_native_tier_and_no_fallback(bitnet_model: Path, monkeypatch: pyt
     assert bitnet_counters.delta() == {}
 
 
-@pytest.mark.bitnet_inject("dlsym.bitnet_cpp_init_context=missing")
+@pytest.mark.bitnet_inject("dlsym.bitnet_cpp_init_context=missing;dlsym.bitnet_cpp_session_create=missing")
 def test_e05_required_symbol_missing(bitnet_model: Path, library_without_init: Path, bitnet_counters: Counters) -> None:
     entry = CATALOG["E05"]
     # The bundled library, its symbol hidden by the fault point.

@@ -53,7 +53,7 @@ def test_e32_every_error_class_says_what_why_and_how_to_fix(
         failures: list[tuple[str, str, Callable[[], Any]]] = [
             ("CppNotAvailable", "BITNET_BACKEND=reference", create(backend="stub")),
             ("LibraryNotFound", "BITNET_CPP_LIBDIR", library_dir_empty),
-            ("SymbolNotFound", "rebuild", injected("dlsym.bitnet_cpp_init_context=missing", create(backend="dlopen"))),
+            ("SymbolNotFound", "rebuild", injected("dlsym.bitnet_cpp_init_context=missing;dlsym.bitnet_cpp_session_create=missing", create(backend="dlopen"))),
             ("AbiMismatch", "rebuild", create(backend="dlopen", library_path=library_abi99)),
             ("ModelLoadError", "check the path", lambda: bn.BitnetSession.create(tmp_path / "absent.gguf")),
             ("InferenceError", "ids must be in", lambda: s.evaluate([1, 10_000])),

@@ -50,7 +50,7 @@ POINT_HEADERS = {"bn_fault.h"}
 PRIVATE = {"fault_internal.h": "fault"}
 
 # Quoted includes that are not ours: the header of the library the adapter links.
-EXTERNAL = {("llama", "llama.h")}
+EXTERNAL = {("llama", "llama.h"), ("llama", "ggml-backend.h")}
 
 INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"]+)[>"]', re.M)
 
