@@ -105,23 +105,28 @@ atexit.register(_retry_pending_at_exit)
 
 def _free_context(ctx: Any, path: str) -> None:
     # weakref.finalize callback: the session was collected without close().
-    warnings.warn(
-        f"BitnetSession for {path!r} was not closed; freeing it in the finalizer "
-        "(use 'with BitnetSession.create(...)' or call close())",
-        ResourceWarning,
-        stacklevel=2,
-    )
-    log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
+    # Free first, warn after: with ResourceWarning turned into an error
+    # (-W error::ResourceWarning) the warning raises here, and anything after
+    # it never runs -- a warning issued first left the context alive for ever.
     rc = lib.bitnet_cpp_free_context(ctx)
-    if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:
+    if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:  # freed now, or by someone holding the raw handle
+        log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
+        warnings.warn(
+            f"BitnetSession for {path!r} was not closed; it was freed by its finalizer "
+            "(use 'with BitnetSession.create(...)' or call close())",
+            ResourceWarning,
+            stacklevel=2,
+        )
         return
     message = native_message(None)[0]
     with _pending_lock:
         _pending.append(PendingCleanup(path, ctx, 1, message))
+    log.warning("unclosed BitnetSession for %r could not be freed by its finalizer (%s); its context stays "
+                "alive and counted, pending a retry", path, message)
     warnings.warn(
-        f"freeing the unclosed BitnetSession for {path!r} failed ({message}); its context stays "
-        "alive and counted in pytest_bitnet.bridge.session.pending_cleanups(), and is retried by "
-        "the next create() or close(), by retry_pending(), and at exit",
+        f"BitnetSession for {path!r} was not closed, and freeing it in its finalizer failed ({message}); "
+        "its context stays alive and counted in pytest_bitnet.bridge.session.pending_cleanups(), and is "
+        "retried by the next create() or close(), by retry_pending(), and at exit",
         ResourceWarning,
         stacklevel=2,
     )
