@@ -179,3 +179,57 @@ def test_junit_in_warn_mode_carries_the_leak_as_a_property(pytester: pytest.Pyte
     props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "out.xml").getroot().iter("property")}
     assert 'line 5, in open_and_forget' in props["bitnet_leak"]
     assert props["bitnet_leaked"].startswith('{"allocations": ')
+
+
+# ---- per object: sessions not closed, and totals that hide leaks (issue 20, items 2-4) -----
+
+DROPPED = """
+import pytest_bitnet as bn
+
+def make(path):
+    return bn.BitnetSession.create(path)
+
+def test_drops(bitnet_model):
+    s = make(bitnet_model)
+    s.tokenize("dropped, never closed")
+
+def test_clean(bitnet_session):
+    bitnet_session.tokenize("fine")
+"""
+
+
+def test_a_session_freed_by_its_finalizer_is_a_leak_of_the_test_that_dropped_it(pytester: pytest.Pytester) -> None:
+    # Item 2: the finalizer freed it, the counters were back, the test passed.
+    pytester.makepyfile(test_dropped=DROPPED)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_drops*",
+            "bitnet: native objects leaked by test_dropped.py::test_drops: 1 session not closed*",
+            "  <BitnetSession *: not closed: freed by its finalizer after the test dropped it, created at (most recent call last):",
+            '  File "*test_dropped.py", line 7, in test_drops',
+            '  File "*test_dropped.py", line 4, in make',
+        ]
+    )
+    out = result.stdout.str()
+    assert "inside the native bridge" not in out and "leaked by test_dropped.py::test_clean" not in out
+    # warn mode lists it without failing
+    result = pytester.runpytest_subprocess("--bitnet-leak-check=warn")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["native leaks in 1 test(s) (warn mode: not failing):", "*leaked by test_dropped.py::test_drops: 1 session not closed*",
+         "*not closed: freed by its finalizer*"]
+    )
+
+
+def test_resource_warnings_as_errors_still_free_the_session(pytester: pytest.Pytester) -> None:
+    # Item 3: the warning raised inside the finalizer before the free, the
+    # context stayed alive, and the plugin blamed the native bridge.
+    pytester.makepyfile(test_dropped=DROPPED)
+    result = pytester.runpytest_subprocess("-W", "error::ResourceWarning")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["bitnet: native objects leaked by test_dropped.py::test_drops: 1 session not closed*",
+                                 "*not closed: freed by its finalizer*"])
+    out = result.stdout.str()
+    assert "inside the native bridge" not in out and "contexts +1" not in out
