@@ -51,7 +51,8 @@ class Leak:
     nodeid: str
     counters: dict[str, int]  # counter -> excess over baseline
     objects: list[tuple[str, str]]  # (the session and how it ended, Python stack where it was created)
-    native: dict[str, int] = field(default_factory=dict)  # excess no session of the test explains
+    native: dict[str, int] = field(default_factory=dict)  # bridge counters' excess no session of the test explains
+    custom: dict[str, int] = field(default_factory=dict)  # excess of counters from pytest_bitnet_counters hooks
 
     def headline(self) -> str:
         parts = [f"{k} +{v}" for k, v in self.counters.items()]
@@ -68,6 +69,9 @@ class Leak:
             held = ", ".join(f"{k} +{v}" for k, v in self.native.items())
             lines.append(f"  {held} held by no BitnetSession this test created: the leak is inside the native bridge "
                          "(a per-call function, an error path, or a handle taken through the C ABI did not free what it allocated)")
+        if self.custom:
+            held = ", ".join(f"{k} +{v}" for k, v in self.custom.items())
+            lines.append(f"  {held}: counters of pytest_bitnet_counters (not the bridge's): what they count outlived the test")
         return "\n".join(lines)
 
 
@@ -90,11 +94,11 @@ def _registry() -> Any:
 
 
 def default_counters() -> dict[str, int]:
-    """The built-in pytest_bitnet_counters: the bridge's live counters."""
+    """The built-in counters, always checked: the bridge's live counters."""
     # Until something loads the bridge nothing native can be alive: a
     # suite that never touches it never loads it for the leak check.
     if "pytest_bitnet.bridge._native" not in sys.modules:
-        return _ZERO
+        return dict(_ZERO)
     from pytest_bitnet.bridge.counters import live_counters
 
     c = live_counters()
@@ -102,7 +106,19 @@ def default_counters() -> dict[str, int]:
 
 
 def counters(run: RunState) -> dict[str, int]:
-    return run.config.hook.pytest_bitnet_counters()  # type: ignore[no-any-return]
+    """The built-in counters and every pytest_bitnet_counters implementation's."""
+    c = default_counters()
+    for extra in run.config.hook.pytest_bitnet_counters():
+        for k, v in (extra or {}).items():
+            if k in c:
+                what = "the name of a built-in counter" if k in LEAK_COUNTERS else "returned by another implementation too"
+                raise pytest.UsageError(
+                    f"pytest_bitnet_counters returned {k!r}, {what}: the built-in counters "
+                    f"({', '.join(LEAK_COUNTERS)}) are always checked, and each implementation's are added to them; "
+                    "give yours a name of their own"
+                )
+            c[k] = int(v)
+    return c
 
 
 def configure(run: RunState) -> None:
@@ -118,8 +134,12 @@ def unconfigure(run: RunState) -> None:
 
 def start(run: RunState, st: TestState) -> None:
     if st.leak_mode != "off":
+        try:
+            baseline = counters(run)
+        except pytest.UsageError as exc:
+            pytest.fail(str(exc), pytrace=False)
         st.mark = _registry().watch()
-        st.baseline = counters(run)
+        st.baseline = baseline
 
 
 def check(run: RunState, item: pytest.Item, st: TestState) -> None:
@@ -158,7 +178,9 @@ def _find(run: RunState, item: pytest.Item, st: TestState, reg: Any, collected: 
                 if k in excess:
                     excess[k] -= v
     leaked = [r for r in own if r.state != reg.CLOSED]
-    native = dict(excess)
+    # only the bridge's counters can be inside the bridge; the others are the hooks'
+    custom = {k: v for k, v in excess.items() if k not in LEAK_COUNTERS and v > 0}
+    native = {k: v for k, v in excess.items() if k in LEAK_COUNTERS}
     for r in leaked:
         if r.state in (reg.OPEN, reg.PENDING):  # still counted: what it holds is explained
             for k, v in r.footprint.items():
@@ -170,7 +192,7 @@ def _find(run: RunState, item: pytest.Item, st: TestState, reg: Any, collected: 
         return None
     objects = [(f"{r.what} {_STATE_TEXT[r.state]}" if r.state == reg.OPEN else f"{r.what}: {_STATE_TEXT[r.state]}",
                 _format_stack(r.stack)) for r in leaked]
-    return Leak(item.nodeid, excess, objects, native)
+    return Leak(item.nodeid, excess, objects, native, custom)
 
 
 def _excess(st: TestState, now: dict[str, int]) -> dict[str, int]:

@@ -287,3 +287,47 @@ def test_a_native_leak_is_not_hidden_by_an_earlier_tests_session_freed_meanwhile
             "  contexts +1*held by no BitnetSession this test created: the leak is inside the native bridge*",
         ]
     )
+
+
+def test_custom_counters_are_checked_besides_the_built_in_ones(pytester: pytest.Pytester) -> None:
+    # Item 5: a pytest_bitnet_counters implementation replaced the built-in
+    # counters (a session leak passed) and its own leak was blamed on the
+    # native bridge.
+    pytester.makeconftest(
+        """
+        import handles
+        def pytest_bitnet_counters():
+            return {"wrapper_handles": len(handles.OPEN)}
+        """
+    )
+    pytester.makepyfile(handles="OPEN = []")
+    pytester.makepyfile(
+        test_custom="""
+        import handles, pytest_bitnet as bn
+        KEEP = []
+        def test_leaks_a_handle():
+            handles.OPEN.append(object())
+        def test_leaks_a_session(bitnet_model):
+            KEEP.append(bn.BitnetSession.create(bitnet_model))
+        def test_clean(bitnet_session):
+            bitnet_session.tokenize("fine")
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "bitnet: native objects leaked by test_custom.py::test_leaks_a_handle: wrapper_handles +1 *",
+            "  wrapper_handles +1: counters of pytest_bitnet_counters (not the bridge's)*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["bitnet: native objects leaked by test_custom.py::test_leaks_a_session: contexts +1*"])
+    assert "inside the native bridge" not in result.stdout.str()
+
+
+def test_custom_counters_may_not_take_a_built_in_name(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("def pytest_bitnet_counters():\n    return {'contexts': 0}\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*pytest_bitnet_counters returned 'contexts', the name of a built-in counter*"])
