@@ -97,7 +97,7 @@ class Tracked:
         self.serial = serial  # its identity: the number of its creation
         self.what = what  # repr at creation (the object may be gone when reported)
         self.stack = stack  # the Python stack that created it
-        self.footprint = footprint  # what its create() added to the live counters
+        self.footprint = footprint  # what its create() added to the live counters (global: see End.delta)
         self.state = OPEN  # OPEN | CLOSED | FINALIZED | PENDING
         self.ended = 0  # number of its last end (0 while open)
 
@@ -114,7 +114,10 @@ class End:
         self.number = number  # its place in the sequence
         self.serial = serial  # the session's identity
         self.state = state  # what the session is now: CLOSED | FINALIZED | PENDING
-        self.delta = delta  # the live counters' change across the free (after - before)
+        # The live counters' change across the free (after - before): exact
+        # when nothing else runs meanwhile; frees and allocations of other
+        # threads during the free are in it too (the counters are global).
+        self.delta = delta
 
     def __repr__(self) -> str:
         return f"End({self.number}, {self.serial}, {self.state}, {self.delta})"
