@@ -36,6 +36,7 @@ __all__ = [
     "ended",
     "live_counters",
     "mark",
+    "quiet_since",
     "record",
     "reserve",
     "snapshot",
@@ -131,7 +132,7 @@ class _Registry:
     keeps only what is alive and what a running check still needs.
     """
 
-    __slots__ = ("enabled", "lock", "records", "ends", "incoming", "watchers")
+    __slots__ = ("enabled", "lock", "records", "ends", "incoming", "watchers", "last", "ended")
 
     def __init__(self) -> None:
         self.enabled = False  # record in create(), close() and finalizers
@@ -140,14 +141,22 @@ class _Registry:
         self.ends: list[End] = []  # drained ends, in order, still watched
         self.incoming: collections.deque[End] = collections.deque()  # ends not drained yet (lock-free)
         self.watchers: collections.Counter[int] = collections.Counter()  # marks of running readers
+        self.last = 0  # the greatest serial recorded (written under the lock)
+        self.ended = 0  # drained records in CLOSED / FINALIZED state, not forgotten yet
 
     def drain(self) -> None:  # under self.lock
         while self.incoming:
             end = self.incoming.popleft()
             rec = self.records.get(end.serial)
             if rec is not None:
+                if rec.state in (CLOSED, FINALIZED):
+                    self.ended -= 1
                 rec.state, rec.ended = end.state, end.number
+                if rec.state in (CLOSED, FINALIZED):
+                    self.ended += 1
             self.ends.append(end)
+        if not (self.ended or self.ends):
+            return  # the common case, every test: nothing to forget
         oldest = min(self.watchers) if self.watchers else None
         if oldest is None:
             self.ends.clear()
@@ -156,6 +165,7 @@ class _Registry:
         gone = [k for k, r in self.records.items() if r.state in (CLOSED, FINALIZED) and (oldest is None or r.ended < oldest)]
         for k in gone:
             del self.records[k]
+        self.ended -= len(gone)
 
 
 _REGISTRY: Final = _Registry()
@@ -178,6 +188,7 @@ def track_creation(enabled: bool) -> bool:
             _REGISTRY.records.clear()
             _REGISTRY.ends.clear()
             _REGISTRY.incoming.clear()
+            _REGISTRY.ended = 0
     return previous
 
 
@@ -211,6 +222,7 @@ def record(session: BitnetSession, serial: int, before: Mapping[str, int] | None
     rec = Tracked(serial, repr(session), stack, footprint)
     with _REGISTRY.lock:
         _REGISTRY.records[rec.serial] = rec
+        _REGISTRY.last = max(_REGISTRY.last, serial)
     return rec.serial
 
 
@@ -218,12 +230,20 @@ def ended(serial: int, state: str, before: Mapping[str, int] | None) -> None:
     """Called when a tracked session's context was freed (or its free failed:
     state PENDING).  Safe in a finalizer: takes no lock."""
     if serial and before is not None and _REGISTRY.enabled:
-        _REGISTRY.incoming.append(End(next(_numbers), serial, state, _since(before)))
+        end = End(next(_numbers), serial, state, _since(before))
+        _REGISTRY.incoming.append(end)
 
 
 def mark() -> int:
     """A number after every event so far: what a reader compares with."""
     return next(_numbers)
+
+
+def quiet_since(m: int) -> bool:
+    """No tracked session was created or ended after mark `m` (cheap, no lock)."""
+    reg = _REGISTRY
+    ends = reg.ends  # drain() swaps the list whole: read it once
+    return reg.last < m and not reg.incoming and not (ends and ends[-1].number > m)
 
 
 def watch() -> int:
