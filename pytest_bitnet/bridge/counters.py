@@ -1,33 +1,50 @@
-"""Live native counters, and where each live session was created.
+"""Live native counters, and the registry of the sessions Python made.
 
 The native bridge counts every object and byte it holds (bitnet.h,
 ``bitnet_counters_t``).  This module is the one list of those counters'
-names, the reading of them, and the registry of creation stacks a leak
-report names.  Importing it loads nothing native: :func:`live_counters`
-loads the bridge on first use, so a harness can hold the names (and turn
-tracking on) before any test touched the bridge.
+names, the reading of them, and -- while tracking is on -- the registry of
+every session's identity, creation stack and end (closed, or freed by its
+finalizer) that a leak check accounts per object.  Importing it loads
+nothing native: :func:`live_counters` loads the bridge on first use, so a
+harness can hold the names (and turn tracking on) before any test touched
+the bridge.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import threading
 import traceback
-import weakref
 from typing import TYPE_CHECKING, Final, Mapping
 
 if TYPE_CHECKING:
     from .session import BitnetSession
 
 __all__ = [
+    "CLOSED",
     "COUNTERS",
+    "FINALIZED",
     "LEAK_COUNTERS",
     "MONOTONIC_COUNTERS",
-    "creation_seq",
+    "OPEN",
+    "PENDING",
+    "End",
+    "Tracked",
     "delta",
+    "ends",
+    "ended",
     "live_counters",
-    "open_sessions",
+    "mark",
+    "quiet_since",
+    "record",
+    "reserve",
+    "snapshot",
     "track_creation",
+    "tracked",
     "tracking",
+    "unwatch",
+    "watch",
 ]
 
 #: Every field of bitnet_counters_t, in its order (checked against the C
@@ -54,66 +71,208 @@ def delta(before: Mapping[str, int], after: Mapping[str, int], names: tuple[str,
     return {k: after[k] - before[k] for k in names if after.get(k, 0) != before.get(k, 0)}
 
 
-# ---- creation stacks (for leak reports) ---------------------------------------------
+# ---- the registry of sessions (for leak checks) -------------------------------------------
+#
+# Every event (a creation, an end, a reader's mark) takes the next number of
+# one sequence, so "created after the test started" and "ended during the
+# fixture's teardown" are comparisons of numbers.  Ends are reported from
+# finalizers, which run inside any allocation of any thread (gc), possibly
+# while this thread holds the registry's lock: they only append to a deque
+# (atomic, no lock); readers drain it under the lock.
+
+#: A session's states, as tracked.
+OPEN: Final = "open"
+CLOSED: Final = "closed"  # close() freed it
+FINALIZED: Final = "finalized"  # not closed: its finalizer (or a retry of that free) freed it
+PENDING: Final = "pending"  # not closed, and its finalizer's free failed: still counted, to be retried
+
+_numbers = itertools.count(1)  # next() is atomic in CPython: numbering needs no lock
 
 
-class _CreationRegistry:
-    """Where each live session was created, while tracking is on.
+class Tracked:
+    """One session Python made, while tracking was on."""
 
-    The pytest plugin's leak check turns tracking on so a leaked session can
-    be named with the Python stack that created it; off (the default) it
-    costs create() one branch.
+    __slots__ = ("serial", "what", "stack", "footprint", "state", "ended")
+
+    def __init__(self, serial: int, what: str, stack: traceback.StackSummary, footprint: dict[str, int]) -> None:
+        self.serial = serial  # its identity: the number of its creation
+        self.what = what  # repr at creation (the object may be gone when reported)
+        self.stack = stack  # the Python stack that created it
+        self.footprint = footprint  # what its create() added to the live counters (global: see End.delta)
+        self.state = OPEN  # OPEN | CLOSED | FINALIZED | PENDING
+        self.ended = 0  # number of its last end (0 while open)
+
+    def __repr__(self) -> str:
+        return f"Tracked({self.serial}, {self.what!r}, {self.state})"
+
+
+class End:
+    """A tracked session's native context freed (or a free that failed)."""
+
+    __slots__ = ("number", "serial", "state", "delta")
+
+    def __init__(self, number: int, serial: int, state: str, delta: dict[str, int]) -> None:
+        self.number = number  # its place in the sequence
+        self.serial = serial  # the session's identity
+        self.state = state  # what the session is now: CLOSED | FINALIZED | PENDING
+        # The live counters' change across the free (after - before): exact
+        # when nothing else runs meanwhile; frees and allocations of other
+        # threads during the free are in it too (the counters are global).
+        self.delta = delta
+
+    def __repr__(self) -> str:
+        return f"End({self.number}, {self.serial}, {self.state}, {self.delta})"
+
+
+class _Registry:
+    """Every tracked session's identity, creation stack and ends.
+
+    Records of ended sessions and the ends themselves are kept while a
+    reader watches (from a mark before them), then dropped: a long run
+    keeps only what is alive and what a running check still needs.
     """
 
-    __slots__ = ("enabled", "live", "seq", "lock")
+    __slots__ = ("enabled", "lock", "records", "ends", "incoming", "watchers", "last", "ended")
 
     def __init__(self) -> None:
-        self.enabled = False  # record stacks in create()
-        self.seq = 0  # sessions recorded so far (a creation order)
-        self.lock = threading.Lock()
-        self.live: weakref.WeakKeyDictionary[BitnetSession, tuple[int, traceback.StackSummary]] = weakref.WeakKeyDictionary()
+        self.enabled = False  # record in create(), close() and finalizers
+        self.lock = threading.Lock()  # records, ends, watchers; never taken by a finalizer
+        self.records: dict[int, Tracked] = {}  # serial -> record: alive, or ended and still watched
+        self.ends: list[End] = []  # drained ends, in order, still watched
+        self.incoming: collections.deque[End] = collections.deque()  # ends not drained yet (lock-free)
+        self.watchers: collections.Counter[int] = collections.Counter()  # marks of running readers
+        self.last = 0  # the greatest serial recorded (written under the lock)
+        self.ended = 0  # drained records in CLOSED / FINALIZED state, not forgotten yet
 
-    def record(self, session: BitnetSession) -> None:
-        # [:-2]: drop record() and create() themselves
-        stack = traceback.StackSummary.from_list(traceback.extract_stack()[:-2])
-        with self.lock:
-            self.seq += 1
-            self.live[session] = (self.seq, stack)
+    def drain(self) -> None:  # under self.lock
+        while self.incoming:
+            end = self.incoming.popleft()
+            rec = self.records.get(end.serial)
+            if rec is not None:
+                if rec.state in (CLOSED, FINALIZED):
+                    self.ended -= 1
+                rec.state, rec.ended = end.state, end.number
+                if rec.state in (CLOSED, FINALIZED):
+                    self.ended += 1
+            self.ends.append(end)
+        if not (self.ended or self.ends):
+            return  # the common case, every test: nothing to forget
+        oldest = min(self.watchers) if self.watchers else None
+        if oldest is None:
+            self.ends.clear()
+        elif self.ends and self.ends[0].number < oldest:
+            self.ends = [e for e in self.ends if e.number >= oldest]
+        gone = [k for k, r in self.records.items() if r.state in (CLOSED, FINALIZED) and (oldest is None or r.ended < oldest)]
+        for k in gone:
+            del self.records[k]
+        self.ended -= len(gone)
 
 
-_CREATED: Final = _CreationRegistry()
+_REGISTRY: Final = _Registry()
 
 
 def tracking() -> bool:
-    """Whether creation stacks are being recorded."""
-    return _CREATED.enabled
-
-
-def record(session: BitnetSession) -> None:
-    """Called by BitnetSession.create while tracking is on."""
-    _CREATED.record(session)
+    """Whether sessions are being tracked."""
+    return _REGISTRY.enabled
 
 
 def track_creation(enabled: bool) -> bool:
-    """Records the creating stack of every session from now on (or stops).
+    """Tracks every session created from now on (or stops, forgetting all).
 
     Returns the previous setting, so nested users can restore it.
     """
-    previous = _CREATED.enabled
-    _CREATED.enabled = bool(enabled)
+    previous = _REGISTRY.enabled
+    _REGISTRY.enabled = bool(enabled)
     if not enabled:
-        with _CREATED.lock:
-            _CREATED.live.clear()
+        with _REGISTRY.lock:
+            _REGISTRY.records.clear()
+            _REGISTRY.ends.clear()
+            _REGISTRY.incoming.clear()
+            _REGISTRY.ended = 0
     return previous
 
 
-def creation_seq() -> int:
-    """The number of sessions recorded so far; compare with open_sessions()."""
-    return _CREATED.seq
+def snapshot() -> dict[str, int] | None:
+    """The leak-checked live counters while tracking (None when off): taken
+    before a create or a free, handed to :func:`record` / :func:`ended`."""
+    if not _REGISTRY.enabled:
+        return None
+    c = live_counters()
+    return {k: c[k] for k in LEAK_COUNTERS}
 
 
-def open_sessions(after: int = 0) -> list[tuple[int, BitnetSession, traceback.StackSummary]]:
-    """Open sessions recorded after creation number `after`: (number, session, stack)."""
-    with _CREATED.lock:
-        items = list(_CREATED.live.items())
-    return sorted(((seq, s, stack) for s, (seq, stack) in items if seq > after and not s.closed), key=lambda t: t[0])
+def _since(before: Mapping[str, int]) -> dict[str, int]:
+    c = live_counters()
+    return {k: c[k] - before[k] for k in LEAK_COUNTERS}
+
+
+def reserve(before: Mapping[str, int] | None) -> int:
+    """A session's identity, taken by create() once its context exists (0
+    when not tracking); the finalizer registered then carries it."""
+    return next(_numbers) if before is not None and _REGISTRY.enabled else 0
+
+
+def record(session: BitnetSession, serial: int, before: Mapping[str, int] | None) -> None:
+    """Called by BitnetSession.create with its reserved identity."""
+    if not serial or before is None or not _REGISTRY.enabled:
+        return
+    footprint = _since(before)
+    # [:-2]: drop record() and create() themselves
+    stack = traceback.StackSummary.from_list(traceback.extract_stack()[:-2])
+    rec = Tracked(serial, repr(session), stack, footprint)
+    with _REGISTRY.lock:
+        _REGISTRY.records[rec.serial] = rec
+        _REGISTRY.last = max(_REGISTRY.last, serial)
+    return rec.serial
+
+
+def ended(serial: int, state: str, before: Mapping[str, int] | None) -> None:
+    """Called when a tracked session's context was freed (or its free failed:
+    state PENDING).  Safe in a finalizer: takes no lock."""
+    if serial and before is not None and _REGISTRY.enabled:
+        end = End(next(_numbers), serial, state, _since(before))
+        _REGISTRY.incoming.append(end)
+
+
+def mark() -> int:
+    """A number after every event so far: what a reader compares with."""
+    return next(_numbers)
+
+
+def quiet_since(m: int) -> bool:
+    """No tracked session was created or ended after mark `m` (cheap, no lock)."""
+    reg = _REGISTRY
+    ends = reg.ends  # drain() swaps the list whole: read it once
+    return reg.last < m and not reg.incoming and not (ends and ends[-1].number > m)
+
+
+def watch() -> int:
+    """A mark, kept: records and ends after it stay until :func:`unwatch`."""
+    with _REGISTRY.lock:
+        m = next(_numbers)
+        _REGISTRY.watchers[m] += 1
+        return m
+
+
+def unwatch(m: int) -> None:
+    with _REGISTRY.lock:
+        _REGISTRY.watchers[m] -= 1
+        if _REGISTRY.watchers[m] <= 0:
+            del _REGISTRY.watchers[m]
+        _REGISTRY.drain()
+
+
+def tracked(after: int) -> list[Tracked]:
+    """The tracked sessions created after mark `after`, oldest first (their
+    state is the registry's view now: a finalizer may change it later)."""
+    with _REGISTRY.lock:
+        _REGISTRY.drain()
+        return sorted((r for r in _REGISTRY.records.values() if r.serial > after), key=lambda r: r.serial)
+
+
+def ends(after: int) -> list[End]:
+    """The ends after mark `after` (of any tracked session), in order.  Only
+    complete while a :func:`watch` mark at or before `after` is held."""
+    with _REGISTRY.lock:
+        _REGISTRY.drain()
+        return [e for e in _REGISTRY.ends if e.number > after]

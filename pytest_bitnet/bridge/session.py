@@ -56,6 +56,7 @@ class PendingCleanup:
     handle: Any  # the bitnet_context_t * (cffi)
     attempts: int  # frees tried so far
     error: str  # what the last one said
+    serial: int = 0  # the session's identity in the counters registry (0: not tracked)
 
 
 _pending: list[PendingCleanup] = []
@@ -80,8 +81,10 @@ def retry_pending() -> int:
         del _pending[:]
     kept = []
     for p in todo:
+        before = counters.snapshot()
         rc = lib.bitnet_cpp_free_context(p.handle)
         if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:  # freed now, or by someone holding the raw handle
+            counters.ended(p.serial, counters.FINALIZED, before)
             log.info("pending BitnetSession context for %r freed on retry %d", p.model_path, p.attempts + 1)
             continue
         p.attempts += 1
@@ -104,25 +107,34 @@ def _retry_pending_at_exit() -> None:
 atexit.register(_retry_pending_at_exit)
 
 
-def _free_context(ctx: Any, path: str) -> None:
+def _free_context(ctx: Any, path: str, serial: int) -> None:
     # weakref.finalize callback: the session was collected without close().
-    warnings.warn(
-        f"BitnetSession for {path!r} was not closed; freeing it in the finalizer "
-        "(use 'with BitnetSession.create(...)' or call close())",
-        ResourceWarning,
-        stacklevel=2,
-    )
-    log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
+    # Free first, warn after: with ResourceWarning turned into an error
+    # (-W error::ResourceWarning) the warning raises here, and anything after
+    # it never runs -- a warning issued first left the context alive for ever.
+    before = counters.snapshot()
     rc = lib.bitnet_cpp_free_context(ctx)
-    if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:
+    if rc == 0 or rc == lib.BITNET_E_INVALID_HANDLE:  # freed now, or by someone holding the raw handle
+        # the leak check's record: not closed, freed here (a leak of the test that made it)
+        counters.ended(serial, counters.FINALIZED, before)
+        log.warning("unclosed BitnetSession for %r freed by its finalizer", path)
+        warnings.warn(
+            f"BitnetSession for {path!r} was not closed; it was freed by its finalizer "
+            "(use 'with BitnetSession.create(...)' or call close())",
+            ResourceWarning,
+            stacklevel=2,
+        )
         return
     message = native_message(None)[0]
     with _pending_lock:
-        _pending.append(PendingCleanup(path, ctx, 1, message))
+        _pending.append(PendingCleanup(path, ctx, 1, message, serial))
+    counters.ended(serial, counters.PENDING, before)
+    log.warning("unclosed BitnetSession for %r could not be freed by its finalizer (%s); its context stays "
+                "alive and counted, pending a retry", path, message)
     warnings.warn(
-        f"freeing the unclosed BitnetSession for {path!r} failed ({message}); its context stays "
-        "alive and counted in pytest_bitnet.bridge.session.pending_cleanups(), and is retried by "
-        "the next create() or close(), by retry_pending(), and at exit",
+        f"BitnetSession for {path!r} was not closed, and freeing it in its finalizer failed ({message}); "
+        "its context stays alive and counted in pytest_bitnet.bridge.session.pending_cleanups(), and is "
+        "retried by the next create() or close(), by retry_pending(), and at exit",
         ResourceWarning,
         stacklevel=2,
     )
@@ -146,7 +158,7 @@ class BitnetSession:
     """
 
     __slots__ = (
-        "_ctx", "_finalizer", "_close_lock", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__"
+        "_ctx", "_finalizer", "_close_lock", "_serial", "model_path", "n_ctx", "n_vocab", "timeout", "backend_info", "__weakref__"
     )
 
     def __init__(self) -> None:  # use create()
@@ -182,6 +194,7 @@ class BitnetSession:
         params = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "timeout": session_timeout}
         if backend is not None:
             params["backend"] = backend
+        before = counters.snapshot()  # None unless a leak check tracks sessions
         with deadline(session_timeout):
             rc = lib.bitnet_bridge_init_context(out, raw_path, n_ctx, n_gpu_layers, opts.cdata, err, len(err))
         if rc:
@@ -194,7 +207,8 @@ class BitnetSession:
         self._close_lock = threading.Lock()
         self.model_path = path
         self.timeout = session_timeout
-        self._finalizer = weakref.finalize(self, _free_context, out[0], path)
+        self._serial = counters.reserve(before)
+        self._finalizer = weakref.finalize(self, _free_context, out[0], path, self._serial)
         info_v, info_c = ffi.new("int32_t *"), ffi.new("int32_t *")
         # checked natively (at create too); a library without the helper
         # (one served through Socket 4) leaves them unknown: None
@@ -205,8 +219,7 @@ class BitnetSession:
             self.n_vocab = self.n_ctx = None
         # nobody else has the handle yet: it cannot be stale here
         self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
-        if counters.tracking():
-            counters.record(self)
+        counters.record(self, self._serial, before)
         return self
 
     # -- lifecycle ---------------------------------------------------------
@@ -227,6 +240,7 @@ class BitnetSession:
         with self._close_lock:
             if self._ctx is None:
                 return
+            before = counters.snapshot()
             rc = lib.bitnet_cpp_free_context(self._ctx)
             if rc:
                 # Whatever stopped the free, the caller's question is "is it
@@ -243,6 +257,7 @@ class BitnetSession:
                     raise
             self._finalizer.detach()
             self._ctx = None
+            counters.ended(self._serial, counters.CLOSED, before)
         if _pending:
             retry_pending()
 

@@ -94,11 +94,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     del config.stash[RUN]
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_bitnet_counters() -> dict[str, int]:
-    return leaks.default_counters()
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return reports.header(config.stash[RUN])
 

@@ -1,9 +1,20 @@
-"""The leak check: native counters before a test and after its teardown.
+"""The leak check: per object, and the native counters for the rest.
 
-Objects made by session-, module- or class-scoped fixtures belong to no
-test: their deltas are credited to the baseline of the test that set them
-up or tore them down.  A leak names each open session with the Python
-stack that created it.
+Every session Python makes has an identity in the bridge's registry
+(:mod:`pytest_bitnet.bridge.counters`): its creation stack, and how it
+ended.  A test owns the sessions created between its setup and the end of
+its teardown, minus those of session-, module- or class-scoped fixtures.
+At teardown each one it owns must be closed: one still open, or one freed
+by its finalizer (dropped without close()), is a leak of that test, named
+with the stack that created it.  Each object is judged once, by the test
+that made it; when it is freed later (a finalizer in another test) that
+frees the later test of nothing.
+
+The live counters stay the ground truth for what Python did not make (a
+per-call function, an error path, a raw C ABI handle): what they hold above
+the test's baseline, after crediting higher-scoped fixtures, adding back
+what earlier tests' sessions freed meanwhile and taking off what this
+test's own leaked sessions hold, is a leak "inside the native bridge".
 """
 
 from __future__ import annotations
@@ -13,36 +24,55 @@ import gc
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Iterator
 
 import pytest
 
+from pytest_bitnet.bridge import counters as registry
 from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
 from .state import RUN, RunState, TestState
 
 __all__ = ["Leak", "check", "counters", "crediting", "default_counters", "fixture_torn_down", "start"]
 
+# How a leaked session ended, in a leak report.
+_STATE_TEXT: Final = {
+    "open": "still open",
+    "finalized": "not closed: freed by its finalizer after the test dropped it",
+    "pending": "not closed, and its finalizer could not free it (still counted, waiting in "
+    "pytest_bitnet.bridge.session.pending_cleanups())",
+}
+
 
 @dataclass
 class Leak:
-    """What one test leaked: counters above baseline, and the sessions behind them."""
+    """What one test leaked: its sessions not closed, and counters above baseline."""
 
     nodeid: str
     counters: dict[str, int]  # counter -> excess over baseline
-    objects: list[tuple[str, str]]  # (repr of the session, Python stack where it was created)
+    objects: list[tuple[str, str]]  # (the session and how it ended, Python stack where it was created)
+    native: dict[str, int] = field(default_factory=dict)  # bridge counters' excess no session of the test explains
+    custom: dict[str, int] = field(default_factory=dict)  # excess of counters from pytest_bitnet_counters hooks
 
     def headline(self) -> str:
-        return f"bitnet: native objects leaked by {self.nodeid}: " + ", ".join(f"{k} +{v}" for k, v in self.counters.items())
+        parts = [f"{k} +{v}" for k, v in self.counters.items()]
+        if self.objects:  # open ones too: a session freed meanwhile holds nothing a counter shows
+            n = len(self.objects)
+            parts.append(f"{n} session{'s' if n > 1 else ''} not closed")
+        return f"bitnet: native objects leaked by {self.nodeid}: " + ", ".join(parts)
 
     def text(self) -> str:
         lines = [self.headline() + " (after teardown and gc.collect(); close sessions, or mark the test bitnet_allow_leaks)"]
         for what, stack in self.objects:
-            lines += [f"  {what} created at (most recent call last):", stack.rstrip()]
-        if not self.objects:
-            lines.append("  no open BitnetSession was created by this test: the leak is inside the native bridge "
-                         "(a per-call function or an error path did not free what it allocated)")
+            lines += [f"  {what}, created at (most recent call last):", stack.rstrip()]
+        if self.native:
+            held = ", ".join(f"{k} +{v}" for k, v in self.native.items())
+            lines.append(f"  {held} held by no BitnetSession this test created: the leak is inside the native bridge "
+                         "(a per-call function, an error path, or a handle taken through the C ABI did not free what it allocated)")
+        if self.custom:
+            held = ", ".join(f"{k} +{v}" for k, v in self.custom.items())
+            lines.append(f"  {held}: counters of pytest_bitnet_counters (not the bridge's): what they count outlived the test")
         return "\n".join(lines)
 
 
@@ -57,22 +87,12 @@ def _format_stack(stack: traceback.StackSummary) -> str:
     return "".join(traceback.StackSummary.from_list(frames[last + 1 :]).format())
 
 
-def _counters_module() -> Any:
-    # None until pytest_bitnet.bridge.session is imported: no session exists before.
-    return sys.modules.get("pytest_bitnet.bridge.counters")
-
-
-def _creation_seq() -> int:
-    mod = _counters_module()
-    return mod.creation_seq() if mod is not None else 0
-
-
 def default_counters() -> dict[str, int]:
-    """The built-in pytest_bitnet_counters: the bridge's live counters."""
+    """The built-in counters, always checked: the bridge's live counters."""
     # Until something loads the bridge nothing native can be alive: a
     # suite that never touches it never loads it for the leak check.
     if "pytest_bitnet.bridge._native" not in sys.modules:
-        return _ZERO
+        return dict(_ZERO)
     from pytest_bitnet.bridge.counters import live_counters
 
     c = live_counters()
@@ -80,57 +100,100 @@ def default_counters() -> dict[str, int]:
 
 
 def counters(run: RunState) -> dict[str, int]:
-    return run.config.hook.pytest_bitnet_counters()  # type: ignore[no-any-return]
+    """The built-in counters and every pytest_bitnet_counters implementation's."""
+    c = default_counters()
+    for extra in run.config.hook.pytest_bitnet_counters():
+        for k, v in (extra or {}).items():
+            if k in c:
+                what = "the name of a built-in counter" if k in LEAK_COUNTERS else "returned by another implementation too"
+                raise pytest.UsageError(
+                    f"pytest_bitnet_counters returned {k!r}, {what}: the built-in counters "
+                    f"({', '.join(LEAK_COUNTERS)}) are always checked, and each implementation's are added to them; "
+                    "give yours a name of their own"
+                )
+            c[k] = int(v)
+    return c
 
 
 def configure(run: RunState) -> None:
     if run.settings.leak_check != "off":
-        # Creation stacks for leak reports, from before any session exists.
-        from pytest_bitnet.bridge import counters as bridge_counters
-
-        run.previous_tracking = bridge_counters.track_creation(True)
+        # Identities and creation stacks, from before any session exists.
+        run.previous_tracking = registry.track_creation(True)
 
 
 def unconfigure(run: RunState) -> None:
     if run.settings.leak_check != "off":
-        from pytest_bitnet.bridge import counters as bridge_counters
-
-        bridge_counters.track_creation(run.previous_tracking)
+        registry.track_creation(run.previous_tracking)
 
 
 def start(run: RunState, st: TestState) -> None:
     if st.leak_mode != "off":
-        st.seq_start = _creation_seq()
-        st.baseline = counters(run)
+        try:
+            baseline = counters(run)
+        except pytest.UsageError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        st.mark = registry.watch()
+        st.baseline = baseline
 
 
 def check(run: RunState, item: pytest.Item, st: TestState) -> None:
-    """After teardown: sets st.leak when counters stay above the baseline."""
+    """After teardown: sets st.leak when the test leaked."""
     if st.baseline is None:
         return
-    excess = _excess(st, counters(run))
-    if not excess:
-        return
-    gc.collect()  # only when something looks leaked: a full collection per test is too slow
-    excess = _excess(st, counters(run))
-    if not excess:
-        return
-    from pytest_bitnet.bridge import counters as bridge_counters
-
-    objects = [
-        (repr(s), _format_stack(stack))
-        for seq, s, stack in bridge_counters.open_sessions(st.seq_start)
-        if not any(lo < seq <= hi for lo, hi in st.excluded)
-    ]
-    leak = Leak(item.nodeid, excess, objects)
-    if item.ihook.pytest_bitnet_leak_found(item=item, leak=leak) is False:
+    reg = registry
+    try:
+        if reg.quiet_since(st.mark) and not any(v > 0 for v in _excess(st, counters(run)).values()):
+            return  # the common case: no session made or freed, no counter above baseline
+        leak = _find(run, item, st, reg, collected=False)
+        if leak is not None:
+            gc.collect()  # only when something looks leaked: a full collection per test is too slow
+            leak = _find(run, item, st, reg, collected=True)
+    finally:
+        reg.unwatch(st.mark)
+    if leak is None or item.ihook.pytest_bitnet_leak_found(item=item, leak=leak) is False:
         return
     st.leak = leak
 
 
+def _excluded(st: TestState, number: int) -> bool:
+    return any(lo < number < hi for lo, hi in st.excluded)
+
+
+def _find(run: RunState, item: pytest.Item, st: TestState, reg: Any, collected: bool) -> Leak | None:
+    now = counters(run)
+    own = [r for r in reg.tracked(st.mark) if not _excluded(st, r.serial)]
+    if not collected and any(r.state == reg.OPEN for r in own):
+        return Leak(item.nodeid, {}, [])  # look again after gc.collect(): it may be in a cycle
+    excess = _excess(st, now)
+    # Sessions of earlier tests (or of no test) freed during this one lowered
+    # the totals: add back what they held, or they hide this test's leaks.
+    # Ends inside a fixture's window are in st.adjust already.
+    for e in reg.ends(st.mark):
+        if (e.serial < st.mark or _excluded(st, e.serial)) and not _excluded(st, e.number):
+            for k, v in e.delta.items():
+                if k in excess:
+                    excess[k] -= v
+    leaked = [r for r in own if r.state != reg.CLOSED]
+    # only the bridge's counters can be inside the bridge; the others are the hooks'
+    custom = {k: v for k, v in excess.items() if k not in LEAK_COUNTERS and v > 0}
+    native = {k: v for k, v in excess.items() if k in LEAK_COUNTERS}
+    for r in leaked:
+        if r.state in (reg.OPEN, reg.PENDING):  # still counted: what it holds is explained
+            for k, v in r.footprint.items():
+                if k in native:
+                    native[k] -= v
+    excess = {k: v for k, v in excess.items() if v > 0}
+    native = {k: v for k, v in native.items() if v > 0}
+    if not leaked and not excess:
+        return None
+    objects = [(f"{r.what} {_STATE_TEXT[r.state]}" if r.state == reg.OPEN else f"{r.what}: {_STATE_TEXT[r.state]}",
+                _format_stack(r.stack)) for r in leaked]
+    return Leak(item.nodeid, excess, objects, native, custom)
+
+
 def _excess(st: TestState, now: dict[str, int]) -> dict[str, int]:
     base, adj = st.baseline or {}, st.adjust
-    return {k: d for k in now if (d := now[k] - base.get(k, 0) - adj.get(k, 0)) > 0}
+    return {k: now[k] - base.get(k, 0) - adj.get(k, 0) for k in now}
 
 
 # ---- higher-scoped fixtures ----------------------------------------------------------------
@@ -144,16 +207,18 @@ def crediting(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     if st is None or st.baseline is None:
         yield
         return
-    before, seq = counters(run), _creation_seq()
+    reg = registry
+    before, begin = counters(run), reg.mark()
     try:
         yield
     finally:
         after = counters(run)
         for k in after:
             st.adjust[k] = st.adjust.get(k, 0) + after[k] - before.get(k, 0)
-        st.excluded.append((seq, _creation_seq()))
+        # what it created, and what ended in its setup, is the fixture's
+        st.excluded.append((begin, reg.mark()))
         # Runs before the fixture's own teardown (finalizers run last-in first-out).
-        fixturedef.addfinalizer(lambda: run.fixture_snapshots.__setitem__(id(fixturedef), counters(run)))
+        fixturedef.addfinalizer(lambda: run.fixture_snapshots.__setitem__(id(fixturedef), (counters(run), reg.mark())))
 
 
 def fixture_torn_down(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
@@ -161,10 +226,12 @@ def fixture_torn_down(fixturedef: pytest.FixtureDef[Any], request: pytest.Fixtur
     run = request.config.stash.get(RUN, None)
     if run is None:
         return
-    before = run.fixture_snapshots.pop(id(fixturedef), None)
+    snap = run.fixture_snapshots.pop(id(fixturedef), None)
     st = run.current
-    if before is None or st is None or st.baseline is None:
+    if snap is None or st is None or st.baseline is None:
         return
+    before, begin = snap
     after = counters(run)
     for k in after:
         st.adjust[k] = st.adjust.get(k, 0) + after[k] - before.get(k, 0)
+    st.excluded.append((begin, registry.mark()))  # what ended in its teardown is in st.adjust

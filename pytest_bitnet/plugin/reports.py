@@ -15,7 +15,10 @@ import pytest
 
 from .state import RunState, TestState
 
-__all__ = ["Collector", "decorate", "header"]
+__all__ = ["SECTION", "Collector", "decorate", "header"]
+
+#: The report section of a leak that did not fail the teardown (warn mode).
+SECTION = "bitnet leaked native objects"
 
 
 def header(run: RunState) -> list[str]:
@@ -57,17 +60,25 @@ def decorate(st: TestState, report: pytest.TestReport, run_seed: int | None = No
             derived = f", derived from run seed {run_seed} and the node id" if r.seed == st.seed else ""
             report.user_properties.append(("bitnet_inject", f"{r.spec} (seed {r.seed}{derived})"))
             report.user_properties.append(("bitnet_hits", json.dumps(r.hits, sort_keys=True)))
+            report.user_properties.append(("bitnet_fired", json.dumps(r.fired, sort_keys=True)))
             if r.never_hit:
                 report.user_properties.append(("bitnet_never_hit", ", ".join(r.never_hit)))
     if st.leak:
         text = st.leak.text()
         fail = st.leak_mode == "strict"
         data["leak"] = {"counters": st.leak.counters, "text": text, "failed": fail}
-        report.sections.append(("bitnet leaked native objects", text))
         report.user_properties.append(("bitnet_leaked", json.dumps(st.leak.counters, sort_keys=True)))
+        # junitxml writes neither custom report sections nor anything but the
+        # error's longrepr for a failed teardown: the creation stacks go in
+        # the longrepr (the error's text) and in a property (warn mode too).
+        report.user_properties.append(("bitnet_leak", text))
         if fail and report.passed:
             report.outcome = "failed"
-            report.longrepr = st.leak.headline() + " (where each was created: section 'bitnet leaked native objects')"
+            report.longrepr = text
+        else:
+            # not failing (warn mode), or the teardown failed for its own
+            # reason: a section, shown by -rA and kept in the terminal
+            report.sections.append((SECTION, text))
     report.bitnet = data  # type: ignore[attr-defined]
 
 

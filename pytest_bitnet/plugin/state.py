@@ -37,10 +37,10 @@ class TestState:
         "finished",
         "leak",
         "leak_mode",
+        "mark",
         "reports",
         "saved_defaults",
         "seed",
-        "seq_start",
     )
 
     __test__ = False  # not a test class, whatever pytest's name patterns say
@@ -48,8 +48,8 @@ class TestState:
     def __init__(self, leak_mode: str = "strict") -> None:
         self.baseline: dict[str, int] | None = None  # counters at setup start (None: leak check off)
         self.adjust: dict[str, int] = {}  # deltas of higher-scoped fixtures, not the test's
-        self.seq_start = 0  # session creation number at setup start
-        self.excluded: list[tuple[int, int]] = []  # creation numbers made by higher-scoped fixtures
+        self.mark = 0  # the registry's mark at setup start (watched until the check)
+        self.excluded: list[tuple[int, int]] = []  # (begin, end) marks of higher-scoped fixtures' setups and teardowns
         self.armed: list[fi.Armed] = []  # every arm of this test, disarmed at its end
         self.reports: list[fi.DisarmReport] = []  # filled at disarm
         self.events: list[fi.FireEvent] = []  # firings, for pytest_bitnet_fault_fired
@@ -68,7 +68,7 @@ class RunState:
         self.settings = settings
         self.seed: int | None = settings.seed  # this run's draws: settings', else the controller's, else drawn
         self.current: TestState | None = None  # the test between setup start and teardown end
-        self.fixture_snapshots: dict[int, dict[str, int]] = {}  # id(fixturedef) -> counters before its teardown
+        self.fixture_snapshots: dict[int, tuple[dict[str, int], int]] = {}  # id(fixturedef) -> (counters, mark) before its teardown
         self.state_dir: str | None = None  # xdist: where workers note the spec armed now
         self.unsubscribe: Callable[[], None] | None = None  # on_fire listener, when hooks want firings
         self.previous_tracking = False  # creation tracking before the run turned it on

@@ -82,6 +82,7 @@ def test_e30_hundred_iterations_cycling_error_paths(bitnet_model: Path, bitnet_c
     assert failures >= 90, f"only {failures} of 100 iterations failed: the specs did not fire"
 
 
+@pytest.mark.bitnet_allow_leaks  # drops a session on purpose: the finalizer is part of E31
 def test_e31_failed_close_keeps_the_session_for_a_retry(bitnet_model: Path, bitnet_inject: Injector, bitnet_counters: Counters) -> None:
     entry = CATALOG["E31"]
     s = bn.BitnetSession.create(bitnet_model)

@@ -52,6 +52,28 @@ def test_leak_under_xdist_fails_the_run(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["native leaks in 1 test(s):", "*leaked by test_leak_under_xdist_fails_the_run.py::test_leak*", "*in test_leak"])
 
 
+def test_a_dropped_session_under_xdist_is_reported_with_its_stack_in_junit(pytester: pytest.Pytester) -> None:
+    # Issue 20, items 2 and 11: the per-object verdict is the worker's, and
+    # travels on the teardown report to the controller's summary and XML.
+    pytester.makepyfile(
+        """
+        import pytest_bitnet as bn
+        def test_drops(bitnet_model):
+            bn.BitnetSession.create(bitnet_model).tokenize("dropped")
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--junitxml=out.xml")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["native leaks in 1 test(s):", "*leaked by *::test_drops: 1 session not closed*",
+                                 "*not closed: freed by its finalizer*", "*in test_drops"])
+    import xml.etree.ElementTree as ET
+
+    (error,) = ET.parse(pytester.path / "out.xml").getroot().iter("error")
+    assert "not closed: freed by its finalizer" in (error.text or "") and "in test_drops" in (error.text or "")
+
+
 def test_worker_crash_names_test_and_fault_spec(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
