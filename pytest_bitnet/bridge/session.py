@@ -321,7 +321,8 @@ class BitnetSession:
         raw = prompt_arg(prompt)
         bos, special = bool(add_bos), bool(parse_special)
         seconds = self._timeout(timeout)
-        params = {"prompt_bytes": len(raw), "add_bos": bos, "parse_special": special, "timeout": seconds}
+        params = {"model_path": self.model_path, "prompt_bytes": len(raw), "add_bos": bos, "parse_special": special,
+                  "timeout": seconds}
         ctx = self._live("tokenize")  # no user code from here to the native call
 
         def call(buf: Any, cap: int, n: Any, err: Any) -> int:
@@ -347,7 +348,8 @@ class BitnetSession:
         n_tokens = int(toks.size)
         ctx = self._live("evaluate")  # no user code from here to the native call
         try:
-            params = {"n_tokens": n_tokens, "seq_id": seq_id, "n_past": self._n_past(ctx, seq_id), "timeout": seconds}
+            params = {"model_path": self.model_path, "n_tokens": n_tokens, "seq_id": seq_id,
+                      "n_past": self._n_past(ctx, seq_id, "evaluate"), "timeout": seconds}
 
             def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
                 return lib.bitnet_cpp_eval_with_context(ctx, ptr, n_tokens, seq_id, buf, cap, rows, cols, err, len(err))
@@ -368,11 +370,11 @@ class BitnetSession:
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("n_past", ctx, exc) from None
 
-    def _n_past(self, ctx: Any, seq_id: int) -> int:
+    def _n_past(self, ctx: Any, seq_id: int, operation: str = "n_past") -> int:
         out = ffi.new("int32_t *")
         rc = lib.bitnet_cpp_get_n_past(ctx, seq_id, out)
-        if rc:
-            raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
+        if rc:  # evaluate asks first: its error is evaluate's
+            raise_native(rc, operation, None, parameters={"model_path": self.model_path, "seq_id": seq_id})
         return int(out[0])
 
     def reset(self, seq_id: int | None = None) -> None:
@@ -382,6 +384,6 @@ class BitnetSession:
         rc = lib.bitnet_cpp_reset_context(ctx, seq)
         if rc:
             try:
-                raise_native(rc, "reset", None, parameters={"seq_id": seq_id if seq_id is None else seq})
+                raise_native(rc, "reset", None, parameters={"model_path": self.model_path, "seq_id": seq_id if seq_id is None else seq})
             except errors.InvalidHandle as exc:
                 raise self._closed_meanwhile("reset", ctx, exc) from None
