@@ -197,13 +197,13 @@ def _check_backends(backends: Sequence[str]) -> list[str]:
 
 
 def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, library: str | None = None,
-                   progress: bool = False) -> Matrix:
+                   progress: bool = False, timeout: float | None = None) -> Matrix:
     """Every cell in this process, entry by entry."""
     m = Matrix(entries, backends)
     start = time.perf_counter()
     for e in entries:
         for b in backends:
-            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library)
+            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library, timeout=timeout)
             if progress:
                 print(f"{e.id} [{b}] {o.result}" + (f": {o.reason}" if o.result == FAIL else ""), file=sys.stderr, flush=True)
     m.wall_seconds = time.perf_counter() - start
@@ -211,7 +211,7 @@ def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, l
 
 
 def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, models: Path,
-                   library: str | None = None) -> Matrix:
+                   library: str | None = None, timeout: float | None = None) -> Matrix:
     """Every cell as a pytest item, distributed over `workers` pytest-xdist processes."""
     if importlib.util.find_spec("xdist") is None:  # the workers are pytest's, in a subprocess
         raise SelectionError("-n needs pytest-xdist: pip install 'pytest-bitnet[test]' (or pytest-xdist)")
@@ -228,6 +228,8 @@ def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, m
         ]  # fmt: skip
         if library:
             cmd += ["--bitnet-matrix-library", library]
+        if timeout is not None:  # repr: a float parse_timeout reads back exactly ("inf" too)
+            cmd += ["--bitnet-matrix-timeout", repr(timeout)]
         environ = {k: v for k, v in os.environ.items() if k != env.ENV_SPEC}  # cells arm their own faults
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=environ)
@@ -257,12 +259,13 @@ def main(args: argparse.Namespace) -> int:
         cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
         if args.workers > 0:
             try:
-                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library)
+                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library, timeout=args.timeout)
             except SelectionError as exc:
                 print(f"fault_inject matrix: {exc}", file=sys.stderr)
                 return 2
         else:
-            m = run_in_process(entries, backends, models=models, library=args.library, progress=args.verbose)
+            m = run_in_process(entries, backends, models=models, library=args.library, progress=args.verbose,
+                               timeout=args.timeout)
     print(m.table())
     if args.json:
         Path(args.json).write_text(json.dumps(m.as_json(), indent=1) + "\n")

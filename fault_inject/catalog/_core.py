@@ -29,7 +29,7 @@ from typing import Any, Callable, Final, Iterator, Mapping, Sequence, TypeVar
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
-from pytest_bitnet.bridge import validate
+from pytest_bitnet.bridge import settings, validate
 from pytest_bitnet.bridge.counters import delta
 
 from .. import arming
@@ -408,13 +408,16 @@ _ENV_KEPT: Final = ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BI
                     "BITNET_FALLBACK", "BITNET_CPP_TIMEOUT", "BITNET_CPP_LOG_LEVEL", "LLAMA_CPP_LIB_PATH")
 
 
-def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None = None) -> Outcome:
+def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None = None,
+              timeout: float | None = None) -> Outcome:
     """Runs `entry` on `backend` and checks the shared invariant.
 
     Passes when the operation behaved as catalogued and the live counters
     are back to their baseline once its sessions are closed; on the stub
     backend, entries that need a backend pass when their first native call
     raised CppNotAvailable.  Never raises for what the entry does.
+    ``timeout``: the default deadline of the cell's native calls
+    (settings.configure); the timeouts an entry passes itself still win.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (valid: {', '.join(BACKENDS)})")
@@ -430,6 +433,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         # the entries that expect one catch it themselves (Scenario.warns).
         warnings.simplefilter("ignore")
         s = Scenario(entry, backend, workdir=Path(tmp), models=models, library=library)
+        previous = settings.configure(timeout=timeout) if timeout is not None else None
         try:
             os.environ["BITNET_BACKEND"] = backend
             if entry.inject and not entry.arm_in_scenario:
@@ -455,6 +459,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         finally:
             problems = s.close()
             arming.disarm_all()
+            if previous is not None:
+                settings.restore(previous)
             for k, v in saved_env.items():
                 _setenv(k, v)
         if problems and not failure:

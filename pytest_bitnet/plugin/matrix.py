@@ -31,6 +31,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bitnet-matrix-models", metavar="DIR", help="directory of the generated models (default: a temporary one)")
     group.addoption("--bitnet-matrix-library", metavar="PATH", help="the library the dlopen column loads (default: discovery)")
     group.addoption("--bitnet-matrix-out", metavar="FILE", help="write every cell's outcome here (JSON list)")
+    group.addoption("--bitnet-matrix-timeout", metavar="SECONDS",
+                    help="default deadline of every native call in each cell ('none': no deadline)")
 
 
 class MatrixCell(pytest.Item):
@@ -44,7 +46,8 @@ class MatrixCell(pytest.Item):
 
         cfg = self.config
         models = Path(cfg.getoption("bitnet_matrix_models") or cfg.stash[_MODELS])
-        outcome = run_entry(CATALOG[self.entry_id], self.backend, models=models, library=cfg.getoption("bitnet_matrix_library"))
+        outcome = run_entry(CATALOG[self.entry_id], self.backend, models=models, library=cfg.getoption("bitnet_matrix_library"),
+                            timeout=cfg.stash[_TIMEOUT])
         self.user_properties.append((_PROPERTY, outcome.as_dict()))
         if outcome.result == NOT_APPLICABLE:
             pytest.skip(outcome.reason)
@@ -65,15 +68,30 @@ class CellFailed(AssertionError):
 
 
 _MODELS = pytest.StashKey[str]()
+_TIMEOUT = pytest.StashKey["float | None"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("bitnet_matrix"):
         return
+    config.stash[_TIMEOUT] = _timeout(config.getoption("bitnet_matrix_timeout"))
     if not config.getoption("bitnet_matrix_models"):
         config.stash[_MODELS] = tempfile.mkdtemp(prefix="bitnet-matrix-models-")
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
         config.pluginmanager.register(_Results(config.getoption("bitnet_matrix_out")), "bitnet-matrix-results")
+
+
+def _timeout(text: str | None) -> float | None:
+    """--bitnet-matrix-timeout, refused at configure time when bad."""
+    if text is None:
+        return None
+    from pytest_bitnet.bridge.errors import InvalidArgument
+    from pytest_bitnet.bridge.validate import parse_timeout
+
+    try:
+        return parse_timeout(text, "--bitnet-matrix-timeout", text=True)
+    except InvalidArgument as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

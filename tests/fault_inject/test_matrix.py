@@ -148,3 +148,29 @@ def test_a_cell_that_crashes_its_worker_is_a_red_row(tmp_path: Path) -> None:
     cells = {r["id"]: r["cells"]["dlopen"] for r in json.loads((tmp_path / "m.json").read_text())["rows"]}
     assert cells["E46"]["result"] == "fail" and cells["E46"]["reason"].startswith("crashed"), cells
     assert cells["E20"]["result"] == "pass"  # the run went on after the crash
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["in-process", "worker"])
+def test_timeout_is_every_cells_default_deadline(workers: list[str], tmp_path: Path) -> None:
+    # issue 20.21: --timeout is the default of every native call in each cell,
+    # on workers too; an entry's own timeouts still win.  0 is a deadline
+    # already past: E28's create (no timeout of its own) times out, E46
+    # (timeouts of 30 s and inf) is untouched.
+    out = tmp_path / "m.json"
+    proc = matrix("--only", "E28,E46", "--timeout", "0", *workers, "--json", str(out))
+    assert proc.returncode == 1, proc.stderr
+    cells = {r["id"]: r["cells"]["reference"] for r in json.loads(out.read_text())["rows"]}
+    assert cells["E28"]["result"] == FAIL and "unexpected OperationTimeout" in cells["E28"]["reason"]
+    assert cells["E46"]["result"] == PASS
+    assert matrix("--only", "E28", *workers).returncode == 0  # the default deadline is 30 s again
+
+
+def test_timeout_is_checked_and_restored(models: Path) -> None:
+    from pytest_bitnet.bridge import settings
+
+    proc = matrix("--timeout", "-1")
+    assert proc.returncode == 2 and "invalid timeout '-1' from --timeout" in proc.stderr
+    before = settings.current()
+    m = run_in_process([CATALOG["E28"]], ["reference"], models=models, timeout=0)
+    assert m.cell("E28", "reference").result == FAIL
+    assert settings.current() == before
