@@ -40,9 +40,11 @@ __all__ = [
     "CATALOG",
     "CATEGORIES",
     "Entry",
+    "NotApplicable",
     "Outcome",
     "Scenario",
     "ScenarioFailed",
+    "column_unavailable",
     "entry",
     "run_entry",
 ]
@@ -80,6 +82,28 @@ def engine_point(point: str) -> dict[str, str]:
 
 class ScenarioFailed(AssertionError):
     """The entry's operation did not behave as the catalog says."""
+
+
+class NotApplicable(Exception):
+    """The entry cannot show anything on this machine's backend (known only
+    when it runs, unlike ``not_for``): an n/a cell with the reason, not a pass."""
+
+
+def column_unavailable(backend: str) -> str | None:
+    """Why no entry can run on `backend` here (a column that cannot run), else None.
+
+    Only llama.cpp can be missing: the reference engine is embedded, the
+    bundled library is built with it, and the stub serves nothing by design.
+    """
+    if backend != "llama":
+        return None
+    from pytest_bitnet.bridge import llama
+
+    status = llama.configured()
+    if status.available:
+        return None
+    reason = status.reason or "the llama.cpp adapter was not configured"
+    return reason if "pip install" in reason else f"{reason}; {llama.INSTALL_HINT}"
 
 
 @dataclass(frozen=True)
@@ -282,6 +306,25 @@ class Scenario:
         if self.backend == "stub" and isinstance(exc, errors.CppNotAvailable) and want != "CppNotAvailable":
             raise exc
 
+    def independent_fallback(self, session: bn.BitnetSession, operation: str) -> None:
+        """Raises NotApplicable when `session`'s fallback tier served `operation`
+        with the very engine its native tier is: E34-E38 set the tiers against
+        each other, and the reference engine compared with itself proves nothing."""
+        create, served = session.backend_info.get("create", ""), session.backend_info.get(operation, "")
+        if not served.startswith("fallback:reference"):
+            return  # llama.cpp, independent of every native tier but itself (never its own fallback)
+        from pytest_bitnet.bridge.abi import bundled_library
+
+        bundled = bundled_library()
+        if create == "reference" or (bundled is not None and create == f"dlopen:{bundled}"):
+            from pytest_bitnet.bridge import llama
+
+            status = llama.configured()
+            why = (f"llama.cpp, the independent tier, is unavailable: {status.reason}" if not status.available
+                   else "BITNET_FALLBACK pins the tier to the reference engine")
+            raise NotApplicable(f"no independent fallback tier: the fallback is the reference engine, which serves this "
+                                f"column too, so the comparison would be of the engine with itself ({why})")
+
     def reaches(self, point: str) -> bool:
         """Whether `point` can fire on this backend (engine points: not inside llama.cpp)."""
         return point not in ENGINE_POINTS or self.backend != "llama"
@@ -421,6 +464,9 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (valid: {', '.join(BACKENDS)})")
+    unavailable = column_unavailable(backend)
+    if unavailable:
+        return Outcome(entry.id, backend, NOT_APPLICABLE, reason=f"{backend}: unavailable: {unavailable}")
     why_not = entry.applies_to(backend)
     if why_not:
         return Outcome(entry.id, backend, NOT_APPLICABLE, reason=why_not)
@@ -428,6 +474,7 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     saved_env = {k: os.environ.get(k) for k in _ENV_KEPT}
     start = time.perf_counter()
     failure = ""
+    not_applicable = ""
     with tempfile.TemporaryDirectory(prefix=f"bitnet-{entry.id}-") as tmp, warnings.catch_warnings():
         # Fallback and never-hit warnings are part of what entries provoke;
         # the entries that expect one catch it themselves (Scenario.warns).
@@ -452,6 +499,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
                 s.errors_seen.append(exc)
         except ScenarioFailed as exc:
             failure = str(exc)
+        except NotApplicable as exc:
+            not_applicable = str(exc)
         except errors.BitnetError as exc:
             failure = f"unexpected {type(exc).__name__}: {_first_line(str(exc))}"
         except Exception as exc:  # the catalog's own bug or an escaped error: a red row, not a dead run
@@ -476,6 +525,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     if s.errors_seen:
         first = s.errors_seen[0]
         observed = f"{type(first).__name__}: {_first_line(str(first))}"
+    if not_applicable and not failure:  # what it opened is still checked above
+        return Outcome(entry.id, backend, NOT_APPLICABLE, seconds, not_applicable, observed, tuple(s.notes))
     return Outcome(entry.id, backend, FAIL if failure else PASS, seconds, failure, observed, tuple(s.notes))
 
 
