@@ -2,17 +2,50 @@
 # pyproject cannot say: cffi's build hook (cffi_modules, a setuptools
 # keyword) and the standalone reference library.
 import importlib.util
+import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 # pytest_bitnet/bridge/_build.py holds the one list of native sources and flags;
 # load it by path (importing the package would need the bridge it builds).
 _spec = importlib.util.spec_from_file_location("_bitnet_build", Path(__file__).parent / "pytest_bitnet" / "bridge" / "_build.py")
 _build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_build)
+# pytest_bitnet/bridge/llama.py says which native files it compiles at run
+# time (it imports only the standard library at module level).
+_spec = importlib.util.spec_from_file_location("_bitnet_llama", Path(__file__).parent / "pytest_bitnet" / "bridge" / "llama.py")
+_llama = sys.modules["_bitnet_llama"] = importlib.util.module_from_spec(_spec)  # its dataclasses look it up
+_spec.loader.exec_module(_llama)
+
+
+class build_py_with_native(build_py):
+    """Also ships the native files the installed package compiles at run time.
+
+    pytest_bitnet/bridge/llama.py builds the llama.cpp adapter on first use,
+    against the llama.h of whichever libllama is installed then, so the
+    adapter's source and the headers and tables it includes must be in the
+    wheel, not only in the source tree (issue 20.1).  They are copied to
+    pytest_bitnet/bridge/native/ in the build directory only: an editable
+    install keeps reading them from native/ (llama.py's native_dir()).
+    """
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        native = Path(__file__).parent / "native"
+        target = Path(self.build_lib, "pytest_bitnet", "bridge", _llama.PACKAGED_NATIVE)
+        for pattern in _llama.RUNTIME_NATIVE_FILES:
+            for src in sorted(native.glob(pattern)):
+                dest = target / src.relative_to(native)
+                self.mkpath(str(dest.parent))
+                self.copy_file(str(src), str(dest))
+
 
 setup(
+    cmdclass={"build_py": build_py_with_native},
     cffi_modules=["pytest_bitnet/bridge/_build.py:ffibuilder"],
     # The reference engine as a plain shared library exporting the socket
     # ABI (bitnet.h): what BITNET_BACKEND=dlopen loads when no other

@@ -2,10 +2,10 @@
 
     python -m fault_inject points                 # the registry
     python -m fault_inject check 'alloc=2*off->oom'   # parse + resolve, print the canonical form
-    python -m fault_inject run [--spec S] [--seed N] [--thread] script.py [args...]
+    python -m fault_inject run [--spec S] [--seed N] [--thread] [--timeout S] script.py [args...]
     python -m fault_inject run --spec S -m package.module [args...]
     python -m fault_inject matrix [--backend B]... [--only E20,E21] [--category C] [-n N]
-                                  [--json F] [--junit F] [--markdown F]
+                                  [--timeout S] [--json F] [--junit F] [--markdown F]
 
 ``run`` arms the spec (default: $BITNET_INJECT) for the whole program and
 prints, on exit, the hits and firings of every armed point.
@@ -18,6 +18,8 @@ import os
 import runpy
 import sys
 from typing import Sequence
+
+from pytest_bitnet.bridge import settings
 
 from . import arming, env, registry, spec
 from . import matrix as _matrix
@@ -63,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     code = 0
     sys.argv = [args.target, *args.args]
+    previous = settings.configure(timeout=args.timeout) if args.timeout is not None else None
     try:
         if args.module:
             runpy.run_module(args.target, run_name="__main__", alter_sys=True)
@@ -71,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        if previous is not None:
+            settings.restore(previous)
         report = armed.disarm()
         print(f"fault_inject: {report.summary()}", file=sys.stderr)
     return code
@@ -89,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--spec", help=f"the spec (default: ${env.ENV_SPEC})")
     r.add_argument("--seed", type=int, help=f"seed of probability terms (default: ${env.ENV_SEED} or random)")
     r.add_argument("--thread", action="store_true", help="only the main thread's hits count")
+    r.add_argument("--timeout", **settings.timeout_option("the program makes"))
     r.add_argument("-m", dest="module", action="store_true", help="target is a module name")
     r.add_argument("target")
     r.add_argument("args", nargs=argparse.REMAINDER)
@@ -101,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--category", action="append", metavar="C", help="only this category (repeatable)")
     m.add_argument("-n", dest="workers", type=int, default=0, metavar="N", help="run on N pytest-xdist workers (default: in this process)")
     m.add_argument("--library", metavar="PATH", help="the library the dlopen column loads (default: discovery)")
+    m.add_argument("--timeout", **settings.timeout_option("in each cell (an entry's own timeouts still win)"))
     m.add_argument("--models", metavar="DIR", help="where to generate the test models (default: a temporary directory)")
     m.add_argument("--json", metavar="F", help="write the matrix as JSON")
     m.add_argument("--junit", metavar="F", help="write a JUnit XML report")

@@ -31,10 +31,12 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Final, Iterable, Sequence
 
 from . import env
-from .catalog import BACKENDS, CATALOG, CATEGORIES, FAIL, NOT_APPLICABLE, PASS, Entry, Outcome, run_entry
+from .catalog import (
+    BACKENDS, CATALOG, CATEGORIES, FAIL, NOT_APPLICABLE, PASS, STUB_UNAVAILABLE, Entry, Outcome, column_unavailable, run_entry,
+)  # fmt: skip
 from .spec import closest_names
 
 __all__ = ["Matrix", "select", "run_in_process", "run_on_workers", "main"]
@@ -49,6 +51,14 @@ class Matrix:
     outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
     wall_seconds: float = 0.0
     workers: int = 0  # 0: in process
+    # backend -> why that column cannot run here (all its cells n/a): one line, not a row each
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for b in self.backends:
+            why = column_unavailable(b)
+            if why and b not in self.unavailable:
+                self.unavailable[b] = why
 
     @property
     def ok(self) -> bool:
@@ -58,9 +68,13 @@ class Matrix:
         return self.outcomes.get((entry_id, backend)) or Outcome(entry_id, backend, FAIL, reason="no result (the run stopped before this cell)")
 
     def counts(self, backend: str) -> dict[str, int]:
-        out = {PASS: 0, FAIL: 0, NOT_APPLICABLE: 0}
+        """pass / fail / n/a, and ONLY_UNAVAILABLE: the passes that only saw
+        CppNotAvailable (the stub column's entries that need a backend)."""
+        out = {PASS: 0, FAIL: 0, NOT_APPLICABLE: 0, ONLY_UNAVAILABLE: 0}
         for e in self.entries:
-            out[self.cell(e.id, backend).result] += 1
+            o = self.cell(e.id, backend)
+            out[o.result] += 1
+            out[ONLY_UNAVAILABLE] += _only_unavailable(e, o)
         return out
 
     # -- reports ----------------------------------------------------------------------
@@ -69,8 +83,13 @@ class Matrix:
         parts = []
         for b in self.backends:
             c = self.counts(b)
+            if b in self.unavailable:
+                parts.append(f"{b} unavailable ({c[NOT_APPLICABLE]} n/a)")
+                continue
             applicable = c[PASS] + c[FAIL]
             text = f"{b} {c[PASS]}/{applicable} passed"
+            if c[ONLY_UNAVAILABLE]:
+                text += f" ({c[ONLY_UNAVAILABLE]} of them only CppNotAvailable)"
             if c[FAIL]:
                 text += f", {c[FAIL]} FAILED"
             if c[NOT_APPLICABLE]:
@@ -88,7 +107,7 @@ class Matrix:
             title = e.title if len(e.title) <= width else e.title[: width - 1] + "…"
             row = f"{e.id:4} {e.category:17} {title:{width}}"
             for b, w in zip(self.backends, cols):
-                row += f" {_cell_text(self.cell(e.id, b)):<{w}}"
+                row += f" {_cell_text(e, self.cell(e.id, b)):<{w}}"
             lines.append(row.rstrip())
         failed = [(e, b) for e in self.entries for b in self.backends if self.cell(e.id, b).result == FAIL]
         if failed:
@@ -96,7 +115,10 @@ class Matrix:
             lines.append("failures:")
             for e, b in failed:
                 lines.append(f"  {e.id} [{b}] {self.cell(e.id, b).reason}")
-        skipped = [(e, b) for e in self.entries for b in self.backends if self.cell(e.id, b).result == NOT_APPLICABLE]
+        for line in self.unavailable_lines():
+            lines += ["", line]
+        skipped = [(e, b) for e in self.entries for b in self.backends
+                   if b not in self.unavailable and self.cell(e.id, b).result == NOT_APPLICABLE]
         if skipped:
             lines.append("")
             lines.append("not applicable:")
@@ -106,9 +128,14 @@ class Matrix:
         lines.append(self.summary())
         return "\n".join(lines)
 
+    def unavailable_lines(self) -> list[str]:
+        """One line per column that cannot run: ``llama: unavailable: <why, how to fix>``."""
+        return [f"{b}: unavailable: {why}" for b, why in self.unavailable.items()]
+
     def as_json(self) -> dict[str, object]:
         return {
             "backends": self.backends,
+            "unavailable": dict(self.unavailable),
             "wall_seconds": round(self.wall_seconds, 3),
             "workers": self.workers,
             "ok": self.ok,
@@ -129,6 +156,10 @@ class Matrix:
             c = self.counts(b)
             suite = ET.SubElement(suites, "testsuite", name=f"matrix[{b}]", tests=str(len(self.entries)),
                                   failures=str(c[FAIL]), skipped=str(c[NOT_APPLICABLE]), errors="0")
+            props = ET.SubElement(suite, "properties")
+            ET.SubElement(props, "property", name="passed_only_cpp_not_available", value=str(c[ONLY_UNAVAILABLE]))
+            if b in self.unavailable:
+                ET.SubElement(props, "property", name="unavailable", value=self.unavailable[b])
             for e in self.entries:
                 o = self.cell(e.id, b)
                 case = ET.SubElement(suite, "testcase", classname=f"matrix.{b}.{e.category}", name=f"{e.id} {e.title}",
@@ -145,20 +176,30 @@ class Matrix:
         lines = ["| id | category | scenario | " + " | ".join(self.backends) + " |",
                  "|---|---|---|" + "---|" * len(self.backends)]
         for e in self.entries:
-            cells = " | ".join(_cell_text(self.cell(e.id, b)).replace("FAIL", "**FAIL**") for b in self.backends)
+            cells = " | ".join(_cell_text(e, self.cell(e.id, b)).replace("FAIL", "**FAIL**") for b in self.backends)
             lines.append(f"| {e.id} | {e.category} | {e.title.replace('|', '/')} | {cells} |")
         lines.append("")
         lines.append(self.summary())
+        lines += ["", *(f"- {line}" for line in self.unavailable_lines())] if self.unavailable else []
         failed = [(e, b) for e in self.entries for b in self.backends if self.cell(e.id, b).result == FAIL]
         if failed:
             lines += ["", "Failures:", ""] + [f"- {e.id} [{b}]: {self.cell(e.id, b).reason}" for e, b in failed]
         return "\n".join(lines) + "\n"
 
 
-def _cell_text(o: Outcome) -> str:
+#: counts() key: passes that only observed CppNotAvailable
+ONLY_UNAVAILABLE: Final = "only_cpp_not_available"
+
+
+def _only_unavailable(e: Entry, o: Outcome) -> bool:
+    """A stub cell of an entry that needs a backend passes by raising
+    CppNotAvailable at its first call: it shows that much, not the path."""
+    return o.result == PASS and o.backend == "stub" and e.stub == STUB_UNAVAILABLE
+
+
+def _cell_text(e: Entry, o: Outcome) -> str:
     if o.result == PASS:
-        label = "CppNotAvailable" if o.backend == "stub" and o.observed.startswith("CppNotAvailable") else "pass"
-        return f"{label} {o.seconds:.2f}s"
+        return f"{'CppNotAvailable' if _only_unavailable(e, o) else 'pass'} {o.seconds:.2f}s"
     return "n/a" if o.result == NOT_APPLICABLE else f"FAIL {o.seconds:.2f}s"
 
 
@@ -197,13 +238,13 @@ def _check_backends(backends: Sequence[str]) -> list[str]:
 
 
 def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, library: str | None = None,
-                   progress: bool = False) -> Matrix:
+                   progress: bool = False, timeout: float | None = None) -> Matrix:
     """Every cell in this process, entry by entry."""
     m = Matrix(entries, backends)
     start = time.perf_counter()
     for e in entries:
         for b in backends:
-            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library)
+            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library, timeout=timeout)
             if progress:
                 print(f"{e.id} [{b}] {o.result}" + (f": {o.reason}" if o.result == FAIL else ""), file=sys.stderr, flush=True)
     m.wall_seconds = time.perf_counter() - start
@@ -211,7 +252,7 @@ def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, l
 
 
 def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, models: Path,
-                   library: str | None = None) -> Matrix:
+                   library: str | None = None, timeout: float | None = None) -> Matrix:
     """Every cell as a pytest item, distributed over `workers` pytest-xdist processes."""
     if importlib.util.find_spec("xdist") is None:  # the workers are pytest's, in a subprocess
         raise SelectionError("-n needs pytest-xdist: pip install 'pytest-bitnet[test]' (or pytest-xdist)")
@@ -228,6 +269,8 @@ def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, m
         ]  # fmt: skip
         if library:
             cmd += ["--bitnet-matrix-library", library]
+        if timeout is not None:  # repr: a float parse_timeout reads back exactly ("inf" too)
+            cmd += ["--bitnet-matrix-timeout", repr(timeout)]
         environ = {k: v for k, v in os.environ.items() if k != env.ENV_SPEC}  # cells arm their own faults
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=environ)
@@ -257,12 +300,13 @@ def main(args: argparse.Namespace) -> int:
         cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
         if args.workers > 0:
             try:
-                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library)
+                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library, timeout=args.timeout)
             except SelectionError as exc:
                 print(f"fault_inject matrix: {exc}", file=sys.stderr)
                 return 2
         else:
-            m = run_in_process(entries, backends, models=models, library=args.library, progress=args.verbose)
+            m = run_in_process(entries, backends, models=models, library=args.library, progress=args.verbose,
+                               timeout=args.timeout)
     print(m.table())
     if args.json:
         Path(args.json).write_text(json.dumps(m.as_json(), indent=1) + "\n")

@@ -5,7 +5,7 @@
   diagnostics [--backend B] [--library PATH] [--json]
                       what the bridge would load and why; exit 1 when a
                       required part is missing
-  crossval MODEL [--prompts FILE] [--tolerance T]
+  crossval MODEL [--prompts FILE] [--tolerance T] [--timeout S]
                       reference engine vs llama.cpp: tokens and logits per
                       prompt; exit 1 on divergence
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bridge import settings
 from .bridge.validate import BACKENDS
 from .bridge.capabilities import capabilities
 from .bridge.counters import live_counters
@@ -59,11 +60,15 @@ def _crossval(args: argparse.Namespace) -> int:
     from .testing import crossval
 
     prompts = crossval.read_prompts(args.prompts) if args.prompts else list(crossval.DEFAULT_PROMPTS)
+    previous = settings.configure(timeout=args.timeout) if args.timeout is not None else None
     try:
         results = crossval.compare(args.model, prompts)
     except BitnetError as exc:
         print(f"crossval could not run: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            settings.restore(previous)
     print(crossval.format_table(results, args.tolerance))
     bad = [r for r in results if r.diverges(args.tolerance)]
     worst = max((r.max_abs_diff for r in results if r.tokens_equal), default=0.0)
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("model", help="a .gguf model both can load (e.g. bitnet TQ2_0)")
     cv.add_argument("--prompts", metavar="FILE", help="one prompt per line (\\t \\n \\uXXXX escapes; an empty line is the empty prompt)")
     cv.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
+    cv.add_argument("--timeout", **settings.timeout_option("of both engines"))
     cv.set_defaults(func=_crossval)
     args = parser.parse_args(argv)
     # a CLI is an application: native warnings reach stderr (the library

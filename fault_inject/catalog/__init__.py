@@ -23,10 +23,13 @@ from ._core import (
     FAIL,
     NOT_APPLICABLE,
     PASS,
+    STUB_UNAVAILABLE,
     Entry,
+    NotApplicable,
     Outcome,
     Scenario,
     ScenarioFailed,
+    column_unavailable,
     run_entry,
 )
 
@@ -37,10 +40,13 @@ __all__ = [
     "FAIL",
     "NOT_APPLICABLE",
     "PASS",
+    "STUB_UNAVAILABLE",
     "Entry",
+    "NotApplicable",
     "Outcome",
     "Scenario",
     "ScenarioFailed",
+    "column_unavailable",
     "run_entry",
 ]
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Final, Iterator, Mapping, Sequence, TypeVar
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
-from pytest_bitnet.bridge import validate
+from pytest_bitnet.bridge import settings, validate
 from pytest_bitnet.bridge.counters import delta
 
 from .. import arming
@@ -40,9 +40,11 @@ __all__ = [
     "CATALOG",
     "CATEGORIES",
     "Entry",
+    "NotApplicable",
     "Outcome",
     "Scenario",
     "ScenarioFailed",
+    "column_unavailable",
     "entry",
     "run_entry",
 ]
@@ -71,12 +73,37 @@ ENGINE_POINTS: Final = frozenset({"alloc", "load.step", "tokenize.step", "eval.s
 
 def engine_point(point: str) -> dict[str, str]:
     """not_for= of an entry that needs `point` to fire inside the engine."""
+    # The reason is shown by an installed matrix: it names no file of the
+    # source tree (issue 20.14), only what a user can act on.
     return {"llama": f"'{point}' is a point inside the reference engine; llama.cpp has none "
-                     "(its own failures, timeouts through its abort callback included, are in tests/bridge/test_llama.py)"}
+                     "(the bridge's boundary points reach it, and the llama adapter maps llama.cpp's own "
+                     "failures, timeouts through its abort callback included, to the same error classes)"}
 
 
 class ScenarioFailed(AssertionError):
     """The entry's operation did not behave as the catalog says."""
+
+
+class NotApplicable(Exception):
+    """The entry cannot show anything on this machine's backend (known only
+    when it runs, unlike ``not_for``): an n/a cell with the reason, not a pass."""
+
+
+def column_unavailable(backend: str) -> str | None:
+    """Why no entry can run on `backend` here (a column that cannot run), else None.
+
+    Only llama.cpp can be missing: the reference engine is embedded, the
+    bundled library is built with it, and the stub serves nothing by design.
+    """
+    if backend != "llama":
+        return None
+    from pytest_bitnet.bridge import llama
+
+    status = llama.configured()
+    if status.available:
+        return None
+    reason = status.reason or "the llama.cpp adapter was not configured"
+    return reason if "pip install" in reason else f"{reason}; {llama.INSTALL_HINT}"
 
 
 @dataclass(frozen=True)
@@ -279,6 +306,25 @@ class Scenario:
         if self.backend == "stub" and isinstance(exc, errors.CppNotAvailable) and want != "CppNotAvailable":
             raise exc
 
+    def independent_fallback(self, session: bn.BitnetSession, operation: str) -> None:
+        """Raises NotApplicable when `session`'s fallback tier served `operation`
+        with the very engine its native tier is: E34-E38 set the tiers against
+        each other, and the reference engine compared with itself proves nothing."""
+        create, served = session.backend_info.get("create", ""), session.backend_info.get(operation, "")
+        if not served.startswith("fallback:reference"):
+            return  # llama.cpp, independent of every native tier but itself (never its own fallback)
+        from pytest_bitnet.bridge.abi import bundled_library
+
+        bundled = bundled_library()
+        if create == "reference" or (bundled is not None and create == f"dlopen:{bundled}"):
+            from pytest_bitnet.bridge import llama
+
+            status = llama.configured()
+            why = (f"llama.cpp, the independent tier, is unavailable: {status.reason}" if not status.available
+                   else "BITNET_FALLBACK pins the tier to the reference engine")
+            raise NotApplicable(f"no independent fallback tier: the fallback is the reference engine, which serves this "
+                                f"column too, so the comparison would be of the engine with itself ({why})")
+
     def reaches(self, point: str) -> bool:
         """Whether `point` can fire on this backend (engine points: not inside llama.cpp)."""
         return point not in ENGINE_POINTS or self.backend != "llama"
@@ -405,16 +451,22 @@ _ENV_KEPT: Final = ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BI
                     "BITNET_FALLBACK", "BITNET_CPP_TIMEOUT", "BITNET_CPP_LOG_LEVEL", "LLAMA_CPP_LIB_PATH")
 
 
-def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None = None) -> Outcome:
+def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None = None,
+              timeout: float | None = None) -> Outcome:
     """Runs `entry` on `backend` and checks the shared invariant.
 
     Passes when the operation behaved as catalogued and the live counters
     are back to their baseline once its sessions are closed; on the stub
     backend, entries that need a backend pass when their first native call
     raised CppNotAvailable.  Never raises for what the entry does.
+    ``timeout``: the default deadline of the cell's native calls
+    (settings.configure); the timeouts an entry passes itself still win.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (valid: {', '.join(BACKENDS)})")
+    unavailable = column_unavailable(backend)
+    if unavailable:
+        return Outcome(entry.id, backend, NOT_APPLICABLE, reason=f"{backend}: unavailable: {unavailable}")
     why_not = entry.applies_to(backend)
     if why_not:
         return Outcome(entry.id, backend, NOT_APPLICABLE, reason=why_not)
@@ -422,11 +474,13 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     saved_env = {k: os.environ.get(k) for k in _ENV_KEPT}
     start = time.perf_counter()
     failure = ""
+    not_applicable = ""
     with tempfile.TemporaryDirectory(prefix=f"bitnet-{entry.id}-") as tmp, warnings.catch_warnings():
         # Fallback and never-hit warnings are part of what entries provoke;
         # the entries that expect one catch it themselves (Scenario.warns).
         warnings.simplefilter("ignore")
         s = Scenario(entry, backend, workdir=Path(tmp), models=models, library=library)
+        previous = settings.configure(timeout=timeout) if timeout is not None else None
         try:
             os.environ["BITNET_BACKEND"] = backend
             if entry.inject and not entry.arm_in_scenario:
@@ -445,6 +499,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
                 s.errors_seen.append(exc)
         except ScenarioFailed as exc:
             failure = str(exc)
+        except NotApplicable as exc:
+            not_applicable = str(exc)
         except errors.BitnetError as exc:
             failure = f"unexpected {type(exc).__name__}: {_first_line(str(exc))}"
         except Exception as exc:  # the catalog's own bug or an escaped error: a red row, not a dead run
@@ -452,6 +508,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         finally:
             problems = s.close()
             arming.disarm_all()
+            if previous is not None:
+                settings.restore(previous)
             for k, v in saved_env.items():
                 _setenv(k, v)
         if problems and not failure:
@@ -467,6 +525,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     if s.errors_seen:
         first = s.errors_seen[0]
         observed = f"{type(first).__name__}: {_first_line(str(first))}"
+    if not_applicable and not failure:  # what it opened is still checked above
+        return Outcome(entry.id, backend, NOT_APPLICABLE, seconds, not_applicable, observed, tuple(s.notes))
     return Outcome(entry.id, backend, FAIL if failure else PASS, seconds, failure, observed, tuple(s.notes))
 
 

@@ -35,6 +35,7 @@ def e34(s: Scenario) -> None:
     with s.env(**_FORCE):
         sess = s.session()
         tokens = s.warns(sess.tokenize, "hello world")
+    s.independent_fallback(sess, "tokenize")
     s.check(len(tokens) > 1 and tokens[0] == 1, f"fallback tokens must start with BOS (1): {list(tokens)}")
     s.check(sess.backend_info["tokenize"].startswith("fallback:"), f"served by {sess.backend_info['tokenize']!r}")
 
@@ -51,6 +52,7 @@ def e35(s: Scenario) -> None:
             b = fallback.tokenize(prompt, parse_special=special)
             s.check(np.array_equal(a, b), f"tokens differ for {prompt!r} (parse_special={special}): {list(a)} vs {list(b)}")
     s.check(fallback.backend_info["tokenize"].startswith("fallback:"), "the forced session did not use the fallback")
+    s.independent_fallback(fallback, "tokenize")
 
 
 def _warn_lines(records: list[logging.LogRecord]) -> list[str]:
@@ -77,6 +79,7 @@ def e37(s: Scenario) -> None:
         sess = _quiet_session(s)
         tokens = sess.tokenize("one row per token")
         logits = s.warns(sess.evaluate, tokens)
+    s.independent_fallback(sess, "evaluate")
     s.check(logits.shape == (len(tokens), sess.n_vocab), f"logits shape {logits.shape} for {len(tokens)} tokens")
 
 
@@ -89,6 +92,7 @@ def e38(s: Scenario) -> None:
     with s.env(**_FORCE):
         fallback = _quiet_session(s)
     got = fallback.evaluate(tokens)
+    s.independent_fallback(fallback, "evaluate")
     diff = float(np.abs(got - want).max())
     s.check(diff <= 1e-3, f"max abs difference {diff:.3g} > 1e-3")
     s.check(fallback.backend_info["evaluate"].startswith("fallback:"), "the forced session did not use the fallback")

@@ -529,8 +529,30 @@ static int try_dir(const char *dir, bn_discovery *d, loaded *out)
     return load_file(path, BN_LOAD_SESSION, d, out);
 }
 
-static int not_found(const bn_discovery *d)
+/* The caller named the file (bitnet_bridge_options.library_path): nothing
+ * was discovered, so the discovery variables are no advice; the path is. */
+static int explicit_not_loaded(const bn_discovery *d, const char *path)
 {
+    const char *why = d->n_tried ? d->tried[d->n_tried - 1].result : "?";
+    return bn_error(BITNET_E_LIBRARY_NOT_FOUND,
+                    "the library given as bitnet_bridge_options.library_path "
+                    "('%s') could not be loaded:\n  %s: %s\nCheck that "
+                    "bitnet_bridge_options.library_path names an existing "
+                    "shared library exporting bitnet.h, built for this "
+                    "machine%s; or leave it unset to use discovery",
+                    path, path, why,
+                    /* dlopen searches for a name without a slash */
+                    strchr(path, '/')
+                        ? ""
+                        : " (a name without '/' is looked up on the system "
+                          "loader's path, LD_LIBRARY_PATH, not in the "
+                          "current directory: give ./name for that)");
+}
+
+static int not_found(const bn_discovery *d, const char *explicit_path)
+{
+    if (explicit_path)
+        return explicit_not_loaded(d, explicit_path);
     char list[3000] = "";
     size_t used = 0;
     for (int i = 0; i < d->n_tried && used < sizeof list; i++)
@@ -590,7 +612,7 @@ int bn_library_open(const char *explicit_path, bn_discovery *d,
     }
 done:
     if (rc == BITNET_E_LIBRARY_NOT_FOUND)
-        return not_found(d);
+        return not_found(d, explicit_path);
     return rc ? rc : hand_out(&res, out);
 }
 

@@ -190,6 +190,7 @@ def apply_hints(message: str) -> str:
 add_hint("raise the timeout (bitnet_bridge_set_call_timeout)", replace="raise the timeout (timeout=..., BITNET_CPP_TIMEOUT)")
 add_hint("give the call a timeout (bitnet_bridge_set_call_timeout)", replace="give the call a finite timeout (timeout=..., BITNET_CPP_TIMEOUT)")
 add_hint("check the backend option (bitnet_bridge_options.backend)", replace="check the backend= argument")
+add_hint("bitnet_bridge_options.library_path", replace="library_path=")
 add_hint("evaluate on the CPU (bitnet_cpp_eval_with_context)", replace="use evaluate() on the CPU")
 add_hint("or load it with a bridge of its ABI version", replace="or install the pytest-bitnet release that matches it")
 add_hint("repeat both passes, query then fill", replace="call again once the file is stable (each call runs both passes)")

@@ -28,16 +28,32 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "status"]
+__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "native_dir", "status"]
 
 log = logging.getLogger("pytest_bitnet.llama")
 
 INSTALL_HINT = "pip install 'pytest-bitnet[llama]' (its first build compiles llama.cpp, ~8 min)"
 
-NATIVE = Path(__file__).resolve().parents[2] / "native"
+#: The native files compiled here at run time, relative to ``native/``: the
+#: adapter and the headers and tables of ours it includes (bitnet.h includes
+#: the error table).  setup.py ships exactly these inside the package, at
+#: ``pytest_bitnet/bridge/`` + PACKAGED_NATIVE, because a wheel has no source tree.
+RUNTIME_NATIVE_FILES = ("llama/adapter.c", "include/*.h", "include/*.def")
+PACKAGED_NATIVE = "native"
+
+
+def native_dir() -> Path:
+    """Where the adapter's native files are: inside the installed package (a
+    wheel), else the source tree's ``native/`` (an editable install or a checkout)."""
+    packaged = Path(__file__).resolve().parent / PACKAGED_NATIVE
+    if (packaged / "llama" / "adapter.c").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "native"
+
+
+NATIVE = native_dir()
 ADAPTER_SOURCE = NATIVE / "llama" / "adapter.c"
-# Headers and tables of ours the adapter includes (bitnet.h includes the
-# error table): a change to any of them must rebuild it.
+# A change to any of our headers or tables must rebuild the adapter (_key).
 OUR_HEADERS = sorted((NATIVE / "include").glob("*.h")) + sorted((NATIVE / "include").glob("*.def"))
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fPIC", "-shared", "-fvisibility=hidden"]
 

@@ -341,7 +341,8 @@ class BitnetSession:
         raw = prompt_arg(prompt)
         bos, special = bool(add_bos), bool(parse_special)
         seconds = self._timeout(timeout)
-        params = {"prompt_bytes": len(raw), "add_bos": bos, "parse_special": special, "timeout": seconds}
+        params = {"model_path": self.model_path, "prompt_bytes": len(raw), "add_bos": bos, "parse_special": special,
+                  "timeout": seconds}
         ctx = self._live("tokenize")  # no user code from here to the native call
 
         def call(buf: Any, cap: int, n: Any, err: Any) -> int:
@@ -372,7 +373,8 @@ class BitnetSession:
         seconds = self._timeout(timeout)
         ptr = ffi.from_buffer("int32_t[]", toks)
         n_tokens = int(toks.size)
-        params = {"n_tokens": n_tokens, "remove_special": drop, "unparse_special": render, "timeout": seconds}
+        params = {"model_path": self.model_path, "n_tokens": n_tokens, "remove_special": drop,
+                  "unparse_special": render, "timeout": seconds}
         ctx = self._live("detokenize")  # no user code from here to the native call
 
         def call(buf: Any, cap: int, n: Any, err: Any) -> int:
@@ -423,8 +425,8 @@ class BitnetSession:
         operation = "evaluate (gpu)" if gpu else "evaluate"
         ctx = self._live(operation)  # no user code from here to the native call
         try:
-            params = {"n_tokens": n_tokens, "seq_id": seq_id, "n_past": self._n_past(ctx, seq_id, known=False),
-                      "timeout": seconds}
+            params = {"model_path": self.model_path, "n_tokens": n_tokens, "seq_id": seq_id,
+                      "n_past": self._n_past(ctx, seq_id, known=False, operation=operation), "timeout": seconds}
             if gpu:
                 params["gpu"] = True
 
@@ -471,15 +473,15 @@ class BitnetSession:
         except errors.InvalidHandle as exc:
             raise self._closed_meanwhile("n_past", ctx, exc) from None
 
-    def _n_past(self, ctx: Any, seq_id: int, known: bool = True) -> int | None:
+    def _n_past(self, ctx: Any, seq_id: int, known: bool = True, operation: str = "n_past") -> int | None:
         # known=False: for an error's parameters, where a library without the
         # helper (one served through Socket 4) is no reason to fail the call
         out = ffi.new("int32_t *")
         rc = lib.bitnet_cpp_get_n_past(ctx, seq_id, out)
         if rc == lib.BITNET_E_UNSUPPORTED and not known:
             return None
-        if rc:
-            raise_native(rc, "n_past", None, parameters={"seq_id": seq_id})
+        if rc:  # evaluate asks first: its error is evaluate's
+            raise_native(rc, operation, None, parameters={"model_path": self.model_path, "seq_id": seq_id})
         return int(out[0])
 
     def reset(self, seq_id: int | None = None) -> None:
@@ -489,6 +491,6 @@ class BitnetSession:
         rc = lib.bitnet_cpp_reset_context(ctx, seq)
         if rc:
             try:
-                raise_native(rc, "reset", None, parameters={"seq_id": seq_id if seq_id is None else seq})
+                raise_native(rc, "reset", None, parameters={"model_path": self.model_path, "seq_id": seq_id if seq_id is None else seq})
             except errors.InvalidHandle as exc:
                 raise self._closed_meanwhile("reset", ctx, exc) from None

@@ -16,14 +16,18 @@ bridge's (``BITNET_BACKEND``, else ``reference``).
 
 from __future__ import annotations
 
+import argparse
 import os
 import threading
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from .validate import backend_arg, parse_timeout
 
-__all__ = ["DEFAULT_TIMEOUT", "ENV_TIMEOUT", "ENV_VARS", "Defaults", "configure", "current", "default_timeout", "environment"]
+__all__ = [
+    "DEFAULT_TIMEOUT", "ENV_TIMEOUT", "ENV_VARS", "Defaults", "configure", "current", "default_timeout", "environment",
+    "timeout_option",
+]  # fmt: skip
 
 DEFAULT_TIMEOUT: Final = 30.0  # seconds, when nothing else says
 ENV_TIMEOUT: Final = "BITNET_CPP_TIMEOUT"
@@ -97,6 +101,24 @@ def default_timeout() -> float:
         return _current.timeout
     raw = os.environ.get(ENV_TIMEOUT, "")
     return parse_timeout(raw, ENV_TIMEOUT, text=True) if raw.strip() else DEFAULT_TIMEOUT
+
+
+def _cli_timeout(text: str) -> float:
+    try:
+        return parse_timeout(text, "--timeout", text=True)
+    except ValueError as exc:  # InvalidArgument: argparse words it as a usage error (exit 2)
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def timeout_option(what: str) -> dict[str, Any]:
+    """``add_argument("--timeout", **timeout_option(...))`` for a command line
+    tool: parsed by validate.parse_timeout, applied with ``configure(timeout=...)``
+    (so it is the default of every native call that names none), help written once."""
+    return {
+        "type": _cli_timeout, "default": None, "metavar": "SECONDS",
+        "help": f"default deadline of every native call {what}, in seconds ('none': no deadline); "
+                f"default: ${ENV_TIMEOUT}, else {DEFAULT_TIMEOUT:g} s",
+    }  # fmt: skip
 
 
 def environment() -> dict[str, str | None]:

@@ -5,6 +5,11 @@ does so, with pytest-xdist spreading the items over N workers)::
 
     pytest -p pytest_bitnet.matrix --bitnet-matrix reference,dlopen -n 2 --junitxml=m.xml
 
+The cells are collected beside the session's own tests, as
+``bitnet-matrix::E01[reference]`` ...: counted, reported and selected
+(``-k``, ``--deselect``) like any test.  A run-wide fault spec of the bitnet
+plugin is refused with them (every cell arms its own faults).
+
 Each item runs :func:`fault_inject.catalog.run_entry` and passes, fails
 with the entry's reason, or is skipped when the entry does not apply to the
 backend.  The outcome travels to the controller on the report
@@ -31,6 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bitnet-matrix-models", metavar="DIR", help="directory of the generated models (default: a temporary one)")
     group.addoption("--bitnet-matrix-library", metavar="PATH", help="the library the dlopen column loads (default: discovery)")
     group.addoption("--bitnet-matrix-out", metavar="FILE", help="write every cell's outcome here (JSON list)")
+    group.addoption("--bitnet-matrix-timeout", metavar="SECONDS",
+                    help="default deadline of every native call in each cell ('none': no deadline)")
 
 
 class MatrixCell(pytest.Item):
@@ -44,7 +51,8 @@ class MatrixCell(pytest.Item):
 
         cfg = self.config
         models = Path(cfg.getoption("bitnet_matrix_models") or cfg.stash[_MODELS])
-        outcome = run_entry(CATALOG[self.entry_id], self.backend, models=models, library=cfg.getoption("bitnet_matrix_library"))
+        outcome = run_entry(CATALOG[self.entry_id], self.backend, models=models, library=cfg.getoption("bitnet_matrix_library"),
+                            timeout=cfg.stash[_TIMEOUT])
         self.user_properties.append((_PROPERTY, outcome.as_dict()))
         if outcome.result == NOT_APPLICABLE:
             pytest.skip(outcome.reason)
@@ -65,25 +73,85 @@ class CellFailed(AssertionError):
 
 
 _MODELS = pytest.StashKey[str]()
+_TIMEOUT = pytest.StashKey["float | None"]()
 
 
+@pytest.hookimpl(trylast=True)  # after the bitnet plugin resolved its settings
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("bitnet_matrix"):
         return
+    _refuse_a_run_wide_spec(config)
+    config.stash[_TIMEOUT] = _timeout(config.getoption("bitnet_matrix_timeout"))
     if not config.getoption("bitnet_matrix_models"):
         config.stash[_MODELS] = tempfile.mkdtemp(prefix="bitnet-matrix-models-")
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
         config.pluginmanager.register(_Results(config.getoption("bitnet_matrix_out")), "bitnet-matrix-results")
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    backends = [b for b in (config.getoption("bitnet_matrix") or "").split(",") if b]
-    if not backends:
-        return
-    from fault_inject.catalog import CATALOG
+def _refuse_a_run_wide_spec(config: pytest.Config) -> None:
+    """Every cell arms its own faults; the bitnet plugin's run-wide spec
+    would arm points around them too and turn them red for no fault of the
+    backend (python -m fault_inject matrix ignores $BITNET_INJECT for the
+    same reason).  Refused when declared, not met as failing cells."""
+    from .state import RUN
 
-    ids = [i for i in config.getoption("bitnet_matrix_ids").split(",") if i] or list(CATALOG)
-    items[:] = [MatrixCell.from_parent(session, name=f"{i}[{b}]", entry_id=i, backend=b) for i in ids for b in backends]
+    run = config.stash.get(RUN, None)  # None: the bitnet plugin is not loaded (-p no:bitnet)
+    if run is None or run.settings.inject is None:
+        return
+    raise pytest.UsageError(
+        f"bitnet: --bitnet-matrix runs cells that arm their own faults, and the run-wide fault spec "
+        f"{str(run.settings.inject)!r} from {run.settings.inject_source} would fire in them too: "
+        f"drop it for this run, "
+        f"or run the matrix on its own: python -m fault_inject matrix -n N"
+    )
+
+
+def _timeout(text: str | None) -> float | None:
+    """--bitnet-matrix-timeout, refused at configure time when bad."""
+    if text is None:
+        return None
+    from pytest_bitnet.bridge.errors import InvalidArgument
+    from pytest_bitnet.bridge.validate import parse_timeout
+
+    try:
+        return parse_timeout(text, "--bitnet-matrix-timeout", text=True)
+    except InvalidArgument as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+class MatrixCells(pytest.Collector):
+    """The cells, collected beside whatever else the session collects.
+
+    A collector of the session's own (not items swapped in by
+    pytest_collection_modifyitems), so pytest counts, reports, selects
+    (-k, --deselect) and distributes them like any test, and a project's
+    own tests are kept alongside them (issue 20.12): the option adds the
+    cells, as --doctest-modules adds doctests, and removes nothing.
+    """
+
+    def collect(self) -> list[pytest.Item]:
+        from fault_inject.catalog import CATALOG
+
+        cfg = self.config
+        backends = _backends(cfg)
+        ids = [i for i in cfg.getoption("bitnet_matrix_ids").split(",") if i] or list(CATALOG)
+        return [MatrixCell.from_parent(self, name=f"{i}[{b}]", entry_id=i, backend=b) for i in ids for b in backends]
+
+
+def _backends(config: pytest.Config) -> list[str]:
+    return [b for b in (config.getoption("bitnet_matrix") or "").split(",") if b]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    report = yield
+    if isinstance(collector, pytest.Session) and report.passed and _backends(collector.config):
+        report.result.append(MatrixCells.from_parent(collector, name=CELLS_NODE, nodeid=CELLS_NODE))
+    return report
+
+
+#: Node id of the cells' collector: the cells are ``bitnet-matrix::E01[reference]``, ...
+CELLS_NODE: Final = "bitnet-matrix"
 
 
 class _Results:

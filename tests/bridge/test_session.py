@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -332,3 +333,27 @@ def test_another_thread_closing_between_check_and_call_fails_as_closed(tiny_mode
             finally:
                 monkeypatch.setattr(session_module, "deadline", real_deadline)
                 box.close_all()
+
+
+@pytest.mark.parametrize(
+    "operation, spec, call",
+    [
+        ("tokenize", "tokenize.fill=fail", lambda s: s.tokenize("hello")),
+        ("evaluate", "eval.fill=fail", lambda s: s.evaluate([1, 2])),
+        ("evaluate", None, lambda s: s.evaluate([1, 2], seq_id=10**6)),  # refused before the two passes
+        ("n_past", None, lambda s: s.n_past(10**6)),
+        ("reset", None, lambda s: s.reset(10**6)),
+    ],
+)
+def test_session_call_errors_name_the_model(tiny_model: Path, operation: str, spec: str | None, call) -> None:
+    # issue 20.21: which model failed belongs in every session call's context,
+    # as it is in create's (several sessions, several models in one test)
+    import fault_inject as fi
+
+    with bn.BitnetSession.create(tiny_model) as s:
+        with fi.inject(spec) if spec else contextlib.nullcontext():
+            with pytest.raises(errors.BitnetError) as exc:
+                call(s)
+    assert exc.value.context.operation == operation
+    assert exc.value.context.parameters["model_path"] == str(tiny_model)
+    assert f"model_path={str(tiny_model)!r}" in str(exc.value)

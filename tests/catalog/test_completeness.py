@@ -75,3 +75,11 @@ def test_one_call_specs_are_armed_by_the_fixture(eid: str) -> None:
 def test_entries_without_a_spec_have_no_marker() -> None:
     marked = [fns[0].__name__ for eid, fns in TESTS.items() if not CATALOG[eid].inject and _inject_marks(fns[0])]
     assert not marked
+
+
+def test_no_reason_cites_a_file_an_install_lacks() -> None:
+    # The matrix runs from an installed package: its n/a reasons must not
+    # send a user to tests/... of the source tree (issue 20.14).
+    for entry in CATALOG.values():
+        for backend, reason in entry.not_for.items():
+            assert "tests/" not in reason and ".py" not in reason, f"{entry.id} [{backend}]: {reason}"

@@ -708,6 +708,28 @@ def test_cli_run_points_check(tiny_model: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "'eval.step'" in proc.stderr
 
 
+def test_cli_run_timeout_is_the_programs_default_deadline(tiny_model: Path, tmp_path: Path) -> None:
+    # issue 20.21: --timeout bounds every call of the program that names no
+    # timeout of its own (settings.configure), here a hang the spec injects
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import sys, pytest_bitnet as bn\n"
+        "from pytest_bitnet.bridge import settings\n"
+        "print('DEFAULT', settings.default_timeout())\n"
+        f"with bn.BitnetSession.create({str(tiny_model)!r}) as s:\n"
+        "    try:\n        s.evaluate([1, 2])\n    except bn.errors.OperationTimeout as exc:\n"
+        "        print('TIMEOUT', exc.context.parameters['timeout'])\n        sys.exit(7)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "fault_inject", "run", "--spec", "eval.step=hang"]
+    proc = subprocess.run([*run, "--timeout", "0.2", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    assert "DEFAULT 0.2" in proc.stdout and "TIMEOUT 0.2" in proc.stdout
+    proc = subprocess.run([*run, "--timeout", "soon", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "invalid timeout 'soon' from --timeout: expected seconds >= 0" in proc.stderr
+
+
 # ---- compile-out ------------------------------------------------------------------------------------------
 
 

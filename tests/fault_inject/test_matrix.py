@@ -8,6 +8,7 @@ turn red on exactly the rows that bug breaks, and stay green elsewhere.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -18,12 +19,14 @@ import pytest
 from fault_inject.catalog import CATALOG, FAIL, PASS
 from fault_inject.matrix import SelectionError, run_in_process, select
 from pytest_bitnet.bridge.abi import bundled_library
+from pytest_bitnet.bridge.llama import INSTALL_HINT, configured
 
 from ..native_builds import build_broken_backend
 
 
-def matrix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fault_inject", "matrix", *args], capture_output=True, text=True, cwd=cwd)
+def matrix(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fault_inject", "matrix", *args], capture_output=True, text=True, cwd=cwd,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,8 @@ def test_every_entry_passes_on_the_reference_backend_in_process(models: Path) ->
     m = run_in_process(list(CATALOG.values()), ["reference"], models=models)
     failed = {e: o.reason for (e, _), o in m.outcomes.items() if o.result == FAIL}
     assert not failed
-    assert m.counts("reference")[PASS] == 52
+    # without llama.cpp the fallback comparisons have no independent tier (below)
+    assert m.counts("reference")[PASS] == (52 if configured().available else 48)
 
 
 @pytest.mark.bitnet_allow_leaks  # E31 drops a session on purpose (_IN_PROCESS)
@@ -153,3 +157,88 @@ def test_a_cell_that_crashes_its_worker_is_a_red_row(tmp_path: Path) -> None:
     cells = {r["id"]: r["cells"]["dlopen"] for r in json.loads((tmp_path / "m.json").read_text())["rows"]}
     assert cells["E46"]["result"] == "fail" and cells["E46"]["reason"].startswith("crashed"), cells
     assert cells["E20"]["result"] == "pass"  # the run went on after the crash
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["in-process", "worker"])
+def test_timeout_is_every_cells_default_deadline(workers: list[str], tmp_path: Path) -> None:
+    # issue 20.21: --timeout is the default of every native call in each cell,
+    # on workers too; an entry's own timeouts still win.  0 is a deadline
+    # already past: E28's create (no timeout of its own) times out, E46
+    # (timeouts of 30 s and inf) is untouched.
+    out = tmp_path / "m.json"
+    proc = matrix("--only", "E28,E46", "--timeout", "0", *workers, "--json", str(out))
+    assert proc.returncode == 1, proc.stderr
+    cells = {r["id"]: r["cells"]["reference"] for r in json.loads(out.read_text())["rows"]}
+    assert cells["E28"]["result"] == FAIL and "unexpected OperationTimeout" in cells["E28"]["reason"]
+    assert cells["E46"]["result"] == PASS
+    assert matrix("--only", "E28", *workers).returncode == 0  # the default deadline is 30 s again
+
+
+def test_timeout_is_checked_and_restored(models: Path) -> None:
+    from pytest_bitnet.bridge import settings
+
+    proc = matrix("--timeout", "-1")
+    assert proc.returncode == 2 and "invalid timeout '-1' from --timeout" in proc.stderr
+    before = settings.current()
+    m = run_in_process([CATALOG["E28"]], ["reference"], models=models, timeout=0)
+    assert m.cell("E28", "reference").result == FAIL
+    assert settings.current() == before
+
+
+# ---- a machine without llama.cpp (issue 20.13) ------------------------------------------
+
+FALLBACK_COMPARISONS = {"E34", "E35", "E37", "E38"}
+
+
+@pytest.fixture
+def no_llama(tmp_path: Path) -> dict[str, str]:
+    """An environment where llama.cpp cannot be found (what llama.py reads)."""
+    empty = tmp_path / "no-llama"
+    empty.mkdir()
+    return {"LLAMA_CPP_LIB_PATH": str(empty)}
+
+
+def test_a_column_that_cannot_run_is_one_line_and_n_a_cells(tmp_path: Path, no_llama: dict[str, str]) -> None:
+    # It was 31 identical failures, and passes of entries that never reached llama.cpp.
+    j, x, md = tmp_path / "m.json", tmp_path / "m.xml", tmp_path / "m.md"
+    out = matrix("--backend", "reference,llama,stub", "--json", str(j), "--junit", str(x), "--markdown", str(md), env=no_llama)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    unavailable = [line for line in lines if line.startswith("llama: unavailable: ")]
+    assert len(unavailable) == 1 and "LLAMA_CPP_LIB_PATH=" in unavailable[0] and INSTALL_HINT in unavailable[0]
+    assert not [line for line in lines if line.lstrip().startswith("E") and " [llama] " in line], \
+        "no per-cell reason for a column that cannot run"
+    data = json.loads(j.read_text())
+    assert {r["cells"]["llama"]["result"] for r in data["rows"]} == {"n/a"}
+    assert data["unavailable"] == {"llama": unavailable[0].removeprefix("llama: unavailable: ")}
+    assert "llama unavailable (52 n/a)" in out.stdout
+
+    # no independent fallback tier: the reference engine is not compared with itself
+    cells = {r["id"]: r["cells"]["reference"] for r in data["rows"]}
+    for i in FALLBACK_COMPARISONS:
+        assert cells[i]["result"] == "n/a" and "no independent fallback tier" in cells[i]["reason"], (i, cells[i])
+    assert all(c["result"] == "pass" for i, c in cells.items() if i not in FALLBACK_COMPARISONS)
+    assert "reference 48/48 passed, 4 n/a" in out.stdout
+
+    # the stub column: the passes that only saw CppNotAvailable are counted apart
+    only = sum(1 for e in CATALOG.values() if e.stub == "unavailable")
+    assert data["summary"]["stub"]["only_cpp_not_available"] == only
+    assert f"stub 52/52 passed ({only} of them only CppNotAvailable)" in out.stdout
+    suites = {s.get("name"): s for s in ET.parse(x).getroot()}
+    props = {p.get("name"): p.get("value") for p in suites["matrix[stub]"].iter("property")}
+    assert props["passed_only_cpp_not_available"] == str(only)
+    props = {p.get("name"): p.get("value") for p in suites["matrix[llama]"].iter("property")}
+    assert "LLAMA_CPP_LIB_PATH=" in props["unavailable"]
+    text = md.read_text()
+    assert f"({only} of them only CppNotAvailable)" in text and "- llama: unavailable: " in text
+
+
+def test_workers_say_the_same_without_llama(tmp_path: Path, no_llama: dict[str, str]) -> None:
+    j = tmp_path / "m.json"
+    out = matrix("--backend", "reference,llama", "--only", "E34,E38,E09", "-n", "1", "--json", str(j), env=no_llama)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {r["id"]: r["cells"] for r in json.loads(j.read_text())["rows"]}
+    assert rows["E09"]["reference"]["result"] == "pass"
+    assert rows["E34"]["reference"]["result"] == rows["E38"]["reference"]["result"] == "n/a"
+    assert {c["llama"]["result"] for c in rows.values()} == {"n/a"}
+    assert "llama unavailable (3 n/a)" in out.stdout

@@ -105,6 +105,27 @@ def test_e03_unloadable_file_carries_loader_message(tiny_model: Path, tmp_path: 
         bn.BitnetSession.create(tiny_model, backend="dlopen")
 
 
+@pytest.mark.parametrize("given", ["nope.so", "{tmp}/missing/libbitnet.so", "{tmp}/not-elf.so"])
+def test_an_explicit_library_path_is_named_and_advised_not_discovery(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # library_path= is not discovery: the message names that path and says
+    # to check it, not "searched:" nor the discovery variables (issue 20.14).
+    (tmp_path / "not-elf.so").write_bytes(b"this is not an ELF file\n" * 10)
+    path = given.format(tmp=tmp_path)
+    monkeypatch.setenv("BITNET_CPP_LIBDIR", str(tmp_path / "elsewhere"))  # set, and not consulted
+    with pytest.raises(errors.LibraryNotFound) as exc:
+        bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=path)
+    msg = str(exc.value)
+    assert f"the library given as library_path= ('{path}') could not be loaded" in msg
+    assert f"{path}: dlopen failed: " in msg  # the loader's own reason
+    assert "Check that library_path= names" in msg
+    assert "searched:" not in msg and "BITNET_CPP_LIBDIR" not in msg and "BITNET_CPP_DIR" not in msg
+    # a bare name is the system loader's to find, not the current directory's
+    assert ("LD_LIBRARY_PATH" in msg) == ("/" not in path)
+    assert exc.value.context.native_message.count("bitnet_bridge_options.library_path") >= 1  # the C API's words, natively
+
+
 def test_e05_required_symbol_missing(tiny_model: Path, libs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BITNET_CPP_LIBDIR", str(libs["no_init"].parent))
     with pytest.raises(errors.SymbolNotFound) as exc:

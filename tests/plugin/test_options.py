@@ -104,6 +104,8 @@ def test_seed_is_random_and_printed_when_not_given(pytester: pytest.Pytester) ->
         (["--bitnet-backend=cuda"], "", {}, "*invalid backend 'cuda' from --bitnet-backend: expected reference | dlopen | llama | stub*"),
         ([], "bitnet_backend = gpu", {}, "*invalid backend 'gpu' from ini key bitnet_backend*"),
         ([], "", {"BITNET_BACKEND": "gpu"}, "*invalid backend 'gpu' from BITNET_BACKEND*"),
+        # a bool ini key is read as text so that its validator can name it (issue 20.14)
+        ([], "bitnet_diagnostics = maybe", {}, "*invalid value 'maybe' from ini key bitnet_diagnostics in *: expected one of 1, true, yes, on or 0, false, no, off"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_their_source(

@@ -67,3 +67,20 @@ def test_command_prints_the_comparison_and_exits_by_verdict(tiny_model: Path, tm
     bad = _cli(tiny_model, prompts, BITNET_LLAMA_KV="f16")
     assert bad.returncode == 1
     assert "DIVERGENCE prompt 'What is 2+2?'" in bad.stdout
+
+
+def test_command_timeout_is_the_default_deadline(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 20.21: a hang in either engine ends at --timeout, not at 30 s
+    import fault_inject as fi
+    from pytest_bitnet import __main__ as cli
+    from pytest_bitnet.bridge import settings
+
+    before = settings.current()
+    with fi.inject("eval.step=hang"):
+        assert cli.main(["crossval", str(tiny_model), "--timeout", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "crossval could not run" in err and "timed out" in err and "timeout=0.2" in err
+    assert settings.current() == before
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["crossval", str(tiny_model), "--timeout", "soon"])
+    assert exc.value.code == 2
