@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 # llama.cpp's own headers come with the libllama the adapter is built against.
-_LLAMA_CPP_HEADERS = {"llama.h", "ggml.h"}
+_LLAMA_CPP_HEADERS = {"llama.h", "ggml.h", "ggml-backend.h"}
 
 
 @pytest.fixture(scope="module")

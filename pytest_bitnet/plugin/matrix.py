@@ -101,7 +101,7 @@ def _refuse_a_run_wide_spec(config: pytest.Config) -> None:
     raise pytest.UsageError(
         f"bitnet: --bitnet-matrix runs cells that arm their own faults, and the run-wide fault spec "
         f"{str(run.settings.inject)!r} from {run.settings.inject_source} would fire in them too: "
-        f"drop it for this run, "
+        f"cancel it for this run with --bitnet-inject=none, "
         f"or run the matrix on its own: python -m fault_inject matrix -n N"
     )
 
