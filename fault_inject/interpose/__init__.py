@@ -53,6 +53,7 @@ __all__ = [
     "enable",
     "find_real",
     "library_for",
+    "loaded",
     "points",
     "set_timeout",
 ]
@@ -390,6 +391,13 @@ def points(kind: str = "llama") -> tuple[InterposedPoint, ...]:
     if lib is None:
         lib = _load(_build_for(find_real(kind)))
     return tuple(InterposedPoint(p.name, p.actions, p.description) for p in lib.points)
+
+
+def loaded() -> tuple[Interposed, ...]:
+    """Every interposer this process has loaded and attached (enabled or
+    not), oldest first."""
+    with _lock:
+        return tuple(Interposed("llama", lib.path.parent, lib.path, lib.real) for lib in _libraries.values())
 
 
 def counters() -> Mapping[str, int]:
