@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "bitnet.h"
+#include "bitnet_fault.h"
 
 #define BITNET_HOST_ABI 1
 
@@ -90,6 +91,14 @@ typedef struct {
      * vocab_only != 0 for a vocabulary-only load.  NULL: the bridge has no
      * check to lend. */
     int (*check_for_llama)(const char *path, int vocab_only);
+
+    /* Runtime-registered fault points (appended: a library checks that
+     * size covers it).  Registers pts[0..n) in the bridge's registry beside
+     * points.def's and sets *first_id to the id of pts[0] (the others
+     * follow), for fault_eval.  Idempotent for the same names.  NULL: the
+     * bridge has no engine (its faults are compiled out). */
+    int32_t (*register_points)(const bitnet_fault_point_t *pts, int32_t n,
+                               int32_t *first_id);
 } bitnet_host_t;
 
 /* Positive returns of bitnet_host_attach (flags). */
