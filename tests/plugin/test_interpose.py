@@ -238,3 +238,48 @@ real = pytest.mark.skipif(
     importlib.util.find_spec("fault_inject.interpose") is None or importlib.util.find_spec("llama_cpp") is None,
     reason="needs fault_inject.interpose (issue 14, ireg/ilib) and llama-cpp-python (the llama extra)",
 )
+
+
+# A counter source as fault_inject.interpose registers one (the bridge's
+# counters.add_source; before it existed, the same through live_counters).
+SOURCE_CONFTEST = """
+import llamaobjs
+import pytest_bitnet.bridge._native  # loaded, as an attaching interposer loads it
+from pytest_bitnet.bridge import counters
+
+def _read():
+    return {"llama_models": len(llamaobjs.OPEN)}
+
+if hasattr(counters, "add_source"):
+    counters.add_source(("llama_models",), _read)
+else:
+    _bridge = counters.live_counters
+    counters.live_counters = lambda: {**_bridge(), **_read()}
+"""
+
+
+def test_leak_check_covers_the_counters_of_a_source(pytester: pytest.Pytester) -> None:
+    # the leak check read only the bridge's own counters: a llama object
+    # made through the interposer and never freed passed
+    pytester.makeconftest(SOURCE_CONFTEST)
+    pytester.makepyfile(llamaobjs="OPEN = []")
+    pytester.makepyfile(
+        test_source="""
+        import llamaobjs
+        def test_parks_a_model():
+            llamaobjs.OPEN.append(object())
+        def test_frees_its_model():
+            llamaobjs.OPEN.append(object())
+            llamaobjs.OPEN.pop()
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "bitnet: native objects leaked by test_source.py::test_parks_a_model: llama_models +1 *",
+            "  llama_models +1: objects made through an interposed native library (fault_inject.interpose) during the test*",
+        ]
+    )
+    assert "inside the native bridge" not in result.stdout.str()
+    assert "pytest_bitnet_counters" not in result.stdout.str()
