@@ -87,6 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if s.timeout is not None:
             changes["timeout"] = s.timeout
         run.previous_defaults = bridge_settings.configure(**changes)
+    interpose.sync_timeout(config)
     faults.configure(run)
     leaks.configure(run)
     config.pluginmanager.register(reports.Collector(run), "bitnet-run")
@@ -103,6 +104,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         from pytest_bitnet.bridge import settings as bridge_settings
 
         bridge_settings.restore(run.previous_defaults)
+        interpose.sync_timeout(config)
     xdist.unconfigure(run)
     plugin = config.pluginmanager.get_plugin("bitnet-run")
     if plugin is not None:

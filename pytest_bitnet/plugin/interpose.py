@@ -26,6 +26,7 @@ is never unloaded, so a second run in the same process finds it active.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
@@ -106,6 +107,24 @@ def enable(config: pytest.Config) -> Interposed | None:
         raise usage(f"--bitnet-interpose={kind} (from {source}): {exc}") from None
     config.stash[INTERPOSED] = interposed
     return interposed
+
+
+def sync_timeout(config: pytest.Config) -> None:
+    """Interposed calls get the deadline the bridge's calls have now.
+
+    A delay or hang fired in an interposed function waits for that deadline
+    (the interposer's process-wide one); called whenever the plugin changes
+    the bridge's default (the run's --bitnet-timeout, a bitnet_timeout
+    marker, their restoring), so --bitnet-timeout means the same for both.
+    """
+    if INTERPOSED not in config.stash:
+        return
+    from pytest_bitnet.bridge import settings
+
+    seconds = settings.default_timeout()
+    # set_timeout: None = no deadline; 0 would mean none too, but here 0 is a
+    # deadline already past, so the smallest one that is not
+    sys.modules["fault_inject.interpose"].set_timeout(max(seconds, 1e-9) if math.isfinite(seconds) else None)
 
 
 def header(config: pytest.Config, source: str) -> list[str]:

@@ -53,8 +53,13 @@ def enable(kind="llama"):
 def active():
     return _active
 
+def set_timeout(seconds):
+    with open(os.environ["STUB_LOG"], "a") as log:
+        log.write(f"timeout {seconds}\\n")
+
 module = types.ModuleType("fault_inject.interpose")
-module.__dict__.update(InterposeError=InterposeError, Interposed=Interposed, enable=enable, active=active)
+module.__dict__.update(InterposeError=InterposeError, Interposed=Interposed, enable=enable, active=active,
+                       set_timeout=set_timeout)
 sys.modules["fault_inject.interpose"] = module
 """
 
@@ -94,12 +99,17 @@ def stub(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.P
     return pytester
 
 
-def _enabled(pytester: pytest.Pytester) -> list[str]:
-    """What the stub's enable() noted, one line per process that enabled, then forgets it."""
+def _log(pytester: pytest.Pytester) -> list[str]:
+    """What the stub noted (enable(), set_timeout()), then forgets it."""
     log = pytester.path / "enabled.log"
     lines = log.read_text().splitlines() if log.exists() else []
     log.unlink(missing_ok=True)
     return lines
+
+
+def _enabled(pytester: pytest.Pytester) -> list[str]:
+    """What the stub's enable() noted, one line per process that enabled."""
+    return [line for line in _log(pytester) if line.startswith("enabled")]
 
 
 def test_option_and_ini_key_in_help(pytester: pytest.Pytester) -> None:
@@ -183,6 +193,30 @@ def test_enable_refusing_is_a_usage_error(stub: pytest.Pytester, monkeypatch: py
         ["*bitnet: --bitnet-interpose=llama (from --bitnet-interpose): llama-cpp-python is not installed: pip install*"]
     )
     assert "Traceback" not in result.stderr.str()
+
+
+def test_interposed_calls_get_the_bridge_calls_deadline(stub: pytest.Pytester) -> None:
+    # delay/hang in an interposed function wait for the interposer's own
+    # deadline: it was never set, so --bitnet-timeout and the
+    # bitnet_timeout marker did not reach interposed calls
+    stub.makepyfile(
+        """
+        import pytest
+        def test_run_default():
+            pass
+        @pytest.mark.bitnet_timeout(0.5)
+        def test_marked():
+            pass
+        @pytest.mark.bitnet_timeout(None)
+        def test_none():
+            pass
+        """
+    )
+    result = stub.runpytest_subprocess("-p", "stubinterpose", "--bitnet-interpose=llama", "--bitnet-timeout=2")
+    result.assert_outcomes(passed=3)
+    # the run's, each marker's and back, the run's end restoring the bridge's default (30 s)
+    assert _log(stub) == ["enabled llama_cpp_imported=False", "timeout 2.0", "timeout 0.5", "timeout 2.0", "timeout None",
+                          "timeout 2.0", "timeout 30.0"]
 
 
 def test_help_works_whatever_the_interposition_would_say(stub: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
