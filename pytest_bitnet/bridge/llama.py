@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "native_dir", "status"]
+__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "find_include", "native_dir", "status"]
 
 log = logging.getLogger("pytest_bitnet.llama")
 
@@ -107,15 +107,29 @@ def _lib_dir() -> Path:
     return lib_dir
 
 
-def _include_dir(lib_dir: Path) -> Path:
-    """The directory of the llama.h released with lib_dir's libllama."""
+def _include_candidates(lib_dir: Path) -> list[Path]:
     candidates = [lib_dir.parent / "include", lib_dir / "include", lib_dir.parent.parent / "include"]
     package = _package_dir()
     if package is not None:
         candidates.append(package.parent / "include")
-    for d in candidates:
+    return candidates
+
+
+def find_include(lib_dir: Path) -> Path | None:
+    """The directory of the llama.h (and ggml.h) released with lib_dir's libllama, or None.
+    Also used by fault_inject.interpose's build, which compiles against the same header."""
+    for d in _include_candidates(lib_dir):
         if (d / "llama.h").is_file() and (d / "ggml.h").is_file():
             return d
+    return None
+
+
+def _include_dir(lib_dir: Path) -> Path:
+    """The directory of the llama.h released with lib_dir's libllama."""
+    found = find_include(lib_dir)
+    if found is not None:
+        return found
+    candidates = _include_candidates(lib_dir)
     raise _Unavailable(
         f"no llama.h/ggml.h found for {lib_dir / 'libllama.so'} (looked in "
         f"{', '.join(str(c) for c in candidates)}); llama-cpp-python installs them in "
