@@ -35,6 +35,9 @@ def header(run: RunState) -> list[str]:
     else:
         cancelled = f"inject=none ({s.inject_source}), " if s.inject_source != "default" else ""
         lines.append(f"bitnet: {cancelled}seed={run.seed} ({s.seed_source})")
+    from .interpose import header as interpose_header
+
+    lines += interpose_header(run.config, s.interpose_source)
     if s.diagnostics:
         from pytest_bitnet.bridge.diagnostics import diagnostics, format_text
 

@@ -24,7 +24,7 @@ from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
 if TYPE_CHECKING:
     from fault_inject import Resolved
 
-__all__ = ["LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "resolve"]
+__all__ = ["INTERPOSE_KINDS", "LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "resolve", "resolve_early"]
 
 LEAK_MODES: Final = ("strict", "warn", "off")
 
@@ -61,6 +61,11 @@ OPTIONS: Final = (
            "native backend for the run: " + " | ".join(BACKENDS), metavar="NAME"),
     Option("diagnostics", "--bitnet-diagnostics", "bitnet_diagnostics", None,
            "print the native library diagnostics (library, symbols, fallbacks) in the header", kind="bool"),
+    Option("interpose", "--bitnet-interpose", "bitnet_interpose", "BITNET_INTERPOSE",
+           "interpose on an unmodified app's native library, before conftest.py files are imported: 'llama' "
+           "(llama-cpp-python loads an interposing libllama that forwards every call to the real one; fault points "
+           "and counters named by the C function, e.g. llama_decode, llama_*); 'none' or an empty value: off",
+           metavar="KIND"),
 )  # fmt: skip
 
 #: marker name -> description (listed by --markers)
@@ -92,6 +97,8 @@ class Settings:
     backend_source: str = "default"
     diagnostics: bool = False
     diagnostics_source: str = "default"
+    interpose: str | None = None  # a kind of INTERPOSE_KINDS; None: off
+    interpose_source: str = "default"
 
 
 def usage(message: str) -> pytest.UsageError:
@@ -191,6 +198,22 @@ def check_bool(value: object, source: str) -> bool:
     raise usage(f"invalid value {value!r} from {source}: expected one of {', '.join(_TRUE)} or {', '.join(x for x in _FALSE if x)}")
 
 
+#: What --bitnet-interpose accepts: the libraries fault_inject.interpose can stand in for.
+INTERPOSE_KINDS: Final = ("llama",)
+#: --bitnet-interpose=none (and an empty value): off, whatever the ini file or BITNET_INTERPOSE say
+NO_INTERPOSE: Final = ("none", "off", "")
+
+
+def check_interpose(value: str, source: str) -> str | None:
+    """The kind to interpose on, or None for off; UsageError otherwise.  Imports nothing."""
+    kind = str(value).strip().lower()
+    if kind in NO_INTERPOSE:
+        return None
+    if kind not in INTERPOSE_KINDS:
+        raise usage(f"invalid interpose kind {value!r} from {source}: expected {' | '.join(INTERPOSE_KINDS)}, or none")
+    return kind
+
+
 _VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "inject": check_run_spec,
     "seed": check_seed,
@@ -198,6 +221,7 @@ _VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "timeout": check_timeout,
     "backend": check_backend,
     "diagnostics": check_bool,
+    "interpose": check_interpose,
 }
 
 
@@ -212,22 +236,41 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(opt.ini, opt.help, type="string", default="")
 
 
-def resolve(config: pytest.Config) -> Settings:
-    """Reads every setting from command line, environment, then ini; validates each."""
+def _raw(config: pytest.Config, opt: Option, cli: Any) -> tuple[Any, str]:
+    """The raw value of one setting and where it came from (None: not set)."""
     import os
 
+    raw, source = cli, opt.flag
+    if raw is None and opt.env and os.environ.get(opt.env, "").strip():
+        raw, source = os.environ[opt.env], opt.env
+    if raw is None:
+        ini = config.getini(opt.ini)
+        if ini not in ("", None):
+            raw, source = ini, f"ini key {opt.ini}" + (f" in {config.inipath}" if config.inipath else "")
+    return raw, source
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Reads every setting from command line, environment, then ini; validates each."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
-        raw: Any = config.getoption(opt.dest)
-        source = opt.flag
-        if raw is None and opt.env and os.environ.get(opt.env, "").strip():
-            raw, source = os.environ[opt.env], opt.env
-        if raw is None:
-            ini = config.getini(opt.ini)
-            if ini not in ("", None):
-                raw, source = ini, f"ini key {opt.ini}" + (f" in {config.inipath}" if config.inipath else "")
+        raw, source = _raw(config, opt, config.getoption(opt.dest))
         if raw is None:
             continue
         values[opt.name] = _VALIDATORS[opt.name](raw, source)
         values[f"{opt.name}_source"] = source
     return Settings(**values)
+
+
+def resolve_early(config: pytest.Config, name: str) -> tuple[Any, str]:
+    """One setting, validated, before the command line is fully parsed
+    (``pytest_load_initial_conftests``): (value, source); (None, "default") when not set.
+
+    Reads the same places in the same order as :func:`resolve`, the command
+    line from ``config.known_args_namespace`` (all that exists that early).
+    """
+    opt = next(o for o in OPTIONS if o.name == name)
+    raw, source = _raw(config, opt, getattr(config.known_args_namespace, opt.dest, None))
+    if raw is None:
+        return None, "default"
+    return _VALIDATORS[name](raw, source), source
