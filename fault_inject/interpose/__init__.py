@@ -293,11 +293,14 @@ def _build_for(real: Path) -> Path:
     except ImportError as exc:  # pragma: no cover - the package ships build.py
         raise InterposeError(f"fault_inject.interpose.build is missing from this installation ({exc})") from None
     try:
-        return Path(build.build_for(real))
+        built = Path(build.build_for(real))
     except InterposeError:
         raise
     except Exception as exc:
         raise InterposeError(f"building the interposing libllama for {real} failed: {exc}") from exc
+    # build.build_for() gives the directory it built (libllama.so with its
+    # companions' symlinks): the library is the libllama.so in it
+    return built / "libllama.so" if built.is_dir() else built
 
 
 def library_for(real_path: str | os.PathLike[str]) -> Path:
