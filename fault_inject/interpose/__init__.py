@@ -80,9 +80,6 @@ LIB_PATH_ENV: Final = "LLAMA_CPP_LIB_PATH"
 #: program run by ``fault_inject run``) find the real library, not the copy.
 USER_LIB_PATH_ENV: Final = "BITNET_INTERPOSE_USER_LIB_PATH"
 
-_ROOT: Final = Path(__file__).resolve().parents[2]
-
-
 class InterposeError(RuntimeError):
     """Interposition cannot be arranged (the message says why and what to do)."""
 
@@ -241,14 +238,10 @@ def _load(path: Path) -> _Library:
 
 def _def_names() -> frozenset[str]:
     """The point names of llama_points.def (the one list of them)."""
-    try:
-        from . import build
+    from . import build
 
-        path = Path(getattr(build, "POINTS_DEF", _ROOT / "native" / "interpose" / "llama_points.def"))
-    except ImportError:
-        path = _ROOT / "native" / "interpose" / "llama_points.def"
     try:
-        text = path.read_text()
+        text = Path(build.TABLE).read_text()
     except OSError:
         return frozenset()
     return frozenset(re.findall(r"^\s*BN_INTERPOSE_POINT\(\s*(\w+)", text, re.M))
@@ -288,16 +281,15 @@ def _hook(user: Any, kind: bytes | None, obj: int | None, created: int) -> None:
 
 
 def _build_for(real: Path) -> Path:
+    """The interposing libllama.so built for real (build.py caches it)."""
+    from . import build
+
     try:
-        from . import build
-    except ImportError as exc:  # pragma: no cover - the package ships build.py
-        raise InterposeError(f"fault_inject.interpose.build is missing from this installation ({exc})") from None
-    try:
-        return Path(build.build_for(real))
-    except InterposeError:
-        raise
+        directory = Path(build.build_for(real))
     except Exception as exc:
-        raise InterposeError(f"building the interposing libllama for {real} failed: {exc}") from exc
+        # build.py's errors say what is missing and how to get it
+        raise InterposeError(f"cannot build the interposing libllama for {real}: {exc}") from exc
+    return directory / "libllama.so" if directory.is_dir() else directory
 
 
 def library_for(real_path: str | os.PathLike[str]) -> Path:
