@@ -371,3 +371,24 @@ def test_the_command_line_lists_and_runs_with_interposed_points(tiny_model: Path
     plain = subprocess.run([sys.executable, "-m", "fault_inject", "run", "--spec", "llama_decode=fail", str(app), str(tiny_model)],
                            capture_output=True, text=True, timeout=600)
     assert plain.returncode == 2 and "unknown fault point 'llama_decode'" in plain.stderr, plain.stderr
+
+
+def test_bitnet_interpose_lets_bitnet_inject_name_interposed_points(tiny_model: Path, tmp_path: Path) -> None:
+    # any program importing fault_inject honours BITNET_INJECT; a spec naming
+    # llama_* points needs the interposer attached first: BITNET_INTERPOSE
+    app = """
+        import sys
+        import fault_inject
+        from llama_cpp import Llama
+        llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+        try:
+            llm("hello", max_tokens=4)
+            print("completed")
+        except RuntimeError as e:
+            print("RuntimeError:", e)
+        llm.close()
+    """
+    out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "llama", "BITNET_INJECT": "llama_decode=fail"})
+    assert out == ["RuntimeError: llama_decode returned -3"]
+    out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "none", "BITNET_INJECT": "tokenize.fill=fail"})
+    assert out == ["completed"]  # nothing interposed: the bridge's points are not on llama-cpp-python's path
