@@ -392,3 +392,27 @@ def test_bitnet_interpose_lets_bitnet_inject_name_interposed_points(tiny_model: 
     assert out == ["RuntimeError: llama_decode returned -3"]
     out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "none", "BITNET_INJECT": "tokenize.fill=fail"})
     assert out == ["completed"]  # nothing interposed: the bridge's points are not on llama-cpp-python's path
+
+
+def test_the_bridges_llama_backend_keeps_the_real_library_in_interposed_children(tiny_model: Path, tmp_path: Path) -> None:
+    # an xdist worker (or a program fault_inject run starts) inherits the
+    # copy's LLAMA_CPP_LIB_PATH: the bridge's own llama backend must still
+    # link the real libllama, not build an adapter against the interposer
+    out = run_script(tmp_path, """
+        import os, subprocess, sys
+        from fault_inject import interpose
+        it = interpose.enable()
+        child = subprocess.run([sys.executable, "-c", "\\n".join([
+            "import sys, pytest_bitnet as bn",
+            "from pytest_bitnet.bridge import llama",
+            "print(llama.status().libllama)",
+            "s = bn.BitnetSession.create(sys.argv[1], backend='llama')",
+            "print(s.backend_info)",
+            "s.close()",
+        ]), sys.argv[1]], capture_output=True, text=True)
+        print(child.returncode, child.stdout.splitlines()[:1] == [str(it.real_library)], child.stderr[-300:].replace("\\n", " "))
+        interpose.disable()
+        print("BITNET_LLAMA_LIB_PATH" in os.environ)
+    """, str(tiny_model))
+    assert out[0].startswith("0 True"), out
+    assert out[1] == "False"
