@@ -229,3 +229,190 @@ def test_a_leaked_interposed_object_fails_the_leak_check_naming_its_line(fake: P
     assert "native objects leaked by test_app.py::test_parks_a_model: llama_models +1" in text, text
     assert "llama model at 0x" in text and "(made through the interposing libllama) still open" in text, text
     assert "PARKED.append(DLL.llama_model_load_from_file())  # parked in a global" in text, text
+
+
+# ---- the real thing: llama-cpp-python through the interposer built by build.py -----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'pytest-bitnet[llama]')")
+    from pytest_bitnet.testing.models import make_tiny_model
+
+    path = tmp_path_factory.mktemp("interpose_e2e") / "tiny-bitnet-tq2_0.gguf"
+    make_tiny_model(path, arch="bitnet", weight_type="tq2_0")
+    return path
+
+
+def run_script(tmp_path: Path, body: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    script = tmp_path / f"script_{abs(hash(body))}.py"
+    script.write_text(textwrap.dedent(body))
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_llama_cpp_python_runs_through_the_interposer_with_faults_and_counters(tiny_model: Path, tmp_path: Path) -> None:
+    out = run_script(tmp_path, """
+        import gc, os, sys
+        import fault_inject as fi
+        import pytest_bitnet as bn
+        from fault_inject import interpose
+        from pytest_bitnet.bridge import counters
+
+        it = interpose.enable()
+        print(interpose.enable() is it, it.real_library == interpose.find_real(), os.environ["LLAMA_CPP_LIB_PATH"] == str(it.directory))
+        base = bn.live_counters()
+        import llama_cpp
+        from llama_cpp import Llama
+        print(llama_cpp.llama_cpp._lib._name == str(it.library))
+        llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+        print(counters.delta(base, bn.live_counters()))
+        with fi.inject("llama_decode=fail") as armed:
+            try:
+                llm("hello", max_tokens=4)
+                print("no error")
+            except RuntimeError as e:
+                print("RuntimeError:", e)
+        print(armed.hits("llama_decode"), armed.fired("llama_decode"))
+        print(len(llm("hello", max_tokens=4)["choices"][0]["text"]) > 0)
+        llm.close()
+        print({k: v for k, v in counters.delta(base, bn.live_counters()).items() if k != "llama_samplers"})
+        del llm
+        gc.collect()
+        print(counters.delta(base, bn.live_counters()))
+    """, str(tiny_model))
+    assert out[0] == "True True True"  # idempotent; the real library found; llama-cpp-python pointed at the copy
+    assert out[1] == "True"  # llama-cpp-python loaded the interposer
+    assert out[2] == "{'llama_models': 1, 'llama_contexts': 1, 'llama_batches': 1}"
+    assert out[3] == "RuntimeError: llama_decode returned -3"  # llama-cpp-python's own error for a failed decode
+    assert out[4] == "1 1"
+    assert out[5] == "True"  # disarmed: the same Llama works
+    # close() frees model, context and batch; the sampler chain of the last
+    # completion lives until the Llama object goes (llama-cpp-python's own doing)
+    assert out[6] == "{}"
+    assert out[7] == "{}"
+
+
+def test_enable_refuses_when_llama_cpp_was_imported_first(tiny_model: Path, tmp_path: Path) -> None:
+    out = run_script(tmp_path, """
+        import llama_cpp
+        from fault_inject import interpose
+        try:
+            interpose.enable()
+        except interpose.InterposeError as e:
+            print(e)
+        print(interpose.active())
+    """)
+    assert "llama_cpp was imported before interposition could be enabled: it loaded " in out[0]
+    assert "libllama.so" in out[0] and "move the import out of conftest.py" in out[0]
+    assert out[1] == "None"
+
+
+def test_find_real_uses_the_users_lib_path_not_the_copy(tiny_model: Path, tmp_path: Path) -> None:
+    out = run_script(tmp_path, """
+        import os, subprocess, sys
+        from fault_inject import interpose
+        real = interpose.find_real()
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(real.parent)  # the user's own setting
+        it = interpose.enable()
+        print(os.environ["LLAMA_CPP_LIB_PATH"] == str(it.directory))
+        # a child (an xdist worker, a program run by fault_inject run) inherits the copy's path
+        child = subprocess.run([sys.executable, "-c", "from fault_inject import interpose; print(interpose.find_real())"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        print(child == str(real))
+        interpose.disable()
+        print(os.environ["LLAMA_CPP_LIB_PATH"] == str(real.parent), "BITNET_INTERPOSE_USER_LIB_PATH" in os.environ)
+        os.environ["LLAMA_CPP_LIB_PATH"] = "/nonexistent"
+        try:
+            interpose.find_real()
+        except interpose.InterposeError as e:
+            print(e)
+    """)
+    assert out[0] == "True"
+    assert out[1] == "True"
+    assert out[2] == "True False"
+    assert "LLAMA_CPP_LIB_PATH=/nonexistent holds no libllama.so" in out[3]
+
+
+def test_the_command_line_lists_and_runs_with_interposed_points(tiny_model: Path, tmp_path: Path) -> None:
+    listing = subprocess.run([sys.executable, "-m", "fault_inject", "points", "--interpose=llama"],
+                             capture_output=True, text=True, timeout=600)
+    assert listing.returncode == 0, listing.stderr
+    head, *rows = listing.stdout.splitlines()
+    assert "interposed llama points" in head and "llama_* arms them all" in head
+    names = {r.split()[0] for r in rows if r and not r.startswith(" ")}
+    assert {"llama_decode", "llama_model_load_from_file", "llama_tokenize", "llama_init_from_model"} <= names
+    assert "tokenize.fill" not in names  # the bridge's own points are not interposed ones
+
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        import sys
+        from llama_cpp import Llama
+        llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+        try:
+            llm("hello", max_tokens=4)
+            print("completed")
+        except RuntimeError as e:
+            print("RuntimeError:", e)
+        llm.close()
+    """))
+    proc = subprocess.run([sys.executable, "-m", "fault_inject", "run", "--interpose=llama", "--spec", "llama_decode=fail",
+                           str(app), str(tiny_model)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "RuntimeError: llama_decode returned -3"
+    assert "fault_inject: llama_decode=fail" in proc.stderr and "llama_decode: 1 hits, 1 fired" in proc.stderr, proc.stderr
+
+    # without --interpose the spec names an unknown point: refused, not silently inert
+    plain = subprocess.run([sys.executable, "-m", "fault_inject", "run", "--spec", "llama_decode=fail", str(app), str(tiny_model)],
+                           capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 2 and "unknown fault point 'llama_decode'" in plain.stderr, plain.stderr
+
+
+def test_bitnet_interpose_lets_bitnet_inject_name_interposed_points(tiny_model: Path, tmp_path: Path) -> None:
+    # any program importing fault_inject honours BITNET_INJECT; a spec naming
+    # llama_* points needs the interposer attached first: BITNET_INTERPOSE
+    app = """
+        import sys
+        import fault_inject
+        from llama_cpp import Llama
+        llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+        try:
+            llm("hello", max_tokens=4)
+            print("completed")
+        except RuntimeError as e:
+            print("RuntimeError:", e)
+        llm.close()
+    """
+    out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "llama", "BITNET_INJECT": "llama_decode=fail"})
+    assert out == ["RuntimeError: llama_decode returned -3"]
+    out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "none", "BITNET_INJECT": "tokenize.fill=fail"})
+    assert out == ["completed"]  # nothing interposed: the bridge's points are not on llama-cpp-python's path
+
+
+def test_the_bridges_llama_backend_keeps_the_real_library_in_interposed_children(tiny_model: Path, tmp_path: Path) -> None:
+    # an xdist worker (or a program fault_inject run starts) inherits the
+    # copy's LLAMA_CPP_LIB_PATH: the bridge's own llama backend must still
+    # link the real libllama, not build an adapter against the interposer
+    out = run_script(tmp_path, """
+        import os, subprocess, sys
+        from fault_inject import interpose
+        it = interpose.enable()
+        child = subprocess.run([sys.executable, "-c", "\\n".join([
+            "import sys, pytest_bitnet as bn",
+            "from pytest_bitnet.bridge import llama",
+            "print(llama.status().libllama)",
+            "s = bn.BitnetSession.create(sys.argv[1], backend='llama')",
+            "print(s.backend_info)",
+            "s.close()",
+        ]), sys.argv[1]], capture_output=True, text=True)
+        print(child.returncode, child.stdout.splitlines()[:1] == [str(it.real_library)], child.stderr[-300:].replace("\\n", " "))
+        interpose.disable()
+        print("BITNET_LLAMA_LIB_PATH" in os.environ)
+    """, str(tiny_model))
+    assert out[0].startswith("0 True"), out
+    assert out[1] == "False"
