@@ -92,11 +92,12 @@ typedef struct {
      * check to lend. */
     int (*check_for_llama)(const char *path, int vocab_only);
 
-    /* Runtime-registered fault points (appended: a library checks that
-     * size covers it).  Registers pts[0..n) in the bridge's registry beside
-     * points.def's and sets *first_id to the id of pts[0] (the others
-     * follow), for fault_eval.  Idempotent for the same names.  NULL: the
-     * bridge has no engine (its faults are compiled out). */
+    /* Fault points of the library's own (appended: a library checks that
+     * size covers it).  bitnet_fault_register_points of bitnet_fault.h, in
+     * the bridge's registry: the ids it returns are what the library passes
+     * to fault_eval, whatever points.def it was built from (so a library
+     * that places only registered points needs no registry hash match).
+     * NULL when the bridge has faults compiled out. */
     int32_t (*register_points)(const bitnet_fault_point_t *pts, int32_t n,
                                int32_t *first_id);
 } bitnet_host_t;
