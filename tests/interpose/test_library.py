@@ -302,3 +302,38 @@ def test_a_bridge_without_register_points_leaves_the_points_inert(host_program: 
     assert out["attach"] == "1"  # BITNET_HOST_DECLINED_FAULTS: attached for logging, no points
     assert out["points"] == "0" and out["decode"] == "0" and out["hits"] == "0"
     assert "llama_* points stay inert" in out["log"]
+
+
+# ---- attached to the bridge's own registry (ireg's register_points) -------------------------------
+
+_REGISTRY = r"""
+import json, sys
+import fault_inject as fi
+from fault_inject import interpose
+interpose.library_for(sys.argv[1])
+out = {"points": {p.name: sorted(p.actions) for p in fi.points() if p.name.startswith("llama_")}}
+try:
+    fi.arm("llama_token_to_piece=fail")
+except Exception as exc:
+    out["refused"] = f"{type(exc).__name__}: {exc}"
+armed = fi.arm("llama_*=off")
+out["armed"] = len(armed.points)
+armed.disarm()
+print(json.dumps(out))
+"""
+
+
+def test_points_in_the_bridge_registry_with_their_actions(real: Path) -> None:
+    # a subprocess: registered points stay for the life of the process
+    proc = subprocess.run([sys.executable, "-c", _REGISTRY, str(real)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    points = out["points"]
+    wrap_only = {"llama_set_abort_callback", "llama_sampler_chain_add", "llama_sampler_chain_remove"}
+    assert set(points) == set(build.interposed_functions()) - wrap_only
+    assert out["armed"] == len(points)  # llama_* arms them all
+    assert "grow" in points["llama_tokenize"] and "fail" in points["llama_tokenize"]
+    assert "fail" not in points["llama_free"] and "delay" in points["llama_free"]  # a free cannot fail
+    assert "grow" not in points["llama_decode"] and {"fail", "oom", "hang"} <= set(points["llama_decode"])
+    # an action a function cannot perform is refused when the spec is read
+    assert "'llama_token_to_piece' does not support 'fail'" in out["refused"]
