@@ -140,7 +140,26 @@ def check_spec(value: str, source: str) -> Resolved:
         return validate(value, source=source)
     except (FaultSpecError, UnknownPoint) as exc:
         text = str(exc)
+        if _names_interposed_points(value):  # unknown, since unregistered (a FaultSpecError saying so)
+            text += f"\n{INTERPOSED_POINTS_HINT}"  # after the spec and its caret
         raise usage(text if source in text else f"invalid fault spec from {source}: {text}") from None
+
+
+#: Said when a spec names a llama_* point that is not registered (interposition off).
+INTERPOSED_POINTS_HINT: Final = (
+    "the llama_* points exist only while llama-cpp-python's libllama is interposed: "
+    "--bitnet-interpose=llama (ini bitnet_interpose, env BITNET_INTERPOSE)"
+)
+
+
+def _names_interposed_points(value: str) -> bool:
+    """The spec names a llama_* point while no interposition is active (its points unregistered)."""
+    import sys
+
+    module = sys.modules.get("fault_inject.interpose")
+    if module is not None and getattr(module, "active", lambda: None)() is not None:
+        return False  # registered: the name is wrong, not the setting
+    return any(entry.split("=", 1)[0].strip().startswith("llama_") for entry in str(value).split(";"))
 
 
 #: --bitnet-inject=none (and an empty value): no run-wide spec, whatever the ini file or BITNET_INJECT say

@@ -392,3 +392,23 @@ def test_real_unknown_llama_point_is_a_usage_error(pytester: pytest.Pytester, mo
     # without interposition the llama points do not exist
     result = pytester.runpytest_subprocess("--bitnet-inject=llama_decode=fail")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_llama_point_without_interposition_says_how_to_get_it(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_bitnet.plugin.settings import INTERPOSED_POINTS_HINT
+
+    monkeypatch.delenv("BITNET_INTERPOSE", raising=False)
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.bitnet_inject("llama_decode=fail")
+        def test_marked():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--bitnet-inject=llama_tokenize=fail")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown fault point 'llama_tokenize'*", "    llama_tokenize=fail", INTERPOSED_POINTS_HINT])
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)  # the marker's spec is refused at setup
+    result.stdout.fnmatch_lines(["*unknown fault point 'llama_decode'*", f"*{INTERPOSED_POINTS_HINT}"])
