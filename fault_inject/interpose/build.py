@@ -96,7 +96,7 @@ def _nm(library: Path) -> list[tuple[str, str]]:
         )
     proc = subprocess.run([nm, "-D", "--defined-only", str(library)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise InterposeBuildError(f"'nm -D --defined-only {library}' failed: {proc.stderr.strip()}")
+        raise InterposeBuildError(f"'nm -D --defined-only {library}' failed ({proc.stderr.strip() or 'no output'}): is it a shared library?")
     out = []
     for line in proc.stdout.splitlines():
         parts = line.split()
@@ -200,11 +200,11 @@ def build_for(real: Path | str) -> Path:
     holding libllama.so), building it on first use.  Raises InterposeBuildError saying what is
     missing and how to get it."""
     real = _real_path(real)
-    include = find_include(real.parent)
+    include = find_include(real.parent, installed=False)
     if include is None:
         raise InterposeBuildError(
-            f"no llama.h/ggml.h found for {real}: the interposer is compiled against the llama.h "
-            f"released with the library (llama-cpp-python installs it in <site-packages>/include): {INSTALL_HINT}"
+            f"no llama.h/ggml.h found beside {real} (in ../include, ./include or ../../include): the "
+            f"interposer is compiled against the llama.h released with the library (llama-cpp-python installs it in <site-packages>/include): {INSTALL_HINT}"
         )
     target = _cache_root() / f"interpose-{_key(real, include)}"
     if (target / "libllama.so").is_file():

@@ -107,18 +107,20 @@ def _lib_dir() -> Path:
     return lib_dir
 
 
-def _include_candidates(lib_dir: Path) -> list[Path]:
+def _include_candidates(lib_dir: Path, installed: bool = True) -> list[Path]:
     candidates = [lib_dir.parent / "include", lib_dir / "include", lib_dir.parent.parent / "include"]
-    package = _package_dir()
+    package = _package_dir() if installed else None
     if package is not None:
         candidates.append(package.parent / "include")
     return candidates
 
 
-def find_include(lib_dir: Path) -> Path | None:
+def find_include(lib_dir: Path, installed: bool = True) -> Path | None:
     """The directory of the llama.h (and ggml.h) released with lib_dir's libllama, or None.
-    Also used by fault_inject.interpose's build, which compiles against the same header."""
-    for d in _include_candidates(lib_dir):
+    installed=False looks beside the library only, not in the installed llama_cpp package
+    (fault_inject.interpose's build: a wrapper compiled against another release's params
+    structs would pass them with the wrong layout)."""
+    for d in _include_candidates(lib_dir, installed):
         if (d / "llama.h").is_file() and (d / "ggml.h").is_file():
             return d
     return None
