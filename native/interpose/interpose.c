@@ -111,7 +111,7 @@ static struct {
     _Atomic(ip_hook_fn) hook;      /* object hook (NULL: none)             */
     _Atomic(void *) hook_user;     /* its user pointer                     */
     _Atomic(const bitnet_host_t *) host; /* attached bridge, NULL before   */
-    int32_t first_id;              /* registry id of ip_points[0]; -1: no
+    atomic_int first_id;           /* registry id of ip_points[0]; -1: no
                                       points (not attached, or declined)   */
     _Atomic(const atomic_int *) armed; /* host's armed count; never_armed  */
     atomic_llong timeout_ns;       /* deadline of a firing call; 0: none   */
@@ -312,11 +312,12 @@ static ip_verdict ip_check(int id, ip_outcome *o, int deferred)
     memset(o, 0, sizeof *o);
     const bitnet_host_t *h = atomic_load_explicit(&ip.host,
                                                   memory_order_acquire);
-    if (!h || ip.first_id < 0 || ip_depth)
+    int32_t first = atomic_load_explicit(&ip.first_id, memory_order_relaxed);
+    if (!h || first < 0 || ip_depth)
         return IP_GO;
     bn_fault_special sp = {0};
     ip_depth++; /* whatever the engine calls must not re-enter a point */
-    int rc = h->fault_eval(ip.first_id + id, &sp);
+    int rc = h->fault_eval(first + id, &sp);
     ip_depth--;
     if (rc == 0)
         return IP_GO;
@@ -376,11 +377,14 @@ BITNET_API int bitnet_interpose_attach(const bitnet_host_t *host)
                                  sizeof host->last_error)
         return BITNET_E_ABI_MISMATCH;
     const bitnet_host_t *expected = NULL;
-    if (!atomic_compare_exchange_strong(&ip.host, &expected, host))
-        return expected == host ? (ip.first_id >= 0
-                                       ? BITNET_OK
-                                       : BITNET_HOST_DECLINED_FAULTS)
-                                : BITNET_E_INVALID_ARG;
+    if (!atomic_compare_exchange_strong(&ip.host, &expected, host)) {
+        if (expected == host) /* the same bridge again answers as before */
+            return atomic_load(&ip.first_id) >= 0 ? BITNET_OK
+                                                  : BITNET_HOST_DECLINED_FAULTS;
+        ip_log(0, "bitnet_interpose_attach: already attached to another "
+                  "bridge in this process; an interposer serves one");
+        return BITNET_E_INVALID_ARG;
+    }
     /* register_points is appended to the table: an older bridge's table is
      * shorter, and then the points stay inert */
     int has_register =
@@ -399,7 +403,7 @@ BITNET_API int bitnet_interpose_attach(const bitnet_host_t *host)
                host->last_error ? host->last_error() : "");
         return BITNET_HOST_DECLINED_FAULTS;
     }
-    ip.first_id = first;
+    atomic_store(&ip.first_id, first);
     /* last: from here a wrapper sees the host's armed count */
     atomic_store_explicit(&ip.armed, host->fault_armed, memory_order_release);
     return BITNET_OK;

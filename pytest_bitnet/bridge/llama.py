@@ -36,9 +36,21 @@ INSTALL_HINT = "pip install 'pytest-bitnet[llama]' (its first build compiles lla
 
 #: The native files compiled here at run time, relative to ``native/``: the
 #: adapter and the headers and tables of ours it includes (bitnet.h includes
-#: the error table).  setup.py ships exactly these inside the package, at
-#: ``pytest_bitnet/bridge/`` + PACKAGED_NATIVE, because a wheel has no source tree.
-RUNTIME_NATIVE_FILES = ("llama/adapter.c", "include/*.h", "include/*.def")
+#: the error table), and the interposing libllama that fault_inject.interpose
+#: builds the same way (its sources, and the two headers below native/include
+#: it reads: the layout fault_eval hands back).  setup.py ships exactly these
+#: inside the package, at ``pytest_bitnet/bridge/`` + PACKAGED_NATIVE, because a
+#: wheel has no source tree.
+RUNTIME_NATIVE_FILES = (
+    "llama/adapter.c",
+    "include/*.h",
+    "include/*.def",
+    "interpose/*.c",
+    "interpose/*.h",
+    "interpose/*.def",
+    "fault/bn_fault.h",
+    "common/bn_error.h",
+)
 PACKAGED_NATIVE = "native"
 
 

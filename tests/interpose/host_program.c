@@ -8,11 +8,13 @@
  *
  *   host_program INTERPOSER MODEL ATTACH POINT ACTION ARG TIMEOUT_MS
  *
- * ATTACH 0: never attached (every wrapper must forward).  POINT "-": nothing
+ * ATTACH 0: never attached (every wrapper must forward); 2: attached with a
+ * table from before register_points (the points must stay inert).  POINT "-": nothing
  * armed.  ACTION: fail | oom | timeout | grow | delay | hang.  Prints one
  * `key=value` line per step; tests/interpose/test_library.py reads them.
  */
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,13 +150,18 @@ int main(int argc, char **argv)
     (void)zero;
     p_bitnet_interpose_set_object_hook(hook, NULL);
     p_bitnet_interpose_set_timeout_ns(atoll(argv[7]) * 1000000LL);
+    if (atoi(argv[3]) == 2) /* a bridge from before register_points */
+        host.size = (int32_t)offsetof(bitnet_host_t, register_points);
     if (atoi(argv[3])) {
         printf("attach=%d\n", p_bitnet_interpose_attach(&host));
+        bitnet_host_t other = host;
+        printf("attach_again=%d\n", p_bitnet_interpose_attach(&host));
+        printf("attach_other=%d\n", p_bitnet_interpose_attach(&other));
         printf("points=%d\n", (int)n_points);
         for (int i = 0; i < n_points; i++)
             if (strcmp(points[i].name, argv[4]) == 0)
                 target = FIRST_ID + i;
-        if (strcmp(argv[4], "-") != 0 && target < 0) {
+        if (strcmp(argv[4], "-") != 0 && target < 0 && n_points) {
             printf("unknown_point=%s\n", argv[4]);
             return 1;
         }

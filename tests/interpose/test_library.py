@@ -182,8 +182,8 @@ def host_program(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _drive(host_program: Path, built: Path, model: Path, point: str = "-", action: str = "fail", arg: int = 0,
-           *, attach: bool = True, timeout_ms: int = 0) -> dict[str, str]:
-    cmd = [str(host_program), str(built / "libllama.so"), str(model), str(int(attach)), point, action, str(arg), str(timeout_ms)]
+           *, attach: int = 1, timeout_ms: int = 0) -> dict[str, str]:
+    cmd = [str(host_program), str(built / "libllama.so"), str(model), str(attach), point, action, str(arg), str(timeout_ms)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out: dict[str, str] = {}
@@ -198,7 +198,7 @@ BASELINE = "0 0 0 0 0"
 
 
 def test_unattached_wrappers_forward_and_count(host_program: Path, built: Path, model: Path) -> None:
-    out = _drive(host_program, built, model, attach=False)
+    out = _drive(host_program, built, model, attach=0)
     assert out["model"] == out["vocab"] == out["context"] == out["batch"] == "1"
     assert int(out["tokenize"]) > 0 and int(out["piece"]) > 0 and int(out["detokenize"]) > 0
     assert out["meta_text"] == "bitnet"
@@ -289,3 +289,16 @@ def test_constructor_hang_returns_null_at_the_deadline(host_program: Path, built
     out = _drive(host_program, built, model, "llama_init_from_model", "hang", timeout_ms=100)
     assert out["context"] == "0"
     assert out["counters_end"] == BASELINE
+
+
+def test_attach_is_idempotent_and_serves_one_bridge(host_program: Path, built: Path, model: Path) -> None:
+    out = _drive(host_program, built, model)
+    assert (out["attach"], out["attach_again"], out["attach_other"]) == ("0", "0", str(-1))
+    assert "already attached to another bridge" in out["log"]
+
+
+def test_a_bridge_without_register_points_leaves_the_points_inert(host_program: Path, built: Path, model: Path) -> None:
+    out = _drive(host_program, built, model, "llama_decode", "fail", attach=2)
+    assert out["attach"] == "1"  # BITNET_HOST_DECLINED_FAULTS: attached for logging, no points
+    assert out["points"] == "0" and out["decode"] == "0" and out["hits"] == "0"
+    assert "llama_* points stay inert" in out["log"]
