@@ -24,7 +24,7 @@ from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
 if TYPE_CHECKING:
     from fault_inject import Resolved
 
-__all__ = ["INTERPOSE_KINDS", "LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "resolve", "resolve_early"]
+__all__ = ["INTERPOSE_KINDS", "LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "rerun_flags", "resolve", "resolve_early"]
 
 LEAK_MODES: Final = ("strict", "warn", "off")
 
@@ -99,6 +99,12 @@ class Settings:
     diagnostics_source: str = "default"
     interpose: str | None = None  # a kind of INTERPOSE_KINDS; None: off
     interpose_source: str = "default"
+
+
+def rerun_flags(s: Settings) -> list[str]:
+    """Flags, besides the spec and the seed, without which a rerun could not
+    arm what this run armed: the interposition registers the llama_* points."""
+    return [f"--bitnet-interpose={s.interpose}"] if s.interpose is not None else []
 
 
 def usage(message: str) -> pytest.UsageError:

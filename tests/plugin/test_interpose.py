@@ -412,3 +412,28 @@ def test_llama_point_without_interposition_says_how_to_get_it(pytester: pytest.P
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(errors=1)  # the marker's spec is refused at setup
     result.stdout.fnmatch_lines(["*unknown fault point 'llama_decode'*", f"*{INTERPOSED_POINTS_HINT}"])
+
+
+def test_reproduce_commands_keep_the_interposition(stub: pytest.Pytester) -> None:
+    # a rerun without --bitnet-interpose cannot arm llama_* points: the
+    # failure's, the crash's and the header's reproduce commands left it out
+    stub.makepyfile(
+        """
+        import os, pytest
+        @pytest.mark.bitnet_inject("tokenize.fill=fail")
+        def test_fails():
+            assert False
+        @pytest.mark.bitnet_inject("tokenize.fill=fail")
+        def test_crashes():
+            os.abort()
+        """
+    )
+    result = stub.runpytest_subprocess("-p", "stubinterpose", "--bitnet-interpose=llama", "--bitnet-inject=eval.fill=fail",
+                                       "--bitnet-seed=7", "-n", "1")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["bitnet: inject='eval.fill=fail' (--bitnet-inject), seed=7 (--bitnet-seed); "
+                                 "reproduce with --bitnet-inject='eval.fill=fail' --bitnet-seed=7 --bitnet-interpose=llama *"])
+    result.stdout.fnmatch_lines(["reproduce this test with the same draws: pytest test_reproduce_commands_keep_the_interposition.py::test_fails "
+                                 "--bitnet-seed=7 --bitnet-inject=eval.fill=fail --bitnet-interpose=llama"])
+    result.stdout.fnmatch_lines(["bitnet: reproduce: pytest '*::test_crashes' --bitnet-inject='eval.fill=fail' --bitnet-seed=7 "
+                                 "--bitnet-interpose=llama"])
