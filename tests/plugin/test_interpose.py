@@ -258,9 +258,17 @@ def test_no_trace():
 """
 
 
-@pytest.mark.parametrize("args", [[], ["--bitnet-interpose=none"], ["-p", "no:bitnet"]], ids=["off", "none", "no-plugin"])
-def test_nothing_loaded_without_the_option(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
-    monkeypatch.delenv("BITNET_INTERPOSE", raising=False)
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [([], None), (["--bitnet-interpose=none"], "llama"), (["-p", "no:bitnet"], None), (["-p", "no:bitnet"], "llama")],
+    ids=["off", "none", "no-plugin", "no-plugin-env"],
+)
+def test_nothing_loaded_without_the_option(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                           env: str | None) -> None:
+    if env is None:
+        monkeypatch.delenv("BITNET_INTERPOSE", raising=False)
+    else:
+        monkeypatch.setenv("BITNET_INTERPOSE", env)
     pytester.makepyfile(NO_TRACE)
     pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
 
