@@ -24,7 +24,7 @@ from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
 if TYPE_CHECKING:
     from fault_inject import Resolved
 
-__all__ = ["INTERPOSE_KINDS", "LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "rerun_flags", "resolve", "resolve_early"]
+__all__ = ["LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "rerun_flags", "resolve", "resolve_early"]
 
 LEAK_MODES: Final = ("strict", "warn", "off")
 
@@ -97,7 +97,7 @@ class Settings:
     backend_source: str = "default"
     diagnostics: bool = False
     diagnostics_source: str = "default"
-    interpose: str | None = None  # a kind of INTERPOSE_KINDS; None: off
+    interpose: str | None = None  # a kind of fault_inject.interpose.KINDS; None: off
     interpose_source: str = "default"
 
 
@@ -223,19 +223,25 @@ def check_bool(value: object, source: str) -> bool:
     raise usage(f"invalid value {value!r} from {source}: expected one of {', '.join(_TRUE)} or {', '.join(x for x in _FALSE if x)}")
 
 
-#: What --bitnet-interpose accepts: the libraries fault_inject.interpose can stand in for.
-INTERPOSE_KINDS: Final = ("llama",)
 #: --bitnet-interpose=none (and an empty value): off, whatever the ini file or BITNET_INTERPOSE say
-NO_INTERPOSE: Final = ("none", "off", "")
+#: (fault_inject.env reads BITNET_INTERPOSE with the same two words)
+NO_INTERPOSE: Final = ("none", "")
 
 
 def check_interpose(value: str, source: str) -> str | None:
-    """The kind to interpose on, or None for off; UsageError otherwise.  Imports nothing."""
+    """The kind to interpose on, or None for off; UsageError otherwise.
+
+    Imports nothing for 'none'; a kind is checked against
+    fault_inject.interpose.KINDS (the one list of what can be interposed).
+    """
     kind = str(value).strip().lower()
     if kind in NO_INTERPOSE:
         return None
-    if kind not in INTERPOSE_KINDS:
-        raise usage(f"invalid interpose kind {value!r} from {source}: expected {' | '.join(INTERPOSE_KINDS)}, or none")
+    import_fault_inject()
+    from fault_inject.interpose import KINDS
+
+    if kind not in KINDS:
+        raise usage(f"invalid interpose kind {value!r} from {source}: expected {' | '.join(KINDS)}, or none")
     return kind
 
 

@@ -21,6 +21,8 @@ STUB = """
 import dataclasses, os, sys, types
 from pathlib import Path
 
+KINDS = ("llama",)
+
 class InterposeError(Exception):
     pass
 
@@ -57,7 +59,7 @@ def set_timeout(seconds):
         log.write(f"timeout {seconds}\\n")
 
 module = types.ModuleType("fault_inject.interpose")
-module.__dict__.update(InterposeError=InterposeError, Interposed=Interposed, enable=enable, active=active,
+module.__dict__.update(KINDS=KINDS, InterposeError=InterposeError, Interposed=Interposed, enable=enable, active=active,
                        set_timeout=set_timeout)
 sys.modules["fault_inject.interpose"] = module
 """
