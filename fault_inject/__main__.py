@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--timeout", **settings.timeout_option("the program makes"))
     r.add_argument("-m", dest="module", action="store_true", help="target is a module name")
     r.add_argument("--interpose", choices=("llama",),
-                   help="the program's llama-cpp-python loads the interposing libllama: the spec may name llama_* points")
+                   help="the program's llama-cpp-python loads the interposing libllama: the spec may name llama_* points "
+                        f"(also ${env.ENV_INTERPOSE}, which a spec in ${env.ENV_SPEC} naming llama_* points needs)")
     r.add_argument("target")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(fn=_run)

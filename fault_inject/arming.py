@@ -453,13 +453,18 @@ def arm(
                 _close_stretch(holder, name)
                 holder._suspended.add(name)
             for ce in resolved.entries:
-                refused = _arm_native(armed, ce.pattern, list(ce.terms))
-                if refused is not None:
-                    # only reachable if something armed these points natively
-                    raise FaultStateError(f"cannot arm {str(resolved)!r}: {refused}")
-                done.extend(ce.points)
-                armed._live.update(ce.points)
+                # Point by point, not by the entry's pattern: the points a
+                # pattern matches are those of the registry when the spec
+                # was resolved, and a library may register more since (an
+                # interposer attaching); natively, the pattern would arm
+                # those too, and nothing here would own or disarm them.
                 for name in ce.points:
+                    refused = _arm_native(armed, name, list(ce.terms))
+                    if refused is not None:
+                        # only reachable if something armed the point natively
+                        raise FaultStateError(f"cannot arm {str(resolved)!r}: {refused}")
+                    done.append(name)
+                    armed._live.add(name)
                     _STATE.owners[name] = (*_STATE.owners.get(name, ()), armed)
         except BaseException:
             _release(armed, done, give_back=False)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Final, Mapping
 
 from pytest_bitnet.bridge import counters as _counters
 from pytest_bitnet.bridge import faults as _faults
+from pytest_bitnet.bridge import llama as _bridge_llama
 
 from .. import registry as _registry
 
@@ -79,6 +80,9 @@ LIB_PATH_ENV: Final = "LLAMA_CPP_LIB_PATH"
 #: unset), kept in the environment so child processes (xdist workers, a
 #: program run by ``fault_inject run``) find the real library, not the copy.
 USER_LIB_PATH_ENV: Final = "BITNET_INTERPOSE_USER_LIB_PATH"
+#: Where the bridge's llama backend takes its libllama from before
+#: LLAMA_CPP_LIB_PATH.
+BRIDGE_LIB_PATH_ENV: Final = _bridge_llama.LIB_PATH_VARS[0]
 
 class InterposeError(RuntimeError):
     """Interposition cannot be arranged (the message says why and what to do)."""
@@ -212,6 +216,7 @@ class _Library:
 _lock = threading.RLock()
 _libraries: dict[Path, _Library] = {}  # interposer path -> loaded library; never unloaded
 _active: Interposed | None = None
+_bridge_path_was_set = False  # BITNET_LLAMA_LIB_PATH was the user's before enable()
 
 
 def _sum_counters() -> dict[str, int]:
@@ -337,8 +342,14 @@ def enable(kind: str = "llama") -> Interposed:
             )
         real = find_real(kind)
         lib = _load(_build_for(real))
+        global _bridge_path_was_set
+        _bridge_path_was_set = BRIDGE_LIB_PATH_ENV in os.environ
         if USER_LIB_PATH_ENV not in os.environ:
             os.environ[USER_LIB_PATH_ENV] = os.environ.get(LIB_PATH_ENV, "")
+        # The bridge's own llama backend (the adapter) must keep linking the
+        # real library, here and in child processes that inherit the copy's
+        # LLAMA_CPP_LIB_PATH: it reads BRIDGE_LIB_PATH_ENV first.
+        os.environ.setdefault(BRIDGE_LIB_PATH_ENV, str(real.parent))
         os.environ[LIB_PATH_ENV] = str(lib.path.parent)
         _active = Interposed(kind, lib.path.parent, lib.path, lib.real if str(lib.real) not in ("", ".") else real)
         return _active
@@ -358,6 +369,8 @@ def disable() -> None:
     with _lock:
         if _active is None:
             return
+        if not _bridge_path_was_set:
+            os.environ.pop(BRIDGE_LIB_PATH_ENV, None)
         user = os.environ.pop(USER_LIB_PATH_ENV, "")
         if user:
             os.environ[LIB_PATH_ENV] = user

@@ -10,8 +10,12 @@ library.  llama_cpp itself is never imported: ``find_spec`` locates it.
 
 Where things come from:
 
-``LLAMA_CPP_LIB_PATH``          directory holding libllama.so (llama-cpp-python's
-                                own override), else ``<llama_cpp>/lib``
+``BITNET_LLAMA_LIB_PATH``       directory holding the libllama.so the adapter links, else
+``LLAMA_CPP_LIB_PATH``          (llama-cpp-python's own override), else ``<llama_cpp>/lib``.
+                                A harness that points llama-cpp-python elsewhere (an
+                                interposing copy of libllama) sets the first to the real one,
+                                so the bridge's own backend, in this process and its children,
+                                keeps linking the real library
 ``BITNET_LLAMA_ADAPTER_DIR``    adapter cache, else ``$XDG_CACHE_HOME/pytest-bitnet``
                                 (``~/.cache/pytest-bitnet``)
 ``CC``                          the compiler, else ``cc``
@@ -28,7 +32,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "find_include", "native_dir", "status"]
+__all__ = ["INSTALL_HINT", "LIB_PATH_VARS", "LlamaStatus", "configure", "configured", "find_include", "native_dir", "status"]
 
 log = logging.getLogger("pytest_bitnet.llama")
 
@@ -98,13 +102,19 @@ def _package_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+#: Where the adapter's libllama comes from, first match wins (see the module docstring).
+LIB_PATH_VARS = ("BITNET_LLAMA_LIB_PATH", "LLAMA_CPP_LIB_PATH")
+
+
 def _lib_dir() -> Path:
-    override = os.environ.get("LLAMA_CPP_LIB_PATH", "").strip()
-    if override:
+    for var in LIB_PATH_VARS:
+        override = os.environ.get(var, "").strip()
+        if not override:
+            continue
         lib_dir = Path(override)
         if not (lib_dir / "libllama.so").is_file():
             raise _Unavailable(
-                f"LLAMA_CPP_LIB_PATH={override} holds no libllama.so; point it at the directory "
+                f"{var}={override} holds no libllama.so; point it at the directory "
                 "with llama-cpp-python's libllama.so (<site-packages>/llama_cpp/lib) or unset it"
             )
         return lib_dir

@@ -371,3 +371,48 @@ def test_the_command_line_lists_and_runs_with_interposed_points(tiny_model: Path
     plain = subprocess.run([sys.executable, "-m", "fault_inject", "run", "--spec", "llama_decode=fail", str(app), str(tiny_model)],
                            capture_output=True, text=True, timeout=600)
     assert plain.returncode == 2 and "unknown fault point 'llama_decode'" in plain.stderr, plain.stderr
+
+
+def test_bitnet_interpose_lets_bitnet_inject_name_interposed_points(tiny_model: Path, tmp_path: Path) -> None:
+    # any program importing fault_inject honours BITNET_INJECT; a spec naming
+    # llama_* points needs the interposer attached first: BITNET_INTERPOSE
+    app = """
+        import sys
+        import fault_inject
+        from llama_cpp import Llama
+        llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+        try:
+            llm("hello", max_tokens=4)
+            print("completed")
+        except RuntimeError as e:
+            print("RuntimeError:", e)
+        llm.close()
+    """
+    out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "llama", "BITNET_INJECT": "llama_decode=fail"})
+    assert out == ["RuntimeError: llama_decode returned -3"]
+    out = run_script(tmp_path, app, str(tiny_model), env={"BITNET_INTERPOSE": "none", "BITNET_INJECT": "tokenize.fill=fail"})
+    assert out == ["completed"]  # nothing interposed: the bridge's points are not on llama-cpp-python's path
+
+
+def test_the_bridges_llama_backend_keeps_the_real_library_in_interposed_children(tiny_model: Path, tmp_path: Path) -> None:
+    # an xdist worker (or a program fault_inject run starts) inherits the
+    # copy's LLAMA_CPP_LIB_PATH: the bridge's own llama backend must still
+    # link the real libllama, not build an adapter against the interposer
+    out = run_script(tmp_path, """
+        import os, subprocess, sys
+        from fault_inject import interpose
+        it = interpose.enable()
+        child = subprocess.run([sys.executable, "-c", "\\n".join([
+            "import sys, pytest_bitnet as bn",
+            "from pytest_bitnet.bridge import llama",
+            "print(llama.status().libllama)",
+            "s = bn.BitnetSession.create(sys.argv[1], backend='llama')",
+            "print(s.backend_info)",
+            "s.close()",
+        ]), sys.argv[1]], capture_output=True, text=True)
+        print(child.returncode, child.stdout.splitlines()[:1] == [str(it.real_library)], child.stderr[-300:].replace("\\n", " "))
+        interpose.disable()
+        print("BITNET_LLAMA_LIB_PATH" in os.environ)
+    """, str(tiny_model))
+    assert out[0].startswith("0 True"), out
+    assert out[1] == "False"

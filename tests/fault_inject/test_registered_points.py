@@ -77,3 +77,15 @@ def test_registered_points_are_armed_by_pattern_and_reported_never_hit() -> None
     assert "armed but never hit: 'llama_d*', 'llama_tokenize'" in out[3], out[3]
     assert out[4] == "again True"
     assert "'alloc': the bridge's own point (points.def) has that name" in out[5], out[5]
+
+
+def test_a_point_registered_after_a_spec_was_resolved_is_not_armed_by_its_pattern() -> None:
+    out = run("""
+        resolved = fi.validate("llama_*=off")  # llama_decode, llama_tokenize, llama_free
+        late = faults.register_points([("llama_late", "registered after the spec was resolved", -4, {"fail"})])
+        with fi.inject(resolved) as armed:
+            print(sorted(armed.points), faults.stats(late).armed)
+        print(faults.stats(late).armed, faults.stats(first).armed)
+    """).splitlines()
+    assert out[0] == "['llama_decode', 'llama_free', 'llama_tokenize'] False"
+    assert out[1] == "False False"  # nothing stays armed that no handle owns

@@ -236,3 +236,43 @@ def test_the_registry_is_bounded(lines: dict[str, list[str]]) -> None:
     assert "the registry's limit, BITNET_FAULT_MAX_DYNAMIC" in " ".join(lines["over -1"])
     assert lines["full 0"] == ["512"]
     assert lines["stats last"] == ["1", "0", "1", "0"]  # the last slot is armed and counted
+
+
+OTHER_BUILDS = r"""
+#include <stdio.h>
+
+#include "bitnet_fault.h"
+#include "bn_error.h"
+#include "bn_fault.h"
+
+int main(void)
+{
+    int32_t before = bitnet_fault_point_count(), first = -1;
+    bitnet_fault_point_t p = {"llama_decode", "", BITNET_E_INFERENCE,
+                              1u << BITNET_FAULT_FAIL};
+    int rc = bitnet_fault_register_points(&p, 1, &first);
+    printf("register %d %d %d\n", rc, (int)(first - before),
+           (int)(bitnet_fault_point_count() - before));
+    printf("message %s\n", rc ? bn_error_message() : "");
+    bitnet_fault_term_t t = {1.0, 0, BITNET_FAULT_FAIL, 0};
+    printf("arm %d\n", bitnet_fault_arm("llama_decode", &t, 1, 0, 0, NULL, NULL, 0));
+    bitnet_fault_stats_t st;
+    printf("stats %d\n", bitnet_fault_stats(first, &st));
+    return 0;
+}
+"""
+
+
+def test_a_compiled_out_build_lists_registered_points_and_refuses_to_arm_them(tmp_path: Path) -> None:
+    exe = build_program(tmp_path, OTHER_BUILDS, "no_faults", defines=["BN_NO_FAULTS"])
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert out[0] == "register 0 0 1"  # readable, as points.def's are in such a build
+    assert out[2] == "arm -9"  # BITNET_E_UNSUPPORTED: not compiled in
+    assert out[3] == "stats 0"
+
+
+def test_a_guest_library_refuses_to_register_points_of_its_own(tmp_path: Path) -> None:
+    exe = build_program(tmp_path, OTHER_BUILDS, "guest", defines=["BN_GUEST"])
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert out[0].startswith("register -9 ") and out[0].endswith(" 0"), out  # refused, nothing registered
+    assert "register points with the register_points of the host table" in out[1]
