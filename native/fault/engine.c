@@ -246,6 +246,18 @@ static int fire(int point, const firing *f, bn_fault_special *special)
                         tl.note);
     case BITNET_FAULT_DELAY:
     case BITNET_FAULT_HANG:
+        /* A runtime-registered point's site (the interposing libllama) is
+         * called by an app, not inside a bridge call, so the calling thread
+         * has no bridge deadline to sleep under: the site performs the wait
+         * itself, under its own deadline (and inside llama_decode through
+         * llama.cpp's abort callback, so the real abort path runs), when it
+         * can take the action back. */
+        if (special && point >= BN_FP__N) {
+            special->action = f->action;
+            special->arg = f->arg;
+            special->hit = f->hit;
+            return 1;
+        }
         rc = bn_deadline_sleep(f->action == BITNET_FAULT_DELAY ? f->arg : -1);
         if (rc)
             bn_error_prefix("%s: ", tl.note);

@@ -140,7 +140,10 @@ BITNET_API int32_t bitnet_fault_point_index(const char *name);
  * those of points.def: listed, armed by name and by pattern, counted,
  * reported.  Each declares its accepted actions (off is always accepted)
  * and the error code `fail` returns without one; names and descriptions
- * are copied.
+ * are copied.  One difference: their sites run in an app's calls, not
+ * inside a bridge call with its deadline, so delay and hang are handed
+ * back to a site that evaluates with a special (fault_eval's > 0) for it
+ * to wait under its own deadline; without one the engine sleeps as usual.
  *
  * Idempotent: the same names in the same order as a registration before
  * get the same ids (a library attached again).  All or nothing: refused

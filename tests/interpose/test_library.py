@@ -302,3 +302,75 @@ def test_a_bridge_without_register_points_leaves_the_points_inert(host_program: 
     assert out["attach"] == "1"  # BITNET_HOST_DECLINED_FAULTS: attached for logging, no points
     assert out["points"] == "0" and out["decode"] == "0" and out["hits"] == "0"
     assert "llama_* points stay inert" in out["log"]
+
+
+# ---- attached to the bridge's own registry (ireg's register_points) -------------------------------
+
+_REGISTRY = r"""
+import json, sys
+import fault_inject as fi
+from fault_inject import interpose
+interpose.library_for(sys.argv[1])
+out = {"points": {p.name: sorted(p.actions) for p in fi.points() if p.name.startswith("llama_")}}
+try:
+    fi.arm("llama_token_to_piece=fail")
+except Exception as exc:
+    out["refused"] = f"{type(exc).__name__}: {exc}"
+armed = fi.arm("llama_*=off")
+out["armed"] = len(armed.points)
+armed.disarm()
+print(json.dumps(out))
+"""
+
+
+def test_points_in_the_bridge_registry_with_their_actions(real: Path) -> None:
+    # a subprocess: registered points stay for the life of the process
+    proc = subprocess.run([sys.executable, "-c", _REGISTRY, str(real)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    points = out["points"]
+    wrap_only = {"llama_set_abort_callback", "llama_sampler_chain_add", "llama_sampler_chain_remove"}
+    assert set(points) == set(build.interposed_functions()) - wrap_only
+    assert out["armed"] == len(points)  # llama_* arms them all
+    assert "grow" in points["llama_tokenize"] and "fail" in points["llama_tokenize"]
+    assert "fail" not in points["llama_free"] and "delay" in points["llama_free"]  # a free cannot fail
+    assert "grow" not in points["llama_decode"] and {"fail", "oom", "hang"} <= set(points["llama_decode"])
+    # an action a function cannot perform is refused when the spec is read
+    assert "'llama_token_to_piece' does not support 'fail'" in out["refused"]
+
+
+_DECODE_HANG = r"""
+import json, sys, time
+import fault_inject as fi
+from fault_inject import interpose
+interpose.enable()
+interpose.set_timeout(0.3)
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+tokens = llm.tokenize(b"hello world")
+out = {}
+for spec in ("llama_decode=hang", "llama_decode=1*delay(200)"):
+    llm.reset()
+    t0 = time.monotonic()
+    with fi.inject(spec):
+        try:
+            llm.eval(tokens)
+            out[spec] = ["ok", time.monotonic() - t0]
+        except RuntimeError as exc:
+            out[spec] = [str(exc), time.monotonic() - t0]
+llm.close()
+print(json.dumps(out))
+"""
+
+
+def test_decode_hang_under_the_bridge_engine_is_llama_cpps_abort_at_the_deadline(built: Path, model: Path) -> None:
+    # The bridge's engine hands delay / hang of a registered point back to the interposer: the app's
+    # thread has no bridge deadline (sleeping there refused the hang: 'llama_decode returned -3').
+    proc = subprocess.run([sys.executable, "-c", _DECODE_HANG, str(model)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    message, took = out["llama_decode=hang"]
+    assert message == "llama_decode returned 2"  # llama.cpp's own "aborted", through its abort callback
+    assert 0.3 <= took < 0.3 + 2.0
+    message, took = out["llama_decode=1*delay(200)"]
+    assert message == "ok" and took >= 0.2  # spent inside the decode, which then completes
