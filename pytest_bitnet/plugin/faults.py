@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from . import interpose, xdist
-from .settings import check_seed, check_spec, check_timeout, import_fault_inject, usage
+from .settings import check_seed, check_spec, check_timeout, import_fault_inject, rerun_flags, usage
 from .state import RunState, TestState
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ def reproduce(run: RunState, item: pytest.Item, st: TestState) -> str | None:
     command = ["pytest", item.nodeid, f"--bitnet-seed={run.seed}"]
     if run.settings.inject is not None:
         command.append(f"--bitnet-inject={run.settings.inject}")
+    command += rerun_flags(run.settings)
     lines.append("reproduce this test with the same draws: " + " ".join(shlex.quote(c) for c in command))
     return "\n".join(lines)
 

@@ -55,16 +55,20 @@ class Leak:
     native: dict[str, int] = field(default_factory=dict)  # bridge counters' excess no session of the test explains
     sources: dict[str, int] = field(default_factory=dict)  # excess of counter sources' counters (an interposed libllama's) no recorded object explains
     custom: dict[str, int] = field(default_factory=dict)  # excess of counters from pytest_bitnet_counters hooks
+    foreign: int = 0  # how many of objects are not sessions (made through an interposed library)
 
     def headline(self) -> str:
         parts = [f"{k} +{v}" for k, v in self.counters.items()]
-        if self.objects:  # open ones too: a session freed meanwhile holds nothing a counter shows
-            n = len(self.objects)
+        n = len(self.objects) - self.foreign
+        if n:  # open ones too: a session freed meanwhile holds nothing a counter shows
             parts.append(f"{n} session{'s' if n > 1 else ''} not closed")
+        if self.foreign:
+            parts.append(f"{self.foreign} interposed object{'s' if self.foreign > 1 else ''} not freed")
         return f"bitnet: native objects leaked by {self.nodeid}: " + ", ".join(parts)
 
     def text(self) -> str:
-        lines = [self.headline() + " (after teardown and gc.collect(); close sessions, or mark the test bitnet_allow_leaks)"]
+        lines = [self.headline() + " (after teardown and gc.collect(); close sessions" + (", free or close the objects"
+                 if self.foreign else "") + ", or mark the test bitnet_allow_leaks)"]
         for what, stack in self.objects:
             lines += [f"  {what}, created at (most recent call last):", stack.rstrip()]
         if self.native:
@@ -203,7 +207,9 @@ def _find(run: RunState, item: pytest.Item, st: TestState, reg: Any, collected: 
         return None
     objects = [(f"{r.what} {_STATE_TEXT[r.state]}" if r.state == reg.OPEN else f"{r.what}: {_STATE_TEXT[r.state]}",
                 _format_stack(r.stack)) for r in leaked]
-    return Leak(item.nodeid, excess, objects, native=native, sources=sources, custom=custom)
+    # an object a source recorded (a llama model) holds only that source's counters
+    foreign = sum(1 for r in leaked if r.footprint and not any(k in _BRIDGE for k in r.footprint))
+    return Leak(item.nodeid, excess, objects, native=native, sources=sources, custom=custom, foreign=foreign)
 
 
 def _excess(st: TestState, now: dict[str, int]) -> dict[str, int]:

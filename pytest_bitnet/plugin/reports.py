@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from .settings import rerun_flags
 from .state import RunState, TestState
 
 __all__ = ["SECTION", "Collector", "decorate", "header"]
@@ -29,7 +30,7 @@ def header(run: RunState) -> list[str]:
     # and the node id are what reproduce one test.
     if s.inject is not None:
         lines.append(f"bitnet: inject={str(s.inject)!r} ({s.inject_source}), seed={run.seed} ({s.seed_source}); "
-                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed} "
+                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed}{''.join(' ' + f for f in rerun_flags(s))} "
                      "(one test: pytest NODEID with the same flags; each test draws from its own seed, "
                      "fault_inject.derive_seed(seed, NODEID))")
     else:

@@ -24,7 +24,7 @@ from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
 if TYPE_CHECKING:
     from fault_inject import Resolved
 
-__all__ = ["INTERPOSE_KINDS", "LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "resolve", "resolve_early"]
+__all__ = ["LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "rerun_flags", "resolve", "resolve_early"]
 
 LEAK_MODES: Final = ("strict", "warn", "off")
 
@@ -97,8 +97,14 @@ class Settings:
     backend_source: str = "default"
     diagnostics: bool = False
     diagnostics_source: str = "default"
-    interpose: str | None = None  # a kind of INTERPOSE_KINDS; None: off
+    interpose: str | None = None  # a kind of fault_inject.interpose.KINDS; None: off
     interpose_source: str = "default"
+
+
+def rerun_flags(s: Settings) -> list[str]:
+    """Flags, besides the spec and the seed, without which a rerun could not
+    arm what this run armed: the interposition registers the llama_* points."""
+    return [f"--bitnet-interpose={s.interpose}"] if s.interpose is not None else []
 
 
 def usage(message: str) -> pytest.UsageError:
@@ -140,7 +146,26 @@ def check_spec(value: str, source: str) -> Resolved:
         return validate(value, source=source)
     except (FaultSpecError, UnknownPoint) as exc:
         text = str(exc)
+        if _names_interposed_points(value):  # unknown, since unregistered (a FaultSpecError saying so)
+            text += f"\n{INTERPOSED_POINTS_HINT}"  # after the spec and its caret
         raise usage(text if source in text else f"invalid fault spec from {source}: {text}") from None
+
+
+#: Said when a spec names a llama_* point that is not registered (interposition off).
+INTERPOSED_POINTS_HINT: Final = (
+    "the llama_* points exist only while llama-cpp-python's libllama is interposed: "
+    "--bitnet-interpose=llama (ini bitnet_interpose, env BITNET_INTERPOSE)"
+)
+
+
+def _names_interposed_points(value: str) -> bool:
+    """The spec names a llama_* point while no interposition is active (its points unregistered)."""
+    import sys
+
+    module = sys.modules.get("fault_inject.interpose")
+    if module is not None and getattr(module, "active", lambda: None)() is not None:
+        return False  # registered: the name is wrong, not the setting
+    return any(entry.split("=", 1)[0].strip().startswith("llama_") for entry in str(value).split(";"))
 
 
 #: --bitnet-inject=none (and an empty value): no run-wide spec, whatever the ini file or BITNET_INJECT say
@@ -198,19 +223,25 @@ def check_bool(value: object, source: str) -> bool:
     raise usage(f"invalid value {value!r} from {source}: expected one of {', '.join(_TRUE)} or {', '.join(x for x in _FALSE if x)}")
 
 
-#: What --bitnet-interpose accepts: the libraries fault_inject.interpose can stand in for.
-INTERPOSE_KINDS: Final = ("llama",)
 #: --bitnet-interpose=none (and an empty value): off, whatever the ini file or BITNET_INTERPOSE say
-NO_INTERPOSE: Final = ("none", "off", "")
+#: (fault_inject.env reads BITNET_INTERPOSE with the same two words)
+NO_INTERPOSE: Final = ("none", "")
 
 
 def check_interpose(value: str, source: str) -> str | None:
-    """The kind to interpose on, or None for off; UsageError otherwise.  Imports nothing."""
+    """The kind to interpose on, or None for off; UsageError otherwise.
+
+    Imports nothing for 'none'; a kind is checked against
+    fault_inject.interpose.KINDS (the one list of what can be interposed).
+    """
     kind = str(value).strip().lower()
     if kind in NO_INTERPOSE:
         return None
-    if kind not in INTERPOSE_KINDS:
-        raise usage(f"invalid interpose kind {value!r} from {source}: expected {' | '.join(INTERPOSE_KINDS)}, or none")
+    import_fault_inject()
+    from fault_inject.interpose import KINDS
+
+    if kind not in KINDS:
+        raise usage(f"invalid interpose kind {value!r} from {source}: expected {' | '.join(KINDS)}, or none")
     return kind
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from . import interpose
+from .settings import rerun_flags
 from .state import RUN, RunState, TestState
 
 __all__ = ["configure", "note_armed", "clear_note", "pytest_configure_node", "pytest_handlecrashitem", "unconfigure"]
@@ -91,5 +92,6 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     else:
         line = f"{crashitem} crashed the worker with no fault armed"
         repro = f"reproduce: pytest '{crashitem}'"
+    repro += "".join(f" {flag}" for flag in rerun_flags(run.settings))  # the controller's settings are the workers'
     report.longrepr = f"{report.longrepr}\nbitnet: {line}\nbitnet: {repro}"
     report.bitnet = {"crash": f"{line}; {repro}"}  # type: ignore[attr-defined]

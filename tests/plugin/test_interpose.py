@@ -11,7 +11,6 @@ interposer.  The tests at the end run the real one on llama-cpp-python.
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import pytest
 
@@ -21,6 +20,8 @@ import pytest
 STUB = """
 import dataclasses, os, sys, types
 from pathlib import Path
+
+KINDS = ("llama",)
 
 class InterposeError(Exception):
     pass
@@ -58,7 +59,7 @@ def set_timeout(seconds):
         log.write(f"timeout {seconds}\\n")
 
 module = types.ModuleType("fault_inject.interpose")
-module.__dict__.update(InterposeError=InterposeError, Interposed=Interposed, enable=enable, active=active,
+module.__dict__.update(KINDS=KINDS, InterposeError=InterposeError, Interposed=Interposed, enable=enable, active=active,
                        set_timeout=set_timeout)
 sys.modules["fault_inject.interpose"] = module
 """
@@ -259,17 +260,31 @@ def test_no_trace():
 """
 
 
-@pytest.mark.parametrize("args", [[], ["--bitnet-interpose=none"], ["-p", "no:bitnet"]], ids=["off", "none", "no-plugin"])
-def test_nothing_loaded_without_the_option(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
-    monkeypatch.delenv("BITNET_INTERPOSE", raising=False)
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [([], None), (["--bitnet-interpose=none"], "llama"), (["-p", "no:bitnet"], None), (["-p", "no:bitnet"], "llama")],
+    ids=["off", "none", "no-plugin", "no-plugin-env"],
+)
+def test_nothing_loaded_without_the_option(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                           env: str | None) -> None:
+    if env is None:
+        monkeypatch.delenv("BITNET_INTERPOSE", raising=False)
+    else:
+        monkeypatch.setenv("BITNET_INTERPOSE", env)
     pytester.makepyfile(NO_TRACE)
     pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
 
 
 # ---- the real interposer on llama-cpp-python ---------------------------------------------------
 
+def _has(module: str) -> bool:
+    # a module, not a namespace package (fault_inject/interpose/ held build.py before its __init__.py); not imported
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.origin is not None
+
+
 real = pytest.mark.skipif(
-    importlib.util.find_spec("fault_inject.interpose") is None or importlib.util.find_spec("llama_cpp") is None,
+    not (_has("fault_inject.interpose") and _has("llama_cpp")),
     reason="needs fault_inject.interpose (issue 14, ireg/ilib) and llama-cpp-python (the llama extra)",
 )
 
@@ -317,3 +332,118 @@ def test_leak_check_covers_the_counters_of_a_source(pytester: pytest.Pytester) -
     )
     assert "inside the native bridge" not in result.stdout.str()
     assert "pytest_bitnet_counters" not in result.stdout.str()
+
+REAL_APP = """
+import os
+import llama_cpp
+import pytest
+
+KEEP = []
+
+def _llama(path):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False)
+
+def test_loads_the_copy():
+    assert os.path.dirname(llama_cpp.llama_cpp._lib._name) == os.environ["LLAMA_CPP_LIB_PATH"]
+
+@pytest.mark.bitnet_inject("llama_decode=fail")
+def test_decode_fails(bitnet_model):
+    llm = _llama(bitnet_model)
+    try:
+        with pytest.raises(RuntimeError, match="llama_decode returned"):
+            llm("hello", max_tokens=2)
+    finally:
+        llm.close()
+
+def test_context_init_fails(bitnet_inject, bitnet_model):
+    bitnet_inject("llama_init_from_model=fail")
+    with pytest.raises(ValueError, match="Failed to create llama_context"):
+        _llama(bitnet_model)
+
+def test_parks_a_llama(bitnet_model):
+    KEEP.append(_llama(bitnet_model))
+"""
+
+
+def _check_real_app(result: pytest.RunResult) -> None:
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_parks_a_llama*",
+            "bitnet: native objects leaked by test_app.py::test_parks_a_llama: *llama_models +1*interposed object*not freed*",
+            "*llama model at 0x* still open, created at (most recent call last):",
+            "*test_app.py*, line *, in test_parks_a_llama",
+            "    KEEP.append(_llama(bitnet_model))",
+        ]
+    )
+    result.stdout.fnmatch_lines(["fault spec 'llama_decode=fail' (seed *) armed in 1 test(s):", "  llama_decode: * hits, * fired"])
+
+
+@real
+def test_real_interposer_on_llama_cpp_python(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    monkeypatch.delenv("BITNET_INTERPOSE_USER_LIB_PATH", raising=False)
+    pytester.makeconftest("import llama_cpp  # before any test: loads the copy the plugin put in place\n")
+    pytester.makepyfile(test_app=REAL_APP)
+    result = pytester.runpytest_subprocess("--bitnet-interpose=llama")
+    result.stdout.fnmatch_lines(["bitnet: interpose=llama (--bitnet-interpose): the real */libllama.so is interposed by */libllama.so *"])
+    _check_real_app(result)
+    # under xdist: each worker enables before its conftest imports llama_cpp
+    _check_real_app(pytester.runpytest_subprocess("--bitnet-interpose=llama", "-n", "2"))
+
+
+@real
+def test_real_unknown_llama_point_is_a_usage_error(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("--bitnet-interpose=llama", "--bitnet-inject=llama_decod=fail")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llama_decod*llama_decode*"])
+    # without interposition the llama points do not exist
+    result = pytester.runpytest_subprocess("--bitnet-inject=llama_decode=fail")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_llama_point_without_interposition_says_how_to_get_it(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_bitnet.plugin.settings import INTERPOSED_POINTS_HINT
+
+    monkeypatch.delenv("BITNET_INTERPOSE", raising=False)
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.bitnet_inject("llama_decode=fail")
+        def test_marked():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--bitnet-inject=llama_tokenize=fail")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown fault point 'llama_tokenize'*", "    llama_tokenize=fail", INTERPOSED_POINTS_HINT])
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)  # the marker's spec is refused at setup
+    result.stdout.fnmatch_lines(["*unknown fault point 'llama_decode'*", f"*{INTERPOSED_POINTS_HINT}"])
+
+
+def test_reproduce_commands_keep_the_interposition(stub: pytest.Pytester) -> None:
+    # a rerun without --bitnet-interpose cannot arm llama_* points: the
+    # failure's, the crash's and the header's reproduce commands left it out
+    stub.makepyfile(
+        """
+        import os, pytest
+        @pytest.mark.bitnet_inject("tokenize.fill=fail")
+        def test_fails():
+            assert False
+        @pytest.mark.bitnet_inject("tokenize.fill=fail")
+        def test_crashes():
+            os.abort()
+        """
+    )
+    result = stub.runpytest_subprocess("-p", "stubinterpose", "--bitnet-interpose=llama", "--bitnet-inject=eval.fill=fail",
+                                       "--bitnet-seed=7", "-n", "1")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["bitnet: inject='eval.fill=fail' (--bitnet-inject), seed=7 (--bitnet-seed); "
+                                 "reproduce with --bitnet-inject='eval.fill=fail' --bitnet-seed=7 --bitnet-interpose=llama *"])
+    result.stdout.fnmatch_lines(["reproduce this test with the same draws: pytest test_reproduce_commands_keep_the_interposition.py::test_fails "
+                                 "--bitnet-seed=7 --bitnet-inject=eval.fill=fail --bitnet-interpose=llama"])
+    result.stdout.fnmatch_lines(["bitnet: reproduce: pytest '*::test_crashes' --bitnet-inject='eval.fill=fail' --bitnet-seed=7 "
+                                 "--bitnet-interpose=llama"])
