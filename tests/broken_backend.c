@@ -192,14 +192,24 @@ int bitnet_cpp_free_context(bitnet_context_t *ctx)
     return reported(rc);
 }
 
-/* forwarded unbroken: the bugs above are about tokenize and eval, and a
- * library without detokenize would also load the fallback tier's model */
+/* forwarded (a library without detokenize would also load the fallback
+ * tier's model), with the count bugs that make sense for bytes: a negative
+ * query, a fill reporting one byte more than its buffer holds */
 int bitnet_cpp_detokenize_with_context(const bitnet_context_t *ctx, const int32_t *tokens, int32_t n_tokens,
                                        int remove_special, int unparse_special, char *out_text,
                                        int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
-    return reported(REAL(bitnet_cpp_detokenize_with_context)(ctx, tokens, n_tokens, remove_special, unparse_special,
-                                                            out_text, out_capacity, out_len, err, err_len));
+    int rc = REAL(bitnet_cpp_detokenize_with_context)(ctx, tokens, n_tokens, remove_special, unparse_special,
+                                                     out_text, out_capacity, out_len, err, err_len);
+#ifdef BUG_NEGATIVE_QUERY
+    if (rc == BITNET_OK && !out_text && out_len)
+        *out_len = -5;
+#endif
+#ifdef BUG_OVERREPORT_FILL
+    if (rc == BITNET_OK && out_text && out_len)
+        ++*out_len;
+#endif
+    return reported(rc);
 }
 
 int bitnet_cpp_tokenize_with_context(const bitnet_context_t *ctx, const char *prompt, int add_bos,

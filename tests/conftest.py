@@ -18,6 +18,17 @@ import pytest
 import pytest_bitnet as bn
 
 
+@pytest.fixture(autouse=True)
+def _inner_runs_render_as_on_a_terminal(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytest prints whole messages in the short test summary when it sees
+    # CI or BUILD_NUMBER (a CI service sets them) and cuts them to the
+    # terminal's width otherwise.  Tests that count what an inner pytester
+    # run printed must not depend on where the outer run happens to be.
+    if "pytester" in request.fixturenames:
+        monkeypatch.delenv("CI", raising=False)
+        monkeypatch.delenv("BUILD_NUMBER", raising=False)
+
+
 @pytest.fixture(scope="session")
 def model_dir(bitnet_model: Path) -> Path:
     return bitnet_model.parent

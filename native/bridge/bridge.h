@@ -162,6 +162,9 @@ int bn_failed(const bn_backend *be, int rc, char *err, int32_t err_len);
  * a fill.  n_ctx <= 0: unknown. */
 int bn_check_tokens(const bn_backend *be, const char *socket, int fill,
                     int32_t n, int32_t cap, const char *prompt);
+/* Detokenize's byte count: >= 0, and within the fill's buffer. */
+int bn_check_bytes(const bn_backend *be, const char *socket, int fill,
+                   int32_t n, int32_t cap);
 int bn_check_logits(const bn_backend *be, const char *socket, int fill,
                     int32_t rows, int32_t cols, int32_t n_tokens,
                     int32_t n_vocab, int32_t cap);

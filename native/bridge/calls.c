@@ -143,6 +143,22 @@ int bn_check_tokens(const bn_backend *be, const char *socket, int fill,
     return BITNET_OK;
 }
 
+int bn_check_bytes(const bn_backend *be, const char *socket, int fill,
+                   int32_t n, int32_t cap)
+{
+    /* No upper bound from the input: a vocabulary's pieces may be long, so
+     * only what is provably wrong is refused. */
+    if (n < 0)
+        return misreport(be, socket, fill, "reported %d bytes (expected >= 0)",
+                         (int)n);
+    if (fill && n > cap)
+        return misreport(be, socket, fill,
+                         "reported %d bytes, more than the buffer of %d it "
+                         "was given (expected at most %d)",
+                         (int)n, (int)cap, (int)cap);
+    return BITNET_OK;
+}
+
 int bn_check_logits(const bn_backend *be, const char *socket, int fill,
                     int32_t rows, int32_t cols, int32_t n_tokens,
                     int32_t n_vocab, int32_t cap)

@@ -322,6 +322,11 @@ BITNET_API int bitnet_cpp_detokenize_with_context(
                            unparse_special, out_text, out_capacity, out_len,
                            err, err_len),
                        err, err_len);
+    if (!rc && out_len &&
+        (rc = bn_check_bytes(c->detok.be,
+                             "bitnet_cpp_detokenize_with_context",
+                             out_text != NULL, *out_len, out_capacity)))
+        bn_done(rc, err, err_len);
     bn_scope_leave(&scope);
     bn_context_leave(c);
     return rc;

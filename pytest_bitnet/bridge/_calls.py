@@ -101,16 +101,17 @@ def _misreport(
     )
 
 
-def tokenize_two_pass(
-    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
-    socket: str | None = None,
-) -> npt.NDArray[np.int32]:
-    """Runs a tokenize socket: query the count, then fill a numpy array.
+def _counted_two_pass(
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None,
+    socket: str | None, unit: str, buffer_for: Callable[[int], tuple[Any, Any]],
+) -> tuple[Any, int]:
+    """The two passes of a socket whose result is one count of `unit`s.
 
+    buffer_for(n) gives (the result object, the cdata the fill writes into).
     Every count the native side reports is checked: a negative one, or a
     fill that reports another count than its query, is an InferenceError
     naming both and the library that served the call (served_by() says
-    which), never an array the native side did not fill.
+    which), never a result the native side did not fill.
     """
     n = ffi.new("int32_t *")
     err = new_err_buffer()
@@ -119,18 +120,37 @@ def tokenize_two_pass(
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
     want = int(n[0])
     if want < 0:
-        raise _misreport(operation, QUERY, f"the query pass reported {want} tokens", params, served_by, socket)
-    out = np.empty(want, dtype=np.int32)
-    rc = call(ffi.from_buffer("int32_t[]", out), out.size, n, err)
+        raise _misreport(operation, QUERY, f"the query pass reported {want} {unit}", params, served_by, socket)
+    out, cdata = buffer_for(want)
+    rc = call(cdata, want, n, err)
     if rc:
-        raise_native(rc, operation, err, phase=FILL, parameters={**params, "expected_tokens": out.size})
+        raise_native(rc, operation, err, phase=FILL, parameters={**params, f"expected_{unit}": want})
     got = int(n[0])
     if got != want:
-        beyond = " (more than the buffer holds)" if got > out.size else ""
+        beyond = " (more than the buffer holds)" if got > want else ""
         raise _misreport(
-            operation, FILL, f"the fill pass reported {got} tokens{beyond} where the query pass reported {want}",
-            {**params, "query_tokens": want, "fill_tokens": got}, served_by, socket,
+            operation, FILL, f"the fill pass reported {got} {unit}{beyond} where the query pass reported {want}",
+            {**params, f"query_{unit}": want, f"fill_{unit}": got}, served_by, socket,
         )
+    return out, want
+
+
+def _int32_buffer(n: int) -> tuple[npt.NDArray[np.int32], Any]:
+    out = np.empty(n, dtype=np.int32)
+    return out, ffi.from_buffer("int32_t[]", out)
+
+
+def _char_buffer(n: int) -> tuple[Any, Any]:
+    buf = ffi.new("char[]", max(n, 1))  # never NULL: a NULL buffer would be another query
+    return buf, buf
+
+
+def tokenize_two_pass(
+    call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
+    socket: str | None = None,
+) -> npt.NDArray[np.int32]:
+    """Runs a tokenize socket: query the count, then fill a numpy array (checked as _counted_two_pass says)."""
+    out, _ = _counted_two_pass(call, operation, params, served_by, socket, "tokens", _int32_buffer)
     return out
 
 
@@ -138,30 +158,9 @@ def bytes_two_pass(
     call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
     socket: str | None = None,
 ) -> bytes:
-    """Runs a socket that returns bytes (detokenize): query the length, then fill.
-
-    Counts are checked as in tokenize_two_pass.
-    """
-    n = ffi.new("int32_t *")
-    err = new_err_buffer()
-    rc = call(ffi.NULL, 0, n, err)
-    if rc:
-        raise_native(rc, operation, err, phase=QUERY, parameters=params)
-    want = int(n[0])
-    if want < 0:
-        raise _misreport(operation, QUERY, f"the query pass reported {want} bytes", params, served_by, socket)
-    buf = ffi.new("char[]", max(want, 1))  # a NULL buffer would be another query
-    rc = call(buf, want, n, err)
-    if rc:
-        raise_native(rc, operation, err, phase=FILL, parameters={**params, "expected_bytes": want})
-    got = int(n[0])
-    if got != want:
-        beyond = " (more than the buffer holds)" if got > want else ""
-        raise _misreport(
-            operation, FILL, f"the fill pass reported {got} bytes{beyond} where the query pass reported {want}",
-            {**params, "query_bytes": want, "fill_bytes": got}, served_by, socket,
-        )
-    return bytes(ffi.buffer(buf, want))
+    """Runs a socket that returns bytes (detokenize): query the length, then fill (checked alike)."""
+    buf, n = _counted_two_pass(call, operation, params, served_by, socket, "bytes", _char_buffer)
+    return bytes(ffi.buffer(buf, n))
 
 
 def eval_two_pass(

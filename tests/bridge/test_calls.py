@@ -129,6 +129,10 @@ def test_a_session_on_a_library_that_overreports_raises_naming_it(overreporting:
             s.evaluate(toks)
         assert "bitnet_cpp_eval_with_context (fill pass)" in str(exc.value)
         assert f"reported 4 x {s.n_vocab} logits for 3 tokens (expected 3 x {s.n_vocab}" in str(exc.value)
+        with pytest.raises(errors.InferenceError) as exc:
+            s.detokenize(toks)
+        assert "bitnet_cpp_detokenize_with_context (fill pass) reported" in str(exc.value)
+        assert "bytes, more than the buffer of" in str(exc.value)
 
 
 def test_the_bridge_refuses_a_per_call_fill_that_reports_more_than_its_buffer(overreporting: Path, tiny_model: Path) -> None:
@@ -180,6 +184,8 @@ def test_a_negative_query_is_an_inference_error_naming_library_socket_and_phase(
         text = str(exc.value)
         assert "evaluate (QUERY PHASE) failed" in text
         assert f"bitnet_cpp_eval_with_context (query pass) reported -5 x {s.n_vocab} logits for 2 tokens (expected 2 x {s.n_vocab}" in text
+        with pytest.raises(errors.InferenceError, match=r"bitnet_cpp_detokenize_with_context \(query pass\) reported -5 bytes \(expected >= 0\)"):
+            s.detokenize([1, 2])
     with pytest.raises(errors.InferenceError, match=r"crossval_bitnet_tokenize \(query pass\) reported -5 tokens"):
         bn.tokenize(tiny_model, "hello", backend="dlopen", library_path=lib)
     with pytest.raises(errors.InferenceError, match=r"crossval_bitnet_eval_with_tokens \(query pass\) reported -5 x \d+ logits for 2 tokens"):
