@@ -319,6 +319,8 @@ except Exception as exc:
 armed = fi.arm("llama_*=off")
 out["armed"] = len(armed.points)
 armed.disarm()
+with fi.inject("llama_*=fail") as armed:
+    out["armed_fail"] = sorted(armed.points)
 print(json.dumps(out))
 """
 
@@ -332,6 +334,10 @@ def test_points_in_the_bridge_registry_with_their_actions(real: Path) -> None:
     wrap_only = {"llama_set_abort_callback", "llama_sampler_chain_add", "llama_sampler_chain_remove"}
     assert set(points) == set(build.interposed_functions()) - wrap_only
     assert out["armed"] == len(points)  # llama_* arms them all
+    # ... and with an action, those that perform it: every function that can fail, not the frees
+    assert out["armed_fail"] == sorted(n for n, actions in points.items() if "fail" in actions)
+    assert {"llama_decode", "llama_model_load_from_file", "llama_tokenize"} <= set(out["armed_fail"])
+    assert not {"llama_free", "llama_model_free", "llama_batch_free"} & set(out["armed_fail"])
     assert "grow" in points["llama_tokenize"] and "fail" in points["llama_tokenize"]
     assert "fail" not in points["llama_free"] and "delay" in points["llama_free"]  # a free cannot fail
     assert "grow" not in points["llama_decode"] and {"fail", "oom", "hang"} <= set(points["llama_decode"])
