@@ -43,7 +43,7 @@ from pathlib import Path
 from pytest_bitnet.bridge.errors import BitnetError
 from pytest_bitnet.bridge.llama import INSTALL_HINT, find_include, native_dir
 
-__all__ = ["InterposeBuildError", "build_for", "exported_functions", "interposed_functions"]
+__all__ = ["InterposeBuildError", "build_for", "exported_functions", "interposed_functions", "needed_libraries"]
 
 NATIVE = native_dir()
 SOURCE_DIR = NATIVE / "interpose"
@@ -103,6 +103,20 @@ def _nm(library: Path) -> list[tuple[str, str]]:
         if len(parts) >= 3:
             out.append((parts[1], parts[2].split("@", 1)[0]))  # drop a symbol version
     return out
+
+
+def needed_libraries(library: Path) -> list[str]:
+    """The DT_NEEDED entries of a shared library, in order (``readelf -d``, binutils like nm)."""
+    readelf = shutil.which(os.environ.get("READELF", "").strip() or "readelf")
+    if readelf is None:
+        raise InterposeBuildError(
+            f"cannot list what {library} links: no 'readelf' on PATH; install binutils "
+            "(apt-get install binutils) or set READELF to its path"
+        )
+    proc = subprocess.run([readelf, "-d", "--wide", str(library)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InterposeBuildError(f"'readelf -d {library}' failed ({proc.stderr.strip() or 'no output'}): is it a shared library?")
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", proc.stdout)
 
 
 def exported_functions(library: Path) -> list[str]:
@@ -238,6 +252,16 @@ def _build_into(out: Path, real: Path, include: Path) -> None:
         "# exported by the real library but not by the interposer: data, not functions (see build.py)\n"
         + "".join(f"{n}\n" for n in _data_symbols(real))
     )
+    # The companions first: the interposer links the ones the real library links.
+    for companion in sorted(real.parent.glob("lib*.so*")):
+        if companion.name.startswith("libllama.so"):
+            continue  # ours stands in for every name of the real one
+        os.symlink(companion.resolve(), out / companion.name)
+    # The real libllama lists libggml*.so.0 as DT_NEEDED, so a binding that reads
+    # ggml_* through libllama's handle (dlsym searches an object's dependencies)
+    # finds them; the interposer lists the same ones, found through the
+    # symlinks beside it ($ORIGIN), which are the very files the real one loads.
+    companions = [n for n in needed_libraries(real) if (out / n).exists()]
     lib = out / "libllama.so"
     cmd = [
         *_compiler(),
@@ -248,6 +272,10 @@ def _build_into(out: Path, real: Path, include: Path) -> None:
         str(SOURCE),
         str(asm),
         *LDFLAGS,
+        f"-L{out}",
+        "-Wl,--no-as-needed",
+        *(f"-l:{n}" for n in companions),
+        "-Wl,-rpath,$ORIGIN",
         "-o",
         str(lib),
     ]
@@ -261,7 +289,3 @@ def _build_into(out: Path, real: Path, include: Path) -> None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise InterposeBuildError(f"compiling the interposing libllama failed ({shlex.join(cmd)}):\n{tail}")
     os.symlink("libllama.so", out / "libllama.so.0")
-    for companion in sorted(real.parent.glob("lib*.so*")):
-        if companion.name.startswith("libllama.so"):
-            continue  # ours stands in for every name of the real one
-        os.symlink(companion.resolve(), out / companion.name)

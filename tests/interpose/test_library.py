@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,26 @@ def test_directory_layout(real: Path, built: Path) -> None:
     # cannot forward data); none is part of llama.h's C API
     assert data and not [name for name in data if name.startswith("llama_")]
     assert not set(data) & _functions(built / "libllama.so")
+
+
+def test_links_the_ggml_libraries_the_real_library_links(real: Path, built: Path) -> None:
+    # A binding that reaches ggml_* through libllama's handle (dlsym searches an
+    # object and its dependencies) finds them through the interposer as through
+    # the real library, and both use one copy of libggml.
+    companions = [n for n in build.needed_libraries(real) if n.startswith("libggml")]
+    assert companions, build.needed_libraries(real)
+    assert set(companions) <= set(build.needed_libraries(built / "libllama.so"))
+    probe = textwrap.dedent(f"""
+        import ctypes, sys
+        lib = ctypes.CDLL({str(built / "libllama.so")!r})
+        lib.ggml_time_us.restype = ctypes.c_int64
+        print(lib.ggml_time_us() > 0)
+        maps = open("/proc/self/maps").read()
+        print(len({{line.split()[-1] for line in maps.splitlines() if "libggml-base.so" in line}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "1"]
 
 
 def test_cached_build_is_reused(real: Path, built: Path) -> None:
