@@ -313,7 +313,8 @@ def _loaded_from_elsewhere(library: Path | None) -> str | None:
     not `library`."""
     mod = sys.modules.get("llama_cpp.llama_cpp")
     if mod is None:
-        return None
+        # the package without its loader module: an import that failed half way, or a stand-in
+        return "llama_cpp (it is in sys.modules)" if "llama_cpp" in sys.modules else None
     lib = getattr(mod, "_lib", None)
     where = getattr(lib, "_name", None) or getattr(mod, "__file__", "?")
     if library is not None and where and Path(where).resolve() == library.resolve():
@@ -336,9 +337,10 @@ def enable(kind: str = "llama") -> Interposed:
         if early is not None:
             raise InterposeError(
                 f"llama_cpp was imported before interposition could be enabled: it loaded {early}, and every call "
-                "of this process goes there, past the fault points; enable interposition before anything imports "
-                "llama_cpp (move the import out of conftest.py or module level into the tests or fixtures, or "
-                "load the plugin early with -p pytest_bitnet)"
+                "of this process goes there, past the fault points (llama-cpp-python loads libllama once, at its "
+                "first import).  Call fault_inject.interpose.enable() before anything imports llama_cpp; or let "
+                "the harness do it: `pytest --bitnet-interpose=llama` (conftest.py files may then import llama_cpp), "
+                "`python -m fault_inject run --interpose=llama app.py`"
             )
         real = find_real(kind)
         lib = _load(_build_for(real))

@@ -309,7 +309,8 @@ def test_enable_refuses_when_llama_cpp_was_imported_first(tiny_model: Path, tmp_
         print(interpose.active())
     """)
     assert "llama_cpp was imported before interposition could be enabled: it loaded " in out[0]
-    assert "libllama.so" in out[0] and "move the import out of conftest.py" in out[0]
+    assert "libllama.so" in out[0] and "Call fault_inject.interpose.enable() before anything imports llama_cpp" in out[0]
+    assert "pytest --bitnet-interpose=llama" in out[0] and "python -m fault_inject run --interpose=llama" in out[0]
     assert out[1] == "None"
 
 
