@@ -51,7 +51,7 @@ def _interposed_points(kind: str) -> int:
         print(f"fault_inject: --interpose={kind}: {exc}", file=sys.stderr)
         return 2
     lib = interpose.loaded()[0]
-    print(f"{len(rows)} interposed {kind} points ({lib.library}, forwarding to {lib.real_library}); {kind}_* arms them all")
+    print(f"{len(rows)} interposed {kind} points ({lib.library}, forwarding to {lib.real_library}); {kind}_*=ACTION arms every one that performs ACTION")
     width = max((len(p.name) for p in rows), default=0)
     for p in rows:
         acts = ",".join(a for a in spec.ACTIONS if a in p.actions)

@@ -115,7 +115,14 @@ class DisarmReport:
         )
 
     def summary(self) -> str:
-        parts = [f"{n}: {r.hits} hits, {r.fired} fired" for n, r in self.points.items() if r.hits or not self.never_hit]
+        parts = [f"{n}: {r.hits} hits, {r.fired} fired" for n, r in self.points.items() if r.hits]
+        # a pattern arms many points a program never reaches (`llama_*`: 50):
+        # counted, not listed, unless nothing was hit at all (never_hit says so)
+        idle = sum(1 for r in self.points.values() if not r.hits)
+        if idle and parts:
+            parts.append(f"{idle} more armed, not hit")
+        elif idle and not self.never_hit:
+            parts = [f"{n}: 0 hits" for n in self.points]
         text = f"{self.spec} (seed {self.seed}): " + ("; ".join(parts) or "nothing hit")
         if self.never_hit:
             text += "; never hit: " + ", ".join(self.never_hit)

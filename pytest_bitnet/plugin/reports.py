@@ -118,8 +118,14 @@ class Collector:
         tr.write_sep("=", "bitnet")
         for (spec, seed), row in run.fault_rows.items():
             tr.write_line(f"fault spec {spec!r} (seed {seed}) armed in {row['tests']} test(s):")
+            idle = 0
             for point in sorted(row["hits"]):
-                tr.write_line(f"  {point}: {row['hits'][point]} hits, {row['fired'].get(point, 0)} fired")
+                if row["hits"][point] or len(row["hits"]) == 1:
+                    tr.write_line(f"  {point}: {row['hits'][point]} hits, {row['fired'].get(point, 0)} fired")
+                else:
+                    idle += 1  # a pattern's points that no test reached: counted, not listed
+            if idle:
+                tr.write_line(f"  {idle} more point(s) armed, not hit")
             for point, tests in row["never_hit"].items():
                 where = tests[0] + (f" and {len(tests) - 1} more" if len(tests) > 1 else "")
                 tr.write_line(f"  armed but never hit: {point} (in {where})")
