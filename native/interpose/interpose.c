@@ -460,6 +460,10 @@ IP_CTOR(struct llama_model *, llama_load_model_from_file, llama_models,
         (const char *path, struct llama_model_params params), (path, params))
 IP_CTOR(struct llama_model *, llama_model_load_from_file_ptr, llama_models,
         (FILE *file, struct llama_model_params params), (file, params))
+IP_CTOR(struct llama_model *, llama_model_init_from_user, llama_models,
+        (struct gguf_context *metadata, llama_model_set_tensor_data_t set_tensor_data,
+         void *set_tensor_data_ud, struct llama_model_params params),
+        (metadata, set_tensor_data, set_tensor_data_ud, params))
 IP_CTOR(struct llama_model *, llama_model_load_from_splits, llama_models,
         (const char **paths, size_t n, struct llama_model_params params),
         (paths, n, params))
@@ -501,6 +505,14 @@ IP_CTOR(struct llama_sampler *, llama_sampler_init_grammar, llama_samplers,
         (const struct llama_vocab *vocab, const char *grammar_str,
          const char *grammar_root),
         (vocab, grammar_str, grammar_root))
+IP_CTOR(struct llama_sampler *, llama_sampler_init_grammar_lazy,
+        llama_samplers,
+        (const struct llama_vocab *vocab, const char *grammar_str,
+         const char *grammar_root, const char **trigger_words,
+         size_t num_trigger_words, const llama_token *trigger_tokens,
+         size_t num_trigger_tokens),
+        (vocab, grammar_str, grammar_root, trigger_words, num_trigger_words,
+         trigger_tokens, num_trigger_tokens))
 IP_CTOR(struct llama_sampler *, llama_sampler_init_grammar_lazy_patterns,
         llama_samplers,
         (const struct llama_vocab *vocab, const char *grammar_str,
@@ -1038,6 +1050,14 @@ IP_VALUE(bool, llama_state_load_file, false,
           size_t n_token_capacity, size_t *n_token_count_out),
          (ctx, path, tokens_out, n_token_capacity, n_token_count_out))
 IP_VALUE(bool, llama_state_save_file, false,
+         (struct llama_context *ctx, const char *path,
+          const llama_token *tokens, size_t n_token_count),
+         (ctx, path, tokens, n_token_count))
+IP_VALUE(bool, llama_load_session_file, false,
+         (struct llama_context *ctx, const char *path, llama_token *tokens_out,
+          size_t n_token_capacity, size_t *n_token_count_out),
+         (ctx, path, tokens_out, n_token_capacity, n_token_count_out))
+IP_VALUE(bool, llama_save_session_file, false,
          (struct llama_context *ctx, const char *path,
           const llama_token *tokens, size_t n_token_count),
          (ctx, path, tokens, n_token_count))

@@ -401,3 +401,51 @@ def test_decode_hang_under_the_bridge_engine_is_llama_cpps_abort_at_the_deadline
     assert 0.3 <= took < 0.3 + 2.0
     message, took = out["llama_decode=1*delay(200)"]
     assert message == "ok" and took >= 0.2  # spent inside the decode, which then completes
+
+
+_LESS_USED = r"""
+import ctypes, json, os, sys
+import fault_inject as fi
+from fault_inject import interpose
+import pytest_bitnet as bn
+interpose.enable()
+import llama_cpp as L
+out = {}
+def live(name):
+    return bn.live_counters()[name]
+model = L.llama_model_load_from_file(sys.argv[1].encode(), L.llama_model_default_params())
+vocab = L.llama_model_get_vocab(model)
+before = live("llama_samplers")
+# the deprecated lazy grammar sampler: counted like the others (its free is
+# wrapped, so an uncounted constructor would take the counter below zero)
+smpl = L.llama_sampler_init_grammar_lazy(vocab, b'root ::= "a"', b"root", None, 0, None, 0)
+out["made"] = [bool(smpl), live("llama_samplers") - before]
+L.llama_sampler_free(smpl)
+out["freed"] = live("llama_samplers") - before
+with fi.inject("llama_sampler_init_grammar_lazy=fail"):
+    out["failed"] = bool(L.llama_sampler_init_grammar_lazy(vocab, b'root ::= "a"', b"root", None, 0, None, 0))
+ctx = L.llama_init_from_model(model, L.llama_context_default_params())
+path = os.path.join(sys.argv[2], "session.bin")
+tokens = (L.llama_token * 1)(1)
+with fi.inject("llama_save_session_file=1*fail") as armed:
+    out["save"] = [L.llama_save_session_file(ctx, path.encode(), tokens, 1), L.llama_save_session_file(ctx, path.encode(), tokens, 1)]
+    out["save_fired"] = armed.fired("llama_save_session_file")
+n = ctypes.c_size_t(0)
+with fi.inject("llama_load_session_file=fail"):
+    out["load"] = L.llama_load_session_file(ctx, path.encode(), tokens, 1, ctypes.byref(n))
+L.llama_free(ctx)
+L.llama_model_free(model)
+out["end"] = {k: v for k, v in bn.live_counters().items() if k.startswith("llama_") and v}
+print(json.dumps(out))
+"""
+
+
+def test_deprecated_and_less_used_constructors_are_counted_and_fail(model: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _LESS_USED, str(model), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["made"] == [True, 1] and out["freed"] == 0 and out["failed"] is False
+    assert out["save"] == [False, True] and out["save_fired"] == 1
+    assert out["load"] is False
+    assert out["end"] == {}
