@@ -16,8 +16,9 @@
 Modules: :mod:`~fault_inject.spec` (the grammar), :mod:`~fault_inject.registry`
 (the points, the one validator), :mod:`~fault_inject.arming` (handles),
 :mod:`~fault_inject.events` (firings), :mod:`~fault_inject.env`
-(``BITNET_INJECT``), :mod:`~fault_inject.sweep`, :mod:`~fault_inject.catalog`
-and :mod:`~fault_inject.matrix`.  If the environment variable
+(``BITNET_INJECT``), :mod:`~fault_inject.sweep`, :mod:`~fault_inject.catalog`,
+:mod:`~fault_inject.matrix` and :mod:`~fault_inject.interpose` (fault points and
+counters in unmodified llama.cpp apps: imported only when asked for).  If the environment variable
 ``BITNET_INJECT`` holds a spec, importing this package arms it (seed from
 ``BITNET_INJECT_SEED``); ``python -m fault_inject run script.py`` runs a
 program that way.  Nothing here depends on pytest, and only the public

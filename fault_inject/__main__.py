@@ -1,14 +1,19 @@
 """python -m fault_inject: list points, check a spec, run a program with faults.
 
     python -m fault_inject points                 # the registry
+    python -m fault_inject points --interpose=llama   # the interposed llama.cpp functions' points
     python -m fault_inject check 'alloc=2*off->oom'   # parse + resolve, print the canonical form
     python -m fault_inject run [--spec S] [--seed N] [--thread] [--timeout S] script.py [args...]
     python -m fault_inject run --spec S -m package.module [args...]
+    python -m fault_inject run --interpose=llama --spec 'llama_decode=fail' app.py
     python -m fault_inject matrix [--backend B]... [--only E20,E21] [--category C] [-n N]
                                   [--timeout S] [--json F] [--junit F] [--markdown F]
 
 ``run`` arms the spec (default: $BITNET_INJECT) for the whole program and
-prints, on exit, the hits and firings of every armed point.
+prints, on exit, the hits and firings of every armed point.  With
+``--interpose=llama`` the program's llama-cpp-python loads the interposing
+libllama (fault_inject.interpose), so the spec may name its points
+(``llama_decode``, ``llama_*``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,39 @@ from . import arming, env, registry, spec
 from . import matrix as _matrix
 
 
+def _interpose(kind: str | None) -> object | None:
+    """Enables interposition of `kind` (None: nothing is loaded); prints
+    why not and returns None on failure."""
+    from . import interpose
+
+    try:
+        return interpose.enable(kind) if kind else None
+    except interpose.InterposeError as exc:
+        print(f"fault_inject: --interpose={kind}: {exc}", file=sys.stderr)
+        return False
+
+
+def _interposed_points(kind: str) -> int:
+    from . import interpose
+
+    try:
+        rows = interpose.points(kind)
+    except interpose.InterposeError as exc:
+        print(f"fault_inject: --interpose={kind}: {exc}", file=sys.stderr)
+        return 2
+    lib = interpose.loaded()[0]
+    print(f"{len(rows)} interposed {kind} points ({lib.library}, forwarding to {lib.real_library}); {kind}_*=ACTION arms every one that performs ACTION")
+    width = max((len(p.name) for p in rows), default=0)
+    for p in rows:
+        acts = ",".join(a for a in spec.ACTIONS if a in p.actions)
+        print(f"{p.name:<{width}}  [{acts}]")
+        print(f"{'':<{width}}  {p.description}")
+    return 0
+
+
 def _points(args: argparse.Namespace) -> int:
+    if args.interpose:
+        return _interposed_points(args.interpose)
     rows = registry.points()
     width = max(len(p.name) for p in rows)
     state = "compiled in" if registry.compiled_in() else "NOT compiled in (built with BITNET_FAULTS=0)"
@@ -58,6 +95,15 @@ def _run(args: argparse.Namespace) -> int:
     # Importing this package armed $BITNET_INJECT already: take it over, so
     # the spec is armed once, with this command's seed and scope.
     env.release_env()
+    # before arming (the spec may name the interposer's points, registered
+    # when it attaches) and before the program imports llama_cpp
+    interposed = _interpose(args.interpose)
+    if interposed is False:
+        return 2
+    if interposed is not None and args.timeout is not None:
+        from . import interpose
+
+        interpose.set_timeout(args.timeout)
     try:
         armed = arming.arm(text, seed=args.seed, thread=args.thread, source="--spec" if args.spec else env.ENV_SPEC)
     except (spec.FaultSpecError, arming.FaultStateError, registry.InjectionNotCompiled) as exc:
@@ -86,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("points", help="list the registered fault points")
     p.add_argument("-v", "--verbose", action="store_true", help="with descriptions")
+    p.add_argument("--interpose", choices=("llama",), help="list the points of the interposing libllama instead (builds it if needed)")
     p.set_defaults(fn=_points)
     c = sub.add_parser("check", help="parse and resolve a spec")
     c.add_argument("spec")
@@ -96,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--thread", action="store_true", help="only the main thread's hits count")
     r.add_argument("--timeout", **settings.timeout_option("the program makes"))
     r.add_argument("-m", dest="module", action="store_true", help="target is a module name")
+    r.add_argument("--interpose", choices=("llama",),
+                   help="the program's llama-cpp-python loads the interposing libllama: the spec may name llama_* points "
+                        f"(also ${env.ENV_INTERPOSE}, which a spec in ${env.ENV_SPEC} naming llama_* points needs)")
     r.add_argument("target")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(fn=_run)

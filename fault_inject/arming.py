@@ -115,7 +115,14 @@ class DisarmReport:
         )
 
     def summary(self) -> str:
-        parts = [f"{n}: {r.hits} hits, {r.fired} fired" for n, r in self.points.items() if r.hits or not self.never_hit]
+        parts = [f"{n}: {r.hits} hits, {r.fired} fired" for n, r in self.points.items() if r.hits]
+        # a pattern arms many points a program never reaches (`llama_*`: 50):
+        # counted, not listed, unless nothing was hit at all (never_hit says so)
+        idle = sum(1 for r in self.points.values() if not r.hits)
+        if idle and parts:
+            parts.append(f"{idle} more armed, not hit")
+        elif idle and not self.never_hit:
+            parts = [f"{n}: 0 hits" for n in self.points]
         text = f"{self.spec} (seed {self.seed}): " + ("; ".join(parts) or "nothing hit")
         if self.never_hit:
             text += "; never hit: " + ", ".join(self.never_hit)
@@ -453,13 +460,18 @@ def arm(
                 _close_stretch(holder, name)
                 holder._suspended.add(name)
             for ce in resolved.entries:
-                refused = _arm_native(armed, ce.pattern, list(ce.terms))
-                if refused is not None:
-                    # only reachable if something armed these points natively
-                    raise FaultStateError(f"cannot arm {str(resolved)!r}: {refused}")
-                done.extend(ce.points)
-                armed._live.update(ce.points)
+                # Point by point, not by the entry's pattern: the points a
+                # pattern matches are those of the registry when the spec
+                # was resolved, and a library may register more since (an
+                # interposer attaching); natively, the pattern would arm
+                # those too, and nothing here would own or disarm them.
                 for name in ce.points:
+                    refused = _arm_native(armed, name, list(ce.terms))
+                    if refused is not None:
+                        # only reachable if something armed the point natively
+                        raise FaultStateError(f"cannot arm {str(resolved)!r}: {refused}")
+                    done.append(name)
+                    armed._live.add(name)
                     _STATE.owners[name] = (*_STATE.owners.get(name, ()), armed)
         except BaseException:
             _release(armed, done, give_back=False)

@@ -2,7 +2,10 @@
 
 Importing :mod:`fault_inject` calls :func:`arm_from_env`, so any program
 that imports it honours the variable; at exit the arm is disarmed and the
-entries never hit are reported on stderr.  A harness that arms the same
+entries never hit are reported on stderr.  With BITNET_INTERPOSE=llama too,
+interposition is enabled first (:func:`fault_inject.interpose.enable`): the
+spec may name the interposed points (``llama_decode``), which exist only
+once the interposer is attached.  A harness that arms the same
 spec in smaller scopes (the pytest plugin, per test) or itself (``python -m
 fault_inject run``) takes it over with :func:`release_env`.
 """
@@ -19,9 +22,11 @@ from typing import Final, Mapping
 from .arming import ENV_SEED, Armed, arm, parse_seed
 from .registry import NOT_COMPILED, InjectionNotCompiled, compiled_in
 
-__all__ = ["ENV_SEED", "ENV_SPEC", "arm_from_env", "release_env"]
+__all__ = ["ENV_INTERPOSE", "ENV_SEED", "ENV_SPEC", "arm_from_env", "interpose_from_env", "release_env"]
 
 ENV_SPEC: Final = "BITNET_INJECT"
+#: What to interpose ("llama"); empty or "none": nothing.
+ENV_INTERPOSE: Final = "BITNET_INTERPOSE"
 
 _lock = threading.Lock()
 _armed: Armed | None = None  # what BITNET_INJECT armed, until released
@@ -42,6 +47,7 @@ def arm_from_env(environ: Mapping[str, str] | None = None) -> Armed | None:
         raise InjectionNotCompiled(f"{ENV_SPEC}={text!r} is set, but {NOT_COMPILED}")
     raw_seed = env.get(ENV_SEED, "").strip()
     seed = parse_seed(raw_seed, ENV_SEED) if raw_seed else secrets.randbelow(2**32)
+    interpose_from_env(env)
     with _lock:
         if _armed is not None and _armed.active:
             return _armed
@@ -51,6 +57,18 @@ def arm_from_env(environ: Mapping[str, str] | None = None) -> Armed | None:
         print(f"fault_inject: {ENV_SPEC} uses probabilities; seed {armed.seed} (set {ENV_SEED}={armed.seed} to reproduce)", file=sys.stderr)
     atexit.register(_report, armed)
     return armed
+
+
+def interpose_from_env(environ: Mapping[str, str] | None = None) -> object | None:
+    """Enables interposition if BITNET_INTERPOSE names a kind ("llama");
+    returns the Interposed, or None when unset.  Imports nothing otherwise."""
+    env = os.environ if environ is None else environ
+    kind = env.get(ENV_INTERPOSE, "").strip()
+    if not kind or kind == "none":
+        return None
+    from . import interpose
+
+    return interpose.enable(kind)
 
 
 def release_env() -> bool:

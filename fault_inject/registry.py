@@ -101,18 +101,31 @@ def limits() -> Limits:
                   delay_ms=lim["max_delay_ms"], grow=lim["max_grow"])
 
 
-@functools.cache
+# The registry as last read, keyed by the native points it came from: a
+# library may register points at any time (an interposing libllama when it
+# is attached), so every call asks the bridge, and rebuilds only when the
+# bridge has more points than last time.
+_read: tuple[tuple[object, ...], tuple[PointInfo, ...], Mapping[str, PointInfo]] = ((), (), {})
+
+
+def _current() -> tuple[tuple[PointInfo, ...], Mapping[str, PointInfo]]:
+    global _read
+    source = native.points()
+    if source is not _read[0]:
+        pts = tuple(PointInfo(p.name, p.description, p.default_code, code_name(p.default_code), p.actions, p.index)
+                    for p in source)
+        _read = (source, pts, {p.name: p for p in pts})
+    return _read[1], _read[2]
+
+
 def points() -> tuple[PointInfo, ...]:
-    """Every registered point, in registry order (readable in any build)."""
-    return tuple(
-        PointInfo(p.name, p.description, p.default_code, code_name(p.default_code), p.actions, p.index)
-        for p in native.points()
-    )
+    """Every registered point, in registry order (readable in any build):
+    points.def's, then those registered at run time so far."""
+    return _current()[0]
 
 
-@functools.cache
 def by_name() -> Mapping[str, PointInfo]:
-    return {p.name: p for p in points()}
+    return _current()[1]
 
 
 def lookup(name: str) -> PointInfo:

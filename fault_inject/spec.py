@@ -171,6 +171,7 @@ class CompiledEntry:
     points: tuple[str, ...]  # the registered points it arms
     terms: tuple[tuple[float, int, int, int], ...]  # (probability 0..1, count 0=unbounded, action id, arg)
     entry: Entry
+    skipped: tuple[str, ...] = ()  # matched by a wildcard, but cannot perform the chain's actions
 
 
 # ---- parsing -----------------------------------------------------------------
@@ -393,8 +394,9 @@ def resolve(
     ``points`` maps registered names to their descriptions; ``codes`` maps
     code names (``"BITNET_E_INFERENCE"``) to values; ``limits`` are the
     engine's.  Refuses unknown points (naming the closest), patterns
-    matching nothing, a point reached by two entries, actions a point does
-    not perform, unknown codes, and values beyond the limits.
+    matching nothing, a point reached by two entries, actions a named point
+    does not perform (a pattern arms only the points that perform them, and
+    is refused when none does), unknown codes, and values beyond the limits.
     """
 
     def err(reason: str, column: int, expected: str | None = None) -> FaultSpecError:
@@ -414,6 +416,22 @@ def resolve(
                 entry.column,
                 ("one of " + ", ".join(repr(n) for n in near) + "; " if near else "") + "fault_inject.points() lists every point",
             )
+        skipped: tuple[str, ...] = ()
+        if entry.wildcard:
+            # A pattern arms the points it matches that can perform its
+            # chain: `llama_*=fail` fails every function that can fail and
+            # leaves the frees counting (a free has no failure to report).
+            # Naming a point that cannot perform the action stays an error.
+            able = tuple(n for n in matched if all(t.action in points[n].actions for t in entry.terms))
+            if not able:
+                wanted = sorted({t.action for t in entry.terms}, key=ACTIONS.index)
+                raise err(
+                    f"none of the {len(matched)} points matched by {entry.point!r} performs " + " and ".join(repr(a) for a in wanted),
+                    entry.column,
+                    "a pattern whose points perform the action; fault_inject.points() lists what each performs",
+                )
+            skipped = tuple(n for n in matched if n not in able)
+            matched = able
         for name in matched:
             if name in owner:
                 first = owner[name]
@@ -436,7 +454,7 @@ def resolve(
                 arg = term.arg
             prob = 1.0 if term.percent is None else term.percent / 100.0
             terms.append((prob, term.count or 0, ACTIONS.index(term.action), arg))
-        compiled.append(CompiledEntry(entry.point, matched, tuple(terms), entry))
+        compiled.append(CompiledEntry(entry.point, matched, tuple(terms), entry, skipped))
     return Resolved(spec, tuple(compiled), source)
 
 

@@ -77,3 +77,22 @@ def test_the_source_tree_serves_an_editable_install() -> None:
     # No copy inside the checkout: an editable install reads native/ itself.
     assert not (ROOT / "pytest_bitnet" / "bridge" / "native").exists()
     assert llama.native_dir() == ROOT / "native"
+
+
+def test_the_interposer_sources_and_everything_they_include_are_installed(build_lib: Path) -> None:
+    # fault_inject/interpose/build.py compiles native/interpose/ on first use, like the adapter
+    native = build_lib / "pytest_bitnet" / "bridge" / "native"
+    source = native / "interpose" / "interpose.c"
+    assert source.is_file(), f"{source.relative_to(build_lib)} is not in a regular install"
+    dirs = [native / d for d in ("interpose", "include", "fault", "common")]  # build.py's INCLUDE_DIRS
+    todo, seen = [source], set()
+    while todo:
+        f = todo.pop()
+        for name in _INCLUDE.findall(f.read_text()):
+            if name in _LLAMA_CPP_HEADERS or name in seen:
+                continue
+            seen.add(name)
+            found = [d / name for d in (f.parent, *dirs) if (d / name).is_file()]
+            assert found, f"{f.name} includes {name!r}, which a regular install lacks"
+            todo.append(found[0])
+    assert {"llama_points.def", "bitnet_interpose.h", "bn_fault.h", "points.def"} <= seen

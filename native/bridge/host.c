@@ -5,6 +5,7 @@
 #include <pthread.h>
 
 #include "bn_deadline.h"
+#include "bitnet_bridge.h"
 #include "bn_log.h"
 #include "lend.h"
 #include "llama_check.h"
@@ -41,6 +42,13 @@ const bitnet_host_t *bn_host_table(void)
     pthread_once(&table_once, fill_table);
     return &table;
 }
+
+#ifndef BN_GUEST /* a guest lends nothing: it is lent to */
+BITNET_API const void *bitnet_bridge_host_table(void)
+{
+    return bn_host_table();
+}
+#endif
 
 /* ---- guest end ----------------------------------------------------------- */
 

@@ -56,8 +56,10 @@
 #endif
 
 
-/* points.def (registry.c): names, default codes, accepted actions */
-static const bitnet_fault_point_t *const registry = bn_fault_registry;
+/* registry.c: the points' names, default codes, accepted actions, for
+ * points.def and registered points alike (a registered point's entry is
+ * published before its index can be armed, and never changes after). */
+#define registry(i) (*bn_fault_point_def(i))
 
 static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
     "off", "fail", "oom", "delay", "hang", "missing", "nan", "grow", "crash"};
@@ -66,8 +68,8 @@ static const char *const action_names[BITNET_FAULT_N_ACTIONS] = {
 static int matches(const char *pattern, size_t len, int i)
 {
     if (len > 0 && pattern[len - 1] == '*')
-        return strncmp(registry[i].name, pattern, len - 1) == 0;
-    return strcmp(registry[i].name, pattern) == 0;
+        return strncmp(registry(i).name, pattern, len - 1) == 0;
+    return strcmp(registry(i).name, pattern) == 0;
 }
 
 /* ---- state --------------------------------------------------------------- */
@@ -107,7 +109,8 @@ atomic_int bn_fault_armed_points; /* see bn_fault.h */
 
 static struct {
     pthread_mutex_t lock;          /* arm, disarm, backtraces */
-    point_state points[BN_FP__N];  /* indexed by bn_fault_point */
+    point_state points[BN_FAULT_CAPACITY]; /* by index: points.def, then
+                                              registered points */
     _Atomic(bitnet_fault_callback_t) callback; /* firing observer or NULL */
     _Atomic(void *) callback_user;             /* its argument */
     _Atomic uint64_t next_thread_id;           /* thread ids start at 1 */
@@ -216,7 +219,7 @@ typedef struct {
 /* Performs a firing; called outside the `inside` window, guard held. */
 static int fire(int point, const firing *f, bn_fault_special *special)
 {
-    const char *name = registry[point].name;
+    const char *name = registry(point).name;
     snprintf(tl.note, sizeof tl.note, "injected fault at '%s' (%s, hit %llu)",
              name, f->text, (unsigned long long)f->hit);
     if (f->first) {
@@ -243,6 +246,18 @@ static int fire(int point, const firing *f, bn_fault_special *special)
                         tl.note);
     case BITNET_FAULT_DELAY:
     case BITNET_FAULT_HANG:
+        /* A runtime-registered point's site (the interposing libllama) is
+         * called by an app, not inside a bridge call, so the calling thread
+         * has no bridge deadline to sleep under: the site performs the wait
+         * itself, under its own deadline (and inside llama_decode through
+         * llama.cpp's abort callback, so the real abort path runs), when it
+         * can take the action back. */
+        if (special && point >= BN_FP__N) {
+            special->action = f->action;
+            special->arg = f->arg;
+            special->hit = f->hit;
+            return 1;
+        }
         rc = bn_deadline_sleep(f->action == BITNET_FAULT_DELAY ? f->arg : -1);
         if (rc)
             bn_error_prefix("%s: ", tl.note);
@@ -269,7 +284,9 @@ static int fire(int point, const firing *f, bn_fault_special *special)
 
 int bn_fault_eval(int point, bn_fault_special *special)
 {
-    if ((unsigned)point >= (unsigned)BN_FP__N)
+    /* the capacity, not the registered count: a slot of an index not
+     * registered yet holds a NULL chain, which the next check reads */
+    if ((unsigned)point >= (unsigned)BN_FAULT_CAPACITY)
         return 0;
     point_state *ps = &engine.points[point];
     /* the per-point check, before anything that costs */
@@ -379,7 +396,7 @@ static void term_text(const bitnet_fault_term_t *t, term *out, int point)
     out->arg = t->arg;
     out->code = 0;
     if (t->action == BITNET_FAULT_FAIL)
-        out->code = out->arg ? (int32_t)out->arg : registry[point].default_code;
+        out->code = out->arg ? (int32_t)out->arg : registry(point).default_code;
     if (t->action == BITNET_FAULT_OOM)
         out->code = BITNET_E_OOM;
     if (t->action == BITNET_FAULT_GROW && out->arg == 0)
@@ -431,10 +448,17 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
             return bn_fault_done(rc, err, err_len);
         }
 
-    chain *made[BN_FP__N] = {0};
+    /* every point registered by now; one registered meanwhile is not in
+     * this arming (as if registered after it) */
+    int n_points = bitnet_fault_point_count();
+    chain **made = calloc((size_t)n_points, sizeof *made);
+    if (!made)
+        return bn_fault_done(bn_error(BITNET_E_OOM, "arming '%s': out of "
+                                                    "memory", pattern),
+                             err, err_len);
     int n_made = 0;
     pthread_mutex_lock(&engine.lock);
-    for (int p = 0; p < BN_FP__N; p++) {
+    for (int p = 0; p < n_points; p++) {
         if (!matches(pattern, len, p))
             continue;
         if (atomic_load(&engine.points[p].chain)) {
@@ -442,14 +466,14 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                           "fault point '%s' is already armed: disarm it "
                           "first (one chain per point; chain terms with "
                           "'->' instead)",
-                          registry[p].name);
+                          registry(p).name);
             goto fail;
         }
         for (int i = 0; i < n_terms; i++)
-            if (!(registry[p].actions & (1u << terms[i].action))) {
+            if (!(registry(p).actions & (1u << terms[i].action))) {
                 char ok[128] = "";
                 for (int a = 0; a < BITNET_FAULT_N_ACTIONS; a++)
-                    if (registry[p].actions & (1u << a)) {
+                    if (registry(p).actions & (1u << a)) {
                         size_t u = strlen(ok);
                         snprintf(ok + u, sizeof ok - u, "%s%s", u ? ", " : "",
                                  action_names[a]);
@@ -457,7 +481,7 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                 rc = bn_error(BITNET_E_INVALID_ARG,
                               "fault point '%s' does not support '%s'; it "
                               "supports: %s",
-                              registry[p].name, action_names[terms[i].action],
+                              registry(p).name, action_names[terms[i].action],
                               ok);
                 goto fail;
             }
@@ -467,7 +491,7 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                           pattern);
             goto fail;
         }
-        c->mix = splitmix(seed) ^ name_hash(registry[p].name);
+        c->mix = splitmix(seed) ^ name_hash(registry(p).name);
         c->thread = (flags & BITNET_FAULT_THIS_THREAD) ? thread_id() : 0;
         c->n_terms = n_terms;
         for (int i = 0; i < n_terms; i++) {
@@ -489,7 +513,7 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
                       pattern);
         goto fail;
     }
-    for (int p = 0; p < BN_FP__N; p++) {
+    for (int p = 0; p < n_points; p++) {
         if (!made[p])
             continue;
         point_state *ps = &engine.points[p];
@@ -505,14 +529,16 @@ int bitnet_fault_arm(const char *pattern, const bitnet_fault_term_t *terms,
         atomic_fetch_add(&bn_fault_armed_points, 1);
     }
     pthread_mutex_unlock(&engine.lock);
+    free(made);
     if (out_armed)
         *out_armed = n_made;
     return BITNET_OK;
 
 fail:
     pthread_mutex_unlock(&engine.lock);
-    for (int p = 0; p < BN_FP__N; p++)
+    for (int p = 0; p < n_points; p++)
         free(made[p]);
+    free(made);
     return bn_fault_done(rc, err, err_len);
 }
 
@@ -540,9 +566,9 @@ int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
                              pattern ? "empty" : "NULL"),
                     err, err_len);
     size_t len = strlen(pattern);
-    int n = 0;
+    int n = 0, n_points = bitnet_fault_point_count();
     pthread_mutex_lock(&engine.lock);
-    for (int p = 0; p < BN_FP__N; p++)
+    for (int p = 0; p < n_points; p++)
         if (matches(pattern, len, p) && atomic_load(&engine.points[p].chain)) {
             disarm_point(p);
             n++;
@@ -561,9 +587,9 @@ int bitnet_fault_disarm(const char *pattern, int32_t *out_disarmed, char *err,
 
 int32_t bitnet_fault_disarm_all(void)
 {
-    int n = 0;
+    int n = 0, n_points = bitnet_fault_point_count();
     pthread_mutex_lock(&engine.lock);
-    for (int p = 0; p < BN_FP__N; p++)
+    for (int p = 0; p < n_points; p++)
         if (atomic_load(&engine.points[p].chain)) {
             disarm_point(p);
             n++;
@@ -574,7 +600,7 @@ int32_t bitnet_fault_disarm_all(void)
 
 int bitnet_fault_stats(int32_t index, bitnet_fault_stats_t *out)
 {
-    if (!out || index < 0 || index >= BN_FP__N)
+    if (!out || index < 0 || index >= bitnet_fault_point_count())
         return bn_error(BITNET_E_INVALID_ARG,
                         "bitnet_fault_stats: %s", !out ? "out is NULL" :
                         "point index out of range");
@@ -589,7 +615,7 @@ int bitnet_fault_stats(int32_t index, bitnet_fault_stats_t *out)
 
 int32_t bitnet_fault_backtrace(int32_t index, char *buf, int32_t buf_len)
 {
-    if (index < 0 || index >= BN_FP__N)
+    if (index < 0 || index >= bitnet_fault_point_count())
         return 0;
     pthread_mutex_lock(&engine.lock);
     const char *bt = engine.points[index].backtrace;

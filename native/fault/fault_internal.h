@@ -17,6 +17,12 @@
 /* points.def, indexed by bn_fault_point. */
 extern const bitnet_fault_point_t bn_fault_registry[BN_FP__N] BN_FAULT_HIDDEN;
 
+/* Every index a point can have: points.def, then the registered ones. */
+#define BN_FAULT_CAPACITY (BN_FP__N + BITNET_FAULT_MAX_DYNAMIC)
+
+/* The point at an index (points.def or registered), NULL if none yet. */
+const bitnet_fault_point_t *bn_fault_point_def(int point) BN_FAULT_HIDDEN;
+
 /* FNV-1a over the point names in points.def order, joined by '\n': equal
  * hashes mean the same index names the same point, which is what lets a
  * guest hand its point indexes to a host's engine (bitnet_host.h). */

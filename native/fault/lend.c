@@ -24,6 +24,7 @@ void bn_fault_lend(bitnet_host_t *table)
     table->fault_armed = &bn_fault_armed_points;
     table->fault_eval = host_fault_eval;
     table->fault_note = bn_fault_note;
+    table->register_points = bitnet_fault_register_points;
 #else
     (void)table;
 #endif

@@ -60,7 +60,7 @@ int32_t bitnet_fault_disarm_all(void) { return 0; }
 
 int bitnet_fault_stats(int32_t index, bitnet_fault_stats_t *out)
 {
-    if (!out || index < 0 || index >= BN_FP__N)
+    if (!out || !bn_fault_point_def(index))
         return bn_error(BITNET_E_INVALID_ARG, "bitnet_fault_stats: bad "
                                               "argument");
     memset(out, 0, sizeof *out);

@@ -137,6 +137,14 @@ BITNET_API void bitnet_bridge_set_llama_library(const char *adapter_path,
                                                 const char *libllama_path,
                                                 const char *unavailable);
 
+/* The table of bitnet_host.h this bridge lends the libraries it loads (a
+ * `const bitnet_host_t *`, opaque here so this header needs none of
+ * bitnet_host.h), for a harness that loads a cooperating library itself
+ * (an interposing libllama, loaded by an application rather than by the
+ * bridge) and hands it the same services: deadlines, logging, the fault
+ * engine and its registry.  Valid for the life of the process. */
+BITNET_API const void *bitnet_bridge_host_table(void);
+
 /* Discovery report for the given options, as text lines (two-pass: buf NULL
  * returns the size needed including the NUL):
  *   mode\t<backend>

@@ -56,6 +56,7 @@ extern "C" {
                                               a mistake, hang waits for the
                                               deadline                      */
 #define BITNET_FAULT_MAX_GROW (1 << 20)    /* grow(n)                       */
+#define BITNET_FAULT_MAX_DYNAMIC 512       /* points registered at run time */
 /* bitnet_fault_arm flags */
 #define BITNET_FAULT_THIS_THREAD 1
 
@@ -86,7 +87,7 @@ typedef struct {
 
 /* A registered point. */
 typedef struct {
-    const char *name;        /* "tokenize.fill", static storage             */
+    const char *name;        /* "tokenize.fill"; the registry's storage      */
     const char *description; /* where it sits, what a failure there means   */
     int32_t default_code;    /* what `fail` returns without a code           */
     uint32_t actions;        /* bit (1 << BITNET_FAULT_x) per accepted action */
@@ -122,12 +123,39 @@ typedef void (*bitnet_fault_callback_t)(void *user,
 /* 1 when points are compiled in, 0 for a BN_NO_FAULTS build. */
 BITNET_API int32_t bitnet_fault_compiled_in(void);
 
-/* The registry: point_count entries, index 0..count-1. */
+/* The registry: point_count entries, index 0..count-1: the points of
+ * points.def first, then the registered ones in registration order.  The
+ * count only grows (a registered point is never removed), so an index,
+ * once valid, names the same point for the life of the process. */
 BITNET_API int32_t bitnet_fault_point_count(void);
 BITNET_API int bitnet_fault_point_info(int32_t index,
                                        bitnet_fault_point_t *out);
 /* Index of an exact name, or -1. */
 BITNET_API int32_t bitnet_fault_point_index(const char *name);
+
+/* Registers pts[0..n) as points placed by code this registry did not
+ * compile (an interposing library, say: it places them with the ids it gets
+ * back, through the host table's fault_eval).  They get the consecutive
+ * indexes *first_id .. *first_id + n - 1 and are from then on points like
+ * those of points.def: listed, armed by name and by pattern, counted,
+ * reported.  Each declares its accepted actions (off is always accepted)
+ * and the error code `fail` returns without one; names and descriptions
+ * are copied.  One difference: their sites run in an app's calls, not
+ * inside a bridge call with its deadline, so delay and hang are handed
+ * back to a site that evaluates with a special (fault_eval's > 0) for it
+ * to wait under its own deadline; without one the engine sleeps as usual.
+ *
+ * Idempotent: the same names in the same order as a registration before
+ * get the same ids (a library attached again).  All or nothing: refused
+ * with BITNET_E_INVALID_ARG when a name clashes with a point of points.def
+ * or another registered point, is listed twice, cannot be written in a spec
+ * (empty, '*', '=', ';', '(', ')', white space, BITNET_FAULT_MAX_NAME
+ * bytes or more), an action or the default code is unknown, or the
+ * registry would exceed BITNET_FAULT_MAX_DYNAMIC registered points.
+ * A guest library (BN_GUEST) refuses with BITNET_E_UNSUPPORTED: its points
+ * are its host's, registered through the host table. */
+BITNET_API int32_t bitnet_fault_register_points(const bitnet_fault_point_t *pts,
+                                                int32_t n, int32_t *first_id);
 
 /* Arms every registered point matching pattern (an exact name, a prefix
  * ending in '*', or "*") with the chain terms[0..n_terms).  All or nothing:

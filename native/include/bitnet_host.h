@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "bitnet.h"
+#include "bitnet_fault.h"
 
 #define BITNET_HOST_ABI 1
 
@@ -90,6 +91,15 @@ typedef struct {
      * vocab_only != 0 for a vocabulary-only load.  NULL: the bridge has no
      * check to lend. */
     int (*check_for_llama)(const char *path, int vocab_only);
+
+    /* Fault points of the library's own (appended: a library checks that
+     * size covers it).  bitnet_fault_register_points of bitnet_fault.h, in
+     * the bridge's registry: the ids it returns are what the library passes
+     * to fault_eval, whatever points.def it was built from (so a library
+     * that places only registered points needs no registry hash match).
+     * NULL when the bridge has faults compiled out. */
+    int32_t (*register_points)(const bitnet_fault_point_t *pts, int32_t n,
+                               int32_t *first_id);
 } bitnet_host_t;
 
 /* Positive returns of bitnet_host_attach (flags). */

@@ -16,7 +16,7 @@ import collections
 import itertools
 import threading
 import traceback
-from typing import TYPE_CHECKING, Final, Mapping
+from typing import TYPE_CHECKING, Callable, Final, Iterator, Mapping, Sequence, overload
 
 if TYPE_CHECKING:
     from .session import BitnetSession
@@ -31,6 +31,7 @@ __all__ = [
     "PENDING",
     "End",
     "Tracked",
+    "add_source",
     "delta",
     "ends",
     "ended",
@@ -38,8 +39,11 @@ __all__ = [
     "mark",
     "quiet_since",
     "record",
+    "record_object",
+    "remove_source",
     "reserve",
     "snapshot",
+    "source_counters",
     "track_creation",
     "tracked",
     "tracking",
@@ -52,18 +56,108 @@ __all__ = [
 COUNTERS: Final = ("contexts", "sessions", "models", "bytes", "allocations", "model_loads", "peak_bytes")
 #: Those that only grow (a history, not something alive).
 MONOTONIC_COUNTERS: Final = ("model_loads", "peak_bytes")
-#: What a leak check compares: everything alive.
-LEAK_COUNTERS: Final = tuple(c for c in COUNTERS if c not in MONOTONIC_COUNTERS)
+#: The bridge's own counters a leak check compares: everything alive.
+_BRIDGE_LEAK_COUNTERS: Final = tuple(c for c in COUNTERS if c not in MONOTONIC_COUNTERS)
+
+
+# ---- other sources of live counters ------------------------------------------------------
+#
+# Objects the bridge does not make can be counted too: a source is a set of
+# names and a function reading them (fault_inject.interpose adds the llama
+# objects an interposing libllama counts).  The bridge knows nothing of who
+# adds one; live_counters() merges every source's values, and LEAK_COUNTERS
+# lists their names, so everything that checks for leaks covers them.
+
+_sources: dict[tuple[str, ...], Callable[[], Mapping[str, int]]] = {}  # names -> read; replaced whole, never mutated
+_sources_lock = threading.Lock()
+
+
+def add_source(names: Sequence[str], read: Callable[[], Mapping[str, int]]) -> None:
+    """Adds live counters `names`, read by `read()` (a mapping with exactly
+    those names); they are alive objects: leak-checked.  ValueError when a
+    name is taken (the bridge's, or another source's)."""
+    global _sources
+    key = tuple(names)
+    with _sources_lock:
+        taken = set(COUNTERS).union(*_sources)
+        clash = [n for n in key if n in taken]
+        if clash or len(set(key)) != len(key) or not key:
+            raise ValueError(
+                f"counter source {key!r}: " + (f"{', '.join(map(repr, clash))} taken already (by the bridge or another source); "
+                                               if clash else "names must be distinct and at least one; ") + "give each counter a name of its own"
+            )
+        _sources = {**_sources, key: read}
+
+
+def remove_source(names: Sequence[str]) -> None:
+    """Removes the source added with exactly `names` (nothing if none)."""
+    global _sources
+    with _sources_lock:
+        _sources = {k: v for k, v in _sources.items() if k != tuple(names)}
+
+
+def source_counters() -> dict[str, int]:
+    """Every source's counters now (no bridge needed)."""
+    out: dict[str, int] = {}
+    for names, read in _sources.items():
+        values = read()
+        if set(values) != set(names):
+            raise RuntimeError(f"counter source {names!r} read {sorted(values)!r}: expected exactly its own names")
+        out.update((k, int(values[k])) for k in names)
+    return out
+
+
+class _LeakCounters(Sequence[str]):
+    """The names a leak check compares: the bridge's live counters, then
+    every source's, as registered now (a live view: ``from counters import
+    LEAK_COUNTERS`` sees sources added later)."""
+
+    __slots__ = ()
+
+    def _names(self) -> tuple[str, ...]:
+        return _BRIDGE_LEAK_COUNTERS + tuple(n for names in _sources for n in names)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, i: int | slice) -> str | tuple[str, ...]:
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, _LeakCounters)) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: What a leak check compares: everything alive (the bridge's, and every source's).
+LEAK_COUNTERS: Final = _LeakCounters()
 
 
 def live_counters() -> dict[str, int]:
     """Live native objects and bytes (contexts, sessions, models, bytes,
-    allocations) and the monotonic model_loads and peak_bytes."""
+    allocations), the monotonic model_loads and peak_bytes, and every added
+    source's counters."""
     from ._native import ffi, lib
 
     c = ffi.new("bitnet_counters_t *")
     lib.bitnet_cpp_get_counters(c)
-    return {name: int(getattr(c, name)) for name in COUNTERS}
+    out = {name: int(getattr(c, name)) for name in COUNTERS}
+    out.update(source_counters())
+    return out
 
 
 def delta(before: Mapping[str, int], after: Mapping[str, int], names: tuple[str, ...] = LEAK_COUNTERS) -> dict[str, int]:
@@ -224,6 +318,30 @@ def record(session: BitnetSession, serial: int, before: Mapping[str, int] | None
         _REGISTRY.records[rec.serial] = rec
         _REGISTRY.last = max(_REGISTRY.last, serial)
     return rec.serial
+
+
+def record_object(what: str, footprint: Mapping[str, int], *, skip: int = 1) -> int:
+    """Records an object made outside the bridge's sessions (a llama model an
+    interposing libllama made, say), with the Python stack that made it and
+    what it adds to the live counters (``{"llama_models": 1}``); returns its
+    identity for :func:`end_object` (0 when not tracking).  skip: innermost
+    frames to leave out (the recorder's own)."""
+    if not _REGISTRY.enabled:
+        return 0
+    serial = next(_numbers)
+    stack = traceback.StackSummary.from_list(traceback.extract_stack()[: -(skip + 1)])
+    rec = Tracked(serial, what, stack, dict(footprint))
+    with _REGISTRY.lock:
+        _REGISTRY.records[serial] = rec
+        _REGISTRY.last = max(_REGISTRY.last, serial)
+    return serial
+
+
+def end_object(serial: int, delta: Mapping[str, int]) -> None:
+    """An object of :func:`record_object` was freed; delta: what that took
+    off the live counters (``{"llama_models": -1}``).  Takes no lock."""
+    if serial and _REGISTRY.enabled:
+        _REGISTRY.incoming.append(End(next(_numbers), serial, CLOSED, dict(delta)))
 
 
 def ended(serial: int, state: str, before: Mapping[str, int] | None) -> None:

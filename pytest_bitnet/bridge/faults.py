@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Mapping
 
@@ -33,7 +34,9 @@ __all__ = [
     "disarm",
     "disarm_all",
     "error_codes",
+    "host_table",
     "points",
+    "register_points",
     "set_fire_handler",
     "stats",
 ]
@@ -105,19 +108,62 @@ def error_codes() -> Mapping[str, int]:
     return {n: int(getattr(lib, n)) for n in dir(lib) if n.startswith("BITNET_E_") and n != "BITNET_E_MIN"}
 
 
-@functools.cache
+# The points read so far.  The native registry only grows (points.def, then
+# points a loaded library registers at run time, never removed or changed),
+# so the points read once stay true and a call reads only the new ones.
+_points: tuple[NativePoint, ...] = ()
+_points_lock = threading.Lock()
+
+
 def points() -> tuple[NativePoint, ...]:
-    """Every registered point, in registry order (readable in any build)."""
-    by_id = {v: k for k, v in ACTION_IDS.items()}
-    out = []
-    info = ffi.new("bitnet_fault_point_t *")
-    for i in range(lib.bitnet_fault_point_count()):
-        if lib.bitnet_fault_point_info(i, info) != 0:
-            raise RuntimeError(f"bitnet_fault_point_info({i}) failed")
-        actions = frozenset(by_id[j] for j in by_id if info.actions & (1 << j))
-        out.append(NativePoint(i, ffi.string(info.name).decode(), ffi.string(info.description).decode(),
-                               int(info.default_code), actions))
-    return tuple(out)
+    """Every registered point, in registry order (readable in any build),
+    as the registry is now: points registered since the last call are in."""
+    global _points
+    n = int(lib.bitnet_fault_point_count())
+    if n == len(_points):
+        return _points
+    with _points_lock:
+        by_id = {v: k for k, v in ACTION_IDS.items()}
+        out = list(_points)
+        info = ffi.new("bitnet_fault_point_t *")
+        for i in range(len(out), n):
+            if lib.bitnet_fault_point_info(i, info) != 0:
+                raise RuntimeError(f"bitnet_fault_point_info({i}) failed")
+            actions = frozenset(by_id[j] for j in by_id if info.actions & (1 << j))
+            out.append(NativePoint(i, ffi.string(info.name).decode(), ffi.string(info.description).decode(),
+                                   int(info.default_code), actions))
+        _points = tuple(out)
+        return _points
+
+
+def register_points(new: list[tuple[str, str, int, frozenset[str] | set[str]]]) -> int:
+    """Registers points (name, description, default code, actions) in the
+    native registry, as a library does through the host table; returns the
+    first one's index.  Raises ValueError with the native refusal."""
+    names = [ffi.new("char[]", name.encode()) for name, *_ in new]
+    descs = [ffi.new("char[]", desc.encode()) for _, desc, *_ in new]
+    pts = ffi.new("bitnet_fault_point_t[]", len(new))
+    for i, (_, _, code, actions) in enumerate(new):
+        unknown = set(actions) - set(ACTION_IDS)
+        if unknown:
+            raise ValueError(f"register_points: unknown actions {sorted(unknown)!r}; known: {', '.join(ACTION_IDS)}")
+        pts[i].name, pts[i].description, pts[i].default_code = names[i], descs[i], code
+        pts[i].actions = sum(1 << ACTION_IDS[a] for a in actions)
+    first = ffi.new("int32_t *")
+    rc = lib.bitnet_fault_register_points(pts, len(new), first)
+    if rc:
+        n = lib.bitnet_cpp_get_last_error(ffi.NULL, 0)
+        buf = ffi.new("char[]", n + 1)
+        lib.bitnet_cpp_get_last_error(buf, n + 1)
+        raise ValueError(ffi.string(buf).decode("utf-8", "replace"))
+    return int(first[0])
+
+
+def host_table() -> int:
+    """The address of the bridge's bitnet_host.h table, for handing to a
+    cooperating library this process loads itself (an interposing
+    libllama's attach function)."""
+    return int(ffi.cast("uintptr_t", lib.bitnet_bridge_host_table()))
 
 
 def arm(pattern: str, terms: list[tuple[float, int, int, int]], seed: int, flags: int = 0) -> str | None:

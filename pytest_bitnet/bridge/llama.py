@@ -10,8 +10,12 @@ library.  llama_cpp itself is never imported: ``find_spec`` locates it.
 
 Where things come from:
 
-``LLAMA_CPP_LIB_PATH``          directory holding libllama.so (llama-cpp-python's
-                                own override), else ``<llama_cpp>/lib``
+``BITNET_LLAMA_LIB_PATH``       directory holding the libllama.so the adapter links, else
+``LLAMA_CPP_LIB_PATH``          (llama-cpp-python's own override), else ``<llama_cpp>/lib``.
+                                A harness that points llama-cpp-python elsewhere (an
+                                interposing copy of libllama) sets the first to the real one,
+                                so the bridge's own backend, in this process and its children,
+                                keeps linking the real library
 ``BITNET_LLAMA_ADAPTER_DIR``    adapter cache, else ``$XDG_CACHE_HOME/pytest-bitnet``
                                 (``~/.cache/pytest-bitnet``)
 ``CC``                          the compiler, else ``cc``
@@ -28,7 +32,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "LlamaStatus", "configure", "configured", "native_dir", "status"]
+__all__ = ["INSTALL_HINT", "LIB_PATH_VARS", "LlamaStatus", "configure", "configured", "find_include", "native_dir", "status"]
 
 log = logging.getLogger("pytest_bitnet.llama")
 
@@ -36,9 +40,21 @@ INSTALL_HINT = "pip install 'pytest-bitnet[llama]' (its first build compiles lla
 
 #: The native files compiled here at run time, relative to ``native/``: the
 #: adapter and the headers and tables of ours it includes (bitnet.h includes
-#: the error table).  setup.py ships exactly these inside the package, at
-#: ``pytest_bitnet/bridge/`` + PACKAGED_NATIVE, because a wheel has no source tree.
-RUNTIME_NATIVE_FILES = ("llama/adapter.c", "include/*.h", "include/*.def")
+#: the error table), and the interposing libllama that fault_inject.interpose
+#: builds the same way (its sources, and the two headers below native/include
+#: it reads: the layout fault_eval hands back).  setup.py ships exactly these
+#: inside the package, at ``pytest_bitnet/bridge/`` + PACKAGED_NATIVE, because a
+#: wheel has no source tree.
+RUNTIME_NATIVE_FILES = (
+    "llama/adapter.c",
+    "include/*.h",
+    "include/*.def",
+    "interpose/*.c",
+    "interpose/*.h",
+    "interpose/*.def",
+    "fault/bn_fault.h",
+    "common/bn_error.h",
+)
 PACKAGED_NATIVE = "native"
 
 
@@ -86,13 +102,19 @@ def _package_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+#: Where the adapter's libllama comes from, first match wins (see the module docstring).
+LIB_PATH_VARS = ("BITNET_LLAMA_LIB_PATH", "LLAMA_CPP_LIB_PATH")
+
+
 def _lib_dir() -> Path:
-    override = os.environ.get("LLAMA_CPP_LIB_PATH", "").strip()
-    if override:
+    for var in LIB_PATH_VARS:
+        override = os.environ.get(var, "").strip()
+        if not override:
+            continue
         lib_dir = Path(override)
         if not (lib_dir / "libllama.so").is_file():
             raise _Unavailable(
-                f"LLAMA_CPP_LIB_PATH={override} holds no libllama.so; point it at the directory "
+                f"{var}={override} holds no libllama.so; point it at the directory "
                 "with llama-cpp-python's libllama.so (<site-packages>/llama_cpp/lib) or unset it"
             )
         return lib_dir
@@ -107,15 +129,31 @@ def _lib_dir() -> Path:
     return lib_dir
 
 
-def _include_dir(lib_dir: Path) -> Path:
-    """The directory of the llama.h released with lib_dir's libllama."""
+def _include_candidates(lib_dir: Path, installed: bool = True) -> list[Path]:
     candidates = [lib_dir.parent / "include", lib_dir / "include", lib_dir.parent.parent / "include"]
-    package = _package_dir()
+    package = _package_dir() if installed else None
     if package is not None:
         candidates.append(package.parent / "include")
-    for d in candidates:
+    return candidates
+
+
+def find_include(lib_dir: Path, installed: bool = True) -> Path | None:
+    """The directory of the llama.h (and ggml.h) released with lib_dir's libllama, or None.
+    installed=False looks beside the library only, not in the installed llama_cpp package
+    (fault_inject.interpose's build: a wrapper compiled against another release's params
+    structs would pass them with the wrong layout)."""
+    for d in _include_candidates(lib_dir, installed):
         if (d / "llama.h").is_file() and (d / "ggml.h").is_file():
             return d
+    return None
+
+
+def _include_dir(lib_dir: Path) -> Path:
+    """The directory of the llama.h released with lib_dir's libllama."""
+    found = find_include(lib_dir)
+    if found is not None:
+        return found
+    candidates = _include_candidates(lib_dir)
     raise _Unavailable(
         f"no llama.h/ggml.h found for {lib_dir / 'libllama.so'} (looked in "
         f"{', '.join(str(c) for c in candidates)}); llama-cpp-python installs them in "

@@ -11,6 +11,7 @@ that do the work:
 ``reports``    header, teardown reports, terminal summary, JUnit properties
 ``fixtures``   bitnet_inject, bitnet_model, bitnet_session, bitnet_counters
 ``xdist``      seed and state to workers, crashes named
+``interpose``  --bitnet-interpose: the interposing libllama, enabled before conftests
 ``hookspecs``  the hooks the plugin calls (for conftest.py files)
 ``matrix``     the error-path matrix as pytest items (``-p pytest_bitnet.matrix``)
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from . import faults, leaks, reports, settings, xdist
+from . import faults, interpose, leaks, reports, settings, xdist
 from .fixtures import bitnet_counters, bitnet_inject, bitnet_model, bitnet_session
 from .state import RUN, TEST, RunState, TestState
 from .xdist import pytest_configure_node, pytest_handlecrashitem
@@ -51,9 +52,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # The earliest hook after the command line is known: before pytest (a
+    # trylast implementation) imports conftest.py files, which may import
+    # llama_cpp and so load libllama (see interpose's docstring).
+    if early_config.known_args_namespace.help or early_config.known_args_namespace.version:
+        return  # --help works whatever the interposition would say
+    interpose.enable(early_config)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for text in settings.MARKERS.values():
         config.addinivalue_line("markers", text)
+    # Before resolve(): its spec validation must see the interposed points
+    # (registered when the interposer attaches).  A no-op when the early
+    # hook did it; needed when the plugin was registered too late for it.
+    if not (config.option.help or config.option.version):
+        interpose.enable(config)
     run = RunState(config, settings.resolve(config))
     config.stash[RUN] = run
     xdist.configure(run)
@@ -71,6 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if s.timeout is not None:
             changes["timeout"] = s.timeout
         run.previous_defaults = bridge_settings.configure(**changes)
+    interpose.sync_timeout(config)
     faults.configure(run)
     leaks.configure(run)
     config.pluginmanager.register(reports.Collector(run), "bitnet-run")
@@ -87,6 +104,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         from pytest_bitnet.bridge import settings as bridge_settings
 
         bridge_settings.restore(run.previous_defaults)
+        interpose.sync_timeout(config)
     xdist.unconfigure(run)
     plugin = config.pluginmanager.get_plugin("bitnet-run")
     if plugin is not None:

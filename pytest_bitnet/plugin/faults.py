@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from . import xdist
-from .settings import check_seed, check_spec, check_timeout, import_fault_inject, usage
+from . import interpose, xdist
+from .settings import check_seed, check_spec, check_timeout, import_fault_inject, rerun_flags, usage
 from .state import RunState, TestState
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def start(run: RunState, item: pytest.Item, st: TestState) -> None:
             from pytest_bitnet.bridge import settings
 
             st.saved_defaults = settings.configure(timeout=seconds)
+            interpose.sync_timeout(run.config)
             timeout_marked, timeout_from = True, where
         elif mark.name == "bitnet_inject":
             if len(mark.args) != 1 or set(mark.kwargs) - {"thread", "seed"}:
@@ -168,6 +169,7 @@ def reproduce(run: RunState, item: pytest.Item, st: TestState) -> str | None:
     command = ["pytest", item.nodeid, f"--bitnet-seed={run.seed}"]
     if run.settings.inject is not None:
         command.append(f"--bitnet-inject={run.settings.inject}")
+    command += rerun_flags(run.settings)
     lines.append("reproduce this test with the same draws: " + " ".join(shlex.quote(c) for c in command))
     return "\n".join(lines)
 
@@ -185,5 +187,6 @@ def finish(run: RunState, item: pytest.Item, st: TestState) -> None:
 
             settings.restore(st.saved_defaults)
             st.saved_defaults = None
+            interpose.sync_timeout(run.config)
     for event in st.events:
         item.ihook.pytest_bitnet_fault_fired(item=item, event=event)

@@ -30,7 +30,7 @@ from typing import Any, Final, Iterator
 import pytest
 
 from pytest_bitnet.bridge import counters as registry
-from pytest_bitnet.bridge.counters import LEAK_COUNTERS
+from pytest_bitnet.bridge.counters import COUNTERS, MONOTONIC_COUNTERS
 
 from .state import RUN, RunState, TestState
 
@@ -53,23 +53,32 @@ class Leak:
     counters: dict[str, int]  # counter -> excess over baseline
     objects: list[tuple[str, str]]  # (the session and how it ended, Python stack where it was created)
     native: dict[str, int] = field(default_factory=dict)  # bridge counters' excess no session of the test explains
+    sources: dict[str, int] = field(default_factory=dict)  # excess of counter sources' counters (an interposed libllama's) no recorded object explains
     custom: dict[str, int] = field(default_factory=dict)  # excess of counters from pytest_bitnet_counters hooks
+    foreign: int = 0  # how many of objects are not sessions (made through an interposed library)
 
     def headline(self) -> str:
         parts = [f"{k} +{v}" for k, v in self.counters.items()]
-        if self.objects:  # open ones too: a session freed meanwhile holds nothing a counter shows
-            n = len(self.objects)
+        n = len(self.objects) - self.foreign
+        if n:  # open ones too: a session freed meanwhile holds nothing a counter shows
             parts.append(f"{n} session{'s' if n > 1 else ''} not closed")
+        if self.foreign:
+            parts.append(f"{self.foreign} interposed object{'s' if self.foreign > 1 else ''} not freed")
         return f"bitnet: native objects leaked by {self.nodeid}: " + ", ".join(parts)
 
     def text(self) -> str:
-        lines = [self.headline() + " (after teardown and gc.collect(); close sessions, or mark the test bitnet_allow_leaks)"]
+        lines = [self.headline() + " (after teardown and gc.collect(); close sessions" + (", free or close the objects"
+                 if self.foreign else "") + ", or mark the test bitnet_allow_leaks)"]
         for what, stack in self.objects:
             lines += [f"  {what}, created at (most recent call last):", stack.rstrip()]
         if self.native:
             held = ", ".join(f"{k} +{v}" for k, v in self.native.items())
             lines.append(f"  {held} held by no BitnetSession this test created: the leak is inside the native bridge "
                          "(a per-call function, an error path, or a handle taken through the C ABI did not free what it allocated)")
+        if self.sources:
+            held = ", ".join(f"{k} +{v}" for k, v in self.sources.items())
+            lines.append(f"  {held}: objects made through an interposed native library (fault_inject.interpose) during "
+                         "the test and not freed after its teardown (free them, or close what owns them)")
         if self.custom:
             held = ", ".join(f"{k} +{v}" for k, v in self.custom.items())
             lines.append(f"  {held}: counters of pytest_bitnet_counters (not the bridge's): what they count outlived the test")
@@ -78,7 +87,10 @@ class Leak:
 
 # Frames of pytest's own machinery; a creation stack starts after the last.
 _NOISE: Final = (os.sep + "_pytest" + os.sep, os.sep + "pluggy" + os.sep)
-_ZERO: Final = dict.fromkeys(LEAK_COUNTERS, 0)
+#: The bridge's own live counters (of the built-in ones: the others are
+#: sources registered with the bridge, e.g. an interposed libllama's)
+_BRIDGE: Final = tuple(c for c in COUNTERS if c not in MONOTONIC_COUNTERS)
+_ZERO: Final = dict.fromkeys(_BRIDGE, 0)
 
 
 def _format_stack(stack: traceback.StackSummary) -> str:
@@ -88,27 +100,29 @@ def _format_stack(stack: traceback.StackSummary) -> str:
 
 
 def default_counters() -> dict[str, int]:
-    """The built-in counters, always checked: the bridge's live counters."""
+    """The built-in counters, always checked: every live counter, the bridge's
+    and those of the sources registered with it (an interposed library's)."""
     # Until something loads the bridge nothing native can be alive: a
-    # suite that never touches it never loads it for the leak check.
+    # suite that never touches it never loads it for the leak check (an
+    # interposed library loads it when it attaches).
     if "pytest_bitnet.bridge._native" not in sys.modules:
         return dict(_ZERO)
     from pytest_bitnet.bridge.counters import live_counters
 
-    c = live_counters()
-    return {k: c[k] for k in LEAK_COUNTERS}
+    return {k: v for k, v in live_counters().items() if k not in MONOTONIC_COUNTERS}
 
 
 def counters(run: RunState) -> dict[str, int]:
     """The built-in counters and every pytest_bitnet_counters implementation's."""
     c = default_counters()
+    builtin = tuple(c)
     for extra in run.config.hook.pytest_bitnet_counters():
         for k, v in (extra or {}).items():
             if k in c:
-                what = "the name of a built-in counter" if k in LEAK_COUNTERS else "returned by another implementation too"
+                what = "the name of a built-in counter" if k in builtin else "returned by another implementation too"
                 raise pytest.UsageError(
                     f"pytest_bitnet_counters returned {k!r}, {what}: the built-in counters "
-                    f"({', '.join(LEAK_COUNTERS)}) are always checked, and each implementation's are added to them; "
+                    f"({', '.join(builtin)}) are always checked, and each implementation's are added to them; "
                     "give yours a name of their own"
                 )
             c[k] = int(v)
@@ -174,21 +188,28 @@ def _find(run: RunState, item: pytest.Item, st: TestState, reg: Any, collected: 
                 if k in excess:
                     excess[k] -= v
     leaked = [r for r in own if r.state != reg.CLOSED]
-    # only the bridge's counters can be inside the bridge; the others are the hooks'
-    custom = {k: v for k, v in excess.items() if k not in LEAK_COUNTERS and v > 0}
-    native = {k: v for k, v in excess.items() if k in LEAK_COUNTERS}
+    # only the bridge's counters can be inside the bridge; the others are the
+    # hooks' or a registered source's (in the built-in set, not the bridge's)
+    builtin = set(default_counters())
+    custom = {k: v for k, v in excess.items() if k not in builtin and v > 0}
+    sources = {k: v for k, v in excess.items() if k in builtin and k not in _BRIDGE and v > 0}
+    native = {k: v for k, v in excess.items() if k in _BRIDGE}
     for r in leaked:
         if r.state in (reg.OPEN, reg.PENDING):  # still counted: what it holds is explained
             for k, v in r.footprint.items():
-                if k in native:
-                    native[k] -= v
+                for held in (native, sources):
+                    if k in held:
+                        held[k] -= v
     excess = {k: v for k, v in excess.items() if v > 0}
     native = {k: v for k, v in native.items() if v > 0}
+    sources = {k: v for k, v in sources.items() if v > 0}
     if not leaked and not excess:
         return None
     objects = [(f"{r.what} {_STATE_TEXT[r.state]}" if r.state == reg.OPEN else f"{r.what}: {_STATE_TEXT[r.state]}",
                 _format_stack(r.stack)) for r in leaked]
-    return Leak(item.nodeid, excess, objects, native, custom)
+    # an object a source recorded (a llama model) holds only that source's counters
+    foreign = sum(1 for r in leaked if r.footprint and not any(k in _BRIDGE for k in r.footprint))
+    return Leak(item.nodeid, excess, objects, native=native, sources=sources, custom=custom, foreign=foreign)
 
 
 def _excess(st: TestState, now: dict[str, int]) -> dict[str, int]:

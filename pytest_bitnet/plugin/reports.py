@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from .settings import rerun_flags
 from .state import RunState, TestState
 
 __all__ = ["SECTION", "Collector", "decorate", "header"]
@@ -29,12 +30,15 @@ def header(run: RunState) -> list[str]:
     # and the node id are what reproduce one test.
     if s.inject is not None:
         lines.append(f"bitnet: inject={str(s.inject)!r} ({s.inject_source}), seed={run.seed} ({s.seed_source}); "
-                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed} "
+                     f"reproduce with --bitnet-inject='{s.inject}' --bitnet-seed={run.seed}{''.join(' ' + f for f in rerun_flags(s))} "
                      "(one test: pytest NODEID with the same flags; each test draws from its own seed, "
                      "fault_inject.derive_seed(seed, NODEID))")
     else:
         cancelled = f"inject=none ({s.inject_source}), " if s.inject_source != "default" else ""
         lines.append(f"bitnet: {cancelled}seed={run.seed} ({s.seed_source})")
+    from .interpose import header as interpose_header
+
+    lines += interpose_header(run.config, s.interpose_source)
     if s.diagnostics:
         from pytest_bitnet.bridge.diagnostics import diagnostics, format_text
 
@@ -114,8 +118,14 @@ class Collector:
         tr.write_sep("=", "bitnet")
         for (spec, seed), row in run.fault_rows.items():
             tr.write_line(f"fault spec {spec!r} (seed {seed}) armed in {row['tests']} test(s):")
+            idle = 0
             for point in sorted(row["hits"]):
-                tr.write_line(f"  {point}: {row['hits'][point]} hits, {row['fired'].get(point, 0)} fired")
+                if row["hits"][point] or len(row["hits"]) == 1:
+                    tr.write_line(f"  {point}: {row['hits'][point]} hits, {row['fired'].get(point, 0)} fired")
+                else:
+                    idle += 1  # a pattern's points that no test reached: counted, not listed
+            if idle:
+                tr.write_line(f"  {idle} more point(s) armed, not hit")
             for point, tests in row["never_hit"].items():
                 where = tests[0] + (f" and {len(tests) - 1} more" if len(tests) > 1 else "")
                 tr.write_line(f"  armed but never hit: {point} (in {where})")

@@ -24,7 +24,7 @@ from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
 if TYPE_CHECKING:
     from fault_inject import Resolved
 
-__all__ = ["LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "resolve"]
+__all__ = ["LEAK_MODES", "MARKERS", "OPTIONS", "Settings", "add_options", "check_seed", "check_spec", "check_timeout", "rerun_flags", "resolve", "resolve_early"]
 
 LEAK_MODES: Final = ("strict", "warn", "off")
 
@@ -61,6 +61,11 @@ OPTIONS: Final = (
            "native backend for the run: " + " | ".join(BACKENDS), metavar="NAME"),
     Option("diagnostics", "--bitnet-diagnostics", "bitnet_diagnostics", None,
            "print the native library diagnostics (library, symbols, fallbacks) in the header", kind="bool"),
+    Option("interpose", "--bitnet-interpose", "bitnet_interpose", "BITNET_INTERPOSE",
+           "interpose on an unmodified app's native library, before conftest.py files are imported: 'llama' "
+           "(llama-cpp-python loads an interposing libllama that forwards every call to the real one; fault points "
+           "and counters named by the C function, e.g. llama_decode, llama_*); 'none' or an empty value: off",
+           metavar="KIND"),
 )  # fmt: skip
 
 #: marker name -> description (listed by --markers)
@@ -92,6 +97,14 @@ class Settings:
     backend_source: str = "default"
     diagnostics: bool = False
     diagnostics_source: str = "default"
+    interpose: str | None = None  # a kind of fault_inject.interpose.KINDS; None: off
+    interpose_source: str = "default"
+
+
+def rerun_flags(s: Settings) -> list[str]:
+    """Flags, besides the spec and the seed, without which a rerun could not
+    arm what this run armed: the interposition registers the llama_* points."""
+    return [f"--bitnet-interpose={s.interpose}"] if s.interpose is not None else []
 
 
 def usage(message: str) -> pytest.UsageError:
@@ -133,7 +146,26 @@ def check_spec(value: str, source: str) -> Resolved:
         return validate(value, source=source)
     except (FaultSpecError, UnknownPoint) as exc:
         text = str(exc)
+        if _names_interposed_points(value):  # unknown, since unregistered (a FaultSpecError saying so)
+            text += f"\n{INTERPOSED_POINTS_HINT}"  # after the spec and its caret
         raise usage(text if source in text else f"invalid fault spec from {source}: {text}") from None
+
+
+#: Said when a spec names a llama_* point that is not registered (interposition off).
+INTERPOSED_POINTS_HINT: Final = (
+    "the llama_* points exist only while llama-cpp-python's libllama is interposed: "
+    "--bitnet-interpose=llama (ini bitnet_interpose, env BITNET_INTERPOSE)"
+)
+
+
+def _names_interposed_points(value: str) -> bool:
+    """The spec names a llama_* point while no interposition is active (its points unregistered)."""
+    import sys
+
+    module = sys.modules.get("fault_inject.interpose")
+    if module is not None and getattr(module, "active", lambda: None)() is not None:
+        return False  # registered: the name is wrong, not the setting
+    return any(entry.split("=", 1)[0].strip().startswith("llama_") for entry in str(value).split(";"))
 
 
 #: --bitnet-inject=none (and an empty value): no run-wide spec, whatever the ini file or BITNET_INJECT say
@@ -191,6 +223,28 @@ def check_bool(value: object, source: str) -> bool:
     raise usage(f"invalid value {value!r} from {source}: expected one of {', '.join(_TRUE)} or {', '.join(x for x in _FALSE if x)}")
 
 
+#: --bitnet-interpose=none (and an empty value): off, whatever the ini file or BITNET_INTERPOSE say
+#: (fault_inject.env reads BITNET_INTERPOSE with the same two words)
+NO_INTERPOSE: Final = ("none", "")
+
+
+def check_interpose(value: str, source: str) -> str | None:
+    """The kind to interpose on, or None for off; UsageError otherwise.
+
+    Imports nothing for 'none'; a kind is checked against
+    fault_inject.interpose.KINDS (the one list of what can be interposed).
+    """
+    kind = str(value).strip().lower()
+    if kind in NO_INTERPOSE:
+        return None
+    import_fault_inject()
+    from fault_inject.interpose import KINDS
+
+    if kind not in KINDS:
+        raise usage(f"invalid interpose kind {value!r} from {source}: expected {' | '.join(KINDS)}, or none")
+    return kind
+
+
 _VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "inject": check_run_spec,
     "seed": check_seed,
@@ -198,6 +252,7 @@ _VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "timeout": check_timeout,
     "backend": check_backend,
     "diagnostics": check_bool,
+    "interpose": check_interpose,
 }
 
 
@@ -212,22 +267,41 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(opt.ini, opt.help, type="string", default="")
 
 
-def resolve(config: pytest.Config) -> Settings:
-    """Reads every setting from command line, environment, then ini; validates each."""
+def _raw(config: pytest.Config, opt: Option, cli: Any) -> tuple[Any, str]:
+    """The raw value of one setting and where it came from (None: not set)."""
     import os
 
+    raw, source = cli, opt.flag
+    if raw is None and opt.env and os.environ.get(opt.env, "").strip():
+        raw, source = os.environ[opt.env], opt.env
+    if raw is None:
+        ini = config.getini(opt.ini)
+        if ini not in ("", None):
+            raw, source = ini, f"ini key {opt.ini}" + (f" in {config.inipath}" if config.inipath else "")
+    return raw, source
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Reads every setting from command line, environment, then ini; validates each."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
-        raw: Any = config.getoption(opt.dest)
-        source = opt.flag
-        if raw is None and opt.env and os.environ.get(opt.env, "").strip():
-            raw, source = os.environ[opt.env], opt.env
-        if raw is None:
-            ini = config.getini(opt.ini)
-            if ini not in ("", None):
-                raw, source = ini, f"ini key {opt.ini}" + (f" in {config.inipath}" if config.inipath else "")
+        raw, source = _raw(config, opt, config.getoption(opt.dest))
         if raw is None:
             continue
         values[opt.name] = _VALIDATORS[opt.name](raw, source)
         values[f"{opt.name}_source"] = source
     return Settings(**values)
+
+
+def resolve_early(config: pytest.Config, name: str) -> tuple[Any, str]:
+    """One setting, validated, before the command line is fully parsed
+    (``pytest_load_initial_conftests``): (value, source); (None, "default") when not set.
+
+    Reads the same places in the same order as :func:`resolve`, the command
+    line from ``config.known_args_namespace`` (all that exists that early).
+    """
+    opt = next(o for o in OPTIONS if o.name == name)
+    raw, source = _raw(config, opt, getattr(config.known_args_namespace, opt.dest, None))
+    if raw is None:
+        return None, "default"
+    return _VALIDATORS[name](raw, source), source

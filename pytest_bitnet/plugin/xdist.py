@@ -1,4 +1,10 @@
-"""pytest-xdist: the seed and a state directory to every worker, crashes named.
+"""pytest-xdist: the seed, the interposition and a state directory to every worker, crashes named.
+
+Each worker enables --bitnet-interpose itself, in its own
+``pytest_load_initial_conftests`` (before ``workerinput`` exists: it reads
+the same command line, ini file and environment); the controller sends
+the real library it interposed on, and a worker that interposes on another
+one (or not at all) stops with a usage error.
 
 A worker notes the specs armed for its current test in a file of the
 state directory; when it dies, the controller reads the note and names the
@@ -15,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from . import interpose
+from .settings import rerun_flags
 from .state import RUN, RunState, TestState
 
 __all__ = ["configure", "note_armed", "clear_note", "pytest_configure_node", "pytest_handlecrashitem", "unconfigure"]
@@ -27,6 +35,7 @@ def configure(run: RunState) -> None:
         if run.settings.seed is None and "bitnet_seed" in workerinput:
             run.seed = workerinput["bitnet_seed"]
         run.state_dir = workerinput.get("bitnet_state_dir")
+        interpose.check_worker(run.config, workerinput.get("bitnet_interpose"))
 
 
 def unconfigure(run: RunState) -> None:
@@ -54,6 +63,7 @@ def pytest_configure_node(node: Any) -> None:
         run.state_dir = tempfile.mkdtemp(prefix="bitnet-xdist-")
     node.workerinput["bitnet_seed"] = run.seed
     node.workerinput["bitnet_state_dir"] = run.state_dir
+    node.workerinput["bitnet_interpose"] = interpose.workerinput(run.config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -82,5 +92,6 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     else:
         line = f"{crashitem} crashed the worker with no fault armed"
         repro = f"reproduce: pytest '{crashitem}'"
+    repro += "".join(f" {flag}" for flag in rerun_flags(run.settings))  # the controller's settings are the workers'
     report.longrepr = f"{report.longrepr}\nbitnet: {line}\nbitnet: {repro}"
     report.bitnet = {"crash": f"{line}; {repro}"}  # type: ignore[attr-defined]

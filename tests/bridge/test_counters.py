@@ -127,3 +127,52 @@ def test_finalizers_in_other_threads_while_the_registry_is_read(tiny_model: Path
     # every end recorded once (each delta is the global counters' change across
     # that free, so concurrent frees may each see the others': not summed here)
     assert sorted(e.serial for e in counters.ends(mark)) == [r.serial for r in recs]
+
+
+# ---- sources of counters beside the bridge's ----------------------------------------------
+
+
+def test_a_counter_source_is_merged_and_leak_checked_while_added() -> None:
+    from pytest_bitnet.bridge.counters import LEAK_COUNTERS as imported_early  # as leak checks import it
+
+    value = {"test_widgets": 2}
+    counters.add_source(["test_widgets"], lambda: value)
+    try:
+        assert counters.live_counters()["test_widgets"] == 2
+        assert "test_widgets" in imported_early and imported_early[-1] == "test_widgets"  # a live view
+        before = counters.live_counters()
+        value["test_widgets"] = 3
+        assert counters.delta(before, counters.live_counters()) == {"test_widgets": 1}
+        with pytest.raises(ValueError, match=r"'test_widgets' taken already .*give each counter a name of its own"):
+            counters.add_source(["test_widgets"], lambda: value)
+        with pytest.raises(ValueError, match=r"'contexts' taken already"):
+            counters.add_source(["contexts"], lambda: {"contexts": 0})
+    finally:
+        counters.remove_source(["test_widgets"])
+    assert "test_widgets" not in counters.live_counters()
+    assert tuple(imported_early) == tuple(c for c in counters.COUNTERS if c not in counters.MONOTONIC_COUNTERS)
+
+
+def test_a_source_reading_other_names_is_an_error_naming_it() -> None:
+    counters.add_source(["test_gadgets"], lambda: {"gadgets": 1})
+    try:
+        with pytest.raises(RuntimeError, match=r"counter source \('test_gadgets',\) read \['gadgets'\]"):
+            counters.live_counters()
+    finally:
+        counters.remove_source(["test_gadgets"])
+
+
+def test_an_object_recorded_by_identity_carries_its_stack_and_ends_closed() -> None:
+    previous = counters.track_creation(True)
+    try:
+        mark = counters.watch()
+        serial = counters.record_object("widget 1", {"test_widgets": 1}, skip=0)  # made here
+        [rec] = counters.tracked(mark)
+        assert (rec.serial, rec.what, rec.state, rec.footprint) == (serial, "widget 1", counters.OPEN, {"test_widgets": 1})
+        assert rec.stack[-1].line.endswith("# made here")
+        counters.end_object(serial, {"test_widgets": -1})
+        assert counters.tracked(mark)[0].state == counters.CLOSED
+        assert [(e.serial, e.delta) for e in counters.ends(mark)] == [(serial, {"test_widgets": -1})]
+        counters.unwatch(mark)
+    finally:
+        counters.track_creation(previous)

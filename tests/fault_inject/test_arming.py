@@ -301,6 +301,18 @@ def test_probability_and_count_compose(tiny_model: Path) -> None:
         assert failures == 3 == armed.fired("tokenize.step")
 
 
+def test_summary_lists_the_points_hit_and_counts_the_rest_of_a_pattern(tiny_model: Path) -> None:
+    with bn.BitnetSession.create(tiny_model) as session:
+        armed = fi.arm("*=off", seed=1)
+        session.tokenize("hello")
+        report = armed.disarm()
+    text = report.summary()
+    assert text.startswith("*=off (seed 1): ") and "tokenize.fill: 1 hits, 0 fired" in text
+    idle = sum(1 for r in report.points.values() if not r.hits)
+    assert idle > 20 and text.endswith(f"; {idle} more armed, not hit")
+    assert "eval.fill" not in text  # a point nothing reached is counted, not listed
+
+
 def test_random_seed_is_recorded() -> None:
     armed = fi.arm("eval_gpu=25%fail")
     assert isinstance(armed.seed, int)

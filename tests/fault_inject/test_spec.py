@@ -180,6 +180,32 @@ def test_wildcard_expands_to_registered_points() -> None:
     assert "dlsym.bitnet_cpp_init_context" in ce.points and len(ce.points) >= 15
 
 
+def test_wildcard_arms_only_the_points_that_perform_its_actions() -> None:
+    # `*=hang` hangs every point that can hang; `alloc` cannot (an
+    # allocation has no deadline to wait for) and is left out, not refused.
+    (ce,) = resolve("*=hang")
+    assert "alloc" not in ce.points and "alloc" in ce.skipped
+    assert set(ce.points) | set(ce.skipped) == {p.name for p in fi.points()}
+    assert {"tokenize.fill", "session.eval", "dlopen"} <= set(ce.points)
+    # every action of the chain counts: `grow` is performed by the fill passes only
+    (ce,) = resolve("*=1*grow->fail")
+    assert {"tokenize.fill", "detokenize.fill", "eval.fill"} <= set(ce.points)
+    assert not {"alloc", "tokenize.query", "dlopen"} & set(ce.points)
+    # a point skipped by one pattern may be armed by another entry
+    ce1, ce2 = resolve("*=hang;alloc=oom")
+    assert "alloc" not in ce1.points and ce2.points == ("alloc",)
+
+
+def test_wildcard_whose_points_cannot_perform_the_action_is_refused() -> None:
+    with pytest.raises(S.FaultSpecError) as info:
+        resolve("dlsym.*=grow")
+    assert "none of the" in str(info.value) and "matched by 'dlsym.*' performs 'grow'" in str(info.value)
+    assert info.value.column == 1
+    # naming the point stays an error about that point
+    with pytest.raises(S.FaultSpecError, match="'alloc' does not support 'hang'"):
+        resolve("alloc=hang")
+
+
 def test_point_armed_twice_in_one_spec() -> None:
     with pytest.raises(S.FaultSpecError, match="point 'session.eval' is armed twice"):
         resolve("session.*=fail;session.eval=off")

@@ -41,6 +41,9 @@ ALLOWED: dict[str, set[str]] = {
     "bridge": {"include", "common", "fault", "reference", "check", "bridge"},
     # the llama.cpp adapter: a separate shared library built against the ABI headers alone
     "llama": {"include"},
+    # the interposing libllama: a separate shared library over the ABI headers; it places no point of
+    # points.def but reads the layout fault_eval hands back from bn_fault.h
+    "interpose": {"include", "interpose"},
 }
 
 # Headers any layer may include whatever ALLOWED says: placing points (see the docstring).
@@ -50,7 +53,7 @@ POINT_HEADERS = {"bn_fault.h"}
 PRIVATE = {"fault_internal.h": "fault"}
 
 # Quoted includes that are not ours: the header of the library the adapter links.
-EXTERNAL = {("llama", "llama.h"), ("llama", "ggml-backend.h")}
+EXTERNAL = {("llama", "llama.h"), ("llama", "ggml-backend.h"), ("interpose", "llama.h")}
 
 INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"]+)[>"]', re.M)
 

@@ -114,6 +114,15 @@ def test_header_summary_and_junit(pytester: pytest.Pytester) -> None:
     assert '<property name="bitnet_never_hit" value="tokenize.fill" />' in xml
 
 
+def test_summary_of_a_pattern_counts_the_points_no_test_reached(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_tok(bitnet_session):\n    bitnet_session.tokenize('x')\n")
+    result = pytester.runpytest("--bitnet-inject=*=off", "--bitnet-seed=3")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["fault spec '[*]=off' (seed 3) armed in 1 test(s):", "  tokenize.fill: 1 hits, 0 fired",
+                                 "  * more point(s) armed, not hit"])
+    assert "eval.fill: 0 hits" not in result.stdout.str()
+
+
 def test_hooks_fault_fired_and_leak_found(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
