@@ -222,7 +222,7 @@ def test_a_leaked_interposed_object_fails_the_leak_check_naming_its_line(fake: P
     """))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1, text
     assert "2 passed, 1 error" in text, text  # the leak check fails the parking test's teardown
