@@ -2,8 +2,9 @@
 
     python tests/interpose/sweep_driver.py MODELS_JSON [SCENARIO ...]
 
-MODELS_JSON names the models ({"tiny": path, "chat": path}: the project's
-tiny bitnet TQ2_0 model, and the same with a tokenizer.chat_template).
+MODELS_JSON names the models ({"tiny": path, "chat": path, "lora": path}: the
+project's tiny bitnet TQ2_0 model, the same with a tokenizer.chat_template,
+and a LoRA adapter GGUF for it).
 Enables the interposer *before* importing llama_cpp (llama-cpp-python binds
 its library once, at import), runs each scenario (all by default) and
 prints one JSON object: scenario -> its sweep report (or probe result).
@@ -107,6 +108,15 @@ def metadata() -> None:
         )
 
 
+def load_with_lora() -> None:
+    # Llama(lora_path=...): llama_adapter_lora_init, then llama_set_adapters_lora
+    llm = Llama(model_path=MODELS["tiny"], lora_path=MODELS["lora"], n_ctx=64, n_threads=1, verbose=False)
+    try:
+        complete(llm)
+    finally:
+        llm.close()
+
+
 def save_state() -> None:
     SHARED.reset()
     SHARED.eval(REF_TOKENS[:4])
@@ -136,6 +146,7 @@ SWEEPS: dict[str, tuple[str, str, Callable[[], object], bool]] = {
     "metadata_key_fail": ("llama_model_meta_key_by_index", "fail", metadata, False),
     "sampler_chain": ("llama_sampler_chain_init", "fail", load_and_complete, True),
     "sampler_greedy": ("llama_sampler_init_greedy", "fail", load_and_complete, True),
+    "lora": ("llama_adapter_lora_init", "fail", load_with_lora, True),
     "state_save": ("llama_state_get_data", "fail", save_state, False),
     "state_load": ("llama_state_set_data", "fail", load_state, False),
 }
@@ -184,7 +195,22 @@ def probe_chat_template() -> dict[str, Any]:
     return {"hits": hits}
 
 
+def probe_lora_counted() -> dict[str, Any]:
+    """A LoRA adapter made through the interposer is counted while its Llama lives, and freed by close()."""
+    import pytest_bitnet as bn
+
+    base = bn.live_counters()["llama_adapters"]
+    with fi.inject("llama_adapter_lora_init=off;llama_adapter_lora_free=off") as armed:
+        llm = Llama(model_path=MODELS["tiny"], lora_path=MODELS["lora"], n_ctx=64, n_threads=1, verbose=False)
+        alive = bn.live_counters()["llama_adapters"] - base
+        text = complete(llm)
+        llm.close()
+        hits = armed.hits()
+    return {"alive": alive, "after_close": bn.live_counters()["llama_adapters"] - base, "hits": hits, "text": text}
+
+
 PROBES: dict[str, Callable[[], dict[str, Any]]] = {
+    "lora_counted": probe_lora_counted,
     "tokenize_fail": probe_tokenize_fail,
     "chat_template": probe_chat_template,
 }

@@ -9,6 +9,11 @@ fails, llama-cpp-python has fixed it -- update FINDINGS.md.
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,3 +93,25 @@ def test_f3_token_to_piece_returns_the_whole_buffer(make_model: Callable[..., Pa
         assert got == piece + b"\0" * (PIECE_BUFFER - len(piece))
     finally:
         llm.close()
+
+
+def test_f10_an_unreadable_lora_file_crashes_the_first_completion(make_model: Callable[..., Path], tmp_path: Path) -> None:
+    # llama_adapter_lora_init's NULL for a file that is not an adapter is
+    # never seen (`is None` on a POINTER(c_void_p) result): instead of
+    # "Failed to initialize LoRA adapter", Llama(...) succeeds and the first
+    # completion segfaults.  In a child process: it is a crash.
+    bogus = tmp_path / "not-an-adapter.gguf"
+    bogus.write_bytes(b"not a gguf file")
+    code = textwrap.dedent(f"""
+        import llama_cpp
+        llm = llama_cpp.Llama(model_path={str(make_model(arch="bitnet", seed=0))!r}, lora_path={str(bogus)!r},
+                              n_ctx=32, n_threads=1, verbose=False)
+        print("constructed", bool(llm._lora_adapter), llm._lora_adapter is None, flush=True)
+        llm("hello", max_tokens=2)
+        print("completed", flush=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_LIB_PATH", "BITNET_INTERPOSE", "BITNET_INJECT")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.stdout.splitlines() == ["constructed False False"], (proc.stdout, proc.stderr[-2000:])
+    crashed = {-signal.SIGSEGV, -signal.SIGABRT} if "libasan" in os.environ.get("LD_PRELOAD", "") else {-signal.SIGSEGV}
+    assert proc.returncode in crashed, (proc.returncode, proc.stderr[-2000:])

@@ -59,7 +59,35 @@ class Sweeps:
 def sweeps(make_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Sweeps:
     tiny = make_model(arch="bitnet", seed=0)
     chat = Gguf.read(tiny).set("tokenizer.chat_template", CHAT_TEMPLATE, vtype=GGUF_STRING)
-    return Sweeps({"tiny": str(tiny), "chat": str(chat.write(tmp_path_factory.mktemp("chat") / "chat.gguf"))})
+    lora = write_lora_adapter(tiny, tmp_path_factory.mktemp("lora") / "lora.gguf")
+    return Sweeps({"tiny": str(tiny), "chat": str(chat.write(tmp_path_factory.mktemp("chat") / "chat.gguf")),
+                   "lora": str(lora)})
+
+
+def write_lora_adapter(base: Path, out: Path, rank: int = 4) -> Path:
+    """A LoRA adapter GGUF for base (llama.cpp's layout: general.type
+    "adapter", adapter.type "lora", a lora_a/lora_b pair per adapted weight;
+    here the attention queries, small random values)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(base))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", 8.0)
+    rng = np.random.default_rng(0)
+    for t in reader.tensors:
+        if t.name.endswith("attn_q.weight"):
+            n_in, n_out = int(t.shape[0]), int(t.shape[1])  # ne0, ne1
+            w.add_tensor(t.name + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.01).astype(np.float32))
+            w.add_tensor(t.name + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.01).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
 
 
 def fired(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -106,6 +134,14 @@ def test_tokenize_short_buffer_is_retried(sweeps: Sweeps) -> None:
 
 def test_state_load_failure_is_clean(sweeps: Sweeps) -> None:
     assert_clean(sweeps["state_load"], "RuntimeError", "Failed to set llama state data")
+
+
+def test_lora_adapter_is_counted_and_freed(sweeps: Sweeps) -> None:
+    # with nothing failing, the adapter made through the interposer is live
+    # while its Llama is, and close() frees it
+    probe = sweeps["lora_counted"]
+    assert probe["alive"] == 1 and probe["after_close"] == 0, probe
+    assert probe["hits"] == {"llama_adapter_lora_init": 1, "llama_adapter_lora_free": 1}, probe
 
 
 def test_chat_templates_never_reach_libllama(sweeps: Sweeps) -> None:
@@ -175,6 +211,17 @@ def test_f7_a_null_sampler_crashes_the_process(sweeps: Sweeps, scenario: str) ->
     its = fired(report)
     # Under the sanitizer pass (.ci/sanitize preloads ASan into every child)
     # ASan catches the SIGSEGV, reports it and aborts: the crash is SIGABRT.
+    expected = {"SIGSEGV", "SIGABRT"} if "libasan" in os.environ.get("LD_PRELOAD", "") else {"SIGSEGV"}
+    assert its[0]["outcome"] == "crash" and its[0]["error"] in expected, report["text"]
+
+
+def test_f10_a_null_lora_adapter_crashes_at_the_first_completion(sweeps: Sweeps) -> None:
+    # Llama.__init__ checks `adapter is None`, but the binding's restype is
+    # POINTER(c_void_p): a NULL comes back as a falsy pointer object, never
+    # None.  The NULL adapter is set on the context and the first decode
+    # dereferences it.
+    report = sweeps["lora"]
+    its = fired(report)
     expected = {"SIGSEGV", "SIGABRT"} if "libasan" in os.environ.get("LD_PRELOAD", "") else {"SIGSEGV"}
     assert its[0]["outcome"] == "crash" and its[0]["error"] in expected, report["text"]
 
