@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
-from . import counters, errors, native_log
+from . import counters, deadlines, errors, native_log
 from ._calls import bytes_two_pass, copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
 from .capabilities import Capabilities, context_capabilities
@@ -219,6 +219,8 @@ class BitnetSession:
             self.n_vocab = self.n_ctx = None
         # nobody else has the handle yet: it cannot be stale here
         self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
+        # "honoured", or why a timeout cannot stop a call into this library
+        self.backend_info["deadlines"] = deadlines.created(self._ctx, self.backend_info["create"])
         counters.record(self, self._serial, before)
         return self
 
