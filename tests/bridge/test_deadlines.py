@@ -25,6 +25,10 @@ from pytest_bitnet.bridge.llama import configured
 
 from ..native_builds import build_library
 
+# These tests make unbounded sessions on purpose: the plugin's one-time
+# warning of them (tests/plugin/test_deadlines.py) is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest_bitnet.plugin.BitnetUnboundedCallsWarning")
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
