@@ -230,8 +230,7 @@ static void attach_host(bn_library *lib)
                "%s took deadlines and logging but declined fault points "
                "(they stay inert inside it): %s",
                lib->path, library_error(lib, why, sizeof why));
-    else {
-        /* rc > 0 took deadlines and declined only the fault part: bounded */
+    else { /* (rc > 0 above took deadlines, declining only faults: bounded) */
         library_error(lib, why, sizeof why);
         snprintf(lib->unbounded, sizeof lib->unbounded,
                  "%s refused the host table of bitnet_host_attach (%s: "
