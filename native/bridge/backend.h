@@ -18,6 +18,11 @@
 typedef struct bn_backend {
     const char *name; /* "reference", "dlopen:<path>", ... */
     int embedded;     /* shares this module's last error and deadline */
+    /* NULL when the caller's deadline and cancellation reach inside its
+     * calls (embedded, or a library that took bitnet_host_attach's table);
+     * else why they stop at its boundary, one clause naming the library
+     * (loader.c writes it when the library is attached) */
+    const char *unbounded;
 
     int (*init_context)(void **out_ctx, const char *model_path, int32_t n_ctx,
                         int32_t n_gpu_layers, char *err, int32_t err_len);

@@ -48,6 +48,15 @@ static void put_error(report *r, const char *msg)
     put(r, "\n");
 }
 
+/* Whether deadlines reach inside the library (bn_backend.unbounded). */
+static void put_deadlines(report *r, const char *unbounded)
+{
+    if (unbounded)
+        put(r, "deadlines\tnot honoured\t%s\n", unbounded);
+    else
+        put(r, "deadlines\thonoured\n");
+}
+
 /* The fallback tier's name as the report shows it, without loading it. */
 static const char *fallback_label(const resolved *r)
 {
@@ -127,6 +136,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                 put(&rep, "library\t%s\n", bn_library_path(lib));
                 put(&rep, "abi\t%d\t%d\n", (int)bn_library_abi(lib), BITNET_ABI_VERSION);
                 put(&rep, "version\t%s\n", bn_library_version(lib));
+                put_deadlines(&rep, bn_library_backend(lib)->unbounded);
             }
             for (int i = 0; i < BN_SYM__N; i++) {
                 const bn_symbol_info *s = &bn_socket_symbols[i];
@@ -143,6 +153,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
             put(&rep, "library\t(embedded %s)\n", r.backend);
             put(&rep, "abi\t%d\t%d\n", BITNET_ABI_VERSION, BITNET_ABI_VERSION);
             put(&rep, "version\t%s\n", bitnet_cpp_version());
+            put_deadlines(&rep, NULL); /* embedded: the bridge's own step points */
             if (r.kind == BN_BACKEND_STUB)
                 put(&rep, "error\tSTUB mode: no backend serves any call\n");
         }

@@ -310,6 +310,25 @@ BITNET_API int32_t bitnet_bridge_served_by(const bitnet_context_t *ctx,
     return n >= 0 ? n : bad_handle("context");
 }
 
+BITNET_API int32_t bitnet_bridge_deadlines(const bitnet_context_t *ctx,
+                                           char *buf, int32_t buf_len)
+{
+    int32_t n = -1;
+    bn_lock(&reg.lock);
+    slot *s = find(ctx, KIND_CONTEXT);
+    if (s) {
+        const bn_context *c = s->obj;
+        /* the library serves create and free whatever the routing, so it
+         * decides first; a fallback tier serving the rest decides next */
+        const char *why = c->be->unbounded;
+        if (!why && c->fb)
+            why = c->fb->unbounded;
+        n = copy_out(why ? why : "", buf, buf_len);
+    }
+    bn_unlock(&reg.lock);
+    return n >= 0 ? n : bad_handle("context");
+}
+
 BITNET_API int bitnet_bridge_cancel(const bitnet_context_t *ctx)
 {
     /* under the lock: the context cannot be freed while the flag is set,

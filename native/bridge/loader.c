@@ -51,6 +51,10 @@ struct bn_library {
     void *syms[BN_SYM__N]; /* indexed by bn_symbol; NULL: missing */
     int32_t abi;
     char version[128];
+    /* why the caller's deadlines stop at its boundary ("" when its
+     * bitnet_host_attach took the host's table): written once, when it is
+     * cached (attach_host), read through be.unbounded */
+    char unbounded[PATH_MAX + 1100];
     bn_backend be;
     const bn_library *base; /* a view: the cached library it narrows */
     bn_library *next;       /* the cache list */
@@ -138,6 +142,7 @@ static void fill_backend(bn_library *lib)
     bn_backend *be = &lib->be;
     snprintf(lib->name, sizeof lib->name, "dlopen:%s", lib->path);
     be->name = lib->name;
+    be->unbounded = lib->unbounded[0] ? lib->unbounded : NULL;
 #define SYM(field, sym) be->field = (__typeof__(be->field))lib->syms[BN_SYM_##sym]
     SYM(init_context, bitnet_cpp_init_context);
     SYM(free_context, bitnet_cpp_free_context);
@@ -190,12 +195,22 @@ static const char *library_error(const bn_library *lib, char *buf, size_t cap)
 
 /* Lends the bridge's deadlines, logging and fault engine to a library that
  * exports bitnet_host_attach (bitnet_host.h).  Once per library: when it
- * is cached (a handle is cached once). */
-static void attach_host(const bn_library *lib)
+ * is cached (a handle is cached once).  What came of it for deadlines is
+ * the library's lib->unbounded: the loader is the one place that knows
+ * whether a call into the library can be stopped at the caller's deadline
+ * (bitnet_bridge_deadlines, describe).  A library that attached is taken
+ * at its word that it polls the table's deadline_check. */
+static void attach_host(bn_library *lib)
 {
+    lib->unbounded[0] = '\0';
     bitnet_host_attach_fn attach =
         (bitnet_host_attach_fn)dlsym(lib->handle, "bitnet_host_attach");
     if (!attach) {
+        snprintf(lib->unbounded, sizeof lib->unbounded,
+                 "%s does not export bitnet_host_attach (bitnet_host.h), so "
+                 "the caller's deadline and cancellation never reach inside "
+                 "its calls",
+                 lib->path);
         BN_LOG(BN_LOG_DEBUG, "loader",
                "%s does not export bitnet_host_attach: the caller's "
                "deadlines, bridge logging and fault points stop at its "
@@ -215,12 +230,18 @@ static void attach_host(const bn_library *lib)
                "%s took deadlines and logging but declined fault points "
                "(they stay inert inside it): %s",
                lib->path, library_error(lib, why, sizeof why));
-    else
+    else { /* (rc > 0 above took deadlines, declining only faults: bounded) */
+        library_error(lib, why, sizeof why);
+        snprintf(lib->unbounded, sizeof lib->unbounded,
+                 "%s refused the host table of bitnet_host_attach (%s: "
+                 "%.900s), so the caller's deadline and cancellation never "
+                 "reach inside its calls",
+                 lib->path, bn_error_name(rc), why);
         BN_LOG(BN_LOG_WARN, "loader",
                "%s refused the host table (%s): %s; the caller's deadlines, "
                "bridge logging and fault points stop at its boundary",
-               lib->path, bn_error_name(rc),
-               library_error(lib, why, sizeof why));
+               lib->path, bn_error_name(rc), why);
+    }
 }
 
 /* Socket 4 complete in syms (removed[i] set: missing for this load). */
@@ -321,8 +342,8 @@ static int cache_library(void *h, const char *path, const char *key,
         BN_LOG(BN_LOG_INFO, "loader",
                "%s does not export bitnet_cpp_abi_version; assuming ABI %d",
                lib->path, BITNET_ABI_VERSION);
-    fill_backend(lib);
     attach_host(lib); /* before the first call into it, as promised */
+    fill_backend(lib); /* after: it carries what attach_host found */
     lib->next = libs.head;
     libs.head = lib;
     libs.n_cached++;
@@ -474,6 +495,7 @@ static int hand_out(const loaded *res, bn_library **out)
     /* a name handed out must outlive the view (bitnet_bridge_backend_name
      * promises static storage): the cached library's */
     v->be.name = res->lib->name;
+    v->be.unbounded = res->lib->be.unbounded;
     atomic_fetch_add(&n_views, 1);
     *out = v;
     return BITNET_OK;

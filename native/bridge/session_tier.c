@@ -125,6 +125,7 @@ int bn_session_tier_open(const bn_backend *be, void **impl,
     t->ops = (bn_backend){
         .name = be->name,
         .embedded = 0,
+        .unbounded = be->unbounded,
         .free_context = st_free,
         .tokenize_with_context = st_tokenize,
         .eval_with_context = st_eval,

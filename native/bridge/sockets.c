@@ -134,7 +134,17 @@ BITNET_API int bitnet_cpp_init_context(bitnet_context_t **out_ctx,
 /* The handle stays registered (and the context busy, so no other call
  * starts on it) until every backend context is gone: a failure anywhere
  * leaves it valid for the retry, with nothing to register again (which
- * could itself fail, and lose the context for good). */
+ * could itself fail, and lose the context for good).
+ *
+ * The free runs under the caller's deadline (issue 15: close() has a
+ * deadline too), up to where it can still be refused whole: the
+ * free_context point, before anything is released (a `delay` or `hang`
+ * there ends at the deadline, the context kept for a retry).  The
+ * backends' frees then run to the end outside it: one stopped halfway
+ * would leave a library's context half released, which no retry could
+ * finish.  No cancel flag: most frees have nobody left who could cancel
+ * them (a binding's finalizer, a retry of a dropped context), so a hang
+ * without a deadline is refused at once instead of waiting for ever. */
 BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
     BN_ERROR_WHERE("free");
@@ -145,7 +155,11 @@ BITNET_API int bitnet_cpp_free_context(bitnet_context_t *ctx)
     bn_context *c = bn_context_enter(ctx, 1, &rc);
     if (!c)
         return rc;
-    if ((rc = BN_FAULT(FREE_CONTEXT)))
+    call_scope scope;
+    bn_scope_enter(&scope, NULL, "free_context");
+    rc = BN_FAULT(FREE_CONTEXT);
+    bn_scope_leave(&scope);
+    if (rc)
         goto keep;
     if (c->fb_impl) {
         if ((rc = bn_failed(c->fb, c->fb->free_context(c->fb_impl), NULL, 0)))

@@ -81,6 +81,16 @@ BITNET_API int32_t bitnet_bridge_served_by(const bitnet_context_t *ctx,
                                            const char *operation, char *buf,
                                            int32_t buf_len);
 
+/* Whether the caller's deadline and cancellation (below) reach inside the
+ * calls of the libraries serving ctx: "" (length 0) when they do -- the
+ * embedded engines, and a loaded library that took the bridge's table
+ * through bitnet_host_attach (bitnet_host.h) -- else why not, one clause
+ * naming the library ("/x/libbitnet.so does not export bitnet_host_attach
+ * ...").  A call into such a library returns when the library returns,
+ * whatever the deadline.  The same copy contract as the two above. */
+BITNET_API int32_t bitnet_bridge_deadlines(const bitnet_context_t *ctx,
+                                           char *buf, int32_t buf_len);
+
 /* Socket 6 of a backend: what the library serving ctx (the backend it was
  * created with), or the backend the options select (loaded if need be),
  * reports it can use; bitnet_cpp_get_capabilities is the latter with
@@ -152,6 +162,8 @@ BITNET_API const void *bitnet_bridge_host_table(void);
  *   library\t<path>
  *   abi\t<found>\t<expected>
  *   version\t<text>
+ *   deadlines\thonoured | deadlines\tnot honoured\t<why>  (as
+ *            bitnet_bridge_deadlines says it; absent when nothing loaded)
  *   symbol\t<name>\t<required|optional>\t<found|missing>\t<served by>
  *   error\t<message>
  * Returns the length written (without NUL), or a negative code. */

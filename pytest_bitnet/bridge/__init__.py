@@ -11,6 +11,7 @@ Public modules (what :mod:`fault_inject`, the plugin and users may import):
 ``settings``      defaults: the environment, read once, and configure() for a harness
 ``native_log``    native log lines into ``logging``; the native threshold
 ``diagnostics``   what the bridge would load and why
+``deadlines``     whether a session's calls can be bounded in process; who is told when not
 ``faults``        the native fault registry and engine, in Python values
 ``abi``           the C ABI itself, for tests below the Python API
 ``llama``         finding libllama and building the llama.cpp adapter

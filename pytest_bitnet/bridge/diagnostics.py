@@ -14,7 +14,7 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from . import errors, native_log, settings
+from . import deadlines, errors, native_log, settings
 from ._native import Options, bundled_library, ffi, lib
 from .capabilities import capabilities
 
@@ -42,7 +42,12 @@ def _version(dist: str) -> str | None:
 
 
 def diagnostics(backend: str | None = None, library_path: str | None = None) -> dict[str, Any]:
-    """A JSON-serialisable report; ``report["ok"]`` is False when a required part is missing."""
+    """A JSON-serialisable report; ``report["ok"]`` is False when a required part is missing.
+
+    ``report["deadlines"]``: whether a timeout can stop a call into the
+    library in process, as a session's ``backend_info["deadlines"]`` says it
+    (absent when no library could be loaded).
+    """
     report: dict[str, Any] = {
         "env": settings.environment(),
         "tried": [],
@@ -63,6 +68,9 @@ def diagnostics(backend: str | None = None, library_path: str | None = None) -> 
             report["errors"].append(rest)
         elif kind in ("mode", "fallback", "library", "version"):
             report[kind] = rest
+        elif kind == "deadlines":
+            # as backend_info["deadlines"] says it for a session of this library
+            report["deadlines"] = deadlines.text(fields[1] if fields[0] != deadlines.HONOURED else "")
         elif kind == "force_fallback":
             report["force_fallback"] = rest == "1"
     report["build"] = {
@@ -103,6 +111,7 @@ def format_text(report: dict[str, Any]) -> str:
     if "abi" in report:
         out.append(f"abi             found {report['abi']['found']}, expected {report['abi']['expected']}")
     out.append(f"version         {report.get('version', '-')}")
+    out.append(f"deadlines       {report.get('deadlines', 'unknown (no library loaded)')}")
     if report["tried"]:
         out.append("library search:")
         out += [f"  {t['path']}: {t['result']}" for t in report["tried"]]

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
-from . import counters, errors, native_log
+from . import counters, deadlines, errors, native_log
 from ._calls import bytes_two_pass, copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
 from .capabilities import Capabilities, context_capabilities
@@ -219,6 +219,8 @@ class BitnetSession:
             self.n_vocab = self.n_ctx = None
         # nobody else has the handle yet: it cannot be stale here
         self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
+        # "honoured", or why a timeout cannot stop a call into this library
+        self.backend_info["deadlines"] = deadlines.created(self._ctx, self.backend_info["create"])
         counters.record(self, self._serial, before)
         return self
 
@@ -228,7 +230,7 @@ class BitnetSession:
     def closed(self) -> bool:
         return self._ctx is None
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Frees the native context.  Idempotent, also from several threads.
 
         Raises CleanupFailed when the native free fails; the session then
@@ -236,12 +238,19 @@ class BitnetSession:
         exception's ``session`` is this session, for a handler that no
         longer holds it.  A session never closed is freed by its finalizer;
         see the module docstring for what happens when that fails.
+
+        timeout (default: the session's) bounds the free as far as the
+        library lets it be stopped without leaving it half freed: a free
+        that has not started releasing by then fails (CleanupFailed, cause
+        OperationTimeout) and can be retried.
         """
+        seconds = self._timeout(timeout)
         with self._close_lock:
             if self._ctx is None:
                 return
             before = counters.snapshot()
-            rc = lib.bitnet_cpp_free_context(self._ctx)
+            with deadline(seconds):
+                rc = lib.bitnet_cpp_free_context(self._ctx)
             if rc:
                 # Whatever stopped the free, the caller's question is "is it
                 # freed?": CleanupFailed (the class says retry), naming the
@@ -249,9 +258,14 @@ class BitnetSession:
                 params: dict[str, Any] = {"model_path": self.model_path}
                 if rc not in (lib.BITNET_E_CLEANUP, lib.BITNET_E_INVALID_HANDLE):
                     params["cause"] = errors.error_for_code(rc).__name__
+                hint = None
+                if rc == lib.BITNET_E_TIMEOUT:
+                    params["timeout"] = seconds
+                    hint = ("nothing was freed and the session is still open: call close() again, with a longer "
+                            "timeout= if the free needs more time")
                 try:
                     raise_native(rc if rc == lib.BITNET_E_INVALID_HANDLE else lib.BITNET_E_CLEANUP, "close", None,
-                                 parameters=params)
+                                 parameters=params, hint=hint)
                 except errors.CleanupFailed as exc:
                     exc.session = self
                     raise

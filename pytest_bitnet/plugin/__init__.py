@@ -12,6 +12,7 @@ that do the work:
 ``fixtures``   bitnet_inject, bitnet_model, bitnet_session, bitnet_counters
 ``xdist``      seed and state to workers, crashes named
 ``interpose``  --bitnet-interpose: the interposing libllama, enabled before conftests
+``deadlines``  the one-time warning for a library whose calls no timeout can stop
 ``hookspecs``  the hooks the plugin calls (for conftest.py files)
 ``matrix``     the error-path matrix as pytest items (``-p pytest_bitnet.matrix``)
 
@@ -27,12 +28,14 @@ from typing import Any
 
 import pytest
 
-from . import faults, interpose, leaks, reports, settings, xdist
+from . import deadlines, faults, interpose, leaks, reports, settings, xdist
+from .deadlines import BitnetUnboundedCallsWarning
 from .fixtures import bitnet_counters, bitnet_inject, bitnet_model, bitnet_session
 from .state import RUN, TEST, RunState, TestState
 from .xdist import pytest_configure_node, pytest_handlecrashitem
 
 __all__ = [
+    "BitnetUnboundedCallsWarning",
     "bitnet_counters",
     "bitnet_inject",
     "bitnet_model",
@@ -90,6 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
     interpose.sync_timeout(config)
     faults.configure(run)
     leaks.configure(run)
+    deadlines.configure(config)
     config.pluginmanager.register(reports.Collector(run), "bitnet-run")
 
 
@@ -100,6 +104,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if run.unsubscribe is not None:
         run.unsubscribe()
     leaks.unconfigure(run)
+    deadlines.unconfigure(config)
     if run.previous_defaults is not None:
         from pytest_bitnet.bridge import settings as bridge_settings
 
@@ -135,6 +140,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     st = TestState(leak_mode=run.settings.leak_check)
     item.stash[TEST] = st
     run.current = st
+    deadlines.start(item)
     try:
         faults.start(run, item, st)
     except pytest.UsageError as exc:
@@ -148,6 +154,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     leaks.start(run, st)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        # sessions the test (or its fixtures' setup) created, warned of as its own
+        deadlines.warn_pending(item)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     try:
@@ -155,7 +170,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         # After every fixture's teardown (function scope, and higher scopes
         # ending here): the leak check sees only what outlived the test.
-        _finish(item)
+        try:
+            _finish(item)
+        finally:
+            deadlines.warn_pending(item, ended=True)
 
 
 def _finish(item: pytest.Item) -> None:

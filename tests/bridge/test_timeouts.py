@@ -185,3 +185,71 @@ def test_a_deadline_inside_a_long_matmul_ends_it(make_model: Callable[..., Path]
         assert time.monotonic() - start < full / 2 + LATE
         assert s.n_past() == 0
         np.testing.assert_array_equal(s.evaluate(tokens[:4]), s.evaluate(tokens[:4], seq_id=1))
+
+
+# ---- close() has a deadline too (issue 15) --------------------------------------------------
+#
+# A free is bounded up to where it can still be refused whole (before the
+# backend releases anything): a free_context point that is slow or hangs
+# ends at the deadline, the session stays open and counted, and a retry
+# frees it.
+
+
+def _live() -> dict[str, int]:
+    c = bn.live_counters()
+    return {k: c[k] for k in ("contexts", "models", "bytes", "allocations")}
+
+
+def test_close_hanging_in_free_ends_at_the_sessions_timeout(tiny_model: Path) -> None:
+    base = _live()
+    s = bn.BitnetSession.create(tiny_model, timeout=0.2)
+    with fi.inject("free_context=hang") as armed:
+        t0 = time.perf_counter()
+        with pytest.raises(errors.CleanupFailed, match="free_context timed out") as info:
+            s.close()
+        took = time.perf_counter() - t0
+        assert armed.fired("free_context") == 1
+    assert 0.2 <= took < 0.2 + LATE
+    ctx = info.value.context
+    assert ctx.parameters["cause"] == "OperationTimeout" and ctx.parameters["timeout"] == 0.2
+    assert "call close() again" in str(info.value)  # how to fix
+    assert info.value.session is s and not s.closed  # still open and counted, nothing freed
+    assert _live()["contexts"] == base["contexts"] + 1
+    assert len(s.tokenize("still usable")) > 1
+    s.close()  # the retry, nothing armed: freed
+    assert s.closed and _live() == base
+
+
+def test_close_timeout_argument_bounds_a_slow_free(tiny_model: Path) -> None:
+    # the session's own timeout is none: close(timeout=) gives the free its own
+    base = _live()
+    s = bn.BitnetSession.create(tiny_model, timeout=math.inf)
+    with fi.inject("free_context=delay(5000)"):
+        t0 = time.perf_counter()
+        with pytest.raises(errors.CleanupFailed, match="free_context timed out"):
+            s.close(timeout=0.1)
+        assert time.perf_counter() - t0 < 0.1 + LATE
+        assert not s.closed
+    with fi.inject("free_context=delay(50)"):
+        s.close(timeout=10)  # a slow free within its budget frees
+    assert s.closed and _live() == base
+
+
+def test_close_with_no_deadline_refuses_to_hang(tiny_model: Path) -> None:
+    # No cancel flag reaches a free (a finalizer's free has nobody left to
+    # cancel it): with no deadline a hang is refused at once, never waited
+    # for.  In a child the sweep kills if it hangs after all.
+    def create_and_close() -> None:
+        s = bn.BitnetSession.create(tiny_model, n_ctx=64, timeout=math.inf)
+        try:
+            s.close()
+        except errors.CleanupFailed:
+            s.close()  # the retry (the hang was for one hit only): nothing leaked
+            raise
+
+    report = fi.sweep("free_context", create_and_close, action="hang", fork=True, timeout=30.0, stop_on_failure=True)
+    assert report.ok, report.describe()
+    fired = [it for it in report.iterations if it.fired]
+    assert len(fired) == 1
+    assert fired[0].error == "CleanupFailed" and "refusing to hang in free_context" in fired[0].message, fired[0].line()
+    assert fired[0].seconds < LATE
