@@ -1,0 +1,266 @@
+"""The worker of an isolated session: ``python -m pytest_bitnet.bridge.isolation.worker``.
+
+Started by client.py only, with private pipes (protocol.py says which).  It
+serves one session (or one per-call function) with the ordinary in-process
+API, so every result, error, log line and warning is the one the library
+gives in process; what it adds is the forwarding of those to its caller.
+
+It never outlives its caller: PR_SET_PDEATHSIG asks the kernel for a
+SIGKILL when the parent dies, and the parent's pid is checked after asking
+(a parent that died before the prctl would never send it: the classic
+race).  SIGINT is ignored: a Ctrl-C reaches the caller, which stops the
+worker itself (client.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import logging
+import mmap
+import os
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from typing import Any
+
+from . import protocol as P
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the caller's atexit and finalizers still reap
+        pass
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(0)
+
+
+class _Forward(logging.Handler):
+    """Every record of the package's loggers, sent to the caller as it is made."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(logging.NOTSET)
+        self.worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.worker.send(P.LOG, (record.name, record.levelno, record.getMessage(),
+                                     getattr(record, "bitnet_component", None)))
+        except Exception:  # a caller gone mid-log: the next request read ends the worker
+            pass
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """What the caller needs to raise the same error: class, message, context (not the object)."""
+    from .. import errors
+
+    if not isinstance(exc, errors.BitnetError):  # a bug of ours in the worker: say where
+        return {"class": "InternalError", "message": f"the isolated worker failed: {exc!r}; this is a bug in "
+                f"pytest_bitnet, please report it:\n{traceback.format_exc()}", "context": None, "duration": None}
+    ctx = exc.context
+    return {
+        "class": type(exc).__name__, "message": str(exc),
+        "context": {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)},
+        "duration": getattr(exc, "duration", None),
+    }
+
+
+class Worker:
+    __slots__ = ("req", "rep", "ctl", "page", "page_fd", "send_lock", "session", "baseline", "sent_info", "log_handler")
+
+    def __init__(self, req: int, rep: int, ctl: int, page_fd: int) -> None:
+        self.req, self.rep, self.ctl, self.page_fd = req, rep, ctl, page_fd
+        self.page = mmap.mmap(page_fd, os.fstat(page_fd).st_size)
+        self.send_lock = threading.Lock()  # log lines come from any thread (the native sink)
+        self.session: Any = None
+        self.baseline: dict[str, int] | None = None
+        self.sent_info: dict[str, str] | None = None
+        self.log_handler = _Forward(self)
+
+    def send(self, kind: str, body: Any = None) -> None:
+        with self.send_lock:
+            P.send(self.rep, kind, body)
+
+    # -- the status page ------------------------------------------------------
+
+    def phase(self, phase: str | None) -> None:
+        self.page[0] = P.PHASES.index(phase)
+
+    def logits_buffer(self, shape: tuple[int, int]) -> Any:
+        import numpy as np
+
+        need = P.STATUS_SIZE + shape[0] * shape[1] * 4
+        if need > len(self.page):
+            # grow the shared file for both sides: the caller maps it again
+            # when the reply names a size beyond its mapping
+            os.ftruncate(self.page_fd, need)
+            self.page = mmap.mmap(self.page_fd, need)
+        return np.ndarray(shape, dtype=np.float32, buffer=self.page, offset=P.STATUS_SIZE)
+
+    # -- control --------------------------------------------------------------
+
+    def control(self) -> None:
+        # A cancel must reach a worker whose main thread is inside a native
+        # call: this thread reads the control pipe and cancels natively.
+        while True:
+            try:
+                data = os.read(self.ctl, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            s = self.session
+            if s is not None and P.CANCEL in data:
+                s.cancel()
+
+    # -- requests -------------------------------------------------------------
+
+    def levels(self, body: dict[str, Any]) -> None:
+        levels = body.get("levels")
+        if levels:
+            package, native, threshold = levels
+            logging.getLogger("pytest_bitnet").setLevel(package)
+            logging.getLogger("pytest_bitnet.native").setLevel(native)
+            from .._native import lib
+
+            if lib.bitnet_bridge_get_log_level() != threshold:
+                lib.bitnet_bridge_set_log_level(threshold)
+
+    def serve(self) -> None:
+        root = logging.getLogger("pytest_bitnet")
+        root.addHandler(self.log_handler)
+        root.propagate = False  # the caller's logging decides what is shown
+        threading.Thread(target=self.control, name="bitnet-isolation-control", daemon=True).start()
+        self.send(P.HELLO, {"version": P.VERSION, "pid": os.getpid()})
+        while True:
+            msg = P.read_message(self.req)
+            if msg is None or msg[0] == P.BYE:
+                return
+            kind, body = msg
+            self.levels(body)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    value = self.handle(kind, body)
+                    reply: tuple[str, Any] = (P.REPLY, {"value": value, "backend_info": self.info_changed()})
+                except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the caller
+                    reply = (P.FAILED, {**error_fields(exc), "backend_info": self.info_changed()})
+                finally:
+                    self.phase(None)
+            for w in caught:
+                self.send(P.WARNING, (type(w.message).__name__ if isinstance(w.message, Warning) else w.category.__name__,
+                                      str(w.message)))
+            self.send(*reply)
+
+    def info_changed(self) -> dict[str, str] | None:
+        s = self.session
+        if s is None or s.backend_info == self.sent_info:
+            return None
+        self.sent_info = dict(s.backend_info)
+        return self.sent_info
+
+    def handle(self, kind: str, body: dict[str, Any]) -> Any:
+        import numpy as np
+
+        from .. import counters, percall
+        from ..session import BitnetSession
+
+        s = self.session
+        if kind == P.CREATE:
+            self.baseline = counters.live_counters()
+            s = self.session = BitnetSession.create(
+                body["model_path"], n_ctx=body["n_ctx"], n_gpu_layers=body["n_gpu_layers"], timeout=body["timeout"],
+                backend=body["backend"], library_path=body["library_path"], isolation="none",
+            )
+            return {"n_ctx": s.n_ctx, "n_vocab": s.n_vocab}
+        if kind == P.TOKENIZE:
+            return s.tokenize(body["prompt"], body["add_bos"], body["parse_special"], body["timeout"]).tobytes()
+        if kind == P.DETOKENIZE:
+            return s.detokenize_bytes(np.frombuffer(body["tokens"], dtype=np.int32), body["remove_special"],
+                                      body["unparse_special"], body["timeout"])
+        if kind == P.EVALUATE:
+            out = s.evaluate(np.frombuffer(body["tokens"], dtype=np.int32), body["seq_id"], body["timeout"], body["gpu"])
+            return self.logits_reply(out)
+        if kind == P.N_PAST:
+            return s.n_past(body["seq_id"])
+        if kind == P.RESET:
+            return s.reset(body["seq_id"])
+        if kind == P.CAPABILITIES:
+            return dataclasses.asdict(s.capabilities)
+        if kind == P.CLOSE:
+            s.close()
+            self.session = None
+            return self.leftover()
+        if kind == P.STATS:
+            return counters.live_counters()
+        if kind == P.PERCALL:
+            self.baseline = counters.live_counters()
+            fn = body["fn"]
+            kw = dict(body["kwargs"], isolation="none")
+            if fn == "tokenize":
+                result: Any = percall.tokenize(*body["args"], **kw).tobytes()
+            elif fn == "evaluate":
+                result = self.logits_reply(percall.evaluate(body["args"][0], np.frombuffer(body["args"][1], dtype=np.int32), **kw))
+            else:
+                raise ValueError(f"unknown per-call function {fn!r}")
+            return {"result": result, "leftover": self.leftover()}
+        raise ValueError(f"unknown request {kind!r}")
+
+    def logits_reply(self, out: Any) -> Any:
+        # Written by the fill pass straight into the shared page
+        # (_calls.logits_buffer): the reply carries only where and what shape.
+        if _views_page(out, self.page):
+            return ("shared", out.shape, len(self.page))
+        return ("inline", out.shape, out.tobytes())
+
+    def leftover(self) -> dict[str, int]:
+        """What the worker's live counters are above their value before the
+        session (or per-call function) began: a leak of the library's, which
+        the caller counts as its own (client.py says why)."""
+        from .. import counters
+
+        now = counters.live_counters()
+        base = self.baseline or {}
+        return {k: now[k] - base.get(k, 0) for k in counters.LEAK_COUNTERS if now.get(k, 0) != base.get(k, 0)}
+
+
+def _views_page(arr: Any, page: mmap.mmap) -> bool:
+    base = arr
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return base is page
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pytest_bitnet.bridge.isolation.worker",
+                                 description="an isolated session's worker (started by pytest_bitnet only)")
+    ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--fds", required=True, help="request,reply,control,page file descriptors")
+    args = ap.parse_args(argv)
+    _die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    req, rep, ctl, page = (int(x) for x in args.fds.split(","))
+    w = Worker(req, rep, ctl, page)
+    from .. import _calls
+
+    _calls.phase_observer = w.phase
+    _calls.logits_buffer = w.logits_buffer
+    w.serve()
+    s = w.session
+    if s is not None:  # the caller said bye (or went away) with the session open: free it
+        try:
+            s.close()
+        except Exception:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
