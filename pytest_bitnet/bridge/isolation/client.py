@@ -111,7 +111,7 @@ class Worker:
     """One worker process and its pipes.  Calls are serialised by the owner."""
 
     __slots__ = ("proc", "pid", "req", "rep", "ctl", "page_fd", "page", "tail", "_tail_lock", "_reader", "returncode",
-                 "on_fault", "__weakref__")
+                 "on_fault", "crash_note", "__weakref__")
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         """Starts a worker and waits (up to STARTUP_TIMEOUT) for its hello.
@@ -120,7 +120,8 @@ class Worker:
         does not say hello in time.
         """
         self.returncode: int | None = None
-        self.on_fault: Callable[[int], Any] | None = None  # decides a FAULT_HIT (faults across the boundary)
+        self.on_fault: Callable[[Any], Any] | None = None  # decides a FAULT_HIT (faults across the boundary)
+        self.crash_note: str | None = None  # set by on_fault when it decided a `crash`: the death was asked for
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._tail_lock = threading.Lock()
         req_r, req_w = os.pipe()

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 import numpy.typing as npt
 
-from .. import counters, errors
+from .. import counters, errors, faults
 from .._native import Options, lib
 from ..capabilities import Capabilities
 from ..session import BitnetSession
@@ -54,6 +54,24 @@ def _levels() -> tuple[int, int, int]:
     # the caller's levels of now, so it sends only what would be shown
     return (logging.getLogger("pytest_bitnet").getEffectiveLevel(),
             logging.getLogger("pytest_bitnet.native").getEffectiveLevel(), int(lib.bitnet_bridge_get_log_level()))
+
+
+def _new_worker() -> Worker:
+    w = Worker()
+
+    def decide(hit: tuple[int, bool]) -> Any:
+        # A worker's hit of a point armed here: this process's engine
+        # decides it on the calling thread (the one waiting for the reply)
+        # as if the hit were its own: counts, draws, thread scope, firing
+        # reports.  A `crash` decided here is the worker's death asked for.
+        point, locked = hit
+        how, d = faults.decide(point, locked)
+        if d is not None and d.action == faults.ACTION_IDS["crash"]:
+            w.crash_note = f"injected fault at '{faults.points()[point].name}' ({d.text.decode()}, hit {d.hit})"
+        return how, d
+
+    w.on_fault = decide
+    return w
 
 
 def _forward(kind: str, body: Any) -> None:
@@ -78,9 +96,13 @@ def _rebuilt(body: Mapping[str, Any]) -> errors.BitnetError:
     fields = body.get("context")
     # the call was this thread's: its ErrorContext says so, as in process
     ctx = errors.ErrorContext(**{**fields, "thread": threading.current_thread().name}) if fields else None
+    message = body["message"]
+    hinted = body.get("hinted")
+    if hinted and ctx is not None and ctx.native_message:
+        message = message.replace(hinted, errors.apply_hints(ctx.native_message), 1)
     if cls is errors.OperationTimeout:
-        return errors.OperationTimeout(body["message"], ctx, duration=body.get("duration"))
-    return cls(body["message"], ctx)
+        return errors.OperationTimeout(message, ctx, duration=body.get("duration"))
+    return cls(message, ctx)
 
 
 def _timed_out(operation: str, params: Mapping[str, Any], seconds: float, exc: WorkerStopped, pid: int,
@@ -97,15 +119,19 @@ def _timed_out(operation: str, params: Mapping[str, Any], seconds: float, exc: W
 
 
 def _crashed(operation: str, params: Mapping[str, Any], exc: WorkerDied, pid: int, library: str,
-             after: str) -> errors.BackendCrashed:
+             after: str, requested: str | None = None) -> errors.BackendCrashed:
     sig, name, code, words = describe_death(exc.returncode)
     phase = exc.phase
     where = f"{operation} ({phase})" if phase else operation
     tail = exc.stderr_tail.strip()
     quoted = "\n".join(f"    {line}" for line in tail.splitlines()) if tail else "    (nothing)"
+    if requested:
+        advice = f"The crash was requested by a fault-injection spec ({requested}): disarm the point to stop it"
+    else:
+        advice = ("The library has a bug: report it to its authors with the stderr below; to debug it, run the same "
+                  "call in process (isolation='none') under gdb or valgrind")
     text = (f"{where} crashed: the isolated worker process (pid {pid}) serving {library} {words} during {operation}; "
-            f"{after}. The library has a bug: report it to its authors with the stderr below; to debug it, run the "
-            f"same call in process (isolation='none') under gdb or valgrind. Last lines on its stderr:\n{quoted}")
+            f"{after}. {advice}. Last lines on its stderr:\n{quoted}")
     ctx = errors.ErrorContext(operation=operation, phase=phase,
                               parameters={**params, "pid": pid, **({"signal": name} if name else {"exit_code": code})})
     return errors.BackendCrashed(text, ctx, signal=sig, signal_name=name, exit_code=code, stderr_tail=exc.stderr_tail)
@@ -131,18 +157,20 @@ class IsolatedSession(BitnetSession):
         if backend is not None:
             params["backend"] = backend
         before = counters.snapshot()
-        worker = Worker()
+        worker = _new_worker()
         library = f"the library of backend {opts.backend or os.environ.get('BITNET_BACKEND') or 'reference'!r}" + (
             f" ({opts.library_path})" if opts.library_path else "")
         body = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "timeout": session_timeout,
-                "backend": opts.backend, "library_path": opts.library_path, "levels": _levels()}
+                "backend": opts.backend, "library_path": opts.library_path, "levels": _levels(),
+                "armed": faults.armed_points()}
         try:
             reply = worker.request(P.CREATE, body, session_timeout, on_message=_forward)
         except WorkerStopped as exc:
             raise _timed_out("create", params, session_timeout, exc, worker.pid, library,
                              "nothing was created, and nothing is left behind") from None
         except WorkerDied as exc:
-            raise _crashed("create", params, exc, worker.pid, library, "nothing was created") from None
+            raise _crashed("create", params, exc, worker.pid, library, "nothing was created",
+                           worker.crash_note) from None
         if isinstance(reply, tuple) and reply[0] == P.FAILED:
             worker.stop()
             raise _rebuilt(reply[1])
@@ -217,6 +245,7 @@ class IsolatedSession(BitnetSession):
         try:
             worker = self._live(operation)
             body["levels"] = _levels()
+            body["armed"] = faults.armed_points()
             try:
                 reply = worker.request(kind, body, seconds, on_message=_forward)
             except WorkerStopped as exc:
@@ -227,7 +256,7 @@ class IsolatedSession(BitnetSession):
                 sig, name, code, words = describe_death(exc.returncode)
                 self._end(f"its worker {words} during a {operation}")
                 raise _crashed(operation, params, exc, worker.pid, self._library,
-                               "the session is closed: create a new session") from None
+                               "the session is closed: create a new session", worker.crash_note) from None
             except BaseException:
                 # interrupted (KeyboardInterrupt): the worker was killed, nothing left
                 self._end(f"a {operation} was interrupted and its worker stopped")
@@ -342,7 +371,8 @@ class IsolatedSession(BitnetSession):
                 if self._ctx is None:
                     return
                 try:
-                    reply = worker.request(P.CLOSE, {"timeout": self.timeout, "levels": _levels()}, self.timeout,
+                    reply = worker.request(P.CLOSE, {"timeout": self.timeout, "levels": _levels(),
+                                                     "armed": faults.armed_points()}, self.timeout,
                                            on_message=_forward)
                 except WorkerStopped as exc:
                     self._end("close() stopped its worker at the deadline")
@@ -351,7 +381,8 @@ class IsolatedSession(BitnetSession):
                 except WorkerDied as exc:
                     self._end("its worker died in close()")
                     raise _crashed("close", params, exc, worker.pid, self._library,
-                                   "everything the worker held is gone with it: the session is closed") from None
+                                   "everything the worker held is gone with it: the session is closed",
+                                   worker.crash_note) from None
                 except BaseException:
                     self._end("close() was interrupted and its worker stopped")
                     raise
@@ -401,15 +432,17 @@ def _finalize(worker: Worker, path: str, serial: int) -> None:
 def percall(fn: str, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float,
             params: Mapping[str, Any], library: str) -> Any:
     """A per-call function (tokenize / evaluate) in a worker of its own, started and ended here."""
-    worker = Worker()
+    worker = _new_worker()
     try:
         try:
-            reply = worker.request(P.PERCALL, {"fn": fn, "args": args, "kwargs": kwargs, "levels": _levels()}, seconds,
+            reply = worker.request(P.PERCALL, {"fn": fn, "args": args, "kwargs": kwargs, "levels": _levels(),
+                                               "armed": faults.armed_points()}, seconds,
                                    on_message=_forward)
         except WorkerStopped as exc:
             raise _timed_out(operation, params, seconds, exc, worker.pid, library, "nothing is left behind") from None
         except WorkerDied as exc:
-            raise _crashed(operation, params, exc, worker.pid, library, "nothing is left behind") from None
+            raise _crashed(operation, params, exc, worker.pid, library, "nothing is left behind",
+                           worker.crash_note) from None
         if isinstance(reply, tuple) and reply[0] == P.FAILED:
             raise _rebuilt(reply[1])
         value = reply["value"]

@@ -69,11 +69,16 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
         "class": type(exc).__name__, "message": str(exc),
         "context": {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)},
         "duration": getattr(exc, "duration", None),
+        # the native text as this process's hints worded it: the caller
+        # words it with its own (errors.add_hint is per process: fault_inject's
+        # and other layers' hints are registered there, not here)
+        "hinted": errors.apply_hints(ctx.native_message) if ctx.native_message else None,
     }
 
 
 class Worker:
-    __slots__ = ("req", "rep", "ctl", "page", "page_fd", "send_lock", "session", "baseline", "sent_info", "log_handler")
+    __slots__ = ("req", "rep", "ctl", "page", "page_fd", "send_lock", "session", "baseline", "sent_info", "log_handler",
+                 "remote", "fault_lock")
 
     def __init__(self, req: int, rep: int, ctl: int, page_fd: int) -> None:
         self.req, self.rep, self.ctl, self.page_fd = req, rep, ctl, page_fd
@@ -83,6 +88,8 @@ class Worker:
         self.baseline: dict[str, int] | None = None
         self.sent_info: dict[str, str] | None = None
         self.log_handler = _Forward(self)
+        self.remote: tuple[int, ...] = ()  # the caller's armed points, as last told
+        self.fault_lock = threading.Lock()  # one question to the caller at a time
 
     def send(self, kind: str, body: Any = None) -> None:
         with self.send_lock:
@@ -122,6 +129,28 @@ class Worker:
 
     # -- requests -------------------------------------------------------------
 
+    # -- fault points armed in the caller ---------------------------------------
+
+    def armed(self, body: dict[str, Any]) -> None:
+        """Marks the points the caller has armed now as decided by the caller."""
+        armed = tuple(body.get("armed", ()))
+        if armed != self.remote:
+            from .. import faults
+
+            faults.set_remote(armed, self.decide if armed else None)
+            self.remote = armed
+
+    def decide(self, point: int, locked: bool) -> Any:
+        # A hit of a point the caller armed: its engine decides (counts,
+        # draws, reports the firing); this process performs the decision.
+        # The caller is waiting for this request's reply, so it answers.
+        with self.fault_lock:
+            self.send(P.FAULT_HIT, (point, locked))
+            msg = P.read_message(self.req)
+        if msg is None or msg[0] != P.FAULT_DECISION:
+            return (0, None)  # the caller is gone: nothing fires, the next read ends the worker
+        return msg[1]
+
     def levels(self, body: dict[str, Any]) -> None:
         levels = body.get("levels")
         if levels:
@@ -142,9 +171,11 @@ class Worker:
         while True:
             msg = P.read_message(self.req)
             if msg is None or msg[0] == P.BYE:
+                self.armed({})  # no caller to ask any more
                 return
             kind, body = msg
             self.levels(body)
+            self.armed(body)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
