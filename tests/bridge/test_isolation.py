@@ -29,7 +29,7 @@ import pytest
 import pytest_bitnet as bn
 from pytest_bitnet import errors
 from pytest_bitnet.bridge import counters, settings
-from pytest_bitnet.bridge._native import bundled_library
+from pytest_bitnet.bridge._native import LLAMA, bundled_library
 from pytest_bitnet.bridge.isolation import client
 
 from ..native_builds import build_broken_backend
@@ -100,7 +100,8 @@ def leak_counters() -> dict[str, int]:
 # ---- same behaviour -------------------------------------------------------------------------
 
 
-BACKENDS = ["reference", "dlopen"]
+needs_llama = pytest.mark.skipif(LLAMA.adapter is None, reason=f"llama.cpp not available: {LLAMA.reason}")
+BACKENDS = ["reference", "dlopen", pytest.param("llama", marks=needs_llama)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -214,6 +215,19 @@ def test_log_lines_reach_the_callers_logging(tiny_model: Path, tmp_path: Path, c
     with pytest.raises(errors.ModelLoadError):
         bn.BitnetSession.create(bad, isolation="process")
     assert lines() == want
+
+
+@needs_llama
+def test_fallback_warnings_reach_the_caller(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITNET_FORCE_LLAMA_FALLBACK", "1")  # the worker's environment is this one
+    for isolation in ("none", "process"):
+        with bn.BitnetSession.create(tiny_model, isolation=isolation) as s:
+            with pytest.warns(errors.OptionalSymbolMissing, match="tokenize served by fallback:") as caught:
+                s.tokenize("fallback")
+            assert s.backend_info["tokenize"].startswith("fallback:")
+        if isolation == "none":
+            want = [str(w.message) for w in caught]
+    assert [str(w.message) for w in caught] == want
 
 
 def test_settings_and_env_choose_isolation(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
