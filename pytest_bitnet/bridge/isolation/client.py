@@ -111,7 +111,7 @@ class Worker:
     """One worker process and its pipes.  Calls are serialised by the owner."""
 
     __slots__ = ("proc", "pid", "req", "rep", "ctl", "page_fd", "page", "tail", "_tail_lock", "_reader", "returncode",
-                 "on_fault", "crash_note", "__weakref__")
+                 "on_fault", "crash_note", "reader", "poller", "__weakref__")
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         """Starts a worker and waits (up to STARTUP_TIMEOUT) for its hello.
@@ -150,6 +150,9 @@ class Worker:
         self.pid = self.proc.pid
         self.req, self.rep, self.ctl, self.page_fd = req_w, rep_r, ctl_w, page_fd
         self.page = mmap.mmap(page_fd, P.STATUS_SIZE)
+        self.reader = P.Reader(rep_r)
+        self.poller = select.poll()
+        self.poller.register(rep_r, select.POLLIN | select.POLLHUP | select.POLLERR)
         _live.add(self)
         self._reader = threading.Thread(target=self._drain_stderr, name=f"bitnet-worker-{self.pid}-stderr", daemon=True)
         self._reader.start()
@@ -229,17 +232,16 @@ class Worker:
                     P.send(self.req, kind, body)
                 except BrokenPipeError:
                     raise self._died() from None
-            poller = select.poll()
-            poller.register(self.rep, select.POLLIN | select.POLLHUP | select.POLLERR)
             while True:
-                left = limit - time.monotonic()
-                if left <= 0:
-                    phase = self.phase()
-                    self.kill()
-                    raise WorkerStopped(time.monotonic() - waited_from, phase, self.stderr_tail())
-                if not poller.poll(None if math.isinf(left) else max(1, math.ceil(left * 1000))):
-                    continue
-                msg = P.read_message(self.rep)
+                if not self.reader.buffered():
+                    left = limit - time.monotonic()
+                    if left <= 0:
+                        phase = self.phase()
+                        self.kill()
+                        raise WorkerStopped(time.monotonic() - waited_from, phase, self.stderr_tail())
+                    if not self.poller.poll(None if math.isinf(left) else max(1, math.ceil(left * 1000))):
+                        continue
+                msg = self.reader.read()
                 if msg is None:
                     raise self._died()
                 got, payload = msg

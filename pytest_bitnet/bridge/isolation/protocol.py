@@ -41,7 +41,7 @@ from typing import Any, Final
 __all__ = [
     "VERSION", "HEADER", "CANCEL", "HELLO", "CREATE", "TOKENIZE", "DETOKENIZE", "EVALUATE", "N_PAST", "RESET",
     "CAPABILITIES", "PERCALL", "CLOSE", "STATS", "BYE", "REPLY", "FAILED", "LOG", "WARNING", "FAULT_HIT",
-    "FAULT_DECISION", "PHASES", "STATUS_SIZE", "ProtocolError", "encode", "read_message", "send",
+    "FAULT_DECISION", "PHASES", "STATUS_SIZE", "ProtocolError", "Reader", "encode", "read_message", "send",
 ]  # fmt: skip
 
 #: Bumped whenever a message's meaning changes.
@@ -93,6 +93,52 @@ def send(fd: int, kind: str, body: Any = None) -> None:
     while data:
         n = os.write(fd, data)
         data = data[n:]
+
+
+class Reader:
+    """Reads messages from one pipe, one read(2) per message when it fits.
+
+    Whatever the pipe holds is taken in one read and kept, so a message
+    costs one system call instead of two (header, payload): the per-call
+    overhead of an isolated session is mostly system calls.
+    """
+
+    __slots__ = ("fd", "buf")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
+            chunk = os.read(self.fd, max(n - len(self.buf), 1 << 16))
+            if not chunk:
+                return False  # EOF: the peer is gone
+            self.buf += chunk
+        return True
+
+    def buffered(self) -> bool:
+        """A whole message is already here (no need to wait for the pipe)."""
+        if len(self.buf) < HEADER.size:
+            return False
+        length, _ = HEADER.unpack_from(self.buf)
+        return len(self.buf) >= HEADER.size + length
+
+    def read(self) -> tuple[str, Any] | None:
+        """The next message, or None at EOF.  Blocking."""
+        if not self._fill(HEADER.size):
+            return None
+        length, version = HEADER.unpack_from(self.buf)
+        if version != VERSION:
+            raise ProtocolError(f"peer speaks isolation protocol version {version}, this side {VERSION}: "
+                                "the worker and the caller come from different installations of pytest_bitnet")
+        end = HEADER.size + length
+        if not self._fill(end):
+            return None
+        payload = bytes(self.buf[HEADER.size:end])
+        del self.buf[:end]
+        kind, body = pickle.loads(payload)
+        return kind, body
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:

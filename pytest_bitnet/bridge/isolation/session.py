@@ -74,18 +74,32 @@ def _new_worker() -> Worker:
     return w
 
 
-def _forward(kind: str, body: Any) -> None:
-    """A worker's log line or warning, re-issued here as in process."""
-    if kind == P.LOG:
-        name, level, message, component = body
-        extra = {"bitnet_component": component} if component is not None else None
-        logging.getLogger(name).log(level, "%s", message, extra=extra)
-    elif kind == P.WARNING:
-        category_name, message = body
-        category = getattr(errors, category_name, None) or getattr(builtins, category_name, None)
-        if not (isinstance(category, type) and issubclass(category, Warning)):
-            category = UserWarning
-        warnings.warn(category(message), stacklevel=4)
+class _Forward:
+    """A worker's log lines (re-logged as they come) and warnings (re-issued
+    once the request is over: a warning the caller's filters turn into an
+    error then raises from the call, as in process, instead of from the
+    middle of the exchange)."""
+
+    __slots__ = ("warnings",)
+
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, str]] = []
+
+    def __call__(self, kind: str, body: Any) -> None:
+        if kind == P.LOG:
+            name, level, message, component = body
+            extra = {"bitnet_component": component} if component is not None else None
+            logging.getLogger(name).log(level, "%s", message, extra=extra)
+        elif kind == P.WARNING:
+            self.warnings.append(body)
+
+    def issue(self) -> None:
+        todo, self.warnings = self.warnings, []
+        for category_name, message in todo:
+            category = getattr(errors, category_name, None) or getattr(builtins, category_name, None)
+            if not (isinstance(category, type) and issubclass(category, Warning)):
+                category = UserWarning
+            warnings.warn(category(message), stacklevel=4)
 
 
 def _rebuilt(body: Mapping[str, Any]) -> errors.BitnetError:
@@ -163,8 +177,9 @@ class IsolatedSession(BitnetSession):
         body = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "timeout": session_timeout,
                 "backend": opts.backend, "library_path": opts.library_path, "levels": _levels(),
                 "armed": faults.armed_points()}
+        forward = _Forward()
         try:
-            reply = worker.request(P.CREATE, body, session_timeout, on_message=_forward)
+            reply = worker.request(P.CREATE, body, session_timeout, on_message=forward)
         except WorkerStopped as exc:
             raise _timed_out("create", params, session_timeout, exc, worker.pid, library,
                              "nothing was created, and nothing is left behind") from None
@@ -173,7 +188,9 @@ class IsolatedSession(BitnetSession):
                            worker.crash_note) from None
         if isinstance(reply, tuple) and reply[0] == P.FAILED:
             worker.stop()
+            forward.issue()
             raise _rebuilt(reply[1])
+        forward.issue()
         self = object.__new__(cls)
         self._worker = worker
         self._ctx = worker  # not None: open (BitnetSession.closed)
@@ -246,8 +263,9 @@ class IsolatedSession(BitnetSession):
             worker = self._live(operation)
             body["levels"] = _levels()
             body["armed"] = faults.armed_points()
+            forward = _Forward()
             try:
-                reply = worker.request(kind, body, seconds, on_message=_forward)
+                reply = worker.request(kind, body, seconds, on_message=forward)
             except WorkerStopped as exc:
                 self._end(f"its worker was stopped at the deadline of a {operation} ({seconds:g} s)")
                 raise _timed_out(operation, params, seconds, exc, worker.pid, self._library,
@@ -263,6 +281,7 @@ class IsolatedSession(BitnetSession):
                 raise
         finally:
             self._call_lock.release()
+        forward.issue()
         if isinstance(reply, tuple) and reply[0] == P.FAILED:
             self._update_info(reply[1].get("backend_info"))
             exc = _rebuilt(reply[1])
@@ -370,10 +389,11 @@ class IsolatedSession(BitnetSession):
             with self._call_lock:  # waits for a call of another thread to end (bounded by its deadline)
                 if self._ctx is None:
                     return
+                forward = _Forward()
                 try:
                     reply = worker.request(P.CLOSE, {"timeout": self.timeout, "levels": _levels(),
                                                      "armed": faults.armed_points()}, self.timeout,
-                                           on_message=_forward)
+                                           on_message=forward)
                 except WorkerStopped as exc:
                     self._end("close() stopped its worker at the deadline")
                     raise _timed_out("close", params, self.timeout, exc, worker.pid, self._library,
@@ -386,6 +406,7 @@ class IsolatedSession(BitnetSession):
                 except BaseException:
                     self._end("close() was interrupted and its worker stopped")
                     raise
+                forward.issue()
                 if isinstance(reply, tuple) and reply[0] == P.FAILED:
                     exc = _rebuilt(reply[1])
                     if isinstance(exc, errors.CleanupFailed):
@@ -433,16 +454,18 @@ def percall(fn: str, operation: str, args: tuple[Any, ...], kwargs: dict[str, An
             params: Mapping[str, Any], library: str) -> Any:
     """A per-call function (tokenize / evaluate) in a worker of its own, started and ended here."""
     worker = _new_worker()
+    forward = _Forward()
     try:
         try:
             reply = worker.request(P.PERCALL, {"fn": fn, "args": args, "kwargs": kwargs, "levels": _levels(),
                                                "armed": faults.armed_points()}, seconds,
-                                   on_message=_forward)
+                                   on_message=forward)
         except WorkerStopped as exc:
             raise _timed_out(operation, params, seconds, exc, worker.pid, library, "nothing is left behind") from None
         except WorkerDied as exc:
             raise _crashed(operation, params, exc, worker.pid, library, "nothing is left behind",
                            worker.crash_note) from None
+        forward.issue()
         if isinstance(reply, tuple) and reply[0] == P.FAILED:
             raise _rebuilt(reply[1])
         value = reply["value"]

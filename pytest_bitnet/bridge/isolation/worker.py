@@ -78,7 +78,7 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
 
 class Worker:
     __slots__ = ("req", "rep", "ctl", "page", "page_fd", "send_lock", "session", "baseline", "sent_info", "log_handler",
-                 "remote", "fault_lock")
+                 "remote", "fault_lock", "reader", "levels_now", "caught")
 
     def __init__(self, req: int, rep: int, ctl: int, page_fd: int) -> None:
         self.req, self.rep, self.ctl, self.page_fd = req, rep, ctl, page_fd
@@ -90,6 +90,9 @@ class Worker:
         self.log_handler = _Forward(self)
         self.remote: tuple[int, ...] = ()  # the caller's armed points, as last told
         self.fault_lock = threading.Lock()  # one question to the caller at a time
+        self.reader = P.Reader(req)
+        self.levels_now: Any = None  # the caller's log levels, as last applied
+        self.caught: list[tuple[str, str]] = []  # warnings of the running request, for the caller
 
     def send(self, kind: str, body: Any = None) -> None:
         with self.send_lock:
@@ -146,14 +149,14 @@ class Worker:
         # The caller is waiting for this request's reply, so it answers.
         with self.fault_lock:
             self.send(P.FAULT_HIT, (point, locked))
-            msg = P.read_message(self.req)
+            msg = self.reader.read()
         if msg is None or msg[0] != P.FAULT_DECISION:
             return (0, None)  # the caller is gone: nothing fires, the next read ends the worker
         return msg[1]
 
     def levels(self, body: dict[str, Any]) -> None:
         levels = body.get("levels")
-        if levels:
+        if levels and levels != self.levels_now:  # setLevel clears every logger's cache: only on a change
             package, native, threshold = levels
             logging.getLogger("pytest_bitnet").setLevel(package)
             logging.getLogger("pytest_bitnet.native").setLevel(native)
@@ -161,33 +164,47 @@ class Worker:
 
             if lib.bitnet_bridge_get_log_level() != threshold:
                 lib.bitnet_bridge_set_log_level(threshold)
+            self.levels_now = levels
+
+    def showwarning(self, message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                    line: str | None = None) -> None:
+        # Every warning of the worker is the caller's to filter and show:
+        # kept here, sent before the request's reply, re-issued there.
+        self.caught.append((type(message).__name__ if isinstance(message, Warning) else category.__name__, str(message)))
 
     def serve(self) -> None:
         root = logging.getLogger("pytest_bitnet")
         root.addHandler(self.log_handler)
         root.propagate = False  # the caller's logging decides what is shown
         threading.Thread(target=self.control, name="bitnet-isolation-control", daemon=True).start()
+        # the caller's filters decide: here every warning is caught (showwarning)
+        warnings.simplefilter("always")
+        warnings.showwarning = self.showwarning
         self.send(P.HELLO, {"version": P.VERSION, "pid": os.getpid()})
+        handlers = self.handlers()
         while True:
-            msg = P.read_message(self.req)
+            msg = self.reader.read()
             if msg is None or msg[0] == P.BYE:
                 self.armed({})  # no caller to ask any more
                 return
             kind, body = msg
             self.levels(body)
             self.armed(body)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    value = self.handle(kind, body)
-                    reply: tuple[str, Any] = (P.REPLY, {"value": value, "backend_info": self.info_changed()})
-                except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the caller
-                    reply = (P.FAILED, {**error_fields(exc), "backend_info": self.info_changed()})
-                finally:
+            try:
+                handler = handlers.get(kind)
+                if handler is None:
+                    raise ValueError(f"unknown request {kind!r}")
+                value = handler(body)
+                reply: tuple[str, Any] = (P.REPLY, {"value": value, "backend_info": self.info_changed()})
+            except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the caller
+                reply = (P.FAILED, {**error_fields(exc), "backend_info": self.info_changed()})
+            finally:
+                if self.page[0]:
                     self.phase(None)
-            for w in caught:
-                self.send(P.WARNING, (type(w.message).__name__ if isinstance(w.message, Warning) else w.category.__name__,
-                                      str(w.message)))
+            if self.caught:
+                for w in self.caught:
+                    self.send(P.WARNING, w)
+                self.caught.clear()
             self.send(*reply)
 
     def info_changed(self) -> dict[str, str] | None:
@@ -197,52 +214,54 @@ class Worker:
         self.sent_info = dict(s.backend_info)
         return self.sent_info
 
-    def handle(self, kind: str, body: dict[str, Any]) -> Any:
+    def handlers(self) -> dict[str, Any]:
+        """Request kind -> what serves it (looked up once: a request costs one dict lookup)."""
         import numpy as np
 
         from .. import counters, percall
         from ..session import BitnetSession
 
-        s = self.session
-        if kind == P.CREATE:
+        def tokens(raw: bytes) -> Any:
+            return np.frombuffer(raw, dtype=np.int32)
+
+        def create(b: dict[str, Any]) -> Any:
             self.baseline = counters.live_counters()
             s = self.session = BitnetSession.create(
-                body["model_path"], n_ctx=body["n_ctx"], n_gpu_layers=body["n_gpu_layers"], timeout=body["timeout"],
-                backend=body["backend"], library_path=body["library_path"], isolation="none",
+                b["model_path"], n_ctx=b["n_ctx"], n_gpu_layers=b["n_gpu_layers"], timeout=b["timeout"],
+                backend=b["backend"], library_path=b["library_path"], isolation="none",
             )
             return {"n_ctx": s.n_ctx, "n_vocab": s.n_vocab}
-        if kind == P.TOKENIZE:
-            return s.tokenize(body["prompt"], body["add_bos"], body["parse_special"], body["timeout"]).tobytes()
-        if kind == P.DETOKENIZE:
-            return s.detokenize_bytes(np.frombuffer(body["tokens"], dtype=np.int32), body["remove_special"],
-                                      body["unparse_special"], body["timeout"])
-        if kind == P.EVALUATE:
-            out = s.evaluate(np.frombuffer(body["tokens"], dtype=np.int32), body["seq_id"], body["timeout"], body["gpu"])
-            return self.logits_reply(out)
-        if kind == P.N_PAST:
-            return s.n_past(body["seq_id"])
-        if kind == P.RESET:
-            return s.reset(body["seq_id"])
-        if kind == P.CAPABILITIES:
-            return dataclasses.asdict(s.capabilities)
-        if kind == P.CLOSE:
-            s.close()
+
+        def close(b: dict[str, Any]) -> Any:
+            self.session.close()
             self.session = None
             return self.leftover()
-        if kind == P.STATS:
-            return counters.live_counters()
-        if kind == P.PERCALL:
+
+        def per_call(b: dict[str, Any]) -> Any:
             self.baseline = counters.live_counters()
-            fn = body["fn"]
-            kw = dict(body["kwargs"], isolation="none")
+            fn, kw = b["fn"], dict(b["kwargs"], isolation="none")
             if fn == "tokenize":
-                result: Any = percall.tokenize(*body["args"], **kw).tobytes()
+                result: Any = percall.tokenize(*b["args"], **kw).tobytes()
             elif fn == "evaluate":
-                result = self.logits_reply(percall.evaluate(body["args"][0], np.frombuffer(body["args"][1], dtype=np.int32), **kw))
+                result = self.logits_reply(percall.evaluate(b["args"][0], tokens(b["args"][1]), **kw))
             else:
                 raise ValueError(f"unknown per-call function {fn!r}")
             return {"result": result, "leftover": self.leftover()}
-        raise ValueError(f"unknown request {kind!r}")
+
+        return {
+            P.CREATE: create,
+            P.TOKENIZE: lambda b: self.session.tokenize(b["prompt"], b["add_bos"], b["parse_special"], b["timeout"]).tobytes(),
+            P.DETOKENIZE: lambda b: self.session.detokenize_bytes(tokens(b["tokens"]), b["remove_special"],
+                                                                  b["unparse_special"], b["timeout"]),
+            P.EVALUATE: lambda b: self.logits_reply(self.session.evaluate(tokens(b["tokens"]), b["seq_id"], b["timeout"],
+                                                                          b["gpu"])),
+            P.N_PAST: lambda b: self.session.n_past(b["seq_id"]),
+            P.RESET: lambda b: self.session.reset(b["seq_id"]),
+            P.CAPABILITIES: lambda b: dataclasses.asdict(self.session.capabilities),
+            P.CLOSE: close,
+            P.STATS: lambda b: counters.live_counters(),
+            P.PERCALL: per_call,
+        }
 
     def logits_reply(self, out: Any) -> Any:
         # Written by the fill pass straight into the shared page
