@@ -437,6 +437,20 @@ def test_the_worker_dies_with_its_parent(tiny_model: Path, tmp_path: Path) -> No
     assert not Path(f"/proc/{worker}").exists()
 
 
+def test_a_session_outlives_the_thread_that_created_it(tiny_model: Path) -> None:
+    # PR_SET_PDEATHSIG fires when the forking *thread* ends: a worker forked
+    # by a short-lived thread would die with it.
+    made: list[bn.BitnetSession] = []
+    t = threading.Thread(target=lambda: made.append(bn.BitnetSession.create(tiny_model, isolation="process")))
+    t.start()
+    t.join()
+    [s] = made
+    with s:
+        for _ in range(3):  # give a parent-death signal time to land: it is sent at the thread's exit
+            assert len(s.tokenize("still here")) > 1
+            assert Path(f"/proc/{s.pid}").exists()
+
+
 def test_exit_reaps_an_unclosed_worker(tiny_model: Path) -> None:
     script = (
         "import pytest_bitnet as bn\n"

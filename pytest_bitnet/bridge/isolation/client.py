@@ -26,6 +26,7 @@ the kernel when this process dies (PR_SET_PDEATHSIG, set by the worker).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import math
 import mmap
@@ -136,11 +137,16 @@ class Worker:
         environ.pop("BITNET_ISOLATION", None)
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, environ.get("PYTHONPATH", "")) if p)
         try:
-            self.proc = subprocess.Popen(
+            # Started from one long-lived thread: the kernel's parent-death
+            # signal (PR_SET_PDEATHSIG, set by the worker) fires when the
+            # *thread* that forked it ends, so a worker forked by a short-lived
+            # thread would die with that thread, its session still in use.
+            self.proc = _spawner().submit(
+                subprocess.Popen,
                 [sys.executable, "-m", "pytest_bitnet.bridge.isolation.worker", "--parent", str(os.getpid()),
                  "--fds", ",".join(map(str, child_fds))],
                 stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=child_fds, env=environ, close_fds=True,
-            )
+            ).result()
         except BaseException:
             for fd in (req_r, req_w, rep_r, rep_w, ctl_r, ctl_w, page_fd):
                 os.close(fd)
@@ -250,7 +256,11 @@ class Worker:
                 if got == P.FAILED:
                     return (P.FAILED, payload)
                 if got == P.FAULT_HIT and self.on_fault is not None:
-                    P.send(self.req, P.FAULT_DECISION, self.on_fault(payload))
+                    decision = self.on_fault(payload)
+                    try:
+                        P.send(self.req, P.FAULT_DECISION, decision)
+                    except BrokenPipeError:  # it died asking: the next read sees the EOF
+                        pass
                 elif on_message is not None:
                     on_message(got, payload)
         except (WorkerDied, WorkerStopped):
@@ -315,6 +325,22 @@ class Worker:
         _live.discard(self)
         # the page stays mapped until this object goes: a reader of the
         # phase must not touch a closed mapping (phase() checks anyway)
+
+
+_spawner_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_pid = 0  # the process that made the pool (a fork has no threads: it makes its own)
+_spawner_lock = threading.Lock()
+
+
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that starts every worker (Worker.__init__ says why); it
+    lives as long as the process."""
+    global _spawner_pool, _spawner_pid
+    with _spawner_lock:
+        if _spawner_pool is None or _spawner_pid != os.getpid():
+            _spawner_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitnet-isolation-spawner")
+            _spawner_pid = os.getpid()
+        return _spawner_pool
 
 
 def _tmpfile_fd() -> int:  # pragma: no cover -- Linux has memfd_create
