@@ -51,6 +51,7 @@
  *   BUG_SEGV_EVAL               every evaluation's fill pass (session and
  *                               per-call) writes through NULL (SIGSEGV);
  *   BUG_ABORT_FREE              every free_context aborts (SIGABRT);
+ *   BUG_SLEEP_FREE              every free_context sleeps 60 s first;
  *   BUG_STDERR_EXIT             every tokenize writes three lines to stderr,
  *                               the last "broken_backend: giving up", then
  *                               _exit(3).
@@ -97,11 +98,11 @@ static void *real(const char *name)
 #define REAL(fn) ((__typeof__(&fn))real(#fn))
 
 #if defined(BUG_SLEEP_TOKENIZE) || defined(BUG_SLEEP_LOAD) || defined(BUG_SEGV_EVAL) || \
-    defined(BUG_ABORT_FREE) || defined(BUG_STDERR_EXIT)
+    defined(BUG_ABORT_FREE) || defined(BUG_SLEEP_FREE) || defined(BUG_STDERR_EXIT)
 #define NO_HOST_HOOK 1 /* a third-party library: it knows nothing of the bridge */
 #endif
 
-#if defined(BUG_SLEEP_TOKENIZE) || defined(BUG_SLEEP_LOAD)
+#if defined(BUG_SLEEP_TOKENIZE) || defined(BUG_SLEEP_LOAD) || defined(BUG_SLEEP_FREE)
 /* Far past any deadline a test sets, and deaf to all of them. */
 static void sleep_long(void)
 {
@@ -222,6 +223,9 @@ int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
 #ifdef BUG_ABORT_FREE
     abort();
+#endif
+#ifdef BUG_SLEEP_FREE
+    sleep_long();
 #endif
     int rc = REAL(bitnet_cpp_free_context)(ctx);
     if (rc == BITNET_OK)

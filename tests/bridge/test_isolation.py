@@ -248,6 +248,19 @@ def test_settings_and_env_choose_isolation(tiny_model: Path, monkeypatch: pytest
     assert "BITNET_ISOLATION" in settings.ENV_VARS
 
 
+def test_diagnostics_say_where_sessions_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_bitnet.bridge.diagnostics import diagnostics, format_text
+
+    assert diagnostics()["isolation"] == "none"
+    monkeypatch.setenv("BITNET_ISOLATION", "process")
+    report = diagnostics()
+    assert report["isolation"] == "process" and "BITNET_ISOLATION" in report["env"]
+    assert "isolation       process (each session's library in a worker process" in format_text(report)
+    monkeypatch.setenv("BITNET_ISOLATION", "thread")
+    report = diagnostics()
+    assert not report["ok"] and any("invalid isolation 'thread' from BITNET_ISOLATION" in e for e in report["errors"])
+
+
 # ---- hard deadlines -------------------------------------------------------------------------
 
 
@@ -273,6 +286,29 @@ def test_a_call_the_library_will_not_end_stops_at_the_deadline(sleepy_tokenize: 
                                                     "worker was stopped at the deadline.*create a new session"):
         s.tokenize("again")
     s.close()  # nothing left to do
+
+
+@pytest.fixture(scope="module")
+def sleepy_free(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _broken(tmp_path_factory, "SLEEP_FREE")
+
+
+@pytest.mark.parametrize("how", ["close(timeout=0.3)", "session timeout 0.3"])
+def test_close_has_a_hard_deadline(how: str, sleepy_free: Path, tiny_model: Path) -> None:
+    # a free that never returns: the worker is stopped, which frees all it held
+    before = leak_counters()
+    s = bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=sleepy_free, isolation="process",
+                                timeout=0.3 if how.startswith("session") else None)
+    pid = s.pid
+    t0 = time.monotonic()
+    with pytest.raises(errors.OperationTimeout) as exc:
+        s.close(timeout=0.3) if how.startswith("close") else s.close()
+    assert time.monotonic() - t0 < 0.3 + client.GRACE + LATE
+    assert exc.value.context.operation == "close" and "stopping the worker freed everything" in str(exc.value)
+    assert s.closed
+    s.close()  # nothing left to do
+    assert_gone(pid)
+    assert leak_counters() == before
 
 
 def test_model_loading_has_a_hard_deadline(sleepy_load: Path, tiny_model: Path) -> None:

@@ -200,7 +200,7 @@ class IsolatedSession(BitnetSession):
         self.model_path = path
         self.timeout = session_timeout
         self.n_ctx, self.n_vocab = reply["value"]["n_ctx"], reply["value"]["n_vocab"]
-        self.backend_info = {**(reply.get("backend_info") or {}), "isolation": f"process (pid {worker.pid})"}
+        self.backend_info = _isolated_info(reply.get("backend_info") or {}, f"process (pid {worker.pid})")
         self._library = self.backend_info.get("create") or library
         counters.add_remote(worker, FOOTPRINT)
         self._serial = counters.reserve(before)
@@ -293,7 +293,7 @@ class IsolatedSession(BitnetSession):
 
     def _update_info(self, info: Mapping[str, str] | None) -> None:
         if info:
-            self.backend_info = {**info, "isolation": self.backend_info["isolation"]}
+            self.backend_info = _isolated_info(info, self.backend_info["isolation"])
 
     def _logits(self, value: Any) -> npt.NDArray[np.float32]:
         how, shape = value[0], value[1]
@@ -371,32 +371,33 @@ class IsolatedSession(BitnetSession):
         if w is not None:
             w.cancel()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Frees the session in the worker, then ends the worker.
 
-        Bounded by the session's timeout (+ GRACE): a free that does not
+        Bounded by timeout (None: the session's) + GRACE: a free that does not
         return is ended with its worker (which frees everything the worker
         held) and raises OperationTimeout; a worker that dies in the free
         raises BackendCrashed.  Either way the session is closed and nothing
         is left behind.  A free that fails (CleanupFailed) leaves the session
         open for a retry, as in process.
         """
+        seconds = self._timeout(timeout)
         with self._close_lock:
             if self._ctx is None:
                 return
             worker = self._worker
-            params = {"model_path": self.model_path}
+            params = {"model_path": self.model_path, "timeout": seconds}
             with self._call_lock:  # waits for a call of another thread to end (bounded by its deadline)
                 if self._ctx is None:
                     return
                 forward = _Forward()
                 try:
-                    reply = worker.request(P.CLOSE, {"timeout": self.timeout, "levels": _levels(),
-                                                     "armed": faults.armed_points()}, self.timeout,
+                    reply = worker.request(P.CLOSE, {"timeout": seconds, "levels": _levels(),
+                                                     "armed": faults.armed_points()}, seconds,
                                            on_message=forward)
                 except WorkerStopped as exc:
                     self._end("close() stopped its worker at the deadline")
-                    raise _timed_out("close", params, self.timeout, exc, worker.pid, self._library,
+                    raise _timed_out("close", params, seconds, exc, worker.pid, self._library,
                                      "stopping the worker freed everything it held: the session is closed") from None
                 except WorkerDied as exc:
                     self._end("its worker died in close()")
@@ -417,6 +418,17 @@ class IsolatedSession(BitnetSession):
                 self._end(None)
                 if leftover:
                     _report_leftover(worker, leftover, self._library, self.model_path)
+
+
+def _isolated_info(info: Mapping[str, str], isolation: str) -> dict[str, str]:
+    """The worker's backend_info as this session's: its isolation, and its
+    deadlines as isolation makes them -- a library that cannot honour a
+    deadline in process is bounded anyway, by ending its worker."""
+    out = {**info, "isolation": isolation}
+    deadlines = out.get("deadlines")
+    if deadlines is not None and deadlines != "honoured":
+        out["deadlines"] = f"honoured by ending the worker at the deadline ({deadlines})"
+    return out
 
 
 def _report_leftover(worker: Worker, leftover: Mapping[str, int], library: str, what: str) -> None:

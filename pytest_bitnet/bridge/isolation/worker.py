@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import inspect
 import logging
 import mmap
 import os
@@ -232,8 +233,14 @@ class Worker:
             )
             return {"n_ctx": s.n_ctx, "n_vocab": s.n_vocab}
 
+        # the session's close takes a deadline where the library can honour one (issue 15)
+        close_takes_timeout = "timeout" in inspect.signature(BitnetSession.close).parameters
+
         def close(b: dict[str, Any]) -> Any:
-            self.session.close()
+            if close_takes_timeout:
+                self.session.close(timeout=b["timeout"])
+            else:
+                self.session.close()
             self.session = None
             return self.leftover()
 
