@@ -55,7 +55,7 @@ def _scenario(model: Path, isolation: str) -> list[Any]:
         toks = step(lambda: s.tokenize("faults across the boundary"))
         toks = toks if toks is not None else np.array([1, 5, 9], dtype=np.int32)
         for i in range(3):
-            step(lambda: s.evaluate(toks[i : i + 2]))
+            step(lambda i=i: s.evaluate(toks[i : i + 2]))
     finally:
         if step(lambda: s.close()) is None and not s.closed:  # CleanupFailed leaves it open: retry, as a user would
             step(lambda: s.close())

@@ -271,7 +271,7 @@ class IsolatedSession(BitnetSession):
                 raise _timed_out(operation, params, seconds, exc, worker.pid, self._library,
                                  "the session is closed: create a new session") from None
             except WorkerDied as exc:
-                sig, name, code, words = describe_death(exc.returncode)
+                words = describe_death(exc.returncode)[3]
                 self._end(f"its worker {words} during a {operation}")
                 raise _crashed(operation, params, exc, worker.pid, self._library,
                                "the session is closed: create a new session", worker.crash_note) from None
@@ -302,9 +302,6 @@ class IsolatedSession(BitnetSession):
         page = self._worker.mapped(value[2])
         # one copy: the caller owns its array; the page is the next call's
         return np.ndarray(shape, dtype=np.float32, buffer=page, offset=P.STATUS_SIZE).copy()
-
-    def _timeout(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else parse_timeout(timeout)
 
     def tokenize(
         self, prompt: str | bytes, add_bos: bool = True, parse_special: bool = False, timeout: float | None = None
