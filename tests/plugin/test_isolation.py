@@ -19,7 +19,7 @@ def libraries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if real is None:
         pytest.skip("no bundled library")
     return {bug: build_broken_backend(tmp_path_factory.mktemp(bug.lower()), bug, real)
-            for bug in ("SLEEP_TOKENIZE", "SEGV_EVAL")}
+            for bug in ("SLEEP_TOKENIZE", "SLEEP_LOAD", "SEGV_EVAL", "ABORT_FREE", "STDERR_EXIT")}
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,17 @@ def _suite(pytester: pytest.Pytester, model: Path, libraries: dict[str, Path]) -
             with bn.BitnetSession.create(MODEL, backend="dlopen", library_path={str(libraries["SEGV_EVAL"])!r}) as s:
                 s.evaluate(s.tokenize("hello"))
 
+        def test_load_hangs():
+            bn.BitnetSession.create(MODEL, backend="dlopen", library_path={str(libraries["SLEEP_LOAD"])!r})
+
+        def test_free_aborts():
+            with bn.BitnetSession.create(MODEL, backend="dlopen", library_path={str(libraries["ABORT_FREE"])!r}) as s:
+                s.tokenize("hello")
+
+        def test_exits():
+            with bn.BitnetSession.create(MODEL, backend="dlopen", library_path={str(libraries["STDERR_EXIT"])!r}) as s:
+                s.tokenize("hello")
+
         def test_works():
             with bn.BitnetSession.create(MODEL) as s:
                 assert s.isolated
@@ -51,16 +62,19 @@ def _suite(pytester: pytest.Pytester, model: Path, libraries: dict[str, Path]) -
     )
 
 
-def test_a_hang_and_a_crash_are_two_failed_tests(pytester: pytest.Pytester, tiny_model: Path,
+def test_hangs_and_crashes_are_failed_tests(pytester: pytest.Pytester, tiny_model: Path,
                                                  libraries: dict[str, Path]) -> None:
     _suite(pytester, tiny_model, libraries)
     result = pytester.runpytest_subprocess("--bitnet-isolation=process", "--bitnet-timeout=0.5", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=1, failed=5)
     result.stdout.fnmatch_lines([
         "bitnet: backend=reference (default), leak-check=strict (default), timeout=0.5s (--bitnet-timeout), "
         "isolation=process (--bitnet-isolation)",
     ])
     result.stdout.fnmatch_lines(["*OperationTimeout*stopped at the deadline*"])
+    result.stdout.fnmatch_lines(["*OperationTimeout: create failed: create timed out*"])
+    result.stdout.fnmatch_lines(["*BackendCrashed: close crashed*SIGABRT*"])
+    result.stdout.fnmatch_lines(["*BackendCrashed: tokenize (QUERY PHASE) crashed*exited with status 3*"])
     result.stdout.fnmatch_lines(["*BackendCrashed*SIGSEGV*" if "libasan" not in __import__("os").environ.get("LD_PRELOAD", "")
                                  else "*BackendCrashed*SIGABRT*"])
     assert "leaked" not in result.stdout.str()  # the failed sessions left nothing
@@ -72,7 +86,7 @@ def test_under_xdist_a_crash_does_not_lose_the_worker(pytester: pytest.Pytester,
     _suite(pytester, tiny_model, libraries)
     result = pytester.runpytest_subprocess("--bitnet-isolation=process", "--bitnet-timeout=0.5", "-n", "1",
                                            "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=1, failed=5)
     out = result.stdout.str()
     assert "node down" not in out and "replacing crashed worker" not in out
 
