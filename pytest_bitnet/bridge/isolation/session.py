@@ -49,11 +49,15 @@ log = logging.getLogger("pytest_bitnet")
 FOOTPRINT = {"contexts": 1, "models": 1}
 
 
+_PACKAGE_LOG = logging.getLogger("pytest_bitnet")
+_NATIVE_LOG = logging.getLogger("pytest_bitnet.native")
+
+
 def _levels() -> tuple[int, int, int]:
     # the caller's logging decides, as in process: the worker filters with
     # the caller's levels of now, so it sends only what would be shown
-    return (logging.getLogger("pytest_bitnet").getEffectiveLevel(),
-            logging.getLogger("pytest_bitnet.native").getEffectiveLevel(), int(lib.bitnet_bridge_get_log_level()))
+    # (loggers looked up once: getLogger takes logging's module lock)
+    return _PACKAGE_LOG.getEffectiveLevel(), _NATIVE_LOG.getEffectiveLevel(), int(lib.bitnet_bridge_get_log_level())
 
 
 def _new_worker() -> Worker:
