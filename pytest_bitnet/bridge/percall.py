@@ -80,9 +80,9 @@ def evaluate(
 
 def _isolated(fn: str, operation: str, args: tuple[Any, ...], seconds: float, opts: Options, params: dict[str, Any],
               **kwargs: Any) -> Any:
-    from .isolation.session import percall
+    from .isolation.session import library_label, percall
 
-    library = f"the library of backend {opts.backend or 'the default'!r}" + (f" ({opts.library_path})" if opts.library_path else "")
+    library = library_label(opts.backend, opts.library_path)
     return percall(fn, operation, args, {**kwargs, "timeout": seconds, "backend": opts.backend,
                                          "library_path": opts.library_path}, seconds, params, library)
 

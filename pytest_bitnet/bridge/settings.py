@@ -28,7 +28,7 @@ from .validate import backend_arg, isolation_arg, parse_timeout
 
 __all__ = [
     "DEFAULT_TIMEOUT", "ENV_ISOLATION", "ENV_TIMEOUT", "ENV_VARS", "Defaults", "configure", "current", "default_isolation",
-    "default_timeout", "environment", "isolation_for", "timeout_option",
+    "default_timeout", "environment", "isolation_for", "timeout_option", "worker_environment",
 ]  # fmt: skip
 
 DEFAULT_TIMEOUT: Final = 30.0  # seconds, when nothing else says
@@ -141,6 +141,13 @@ def timeout_option(what: str) -> dict[str, Any]:
         "help": f"default deadline of every native call {what}, in seconds ('none': no deadline); "
                 f"default: ${ENV_TIMEOUT}, else {DEFAULT_TIMEOUT:g} s",
     }  # fmt: skip
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment an isolated session's worker starts with: this
+    process's, without BITNET_ISOLATION (the worker serves its session in
+    process; it must not isolate again)."""
+    return {k: v for k, v in os.environ.items() if k != ENV_ISOLATION}
 
 
 def environment() -> dict[str, str | None]:

@@ -41,7 +41,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Final
 
-from .. import errors
+from .. import errors, settings
 from . import protocol as P
 
 __all__ = ["GRACE", "STARTUP_TIMEOUT", "STDERR_LINES", "Worker", "WorkerDied", "WorkerStopped", "live_workers"]
@@ -132,9 +132,7 @@ class Worker:
         page_fd = os.memfd_create("bitnet-isolation", 0) if hasattr(os, "memfd_create") else _tmpfile_fd()
         os.ftruncate(page_fd, P.STATUS_SIZE)
         child_fds = (req_r, rep_w, ctl_r, page_fd)
-        environ = dict(os.environ if env is None else env)
-        # the worker serves its session in process: it must not isolate again
-        environ.pop("BITNET_ISOLATION", None)
+        environ = settings.worker_environment() if env is None else dict(env)
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, environ.get("PYTHONPATH", "")) if p)
         try:
             # Started from one long-lived thread: the kernel's parent-death

@@ -176,8 +176,7 @@ class IsolatedSession(BitnetSession):
             params["backend"] = backend
         before = counters.snapshot()
         worker = _new_worker()
-        library = f"the library of backend {opts.backend or os.environ.get('BITNET_BACKEND') or 'reference'!r}" + (
-            f" ({opts.library_path})" if opts.library_path else "")
+        library = library_label(opts.backend, opts.library_path)
         body = {"model_path": path, "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "timeout": session_timeout,
                 "backend": opts.backend, "library_path": opts.library_path, "levels": _levels(),
                 "armed": faults.armed_points()}
@@ -419,6 +418,12 @@ class IsolatedSession(BitnetSession):
                 self._end(None)
                 if leftover:
                     _report_leftover(worker, leftover, self._library, self.model_path)
+
+
+def library_label(backend: str | None, library_path: str | None) -> str:
+    """How messages name the library before the worker has said which one it loaded."""
+    what = f"the library of backend {backend!r}" if backend else "the default backend's library"
+    return what + (f" ({library_path})" if library_path else "")
 
 
 def _isolated_info(info: Mapping[str, str], isolation: str) -> dict[str, str]:
