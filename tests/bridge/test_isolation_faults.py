@@ -192,3 +192,21 @@ def _fields(exc: errors.BitnetError) -> dict[str, Any]:
     d = dataclasses.asdict(exc.context)
     d.pop("time")
     return d
+
+
+def test_points_only_the_caller_registered_do_not_break_the_worker(tiny_model: Path) -> None:
+    # Points registered at run time in the caller (an interposing libllama's
+    # llama_* points) have indexes the worker's registry does not have: its
+    # library cannot reach them, so the worker leaves them out instead of
+    # refusing the request.
+    from pytest_bitnet.bridge import faults
+
+    name = "isolation_test.caller_only"
+    if name not in {p.name for p in faults.points()}:
+        faults.register_points([(name, "registered in the caller only (test_isolation_faults)", -4, {"fail"})])
+    with bn.BitnetSession.create(tiny_model, isolation="process") as s:
+        with pytest.warns(fi.NeverHitWarning), fi.inject(f"{name}=fail;tokenize.fill=1*off->fail") as armed:
+            assert len(s.tokenize("the caller's own point is armed")) > 1
+            with pytest.raises(errors.InferenceError, match="FILL PHASE"):
+                s.tokenize("and the worker's points still apply")
+        assert armed.disarm().fired == {name: 0, "tokenize.fill": 1}
