@@ -24,7 +24,7 @@ import runpy
 import sys
 from typing import Sequence
 
-from pytest_bitnet.bridge import settings
+from pytest_bitnet.bridge import settings, validate
 
 from . import arming, env, registry, spec
 from . import matrix as _matrix
@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("-n", dest="workers", type=int, default=0, metavar="N", help="run on N pytest-xdist workers (default: in this process)")
     m.add_argument("--library", metavar="PATH", help="the library the dlopen column loads (default: discovery)")
     m.add_argument("--timeout", **settings.timeout_option("in each cell (an entry's own timeouts still win)"))
+    m.add_argument("--isolation", choices=validate.ISOLATIONS, default=None,
+                   help="where each cell's sessions run: none (in this process) or process (a worker process each: "
+                        "hard deadlines, crashes contained); default: $BITNET_ISOLATION, else none")
     m.add_argument("--models", metavar="DIR", help="where to generate the test models (default: a temporary directory)")
     m.add_argument("--json", metavar="F", help="write the matrix as JSON")
     m.add_argument("--junit", metavar="F", help="write a JUnit XML report")

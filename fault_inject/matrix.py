@@ -51,6 +51,7 @@ class Matrix:
     outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
     wall_seconds: float = 0.0
     workers: int = 0  # 0: in process
+    isolation: str | None = None  # the cells' sessions: None / "none" in their process, "process" in workers of their own
     # backend -> why that column cannot run here (all its cells n/a): one line, not a row each
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -96,6 +97,8 @@ class Matrix:
                 text += f", {c[NOT_APPLICABLE]} n/a"
             parts.append(text)
         where = f"{self.workers} workers" if self.workers else "in process"
+        if self.isolation == "process":
+            where += ", each session isolated in a worker process"
         return f"{'; '.join(parts)}  ({len(self.entries)} entries, {self.wall_seconds:.1f} s wall, {where})"
 
     def table(self, width: int = 58) -> str:
@@ -138,6 +141,7 @@ class Matrix:
             "unavailable": dict(self.unavailable),
             "wall_seconds": round(self.wall_seconds, 3),
             "workers": self.workers,
+            "isolation": self.isolation or "none",
             "ok": self.ok,
             "summary": {b: self.counts(b) for b in self.backends},
             "rows": [
@@ -238,13 +242,14 @@ def _check_backends(backends: Sequence[str]) -> list[str]:
 
 
 def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, library: str | None = None,
-                   progress: bool = False, timeout: float | None = None) -> Matrix:
+                   progress: bool = False, timeout: float | None = None, isolation: str | None = None) -> Matrix:
     """Every cell in this process, entry by entry."""
-    m = Matrix(entries, backends)
+    m = Matrix(entries, backends, isolation=isolation)
     start = time.perf_counter()
     for e in entries:
         for b in backends:
-            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library, timeout=timeout)
+            m.outcomes[(e.id, b)] = o = run_entry(e, b, models=models, library=library, timeout=timeout,
+                                                  isolation=isolation)
             if progress:
                 print(f"{e.id} [{b}] {o.result}" + (f": {o.reason}" if o.result == FAIL else ""), file=sys.stderr, flush=True)
     m.wall_seconds = time.perf_counter() - start
@@ -252,11 +257,11 @@ def run_in_process(entries: list[Entry], backends: list[str], *, models: Path, l
 
 
 def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, models: Path,
-                   library: str | None = None, timeout: float | None = None) -> Matrix:
+                   library: str | None = None, timeout: float | None = None, isolation: str | None = None) -> Matrix:
     """Every cell as a pytest item, distributed over `workers` pytest-xdist processes."""
     if importlib.util.find_spec("xdist") is None:  # the workers are pytest's, in a subprocess
         raise SelectionError("-n needs pytest-xdist: pip install 'pytest-bitnet[test]' (or pytest-xdist)")
-    m = Matrix(entries, backends, workers=workers)
+    m = Matrix(entries, backends, workers=workers, isolation=isolation)
     with tempfile.TemporaryDirectory(prefix="bitnet-matrix-") as tmp:
         out = Path(tmp, "cells.json")
         empty = Path(tmp, "collect")  # nothing to collect: the plugin makes the items
@@ -271,6 +276,8 @@ def run_on_workers(entries: list[Entry], backends: list[str], workers: int, *, m
             cmd += ["--bitnet-matrix-library", library]
         if timeout is not None:  # repr: a float parse_timeout reads back exactly ("inf" too)
             cmd += ["--bitnet-matrix-timeout", repr(timeout)]
+        if isolation is not None:
+            cmd += ["--bitnet-matrix-isolation", isolation]
         environ = {k: v for k, v in os.environ.items() if k != env.ENV_SPEC}  # cells arm their own faults
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=environ)
@@ -300,13 +307,14 @@ def main(args: argparse.Namespace) -> int:
         cached_tiny_model(models, arch="bitnet", seed=0)  # once, before any worker wants it
         if args.workers > 0:
             try:
-                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library, timeout=args.timeout)
+                m = run_on_workers(entries, backends, args.workers, models=models, library=args.library, timeout=args.timeout,
+                                   isolation=args.isolation)
             except SelectionError as exc:
                 print(f"fault_inject matrix: {exc}", file=sys.stderr)
                 return 2
         else:
             m = run_in_process(entries, backends, models=models, library=args.library, progress=args.verbose,
-                               timeout=args.timeout)
+                               timeout=args.timeout, isolation=args.isolation)
     print(m.table())
     if args.json:
         Path(args.json).write_text(json.dumps(m.as_json(), indent=1) + "\n")

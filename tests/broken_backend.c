@@ -41,6 +41,21 @@
  *                               seed's alternative to Socket 1): the build
  *                               hides those with a version script.
  *
+ * Third-party libraries that do not cooperate (no bitnet_host_attach: the
+ * bridge's deadlines, cancellation and fault points cannot reach them),
+ * for process isolation (tests/bridge/test_isolation*.py):
+ *
+ *   BUG_SLEEP_TOKENIZE          every tokenize sleeps 60 s first, deaf to any
+ *                               deadline;
+ *   BUG_SLEEP_LOAD              every init_context sleeps 60 s first;
+ *   BUG_SEGV_EVAL               every evaluation's fill pass (session and
+ *                               per-call) writes through NULL (SIGSEGV);
+ *   BUG_ABORT_FREE              every free_context aborts (SIGABRT);
+ *   BUG_SLEEP_FREE              every free_context sleeps 60 s first;
+ *   BUG_STDERR_EXIT             every tokenize writes three lines to stderr,
+ *                               the last "broken_backend: giving up", then
+ *                               _exit(3).
+ *
  * tests/native_builds.py builds them; tests/fault_inject/test_matrix.py checks that the
  * matrix turns red on exactly the rows each bug should break;
  * tests/bridge/test_calls.py that a misreported count is never a result.
@@ -51,6 +66,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bitnet.h"
 #include "bitnet_host.h"
@@ -79,6 +96,21 @@ static void *real(const char *name)
 
 /* The real library's function of the same name and type. */
 #define REAL(fn) ((__typeof__(&fn))real(#fn))
+
+#if defined(BUG_SLEEP_TOKENIZE) || defined(BUG_SLEEP_LOAD) || defined(BUG_SEGV_EVAL) || \
+    defined(BUG_ABORT_FREE) || defined(BUG_SLEEP_FREE) || defined(BUG_STDERR_EXIT)
+#define NO_HOST_HOOK 1 /* a third-party library: it knows nothing of the bridge */
+#endif
+
+#if defined(BUG_SLEEP_TOKENIZE) || defined(BUG_SLEEP_LOAD) || defined(BUG_SLEEP_FREE)
+/* Far past any deadline a test sets, and deaf to all of them. */
+static void sleep_long(void)
+{
+    struct timespec t = {60, 0};
+    while (nanosleep(&t, &t) != 0)
+        ;
+}
+#endif
 
 static int reported(int rc)
 {
@@ -178,6 +210,9 @@ static void untrack(const bitnet_context_t *ctx) { (void)ctx; }
 int bitnet_cpp_init_context(bitnet_context_t **out_ctx, const char *model_path, int32_t n_ctx,
                             int32_t n_gpu_layers, char *err, int32_t err_len)
 {
+#ifdef BUG_SLEEP_LOAD
+    sleep_long();
+#endif
     int rc = REAL(bitnet_cpp_init_context)(out_ctx, model_path, n_ctx, n_gpu_layers, err, err_len);
     if (rc == BITNET_OK)
         track(*out_ctx, model_path);
@@ -186,6 +221,12 @@ int bitnet_cpp_init_context(bitnet_context_t **out_ctx, const char *model_path, 
 
 int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
+#ifdef BUG_ABORT_FREE
+    abort();
+#endif
+#ifdef BUG_SLEEP_FREE
+    sleep_long();
+#endif
     int rc = REAL(bitnet_cpp_free_context)(ctx);
     if (rc == BITNET_OK)
         untrack(ctx);
@@ -216,6 +257,16 @@ int bitnet_cpp_tokenize_with_context(const bitnet_context_t *ctx, const char *pr
                                      int parse_special, int32_t *out_tokens, int32_t out_capacity,
                                      int32_t *out_len, char *err, int32_t err_len)
 {
+#ifdef BUG_SLEEP_TOKENIZE
+    sleep_long();
+#endif
+#ifdef BUG_STDERR_EXIT
+    fprintf(stderr, "broken_backend: tokenize of %zu bytes\n", strlen(prompt));
+    fprintf(stderr, "broken_backend: the vocabulary is gone\n");
+    fprintf(stderr, "broken_backend: giving up\n");
+    fflush(stderr);
+    _exit(3);
+#endif
 #ifdef BUG_LEAK_ON_TOKENIZE_ERROR
     bitnet_context_t *scratch = scratch_for(ctx);
 #endif
@@ -250,6 +301,12 @@ int bitnet_cpp_eval_with_context(const bitnet_context_t *ctx, const int32_t *tok
 #ifdef BUG_CRASH_IN_EVAL
     if (out_logits)
         abort();
+#endif
+#ifdef BUG_SEGV_EVAL
+    if (out_logits) {
+        volatile int *nowhere = NULL;
+        *nowhere = 1; /* the bug: a wild write */
+    }
 #endif
 #ifdef BUG_WRITE_PAST_BUFFER
     if (out_logits) {
@@ -341,6 +398,12 @@ int crossval_bitnet_eval_with_tokens(const char *model_path, const int32_t *toke
                                      float *out_logits, int32_t logits_capacity, int32_t *out_rows, int32_t *out_cols,
                                      char *err, int32_t err_len)
 {
+#ifdef BUG_SEGV_EVAL
+    if (out_logits) {
+        volatile int *nowhere = NULL;
+        *nowhere = 1; /* the same bug on the per-call path */
+    }
+#endif
     int rc = REAL(crossval_bitnet_eval_with_tokens)(model_path, tokens, n_tokens, n_ctx, out_logits, logits_capacity,
                                                     out_rows, out_cols, err, err_len);
     overreported(rc, out_logits, out_rows);
@@ -376,9 +439,11 @@ int32_t bitnet_cpp_get_last_error(char *buf, int32_t buf_len) { return REAL(bitn
 int32_t bitnet_cpp_get_last_error_code(void) { return REAL(bitnet_cpp_get_last_error_code)(); }
 int bitnet_cpp_get_counters(bitnet_counters_t *out) { return REAL(bitnet_cpp_get_counters)(out); }
 
+#ifndef NO_HOST_HOOK
 /* Deadlines, logging and fault points reach the real library through us. */
 int bitnet_host_attach(const bitnet_host_t *host)
 {
     bitnet_host_attach_fn attach = (bitnet_host_attach_fn)real("bitnet_host_attach");
     return attach ? attach(host) : BITNET_E_UNSUPPORTED;
 }
+#endif

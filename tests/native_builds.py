@@ -70,6 +70,7 @@ BROKEN_BACKEND_BUGS = (
     "LEAK_ON_TOKENIZE_ERROR", "GENERIC_CODE", "WRITE_PAST_BUFFER", "CRASH_IN_EVAL", "OVERREPORT_FILL",
     "NEGATIVE_QUERY", "FILL_SHAPE", "ABSURD_SIZES", "BAD_MODEL_INFO", "BAD_N_PAST", "BAD_CAPS",
     "FAKE_GPU", "SESSION_ONLY",
+    "SLEEP_TOKENIZE", "SLEEP_LOAD", "SEGV_EVAL", "ABORT_FREE", "SLEEP_FREE", "STDERR_EXIT",
 )
 
 # What a variant leaves out of its dynamic symbol table (tests/broken_backend.c says why).

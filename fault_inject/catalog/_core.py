@@ -123,6 +123,10 @@ class Entry:
     arm_in_scenario: bool = False  # the operation arms `inject` itself (s.armed()) around the call it targets
     # backend -> why the entry does not apply there (shown, never dropped)
     not_for: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # why the entry cannot run with isolation="process" (it reaches the
+    # library in this process: the C ABI on a handle, the finalizer's free,
+    # two threads on one native context); "" runs it isolated too
+    in_process: str = field(default="", compare=False)
 
     @property
     def error_class(self) -> type[BaseException]:
@@ -180,7 +184,8 @@ CATALOG: dict[str, Entry] = {}
 
 def entry(id: str, category: str, title: str, *, expect: str | None = None, fragments: Sequence[str] = (),
           inject: str | None = None, stub: str = STUB_UNAVAILABLE, arm_in_scenario: bool = False,
-          not_for: Mapping[str, str] | None = None, fragments_for: Mapping[str, Sequence[str]] | None = None) -> Callable[[Callable[[Scenario], None]], Callable[[Scenario], None]]:
+          not_for: Mapping[str, str] | None = None, fragments_for: Mapping[str, Sequence[str]] | None = None,
+          in_process: str = "") -> Callable[[Callable[[Scenario], None]], Callable[[Scenario], None]]:
     """Registers the decorated function as catalog entry `id`."""
     if category not in CATEGORIES:
         raise ValueError(f"{id}: unknown category {category!r}")
@@ -196,7 +201,7 @@ def entry(id: str, category: str, title: str, *, expect: str | None = None, frag
             raise ValueError(f"catalog entry {id} defined twice")
         CATALOG[id] = Entry(id, category, title, fn, expect, tuple(fragments),
                             {b: tuple(f) for b, f in (fragments_for or {}).items()}, inject, stub, arm_in_scenario,
-                            dict(not_for or {}))
+                            dict(not_for or {}), in_process)
         return fn
 
     return register
@@ -452,7 +457,7 @@ _ENV_KEPT: Final = ("BITNET_BACKEND", "BITNET_CPP_LIBDIR", "BITNET_CPP_DIR", "BI
 
 
 def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None = None,
-              timeout: float | None = None) -> Outcome:
+              timeout: float | None = None, isolation: str | None = None) -> Outcome:
     """Runs `entry` on `backend` and checks the shared invariant.
 
     Passes when the operation behaved as catalogued and the live counters
@@ -461,6 +466,10 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     raised CppNotAvailable.  Never raises for what the entry does.
     ``timeout``: the default deadline of the cell's native calls
     (settings.configure); the timeouts an entry passes itself still win.
+    ``isolation``: where the cell's sessions and per-call functions run
+    (settings.configure; "process": each in a worker process); an entry
+    that must reach the library in this process (the C ABI, its threads)
+    is n/a under "process", with its reason (``Entry.in_process``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (valid: {', '.join(BACKENDS)})")
@@ -470,6 +479,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
     why_not = entry.applies_to(backend)
     if why_not:
         return Outcome(entry.id, backend, NOT_APPLICABLE, reason=why_not)
+    if isolation == "process" and entry.in_process:
+        return Outcome(entry.id, backend, NOT_APPLICABLE, reason=f"in process only: {entry.in_process}")
     baseline = bn.live_counters()  # settled: the last cell ended collected (below)
     saved_env = {k: os.environ.get(k) for k in _ENV_KEPT}
     start = time.perf_counter()
@@ -480,7 +491,8 @@ def run_entry(entry: Entry, backend: str, *, models: Path, library: str | None =
         # the entries that expect one catch it themselves (Scenario.warns).
         warnings.simplefilter("ignore")
         s = Scenario(entry, backend, workdir=Path(tmp), models=models, library=library)
-        previous = settings.configure(timeout=timeout) if timeout is not None else None
+        changes = {k: v for k, v in (("timeout", timeout), ("isolation", isolation)) if v is not None}
+        previous = settings.configure(**changes) if changes else None
         try:
             os.environ["BITNET_BACKEND"] = backend
             if entry.inject and not entry.arm_in_scenario:

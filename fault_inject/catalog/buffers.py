@@ -42,7 +42,8 @@ def e23(s: Scenario) -> None:
 
 
 @entry("E24", "buffers", "capacity below required at the C ABI → \"buffer too small (need N, got M)\", nothing written past capacity",
-       expect="InvalidArgument", fragments=("buffer too small (need {need}, got {got})",))
+       expect="InvalidArgument", fragments=("buffer too small (need {need}, got {got})",),
+       in_process="it calls the C ABI on the session's handle, which an isolated session does not have here")
 def e24(s: Scenario) -> None:
     """bitnet_cpp_tokenize_with_context / eval_with_context with capacity one short of the query's answer"""
     ctx = s.session().handle

@@ -121,7 +121,8 @@ def e40(s: Scenario) -> None:
 
 
 @entry("E41", "fallback-chain", "fallback in a session loads the model once over 10 calls",
-       inject="dlsym.bitnet_cpp_eval_with_context=missing", stub=STUB_SAME)
+       inject="dlsym.bitnet_cpp_eval_with_context=missing", stub=STUB_SAME,
+       in_process="it counts model loads in this process's model_loads, and an isolated session loads in its worker")
 def e41(s: Scenario) -> None:
     """a library lacking bitnet_cpp_eval_with_context; one session, 10 evaluations; counters' model_loads"""
     before = bn.live_counters()["model_loads"]

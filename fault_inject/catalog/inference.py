@@ -71,7 +71,8 @@ def e18(s: Scenario) -> None:
 
 
 @entry("E19", "inference", "GPU eval / n_gpu_layers > 0 without GPU support → error naming the missing capability",
-       expect="Unsupported", fragments=("GPU", "has_cuda=0", "n_gpu_layers=0"))
+       expect="Unsupported", fragments=("GPU", "has_cuda=0", "n_gpu_layers=0"),
+       in_process="it calls bitnet_cpp_eval_gpu on the session's handle, which an isolated session does not have here")
 def e19(s: Scenario) -> None:
     """create(n_gpu_layers=4); bitnet_cpp_eval_gpu on a CPU context"""
     s.fails(s.session, n_gpu_layers=4)

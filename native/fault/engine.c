@@ -103,6 +103,8 @@ typedef struct {
     _Atomic uint64_t first_fired_hit;    /* 0 until the first firing */
     _Atomic uint64_t generation;         /* bumped per arm, under lock */
     char *backtrace;                     /* first firing's; under lock */
+    atomic_int remote;                   /* hits decided by another process
+                                            (bitnet_fault_set_remote) */
 } point_state;
 
 atomic_int bn_fault_armed_points; /* see bn_fault.h */
@@ -113,6 +115,8 @@ static struct {
                                               registered points */
     _Atomic(bitnet_fault_callback_t) callback; /* firing observer or NULL */
     _Atomic(void *) callback_user;             /* its argument */
+    _Atomic(bitnet_fault_decider_t) decider;   /* remote points' decider */
+    _Atomic(void *) decider_user;              /* its argument */
     _Atomic uint64_t next_thread_id;           /* thread ids start at 1 */
 } engine = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -216,12 +220,14 @@ typedef struct {
     char text[40];
 } firing;
 
-/* Performs a firing; called outside the `inside` window, guard held. */
-static int fire(int point, const firing *f, bn_fault_special *special)
+/* The note of a firing (bn_fault_note), and, where the hit was decided
+ * (observe), its first-firing backtrace and its report to the callback. */
+static void announce(int point, const firing *f, int observe)
 {
-    const char *name = registry(point).name;
     snprintf(tl.note, sizeof tl.note, "injected fault at '%s' (%s, hit %llu)",
-             name, f->text, (unsigned long long)f->hit);
+             registry(point).name, f->text, (unsigned long long)f->hit);
+    if (!observe)
+        return; /* decided, counted and reported by another process */
     if (f->first) {
         capture_backtrace(point, f->generation);
         bn_fault_first_firing(point);
@@ -232,6 +238,13 @@ static int fire(int point, const firing *f, bn_fault_special *special)
                                    f->arg, f->hit, f->first};
         cb(atomic_load(&engine.callback_user), &ev);
     }
+}
+
+/* Performs a firing; called outside the `inside` window, guard held. */
+static int fire(int point, const firing *f, bn_fault_special *special,
+                int observe)
+{
+    announce(point, f, observe);
     int rc;
     switch (f->action) {
     case BITNET_FAULT_FAIL:
@@ -282,6 +295,40 @@ static int fire(int point, const firing *f, bn_fault_special *special)
     }
 }
 
+/* Counts a hit of ps on this thread against its chain and picks the term
+ * that applies (f->term stays -1: none; f->hit stays 0: not in scope).
+ * Inside the `inside` window; shared by local hits (bn_fault_eval) and
+ * hits another process asks about (bitnet_fault_decide). */
+static void take_hit(point_state *ps, firing *f, int locked)
+{
+    chain *c = atomic_load(&ps->chain);
+    if (c && (!c->thread || c->thread == thread_id())) {
+        f->hit = atomic_fetch_add(&ps->hits, 1) + 1;
+        f->locked = locked;
+        for (int i = 0; i < c->n_terms && !f->locked; i++) {
+            term *t = &c->terms[i];
+            if (!take(t, c->mix, f->hit, i))
+                continue;
+            f->term = i;
+            f->action = t->action;
+            f->code = t->code;
+            f->arg = t->arg;
+            memcpy(f->text, t->text, sizeof f->text);
+            break;
+        }
+        if (f->term >= 0 && f->action != BITNET_FAULT_OFF) {
+            f->first = atomic_fetch_add(&ps->fired, 1) == 0;
+            if (f->first)
+                atomic_store(&ps->first_fired_hit, f->hit);
+        }
+    }
+    /* generation is written under the lock only while chain is NULL and
+     * inside is 0, so this read is stable */
+    f->generation = ps->generation;
+}
+
+static int ask_remote(int point, bn_fault_special *special);
+
 int bn_fault_eval(int point, bn_fault_special *special)
 {
     /* the capacity, not the registered count: a slot of an index not
@@ -289,46 +336,123 @@ int bn_fault_eval(int point, bn_fault_special *special)
     if ((unsigned)point >= (unsigned)BN_FAULT_CAPACITY)
         return 0;
     point_state *ps = &engine.points[point];
-    /* the per-point check, before anything that costs */
-    if (!atomic_load_explicit(&ps->chain, memory_order_relaxed))
+    /* the per-point check, before anything that costs (a point decided
+     * by another process is disarmed here: one more load, same line) */
+    if (!atomic_load_explicit(&ps->chain, memory_order_relaxed)) {
+        if (BN_UNLIKELY(atomic_load_explicit(&ps->remote, memory_order_relaxed)))
+            return ask_remote(point, special);
         return 0;
+    }
     if (tl.busy)
         return 0;
     tl.busy = 1;
     firing f = {.term = -1};
     atomic_fetch_add(&ps->inside, 1);
-    chain *c = atomic_load(&ps->chain);
-    if (c && (!c->thread || c->thread == thread_id())) {
-        f.hit = atomic_fetch_add(&ps->hits, 1) + 1;
-        f.locked = bn_locks_held() > 0;
-        for (int i = 0; i < c->n_terms && !f.locked; i++) {
-            term *t = &c->terms[i];
-            if (!take(t, c->mix, f.hit, i))
-                continue;
-            f.term = i;
-            f.action = t->action;
-            f.code = t->code;
-            f.arg = t->arg;
-            memcpy(f.text, t->text, sizeof f.text);
-            break;
-        }
-        if (f.term >= 0 && f.action != BITNET_FAULT_OFF) {
-            f.first = atomic_fetch_add(&ps->fired, 1) == 0;
-            if (f.first)
-                atomic_store(&ps->first_fired_hit, f.hit);
-        }
-    }
-    /* generation is written under the lock only while chain is NULL and
-     * inside is 0, so this read is stable */
-    f.generation = ps->generation;
+    take_hit(ps, &f, bn_locks_held() > 0);
     atomic_fetch_sub(&ps->inside, 1);
     int rc = 0;
     if (f.locked)
         rc = bn_fault_refuse_locked(point);
     else if (f.term >= 0 && f.action != BITNET_FAULT_OFF)
-        rc = fire(point, &f, special);
+        rc = fire(point, &f, special, 1);
     tl.busy = 0;
     return rc;
+}
+
+/* ---- hits decided by another process (bitnet_fault.h) --------------------- */
+
+/* A hit of a remote point: the decider asks the process whose engine the
+ * point is armed in, then this one performs what it decided. */
+static int ask_remote(int point, bn_fault_special *special)
+{
+    if (tl.busy)
+        return 0;
+    bitnet_fault_decider_t decide = atomic_load(&engine.decider);
+    if (!decide)
+        return 0;
+    tl.busy = 1;
+    int locked = bn_locks_held() > 0;
+    bitnet_fault_decision_t d;
+    memset(&d, 0, sizeof d);
+    int32_t how = decide(atomic_load(&engine.decider_user), point, locked, &d);
+    int rc = 0;
+    if (how >= 1 && locked)
+        rc = bn_fault_refuse_locked(point);
+    else if (how == 2) {
+        firing f = {.term = d.term, .action = d.action, .code = d.code,
+                    .arg = d.arg, .hit = d.hit};
+        memcpy(f.text, d.text, sizeof f.text);
+        f.text[sizeof f.text - 1] = '\0';
+        rc = fire(point, &f, special, 0);
+    }
+    tl.busy = 0;
+    return rc;
+}
+
+int32_t bitnet_fault_decide(int32_t point, int32_t locked,
+                            bitnet_fault_decision_t *out)
+{
+    if (point < 0 || point >= bitnet_fault_point_count() || !out)
+        return 0;
+    point_state *ps = &engine.points[point];
+    if (!atomic_load(&ps->chain) || tl.busy)
+        return 0;
+    tl.busy = 1;
+    firing f = {.term = -1};
+    atomic_fetch_add(&ps->inside, 1);
+    take_hit(ps, &f, locked != 0);
+    atomic_fetch_sub(&ps->inside, 1);
+    int32_t how = f.hit ? 1 : 0;
+    if (!f.locked && f.term >= 0 && f.action != BITNET_FAULT_OFF) {
+        announce(point, &f, 1);
+        out->term = f.term;
+        out->action = f.action;
+        out->code = f.code;
+        out->arg = f.arg;
+        out->hit = f.hit;
+        memcpy(out->text, f.text, sizeof out->text);
+        how = 2;
+    }
+    tl.busy = 0;
+    return how;
+}
+
+int32_t bitnet_fault_armed_list(int32_t *out, int32_t cap)
+{
+    if (!atomic_load_explicit(&bn_fault_armed_points, memory_order_relaxed))
+        return 0; /* the common case, every call: nothing armed */
+    int32_t n = 0, n_points = bitnet_fault_point_count();
+    for (int p = 0; p < n_points; p++)
+        if (atomic_load(&engine.points[p].chain)) {
+            if (out && n < cap)
+                out[n] = p;
+            n++;
+        }
+    return n;
+}
+
+int bitnet_fault_set_remote(const int32_t *points, int32_t n,
+                            bitnet_fault_decider_t decide, void *user)
+{
+    int n_points = bitnet_fault_point_count();
+    for (int32_t i = 0; i < n; i++)
+        if (!points || points[i] < 0 || points[i] >= n_points)
+            return bn_error(BITNET_E_INVALID_ARG,
+                            "bitnet_fault_set_remote: point index %d is not "
+                            "registered here (%d points): both processes must "
+                            "run the same build",
+                            points ? (int)points[i] : -1, n_points);
+    pthread_mutex_lock(&engine.lock);
+    for (int p = 0; p < n_points; p++)
+        if (atomic_exchange(&engine.points[p].remote, 0))
+            atomic_fetch_sub(&bn_fault_armed_points, 1);
+    atomic_store(&engine.decider_user, user);
+    atomic_store(&engine.decider, decide);
+    for (int32_t i = 0; decide && i < n; i++)
+        if (!atomic_exchange(&engine.points[points[i]].remote, 1))
+            atomic_fetch_add(&bn_fault_armed_points, 1);
+    pthread_mutex_unlock(&engine.lock);
+    return BITNET_OK;
 }
 
 const char *bn_fault_note(void) { return tl.note; }

@@ -80,6 +80,28 @@ void bitnet_fault_set_callback(bitnet_fault_callback_t fn, void *user)
     (void)fn; (void)user;
 }
 
+/* No engine: nothing is armed here to decide, and no point here can be
+ * decided elsewhere (a guest's points are its host's, which can be). */
+int32_t bitnet_fault_decide(int32_t point, int32_t locked,
+                            bitnet_fault_decision_t *out)
+{
+    (void)point; (void)locked; (void)out;
+    return 0;
+}
+
+int32_t bitnet_fault_armed_list(int32_t *out, int32_t cap)
+{
+    (void)out; (void)cap;
+    return 0;
+}
+
+int bitnet_fault_set_remote(const int32_t *points, int32_t n,
+                            bitnet_fault_decider_t decide, void *user)
+{
+    (void)points; (void)decide; (void)user;
+    return n > 0 ? not_compiled("(remote points)") : BITNET_OK;
+}
+
 #ifndef BN_FAULT_FORWARD
 /* No points fire here, so no firing to describe (a forwarding guest asks
  * its host, guest.c). */

@@ -192,6 +192,57 @@ BITNET_API int32_t bitnet_fault_backtrace(int32_t index, char *buf,
 BITNET_API void bitnet_fault_set_callback(bitnet_fault_callback_t fn,
                                           void *user);
 
+/* ---- hits decided by another process (process isolation) ---------------
+ *
+ * An isolated session's library runs in a worker process, and the points
+ * armed are its caller's: their hit counts, draws, firings and reports
+ * must be the caller's.  The worker marks the caller's armed points as
+ * decided remotely (bitnet_fault_set_remote); a hit on one calls `decide`
+ * (on the hitting thread), which asks the caller; the caller's engine
+ * decides that hit with bitnet_fault_decide as if it had happened on the
+ * calling thread -- counting it, drawing, taking a term, reporting the
+ * firing to its callback -- without performing the action, and the worker
+ * performs what was decided (the same message, the same sleep under its
+ * deadline, the same abort).  Points not marked stay disarmed in the
+ * worker and cost what disarmed points cost. */
+
+/* What a decided hit does (bitnet_fault_decide fills it). */
+typedef struct {
+    int32_t term;   /* index of the term taken                             */
+    int32_t action; /* BITNET_FAULT_*                                      */
+    int32_t code;   /* fail / oom: the code returned                       */
+    int64_t arg;    /* the term's argument, defaults applied               */
+    uint64_t hit;   /* hit number at the point in the deciding engine      */
+    char text[40];  /* the term as messages write it: "fail(-4)"           */
+} bitnet_fault_decision_t;
+
+/* Decides one hit of `point` on this thread without performing it.
+ * locked: the hitting thread holds a bridge lock (the hit counts, nothing
+ * is taken: the hitting side refuses it, as bn_fault_eval does).  Returns
+ * 0 when the hit is not in scope (not armed, another thread's chain),
+ * 1 when it counted and nothing fires, 2 when it fires as *out says (the
+ * callback has been told). */
+BITNET_API int32_t bitnet_fault_decide(int32_t point, int32_t locked,
+                                       bitnet_fault_decision_t *out);
+
+/* Asks for a decision: returns what bitnet_fault_decide returned there
+ * (0 when the other side cannot answer: nothing fires). */
+typedef int32_t (*bitnet_fault_decider_t)(void *user, int32_t point,
+                                          int32_t locked,
+                                          bitnet_fault_decision_t *out);
+
+/* The indexes of the points armed now, into out[0..cap) (out may be NULL
+ * with cap 0); returns how many are armed (may exceed cap). */
+BITNET_API int32_t bitnet_fault_armed_list(int32_t *out, int32_t cap);
+
+/* Makes points[0..n) the points decided by `decide` (replacing the
+ * previous set; n = 0 or decide NULL: none).  BITNET_E_INVALID_ARG for an
+ * index out of range.  Call it between calls into the library: a hit
+ * racing with the change may go either way. */
+BITNET_API int bitnet_fault_set_remote(const int32_t *points, int32_t n,
+                                       bitnet_fault_decider_t decide,
+                                       void *user);
+
 #ifdef __cplusplus
 }
 #endif

@@ -56,6 +56,7 @@ extern "Python" void _bitnet_log_sink(int level, const char *component, const ch
 # The fault engine's firing callback (pytest_bitnet.bridge.faults defines it).
 FAULT_CDEF = """
 extern "Python" void _bitnet_fault_fired(void *user, const bitnet_fault_event_t *event);
+extern "Python" int32_t _bitnet_fault_decide(void *user, int32_t point, int32_t locked, bitnet_fault_decision_t *out);
 """
 
 

@@ -23,6 +23,18 @@ FILL = "FILL PHASE"
 
 _MAX_NS = 2**63 - 1  # the bridge's deadlines are int64_t nanoseconds
 
+#: Told QUERY / FILL as each pass starts and None when the call ends, when
+#: set: an isolated session's worker publishes the phase on a page its
+#: caller reads, so a worker that dies or is stopped mid-call is reported
+#: with the phase it was in (isolation/worker.py).  None in process.
+phase_observer: Callable[[str | None], None] | None = None
+
+
+def _phase(phase: str | None) -> None:
+    observer = phase_observer
+    if observer is not None:
+        observer(phase)
+
 
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
@@ -115,6 +127,7 @@ def _counted_two_pass(
     """
     n = ffi.new("int32_t *")
     err = new_err_buffer()
+    _phase(QUERY)
     rc = call(ffi.NULL, 0, n, err)
     if rc:
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
@@ -122,6 +135,7 @@ def _counted_two_pass(
     if want < 0:
         raise _misreport(operation, QUERY, f"the query pass reported {want} {unit}", params, served_by, socket)
     out, cdata = buffer_for(want)
+    _phase(FILL)
     rc = call(cdata, want, n, err)
     if rc:
         raise_native(rc, operation, err, phase=FILL, parameters={**params, f"expected_{unit}": want})
@@ -163,6 +177,17 @@ def bytes_two_pass(
     return bytes(ffi.buffer(buf, n))
 
 
+#: Gives the float32 array of shape (rows, cols) an evaluate's fill pass
+#: writes into: a fresh numpy array in process; an isolated session's worker
+#: puts in one that views the memory it shares with its caller, so the
+#: logits are written there once and never copied into a message.
+def _new_logits(shape: tuple[int, int]) -> npt.NDArray[np.float32]:
+    return np.empty(shape, dtype=np.float32)
+
+
+logits_buffer: Callable[[tuple[int, int]], npt.NDArray[np.float32]] = _new_logits
+
+
 def eval_two_pass(
     call: Any, operation: str, params: dict[str, Any], served_by: Callable[[], str | None] | None = None,
     socket: str | None = None,
@@ -174,6 +199,7 @@ def eval_two_pass(
     """
     rows, cols = ffi.new("int32_t *"), ffi.new("int32_t *")
     err = new_err_buffer()
+    _phase(QUERY)
     rc = call(ffi.NULL, 0, rows, cols, err)
     if rc:
         raise_native(rc, operation, err, phase=QUERY, parameters=params)
@@ -186,7 +212,8 @@ def eval_two_pass(
             "evaluate fewer tokens per call",
             errors.ErrorContext(operation=operation, phase=QUERY, parameters=params),
         )
-    out = np.empty(want, dtype=np.float32)
+    out = logits_buffer(want)
+    _phase(FILL)
     rc = call(ffi.from_buffer("float[]", out), out.size, rows, cols, err)
     if rc:
         raise_native(rc, operation, err, phase=FILL, parameters={**params, "rows": out.shape[0], "cols": out.shape[1]})

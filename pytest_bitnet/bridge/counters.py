@@ -31,6 +31,7 @@ __all__ = [
     "PENDING",
     "End",
     "Tracked",
+    "add_remote",
     "add_source",
     "delta",
     "ends",
@@ -40,6 +41,7 @@ __all__ = [
     "quiet_since",
     "record",
     "record_object",
+    "remove_remote",
     "remove_source",
     "reserve",
     "snapshot",
@@ -147,6 +149,36 @@ class _LeakCounters(Sequence[str]):
 LEAK_COUNTERS: Final = _LeakCounters()
 
 
+# ---- what other processes hold for this one -----------------------------------------------
+#
+# An isolated session's native objects live in its worker process, which
+# this process's bridge does not count.  The session adds what it stands
+# for (a context and its model) under the bridge's own names while it is
+# open, so a leak check sees an isolated session like one in process; a
+# worker that reports objects still alive when its session closed adds
+# those for good (the library leaked them: in process they would have
+# stayed counted too).
+
+_remote: dict[object, Mapping[str, int]] = {}  # key -> values; replaced whole, never mutated
+_remote_lock = threading.Lock()
+
+
+def add_remote(key: object, values: Mapping[str, int]) -> None:
+    """Counts `values` (names of COUNTERS) for `key` in live_counters() until remove_remote(key)."""
+    global _remote
+    unknown = set(values) - set(COUNTERS)
+    if unknown:
+        raise ValueError(f"add_remote: {sorted(unknown)!r} are not bridge counters; expected names of {COUNTERS!r}")
+    with _remote_lock:
+        _remote = {**_remote, key: dict(values)}
+
+
+def remove_remote(key: object) -> None:
+    global _remote
+    with _remote_lock:
+        _remote = {k: v for k, v in _remote.items() if k != key}
+
+
 def live_counters() -> dict[str, int]:
     """Live native objects and bytes (contexts, sessions, models, bytes,
     allocations), the monotonic model_loads and peak_bytes, and every added
@@ -156,6 +188,9 @@ def live_counters() -> dict[str, int]:
     c = ffi.new("bitnet_counters_t *")
     lib.bitnet_cpp_get_counters(c)
     out = {name: int(getattr(c, name)) for name in COUNTERS}
+    for values in _remote.values():
+        for name, n in values.items():
+            out[name] += n
     out.update(source_counters())
     return out
 

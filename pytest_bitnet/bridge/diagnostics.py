@@ -73,6 +73,12 @@ def diagnostics(backend: str | None = None, library_path: str | None = None) -> 
             report["deadlines"] = deadlines.text(fields[1] if fields[0] != deadlines.HONOURED else "")
         elif kind == "force_fallback":
             report["force_fallback"] = rest == "1"
+    # where a session that names no isolation runs (settings says: configure(), BITNET_ISOLATION)
+    try:
+        report["isolation"] = settings.default_isolation()
+    except errors.InvalidArgument as exc:
+        report["isolation"] = None
+        report["errors"].append(str(exc))
     report["build"] = {
         "kernels": ffi.string(lib.bn_kernels_impl()).decode(),
         "bundled_library": str(bundled_library()) if bundled_library() else None,
@@ -104,6 +110,12 @@ def diagnostics(backend: str | None = None, library_path: str | None = None) -> 
     return report
 
 
+_ISOLATION_TEXT = {
+    "process": "process (each session's library in a worker process: hard deadlines, crashes contained)",
+    "none": "none (in this process; isolation='process' or BITNET_ISOLATION=process isolates sessions)",
+}
+
+
 def format_text(report: dict[str, Any]) -> str:
     """The report as the command prints it."""
     out = [f"mode            {report.get('mode', '?')}   (fallback tier: {report.get('fallback', '?')}, forced: {report.get('force_fallback', False)})"]
@@ -112,6 +124,7 @@ def format_text(report: dict[str, Any]) -> str:
         out.append(f"abi             found {report['abi']['found']}, expected {report['abi']['expected']}")
     out.append(f"version         {report.get('version', '-')}")
     out.append(f"deadlines       {report.get('deadlines', 'unknown (no library loaded)')}")
+    out.append("isolation       " + _ISOLATION_TEXT.get(report.get("isolation"), "invalid (see ERROR below)"))
     if report["tried"]:
         out.append("library search:")
         out += [f"  {t['path']}: {t['result']}" for t in report["tried"]]

@@ -31,6 +31,7 @@ __all__ = [
     "InvalidArgument",
     "Unsupported",
     "InternalError",
+    "BackendCrashed",
     "ErrorContext",
     "code_classes",
     "add_hint",
@@ -135,6 +136,32 @@ class Unsupported(BitnetError):
 
 class InternalError(BitnetError):
     """An invariant did not hold: a bug, please report it."""
+
+
+class BackendCrashed(BitnetError):
+    """The worker process of an isolated session died during a call.
+
+    Raised only for ``isolation="process"`` sessions and calls
+    (pytest_bitnet.bridge.isolation): the library crashed (a signal) or
+    exited inside the worker; the calling process is unharmed and the
+    session is closed.  ``signal`` / ``signal_name`` name the signal (None
+    for an exit), ``exit_code`` the exit status (None for a signal),
+    ``operation`` / ``phase`` what the worker was doing, ``stderr_tail``
+    the last lines the worker wrote to stderr.  No native code maps to it:
+    the native side cannot report its own death.
+    """
+
+    def __init__(
+        self, message: str, context: ErrorContext | None = None, *, signal: int | None = None,
+        signal_name: str | None = None, exit_code: int | None = None, stderr_tail: str = "",
+    ) -> None:
+        super().__init__(message, context)
+        self.signal = signal
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+        self.operation = self.context.operation
+        self.phase = self.context.phase
+        self.stderr_tail = stderr_tail
 
 
 def code_classes() -> Mapping[int, type[BitnetError]]:

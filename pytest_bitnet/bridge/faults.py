@@ -24,13 +24,16 @@ from ._native import ffi, lib
 __all__ = [
     "ACTION_IDS",
     "LIMITS",
+    "NativeDecision",
     "NativeFiring",
     "NativePoint",
     "NativeStats",
     "THIS_THREAD",
     "arm",
+    "armed_points",
     "backtrace",
     "compiled_in",
+    "decide",
     "disarm",
     "disarm_all",
     "error_codes",
@@ -38,6 +41,7 @@ __all__ = [
     "points",
     "register_points",
     "set_fire_handler",
+    "set_remote",
     "stats",
 ]
 
@@ -242,6 +246,92 @@ def set_fire_handler(handler: Callable[[NativeFiring], None] | None) -> None:
     """
     global _handler
     _handler = handler
+
+
+# ---- hits decided in another process (process isolation) --------------------------
+#
+# An isolated session's worker serves its library with the caller's points
+# armed (bitnet_fault.h, "hits decided by another process"): the caller
+# lists what is armed (armed_points), the worker marks those (set_remote)
+# and asks the caller about every hit; the caller's engine decides it
+# (decide) on the calling thread, so counts, draws, firings and reports are
+# the caller's own.
+
+
+@dataclass(frozen=True)
+class NativeDecision:
+    """What the deciding engine chose for one hit (bitnet_fault_decision_t)."""
+
+    term: int
+    action: int
+    code: int
+    arg: int
+    hit: int
+    text: bytes
+
+
+#: decide()'s answers (bitnet_fault_decide)
+NOT_IN_SCOPE: Final = 0
+COUNTED: Final = 1
+FIRES: Final = 2
+
+
+def armed_points() -> tuple[int, ...]:
+    """The indexes of the points armed now (one native load when none is)."""
+    n = int(lib.bitnet_fault_armed_list(ffi.NULL, 0))
+    if not n:
+        return ()
+    buf = ffi.new("int32_t[]", n + 8)  # room for a few armed meanwhile
+    got = int(lib.bitnet_fault_armed_list(buf, n + 8))
+    return tuple(buf[0:min(got, n + 8)])
+
+
+def decide(point: int, locked: bool) -> tuple[int, NativeDecision | None]:
+    """This engine's decision for a hit of `point` made elsewhere, on this thread's behalf.
+
+    (NOT_IN_SCOPE | COUNTED | FIRES, the decision when FIRES).  The firing
+    handler (set_fire_handler) has been told of a firing, as for a local one.
+    """
+    out = ffi.new("bitnet_fault_decision_t *")
+    how = int(lib.bitnet_fault_decide(point, int(locked), out))
+    if how != FIRES:
+        return how, None
+    return how, NativeDecision(int(out.term), int(out.action), int(out.code), int(out.arg), int(out.hit),
+                               bytes(ffi.string(out.text)))
+
+
+_decider: Callable[[int, bool], tuple[int, NativeDecision | None]] | None = None
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def _bitnet_fault_decide(user: Any, point: int, locked: int, out: Any) -> int:
+    # Runs on the hitting thread inside a native call of this (worker)
+    # process; never raises into C: an unanswerable hit fires nothing.
+    decider = _decider
+    if decider is None:
+        return 0
+    try:
+        how, d = decider(int(point), bool(locked))
+        if how == FIRES and d is not None:
+            out.term, out.action, out.code, out.arg, out.hit = d.term, d.action, d.code, d.arg, d.hit
+            text = d.text[: ffi.sizeof(out.text) - 1]
+            ffi.memmove(out.text, text + b"\0", len(text) + 1)
+        return int(how)
+    except Exception:
+        log.exception("pytest_bitnet: the remote fault decider raised")
+        return 0
+
+
+def set_remote(points: tuple[int, ...], decider: Callable[[int, bool], tuple[int, NativeDecision | None]] | None) -> None:
+    """Makes `points` decided by decider(point, locked) -> decide()'s answer (() / None: none)."""
+    global _decider
+    if not compiled_in():
+        return
+    _decider = decider if points else None
+    arr = ffi.new("int32_t[]", list(points)) if points else ffi.NULL
+    rc = lib.bitnet_fault_set_remote(arr, len(points), lib._bitnet_fault_decide if points else ffi.NULL, ffi.NULL)
+    if rc:
+        raise ValueError(f"set_remote({points!r}) refused (code {rc})")
 
 
 def _install() -> None:

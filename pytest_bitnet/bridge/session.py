@@ -35,7 +35,7 @@ from . import counters, deadlines, errors, native_log
 from ._calls import bytes_two_pass, copied_text, deadline, eval_two_pass, served_label, tokenize_two_pass, warn_if_fallback
 from ._native import Options, ffi, lib, native_message, new_err_buffer, raise_native
 from .capabilities import Capabilities, context_capabilities
-from .settings import default_timeout
+from .settings import default_timeout, isolation_for
 from .validate import int_arg, parse_timeout, path_arg, prompt_arg, tokens_arg
 
 __all__ = ["BitnetSession", "PendingCleanup", "pending_cleanups", "retry_pending"]
@@ -173,14 +173,23 @@ class BitnetSession:
         timeout: float | None = None,
         backend: str | None = None,
         library_path: str | os.PathLike[str] | None = None,
+        isolation: str | None = None,
     ) -> BitnetSession:
         """Loads model_path with a context of n_ctx positions (0: the model's own).
 
         backend: "reference" (embedded), "dlopen" (a libbitnet.so found by
         discovery, or library_path), "llama", "stub"; default BITNET_BACKEND,
         else "reference".  timeout bounds the load and is the session's default.
+        isolation: "none" (in this process) or "process" (the library runs in
+        a worker process: hard deadlines, crashes contained; see
+        pytest_bitnet.bridge.isolation); default settings.configure's, else
+        BITNET_ISOLATION, else "none".
         Retries the frees of pending_cleanups() first.
         """
+        if isolation_for(isolation) == "process":
+            from .isolation.session import IsolatedSession
+
+            return IsolatedSession._start(model_path, n_ctx, n_gpu_layers, timeout, backend, library_path)
         if _pending:
             retry_pending()
         raw_path = path_arg(model_path)
@@ -218,7 +227,7 @@ class BitnetSession:
         else:
             self.n_vocab = self.n_ctx = None
         # nobody else has the handle yet: it cannot be stale here
-        self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?"}
+        self.backend_info = {"create": copied_text(lib.bitnet_bridge_backend_name, self._ctx) or "?", "isolation": "none"}
         # "honoured", or why a timeout cannot stop a call into this library
         self.backend_info["deadlines"] = deadlines.created(self._ctx, self.backend_info["create"])
         counters.record(self, self._serial, before)
@@ -229,6 +238,11 @@ class BitnetSession:
     @property
     def closed(self) -> bool:
         return self._ctx is None
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the library serving this session runs in a worker process (isolation="process")."""
+        return False
 
     def close(self, timeout: float | None = None) -> None:
         """Frees the native context.  Idempotent, also from several threads.

@@ -10,6 +10,7 @@ pytest plugin, so a value means the same wherever it comes from:
   point, as ``threading.Lock.acquire(timeout=0)`` does not wait), which is
   how tests make a timeout happen on purpose.
 * a **backend** is one of :data:`BACKENDS`.
+* an **isolation** is one of :data:`ISOLATIONS`.
 
 Nothing here loads the native bridge, and only tokens_arg needs numpy
 (imported there: the plugin parses its settings with this module in runs
@@ -31,9 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "ISOLATIONS",
     "NO_DEADLINE_WORDS",
     "backend_arg",
     "int_arg",
+    "isolation_arg",
     "parse_timeout",
     "path_arg",
     "prompt_arg",
@@ -44,6 +47,10 @@ __all__ = [
 #: validates the same names (native/include/bitnet_backends.def); the
 #: bridge checks at import that the two lists agree.
 BACKENDS: Final = ("reference", "dlopen", "llama", "stub")
+
+#: Where a session's library runs: "none" in the calling process, "process"
+#: in a worker process the bridge owns (pytest_bitnet.bridge.isolation).
+ISOLATIONS: Final = ("none", "process")
 
 #: Words a timeout given as text may use for "no deadline".
 NO_DEADLINE_WORDS: Final = ("none", "inf", "infinity")
@@ -160,4 +167,16 @@ def backend_arg(value: Any, source: str = "backend") -> str:
     name = value.strip().lower()
     if name not in BACKENDS:
         raise _invalid(f"invalid backend {value!r} from {source}: expected one of {', '.join(BACKENDS)}", **{source: value})
+    return name
+
+
+def isolation_arg(value: Any, source: str = "isolation") -> str:
+    """One of ISOLATIONS (case and blanks ignored)."""
+    if not isinstance(value, str):
+        raise _invalid(f"{source} must be a str, got {type(value).__name__}: expected one of {', '.join(map(repr, ISOLATIONS))}",
+                       **{source: repr(value)})
+    name = value.strip().lower()
+    if name not in ISOLATIONS:
+        raise _invalid(f"invalid isolation {value!r} from {source}: expected one of {', '.join(map(repr, ISOLATIONS))}",
+                       **{source: value})
     return name

@@ -81,12 +81,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
         run.seed = secrets.randbelow(2**32)
     s = run.settings
-    if s.backend is not None or s.timeout is not None:
+    if s.backend is not None or s.timeout is not None or s.isolation is not None:
         from pytest_bitnet.bridge import settings as bridge_settings
 
         changes: dict[str, Any] = {}
         if s.backend is not None:
             changes["backend"] = s.backend
+        if s.isolation is not None:
+            changes["isolation"] = s.isolation
         if s.timeout is not None:
             changes["timeout"] = s.timeout
         run.previous_defaults = bridge_settings.configure(**changes)

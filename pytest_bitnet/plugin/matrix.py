@@ -38,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bitnet-matrix-out", metavar="FILE", help="write every cell's outcome here (JSON list)")
     group.addoption("--bitnet-matrix-timeout", metavar="SECONDS",
                     help="default deadline of every native call in each cell ('none': no deadline)")
+    group.addoption("--bitnet-matrix-isolation", metavar="MODE", choices=("none", "process"),
+                    help="where each cell's sessions run: none | process (a worker process each)")
 
 
 class MatrixCell(pytest.Item):
@@ -52,7 +54,7 @@ class MatrixCell(pytest.Item):
         cfg = self.config
         models = Path(cfg.getoption("bitnet_matrix_models") or cfg.stash[_MODELS])
         outcome = run_entry(CATALOG[self.entry_id], self.backend, models=models, library=cfg.getoption("bitnet_matrix_library"),
-                            timeout=cfg.stash[_TIMEOUT])
+                            timeout=cfg.stash[_TIMEOUT], isolation=cfg.getoption("bitnet_matrix_isolation"))
         self.user_properties.append((_PROPERTY, outcome.as_dict()))
         if outcome.result == NOT_APPLICABLE:
             pytest.skip(outcome.reason)

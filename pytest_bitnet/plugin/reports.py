@@ -25,7 +25,8 @@ SECTION = "bitnet leaked native objects"
 def header(run: RunState) -> list[str]:
     s = run.settings
     lines = [f"bitnet: backend={s.backend or 'reference'} ({s.backend_source}), leak-check={s.leak_check} ({s.leak_check_source})"
-             + (f", timeout={s.timeout}s ({s.timeout_source})" if s.timeout is not None else "")]
+             + (f", timeout={s.timeout}s ({s.timeout_source})" if s.timeout is not None else "")
+             + (f", isolation={s.isolation} ({s.isolation_source})" if s.isolation is not None else "")]
     # Each test draws with derive_seed(run seed, its node id): the run seed
     # and the node id are what reproduce one test.
     if s.inject is not None:

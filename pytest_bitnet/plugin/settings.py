@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Final, Literal
 import pytest
 
 from pytest_bitnet.bridge import errors as bridge_errors
-from pytest_bitnet.bridge.validate import BACKENDS, backend_arg, parse_timeout
+from pytest_bitnet.bridge.validate import BACKENDS, ISOLATIONS, backend_arg, isolation_arg, parse_timeout
 
 if TYPE_CHECKING:
     from fault_inject import Resolved
@@ -59,6 +59,9 @@ OPTIONS: Final = (
            metavar="SECONDS"),
     Option("backend", "--bitnet-backend", "bitnet_backend", "BITNET_BACKEND",
            "native backend for the run: " + " | ".join(BACKENDS), metavar="NAME"),
+    Option("isolation", "--bitnet-isolation", "bitnet_isolation", "BITNET_ISOLATION",
+           "where every session of the run runs its library: " + " | ".join(ISOLATIONS) + " ('process': in a worker "
+           "process per session, so a hang ends at the deadline and a crash fails one test)", metavar="MODE"),
     Option("diagnostics", "--bitnet-diagnostics", "bitnet_diagnostics", None,
            "print the native library diagnostics (library, symbols, fallbacks) in the header", kind="bool"),
     Option("interpose", "--bitnet-interpose", "bitnet_interpose", "BITNET_INTERPOSE",
@@ -95,6 +98,8 @@ class Settings:
     timeout_source: str = "default"
     backend: str | None = None
     backend_source: str = "default"
+    isolation: str | None = None  # None: leave the bridge's default alone
+    isolation_source: str = "default"
     diagnostics: bool = False
     diagnostics_source: str = "default"
     interpose: str | None = None  # a kind of fault_inject.interpose.KINDS; None: off
@@ -103,8 +108,12 @@ class Settings:
 
 def rerun_flags(s: Settings) -> list[str]:
     """Flags, besides the spec and the seed, without which a rerun could not
-    arm what this run armed: the interposition registers the llama_* points."""
-    return [f"--bitnet-interpose={s.interpose}"] if s.interpose is not None else []
+    arm what this run armed: the interposition registers the llama_* points;
+    under isolation a `crash` ends a worker, without it the run."""
+    flags = [f"--bitnet-interpose={s.interpose}"] if s.interpose is not None else []
+    if s.isolation == "process":
+        flags.append("--bitnet-isolation=process")
+    return flags
 
 
 def usage(message: str) -> pytest.UsageError:
@@ -210,6 +219,13 @@ def check_backend(value: str, source: str) -> str:
         raise usage(f"invalid backend {value!r} from {source}: expected {' | '.join(BACKENDS)}") from None
 
 
+def check_isolation(value: str, source: str) -> str:
+    try:
+        return isolation_arg(value, source)
+    except bridge_errors.InvalidArgument:
+        raise usage(f"invalid isolation {value!r} from {source}: expected {' | '.join(ISOLATIONS)}") from None
+
+
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off", "")
 
@@ -251,6 +267,7 @@ _VALIDATORS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "leak_check": check_leak_check,
     "timeout": check_timeout,
     "backend": check_backend,
+    "isolation": check_isolation,
     "diagnostics": check_bool,
     "interpose": check_interpose,
 }

@@ -25,7 +25,8 @@ def test_session_tokenize_and_evaluate(tiny_model: Path) -> None:
         assert logits.shape == (len(toks), s.n_vocab)
         assert np.isfinite(logits).all()
         assert s.n_past() == len(toks)
-        assert s.backend_info == {"create": "reference", "deadlines": "honoured", "tokenize": "reference", "evaluate": "reference"}
+        assert s.backend_info == {"create": "reference", "deadlines": "honoured", "isolation": "none", "tokenize": "reference",
+                                  "evaluate": "reference"}
     assert s.closed
 
 

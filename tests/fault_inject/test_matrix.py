@@ -242,3 +242,51 @@ def test_workers_say_the_same_without_llama(tmp_path: Path, no_llama: dict[str, 
     assert rows["E34"]["reference"]["result"] == rows["E38"]["reference"]["result"] == "n/a"
     assert {c["llama"]["result"] for c in rows.values()} == {"n/a"}
     assert "llama unavailable (3 n/a)" in out.stdout
+
+
+# ---- --isolation process (issue 15) ----------------------------------------------------
+
+
+def test_isolation_makes_a_crashing_library_a_red_row_in_process(tmp_path: Path) -> None:
+    # Without -n the cells run in the matrix's own process: a library that
+    # aborts would end the run; isolated, it ends only its cell's worker.
+    real = bundled_library()
+    assert real is not None
+    library = build_broken_backend(tmp_path, "CRASH_IN_EVAL", real)
+    out = matrix("--backend", "dlopen", "--library", str(library), "--only", "E20,E46", "--isolation", "process",
+                 "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["isolation"] == "process"
+    cells = {r["id"]: r["cells"]["dlopen"] for r in report["rows"]}
+    assert cells["E46"]["result"] == FAIL and "BackendCrashed" in cells["E46"]["reason"], cells
+    assert "SIGABRT" in cells["E46"]["reason"]
+    assert cells["E20"]["result"] == PASS
+    assert "each session isolated in a worker process" in out.stdout
+
+
+def test_isolation_bounds_a_library_that_ignores_deadlines(tmp_path: Path) -> None:
+    real = bundled_library()
+    assert real is not None
+    library = build_broken_backend(tmp_path, "SLEEP_TOKENIZE", real)  # 60 s in every tokenize, deaf to deadlines
+    out = matrix("--backend", "dlopen", "--library", str(library), "--only", "E21", "--isolation", "process",
+                 "--timeout", "0.5", "--json", str(tmp_path / "m.json"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    cell = json.loads((tmp_path / "m.json").read_text())["rows"][0]["cells"]["dlopen"]
+    assert cell["result"] == FAIL and "got OperationTimeout" in cell["reason"] and "did not return within 0.5 s" in cell["reason"]
+    assert cell["seconds"] < 30  # ended at the deadline, not after the library's 60 s
+
+
+@pytest.mark.parametrize("entry", ["E19", "E24", "E41"])
+def test_entries_that_need_the_library_in_process_are_na_under_isolation(entry: str, models: Path) -> None:
+    m = run_in_process([CATALOG[entry]], ["reference"], models=models, isolation="process")
+    o = m.cell(entry, "reference")
+    assert o.result == "n/a" and o.reason.startswith("in process only: "), o
+
+
+@pytest.mark.bitnet_allow_leaks  # E31 drops a session on purpose (_IN_PROCESS)
+def test_isolated_cells_pass_as_in_process(models: Path) -> None:
+    ids = ["E09", "E13", "E16", "E20", "E23", "E25", "E28", "E31", "E44", "E47", "E50"]
+    m = run_in_process([CATALOG[i] for i in ids], ["reference"], models=models, isolation="process")
+    failed = {e: o.reason for (e, _), o in m.outcomes.items() if o.result == FAIL}
+    assert not failed
