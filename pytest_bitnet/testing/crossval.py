@@ -21,6 +21,7 @@ larger figure).
 from __future__ import annotations
 
 import os
+import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +33,20 @@ import numpy.typing as npt
 from ..bridge import errors
 from ..bridge.session import BitnetSession
 
-__all__ = ["DEFAULT_PROMPTS", "TOLERANCE", "PromptResult", "compare", "check", "read_prompts"]
+__all__ = [
+    "DEFAULT_PROMPTS",
+    "TOLERANCE",
+    "TOP_K",
+    "PromptResult",
+    "compare",
+    "check",
+    "random_prompts",
+    "read_prompts",
+    "summarize",
+]
 
 TOLERANCE = 1e-3
+TOP_K = 5  # top-k agreement: the same k tokens, in any order, on both sides
 
 # ASCII, unicode, whitespace runs, the empty prompt, special tokens: the one
 # corpus the tokenizer tests, the catalog's fallback entries and crossval use.
@@ -56,6 +68,81 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 
+# Words for random_prompts: plain English, Latin letters with diacritics
+# (precomposed, some beyond the tiny vocabulary's Latin-1 characters), CJK
+# (some in the vocabulary, most byte-fallback), digits and punctuation.
+# Fixed here, not drawn from a vocabulary, so a seed names one corpus for
+# every model and release.
+_WORDS_ASCII: tuple[str, ...] = (
+    "the", "of", "and", "to", "in", "is", "that", "it", "was", "for", "on", "are", "with",
+    "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by",
+    "hot", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all",
+    "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which",
+    "model", "token", "matrix", "quantize", "BitNet", "llama", "Hello", "World", "GGUF",
+    "x", "I", "a", "42", "2+2", "3.14", "(a,b)", "e-mail", "don't", "C++", "#1", "$5",
+)
+_WORDS_LATIN: tuple[str, ...] = (
+    "naïve", "café", "résumé", "über", "Straße", "mañana", "façade", "coöperate",
+    "smörgåsbord", "crème", "brûlée", "São", "Paulo", "Ærø", "øre", "Łódź", "Škoda",
+    "jalapeño", "déjà", "vu", "señor", "François", "Zürich", "élan", "Ångström",
+)
+_WORDS_CJK: tuple[str, ...] = (
+    "中文", "字符", "日本", "日本語", "中国", "文字", "東京", "北京", "漢字", "学生",
+    "先生", "こんにちは", "ありがとう", "カタカナ", "한국어", "안녕하세요", "中", "文", "本",
+)
+_WORDS: tuple[tuple[str, ...], ...] = (_WORDS_ASCII, _WORDS_LATIN, _WORDS_CJK)
+_SEPARATORS: tuple[str, ...] = (" ", " ", " ", " ", "  ", ", ", ". ", "\n", "\t", "")
+
+
+def random_prompts(seed: int, n: int = 120, max_words: int = 24) -> list[str]:
+    """n prompts of 1..max_words words drawn from mixed ASCII / Latin / CJK
+    word lists (about 60/25/15), joined by spaces and occasional
+    punctuation or whitespace runs; the same seed gives the same corpus.
+
+    Prompts nobody picked: crossval's default corpus includes them so that
+    agreement is a property of the engines, not of a chosen corpus."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts: list[str] = []
+        for i in range(rng.randint(1, max_words)):
+            if i:
+                parts.append(rng.choice(_SEPARATORS))
+            words = _WORDS[rng.choices((0, 1, 2), weights=(60, 25, 15))[0]]
+            parts.append(rng.choice(words))
+        out.append("".join(parts))
+    return out
+
+
+# The seeded part of the default corpus (issue 19): prompts nobody picked.
+RANDOM_SEED = 19
+RANDOM_PROMPTS = 48
+
+
+def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    m = x.max(axis=1, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def row_metrics(
+    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], k: int = TOP_K
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per row of two logit matrices: max abs difference, KL(P_a || P_b) of
+    the softmax distributions in nats (llama.cpp's perplexity tool reports
+    the same for quantized models), argmax agreement, and top-k agreement
+    (the same set of k most likely tokens)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    diff = np.abs(a64 - b64).max(axis=1)
+    la, lb = _log_softmax(a64), _log_softmax(b64)
+    kl = np.maximum((np.exp(la) * (la - lb)).sum(axis=1), 0.0)
+    argmax = a.argmax(axis=1) == b.argmax(axis=1)
+    k = min(k, a.shape[1])
+    ta = np.sort(np.argpartition(-a64, k - 1, axis=1)[:, :k], axis=1)
+    tb = np.sort(np.argpartition(-b64, k - 1, axis=1)[:, :k], axis=1)
+    return diff, kl, argmax, (ta == tb).all(axis=1)
+
+
 @dataclass(frozen=True)
 class PromptResult:
     """One prompt compared: tokens, and logits row by row."""
@@ -68,6 +155,10 @@ class PromptResult:
     position: int | None  # row of the largest difference
     token: int | None  # the token at that row
     argmax_agree: float  # fraction of rows whose argmax agrees
+    rows_over: int = 0  # rows whose max abs difference exceeds TOLERANCE
+    max_kl: float = 0.0  # largest per-row KL divergence (nats)
+    mean_kl: float = 0.0
+    topk_agree: float = 1.0  # fraction of rows whose top-TOP_K sets agree
 
     def diverges(self, tolerance: float) -> bool:
         return not self.tokens_equal or self.max_abs_diff > tolerance or self.argmax_agree < 1.0
@@ -101,10 +192,22 @@ def _compare_one(ref: BitnetSession, other: BitnetSession, prompt: str, parse_sp
     ref.reset()
     other.reset()
     a, b = ref.evaluate(toks), other.evaluate(toks)
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    row = int(np.unravel_index(int(np.argmax(diff)), diff.shape)[0])
-    agree = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
-    return PromptResult(prompt, int(toks.size), True, None, float(diff.max()), row, int(toks[row]), agree)
+    diff, kl, argmax, topk = row_metrics(a, b)
+    row = int(np.argmax(diff))
+    return PromptResult(
+        prompt,
+        int(toks.size),
+        True,
+        None,
+        float(diff[row]),
+        row,
+        int(toks[row]),
+        float(np.mean(argmax)),
+        rows_over=int(np.count_nonzero(diff > TOLERANCE)),
+        max_kl=float(kl.max()),
+        mean_kl=float(kl.mean()),
+        topk_agree=float(np.mean(topk)),
+    )
 
 
 def iter_compare(
@@ -171,3 +274,42 @@ def format_table(results: Sequence[PromptResult], tolerance: float = TOLERANCE) 
             f"{r.argmax_agree:>6.0%}  {verdict:4}  {r.prompt!r}"
         )
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A corpus compared: what the README's crossval table reports."""
+
+    prompts: int
+    prompts_diverging: int  # prompts with any row over the tolerance (or token mismatch)
+    rows: int
+    rows_over: int  # rows whose max abs difference exceeds the tolerance
+    worst: float  # largest max abs difference of any row
+    max_kl: float
+    mean_kl: float  # over rows
+    argmax_disagree: int  # rows
+    topk_disagree: int  # rows
+
+    def line(self) -> str:
+        return (
+            f"{self.prompts} prompts ({self.prompts_diverging} diverging), {self.rows} rows: "
+            f"{self.rows_over} over tolerance, worst {self.worst:.3g}, KL max {self.max_kl:.3g} "
+            f"mean {self.mean_kl:.3g}, argmax differs on {self.argmax_disagree}, "
+            f"top-{TOP_K} on {self.topk_disagree}"
+        )
+
+
+def summarize(results: Sequence[PromptResult], tolerance: float = TOLERANCE) -> Summary:
+    evaluated = [r for r in results if r.tokens_equal]
+    rows = sum(r.n_tokens for r in evaluated)
+    return Summary(
+        prompts=len(results),
+        prompts_diverging=sum(r.diverges(tolerance) for r in results),
+        rows=rows,
+        rows_over=sum(r.rows_over for r in evaluated),
+        worst=max((r.max_abs_diff for r in evaluated), default=0.0),
+        max_kl=max((r.max_kl for r in evaluated), default=0.0),
+        mean_kl=sum(r.mean_kl * r.n_tokens for r in evaluated) / rows if rows else 0.0,
+        argmax_disagree=sum(round((1.0 - r.argmax_agree) * r.n_tokens) for r in evaluated),
+        topk_disagree=sum(round((1.0 - r.topk_agree) * r.n_tokens) for r in evaluated),
+    )
