@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "bitnet.h"
+#include "bitnet_capture.h"
 #include "bitnet_host.h"
 #include "llama.h"
 /* ggml's device registry (shipped beside llama.h by llama-cpp-python): the
@@ -339,6 +340,8 @@ typedef struct {
     int32_t n_batch; /* tokens per llama_decode */
     int32_t n_past[AD_MAX_SEQ];
     int32_t n_gpu_layers; /* offloaded at init, as the caller asked */
+    char capture[1024]; /* BITNET_CAPTURE_DIR's <dir>/llama.bnt, or "" */
+    int32_t capture_pos0; /* position of the batch being decoded */
 } ad_ctx;
 
 /* BITNET_NUM_THREADS, else the online CPUs up to 8: the reference
@@ -362,6 +365,55 @@ static int kv_f16(void)
 {
     const char *v = getenv("BITNET_LLAMA_KV");
     return v && strcmp(v, "f16") == 0;
+}
+
+/* The tensors worth comparing (bitnet_capture.h): the ones the graph
+ * builder names "<name>-<layer>", and the two outputs.  Only F32 tensors
+ * laid out contiguously in host memory (a CPU context) are written. */
+static int capture_wanted(const struct ggml_tensor *t)
+{
+    if (t->type != GGML_TYPE_F32 || !t->data || t->nb[0] != sizeof(float) ||
+        t->nb[1] != (size_t)t->ne[0] * sizeof(float) ||
+        t->nb[2] != t->nb[1] * (size_t)t->ne[1] ||
+        t->nb[3] != t->nb[2] * (size_t)t->ne[2])
+        return 0;
+    if (strcmp(t->name, "result_norm") == 0 ||
+        strcmp(t->name, "result_output") == 0)
+        return 1;
+    const char *dash = strrchr(t->name, '-');
+    if (!dash || dash == t->name || !dash[1])
+        return 0;
+    for (const char *p = dash + 1; *p; p++)
+        if (*p < '0' || *p > '9')
+            return 0;
+    return 1;
+}
+
+/* cb_eval: asked first whether a tensor is wanted, then called with it
+ * computed.  Values are per token along the last used dimension. */
+static bool on_capture(struct ggml_tensor *t, bool ask, void *user)
+{
+    ad_ctx *c = user;
+    if (ask)
+        return capture_wanted(t) != 0;
+    if (!capture_wanted(t))
+        return true;
+    int64_t ntok = t->ne[3] > 1 ? t->ne[3] : t->ne[2] > 1 ? t->ne[2] : t->ne[1];
+    int64_t total = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    bn_capture_hdr h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, BN_CAPTURE_MAGIC, 4);
+    h.pos0 = c->capture_pos0;
+    snprintf(h.name, sizeof h.name, "%s", t->name);
+    h.ne1 = ntok;
+    h.ne0 = ntok ? total / ntok : 0;
+    FILE *f = fopen(c->capture, "ab");
+    if (f) {
+        fwrite(&h, sizeof h, 1, f);
+        fwrite(t->data, sizeof(float), (size_t)total, f);
+        fclose(f);
+    }
+    return true; /* never abort the computation */
 }
 
 /* llama_decode polls this between graph nodes, on the calling thread. */
@@ -389,6 +441,13 @@ static int new_llama_context(ad_ctx *c)
          * f32.  With an f32 cache and plain attention both agree to ~1e-5. */
         cp.type_k = cp.type_v = GGML_TYPE_F32;
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    const char *dir = getenv(BN_CAPTURE_ENV);
+    if (dir && *dir && c->n_gpu_layers == 0 &&
+        strlen(dir) + sizeof "/llama.bnt" <= sizeof c->capture) {
+        snprintf(c->capture, sizeof c->capture, "%s/llama.bnt", dir);
+        cp.cb_eval = on_capture;
+        cp.cb_eval_user_data = c;
     }
     c->lctx = llama_init_from_model(c->model, cp);
     if (!c->lctx)
@@ -721,6 +780,7 @@ static int decode_all(ad_ctx *c, int32_t seq, const int32_t *tokens,
             b.seq_id[i][0] = seq;
             b.logits[i] = 1; /* the socket returns a row per token */
         }
+        c->capture_pos0 = c->n_past[seq] + done;
         int status = llama_decode(c->lctx, b);
         if (status) {
             rc = decode_error(status, seq, n);

@@ -449,17 +449,28 @@ static inline float i2s_finish(int32_t dot, const bn_i8hdr *h, float scale)
  * Portable products
  * ---------------------------------------------------------------------- */
 
+/* F32 / F16 rows: 8 lanes of fused multiply-adds (lane k sums columns k,
+ * k+8, ...), reduced ((0+4) + (2+6)) + ((1+5) + (3+7)), the tail of
+ * ncols % 8 fused in order.  The lanes and their reduction are those of
+ * llamafile's tinyBLAS on 256-bit vectors, which ggml's CPU backend uses
+ * for these products (issue 19: the same bits as llama.cpp, not only the
+ * same sum).  fmaf is one rounding, as the AVX2 kernel's vfmadd. */
+static inline float dot_reduce8(const float acc[8])
+{
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) +
+           ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 static float dot_f32_portable(const float *w, const float *x, int64_t n)
 {
     float acc[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++)
-            acc[k] += w[i + k] * x[i + k];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) +
-              ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            acc[k] = fmaf(w[i + k], x[i + k], acc[k]);
+    float s = dot_reduce8(acc);
     for (; i < n; i++)
-        s += w[i] * x[i];
+        s = fmaf(w[i], x[i], s);
     return s;
 }
 
@@ -469,11 +480,10 @@ static float dot_f16_portable(const uint16_t *w, const float *x, int64_t n)
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++)
-            acc[k] += h2f(w[i + k]) * x[i + k];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) +
-              ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            acc[k] = fmaf(h2f(w[i + k]), x[i + k], acc[k]);
+    float s = dot_reduce8(acc);
     for (; i < n; i++)
-        s += h2f(w[i]) * x[i];
+        s = fmaf(h2f(w[i]), x[i], s);
     return s;
 }
 
@@ -953,16 +963,6 @@ BN_AVX2_INLINE __m256 load8_f16(const uint16_t *p)
 BN_AVX2_INLINE float scalar_f32(const float *p) { return *p; }
 BN_AVX2_INLINE float scalar_f16(const uint16_t *p) { return _cvtsh_ss(*p); }
 
-/* The lane sums of four vectors at once: lane t of the result is
- * ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)) of the t-th argument. */
-BN_AVX2_INLINE __m128 hsum4_ps(__m256 a, __m256 b, __m256 c, __m256 d)
-{
-    const __m256 abcd =
-        _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    return _mm_add_ps(_mm256_castps256_ps128(abcd),
-                      _mm256_extractf128_ps(abcd, 1));
-}
-
 /* Bytes ahead of the current weights to prefetch (into L2) on a first
  * pass: many rows of lookahead, so the weights stream from memory while
  * the FMAs run.  (The hardware prefetchers alone do poorly on several rows
@@ -980,7 +980,8 @@ BN_AVX2_INLINE __m128 hsum4_ps(__m256 a, __m256 b, __m256 c, __m256 d)
  * all NT tokens, every activation vector loaded once and used for all R
  * rows.  Per pair the order of operations is the same for any R and NT:
  * lane j sums columns j, j+8, ... with FMAs, the lanes are reduced as in
- * hsum4_ps, and a tail of ncols % 8 columns is added in order; so results
+ * hsum4_ggml (tinyBLAS's order, as dot_reduce8), and a tail of ncols % 8
+ * columns is fused in order; so results
  * depend neither on how rows are grouped nor on how many tokens go
  * together.  R = R1, 4, 3, 3 rows for NT = 1..4 tokens keep accumulators,
  * weight vectors and one activation vector in the 16 ymm registers (more
@@ -1015,14 +1016,14 @@ BN_AVX2_INLINE __m128 hsum4_ps(__m256 a, __m256 b, __m256 c, __m256 d)
         const __m256 z = _mm256_setzero_ps();                                 \
         BN_UNROLL8 for (int r = 0; r < R; r++) {                              \
             float s[4];                                                       \
-            _mm_storeu_ps(s, hsum4_ps(acc[r][0], NT > 1 ? acc[r][1] : z,      \
-                                      NT > 2 ? acc[r][2] : z,                 \
-                                      NT > 3 ? acc[r][3] : z));               \
+            _mm_storeu_ps(s, hsum4_ggml(acc[r][0], NT > 1 ? acc[r][1] : z,    \
+                                        NT > 2 ? acc[r][2] : z,               \
+                                        NT > 3 ? acc[r][3] : z));             \
             const T *wr = (const T *)(row + r * rbytes);                      \
             for (int t = 0; t < NT; t++) {                                    \
                 float v = s[t];                                               \
                 for (int64_t k = i; k < n; k++)                               \
-                    v += scalar_##sfx(wr + k) * x[t * n + k];                 \
+                    v = fmaf(scalar_##sfx(wr + k), x[t * n + k], v);          \
                 out[r * TILE + t] = v;                                        \
             }                                                                 \
         }                                                                     \

@@ -3,14 +3,17 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "bitnet_capture.h"
 #include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
 #include "bn_log.h"
+#include "ggml_ops.h"
 #include "pool.h"
 
 typedef enum { ROPE_NORM, ROPE_NEOX } rope_kind;
@@ -58,6 +61,9 @@ struct bn_state {
     int32_t n_ctx;
     bn_pool *pool; /* worker threads for the matmuls */
     seq_state seq[BN_MAX_SEQ];
+    /* BITNET_CAPTURE_DIR's <dir>/reference.bnt when the context was
+     * created, else "": intermediate tensors for crossval --explain */
+    char capture[1024];
 };
 
 /* ---- loading ----------------------------------------------------------- */
@@ -453,6 +459,9 @@ int bn_state_new(const bn_model *m, int32_t n_ctx, bn_state **out)
         return BITNET_E_OOM;
     s->m = m;
     s->n_ctx = n_ctx;
+    const char *dir = getenv(BN_CAPTURE_ENV);
+    if (dir && *dir && strlen(dir) + sizeof "/reference.bnt" <= sizeof s->capture)
+        snprintf(s->capture, sizeof s->capture, "%s/reference.bnt", dir);
     /* sequence 0 up front: OOM shows at create */
     int rc = seq_alloc(s, 0);
     if (!rc)
@@ -525,13 +534,17 @@ int bn_forward_check(const bn_state *s, int32_t seq, const int32_t *tokens,
     return BITNET_OK;
 }
 
-/* y = x / rms(x) * w, as ggml_rms_norm followed by ggml_mul. */
+/* y = x / rms(x) * w, as ggml_rms_norm followed by ggml_mul, rounding
+ * where ggml's CPU op rounds: each square in float, summed in double, the
+ * mean rounded to float.  (Squaring in double instead moves the scale by an
+ * ulp now and then, and an ulp is enough to push an activation across a
+ * Q8_K rounding step downstream: issue 19.) */
 static void rmsnorm(float *y, const float *x, const float *w, int64_t n,
                     float eps)
 {
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++)
-        sum += (double)x[i] * x[i];
+        sum += (double)(x[i] * x[i]);
     const float mean = (float)(sum / (double)n);
     const float scale = 1.0f / sqrtf(mean + eps);
     for (int64_t i = 0; i < n; i++)
@@ -593,7 +606,12 @@ static int matmul(bn_pool *pool, const bn_weight *w, const float *x,
 }
 
 /* Rotates one head in place; theta advances by repeated multiplication,
- * as ggml's rope cache does, so angles match llama.cpp's to the last bit. */
+ * as ggml's rope cache does, so angles match llama.cpp's to the last bit.
+ * The rotation is written as the fused multiply-adds ggml's CPU build
+ * computes (compiled with -march=native it contracts x0*c - x1*s into
+ * fma(x0, c, -(x1*s))): plain multiplies and adds differ from it in the last
+ * bit of one value in three, enough to move a Q8_K rounding step later
+ * (issue 19). */
 static void rope(float *x, int32_t n_rot, int32_t pos, float base,
                  rope_kind kind)
 {
@@ -604,8 +622,8 @@ static void rope(float *x, int32_t n_rot, int32_t pos, float base,
         int32_t a = kind == ROPE_NEOX ? i : 2 * i;
         int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
         const float x0 = x[a], x1 = x[b];
-        x[a] = x0 * c - x1 * s;
-        x[b] = x0 * s + x1 * c;
+        x[a] = fmaf(x0, c, -(x1 * s));
+        x[b] = fmaf(x0, s, x1 * c);
         theta *= theta_scale;
     }
 }
@@ -646,6 +664,31 @@ typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     void *act;
 } scratch;
+
+/* Appends n tokens x ne0 values named "<name>-<layer>" (layer < 0: no
+ * suffix) to the capture file, in bitnet_capture.h's format.  Best effort:
+ * a debugging aid that must never fail an evaluation. */
+static __attribute__((noinline, cold)) void capture_write(
+    const bn_state *s, const char *name, int32_t layer, int32_t pos0,
+    const float *x, int64_t ne0, int64_t n)
+{
+    bn_capture_hdr h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, BN_CAPTURE_MAGIC, 4);
+    h.pos0 = pos0;
+    if (layer >= 0)
+        snprintf(h.name, sizeof h.name, "%s-%d", name, (int)layer);
+    else
+        snprintf(h.name, sizeof h.name, "%s", name);
+    h.ne0 = ne0;
+    h.ne1 = n;
+    FILE *f = fopen(s->capture, "ab");
+    if (!f)
+        return;
+    fwrite(&h, sizeof h, 1, f);
+    fwrite(x, sizeof(float), (size_t)(ne0 * n), f);
+    fclose(f);
+}
 
 static void *scratch_take(unsigned char **p, size_t bytes)
 {
@@ -693,6 +736,12 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         bn_dequant_row(&m->tok_embd, tokens[t], S.x + t * d);
 
     seq_state *sq = &s->seq[seq];
+    /* the tensors llama.cpp's graph names, for crossval --explain */
+#define CAPTURE(name, l, x, ne0)                                              \
+    do {                                                                      \
+        if (s->capture[0])                                                    \
+            capture_write(s, (name), (l), n_past, (x), (ne0), n);             \
+    } while (0)
 #define MATMUL(w, in, out)                                                    \
     matmul(s->pool, (w), (in), n, (out), S.act, step, step_user)
     for (int32_t l = 0; l < m->n_layer; l++) {
@@ -704,6 +753,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
         for (int64_t t = 0; t < n; t++)
             rmsnorm(S.xb + t * d, S.x + t * d, L->attn_norm, d, m->eps);
+        CAPTURE("attn_norm", l, S.xb, d);
         if ((rc = MATMUL(&L->wq, S.xb, S.q)) ||
             (rc = MATMUL(&L->wk, S.xb, S.k)) ||
             (rc = MATMUL(&L->wv, S.xb, S.v)))
@@ -721,6 +771,9 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             memcpy(kc + (size_t)pos * kvd, S.k + t * kvd, kvd * sizeof(float));
             memcpy(vc + (size_t)pos * kvd, S.v + t * kvd, kvd * sizeof(float));
         }
+        CAPTURE("Qcur", l, S.q, d);
+        CAPTURE("Kcur", l, S.k, kvd);
+        CAPTURE("Vcur", l, S.v, kvd);
         /* causal attention; output per token into S.xb */
         for (int64_t t = 0; t < n; t++) {
             if (step && (rc = step(step_user))) /* quadratic in the tokens */
@@ -729,65 +782,64 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             for (int32_t h = 0; h < m->n_head; h++) {
                 const float *qh = S.q + t * d + h * hd;
                 const int64_t kvo = (int64_t)(h / group) * hd;
-                float mx = -INFINITY;
-                for (int32_t j = 0; j < n_kv; j++) {
-                    const float *kj = kc + (size_t)j * kvd + kvo;
-                    float dot = 0.0f;
-                    for (int64_t e = 0; e < hd; e++)
-                        dot += qh[e] * kj[e];
-                    S.att[j] = dot * kq_scale;
-                    if (S.att[j] > mx)
-                        mx = S.att[j];
-                }
-                double sum = 0.0;
-                for (int32_t j = 0; j < n_kv; j++) {
-                    S.att[j] = expf(S.att[j] - mx);
-                    sum += S.att[j];
-                }
-                const float inv = (float)(1.0 / sum);
-                float *oh = S.xb + t * d + h * hd;
-                memset(oh, 0, hd * sizeof(float));
-                for (int32_t j = 0; j < n_kv; j++) {
-                    const float *vj = vc + (size_t)j * kvd + kvo;
-                    const float a = S.att[j] * inv;
-                    for (int64_t e = 0; e < hd; e++)
-                        oh[e] += a * vj[e];
-                }
+                /* scores, softmax and the weighted sum of values each in
+                 * ggml's order of rounding (ggml_ops.h) */
+                for (int32_t j = 0; j < n_kv; j++)
+                    S.att[j] = bn_ggml_dot(qh, kc + (size_t)j * kvd + kvo, hd) *
+                               kq_scale;
+                bn_ggml_softmax(S.att, n_kv);
+                bn_ggml_weighted_sum(S.xb + t * d + h * hd, vc + kvo, kvd,
+                                     S.att, n_kv, hd);
             }
-            if (L->attn_sub_norm)
+        }
+        CAPTURE("kqv_out", l, S.xb, d);
+        if (L->attn_sub_norm) {
+            for (int64_t t = 0; t < n; t++)
                 rmsnorm(S.xb + t * d, S.xb + t * d, L->attn_sub_norm, d, m->eps);
+            CAPTURE("attn_sub_norm", l, S.xb, d);
         }
         /* S.q is free again */
         if ((rc = MATMUL(&L->wo, S.xb, S.q)))
             goto out;
+        CAPTURE("attn_out", l, S.q, d);
         for (int64_t i = 0; i < n * d; i++)
             S.x[i] += S.q[i];
+        CAPTURE("ffn_inp", l, S.x, d);
 
         for (int64_t t = 0; t < n; t++)
             rmsnorm(S.xb + t * d, S.x + t * d, L->ffn_norm, d, m->eps);
+        CAPTURE("ffn_norm", l, S.xb, d);
         if ((rc = MATMUL(&L->gate, S.xb, S.hb)) ||
             (rc = MATMUL(&L->up, S.xb, S.hb2)))
             goto out;
-        for (int64_t i = 0; i < n * ff; i++) {
-            const float g = S.hb[i];
-            S.hb[i] = (g / (1.0f + expf(-g))) * S.hb2[i];
-        }
-        if (L->ffn_sub_norm)
+        CAPTURE("ffn_gate", l, S.hb, ff);
+        CAPTURE("ffn_up", l, S.hb2, ff);
+        for (int64_t t = 0; t < n; t++) /* ggml's SiLU: ggml_ops.h */
+            bn_ggml_swiglu(S.hb + t * ff, S.hb + t * ff, S.hb2 + t * ff, ff);
+        CAPTURE("ffn_sub_out", l, S.hb, ff);
+        if (L->ffn_sub_norm) {
             for (int64_t t = 0; t < n; t++)
                 rmsnorm(S.hb + t * ff, S.hb + t * ff, L->ffn_sub_norm, ff,
                         m->eps);
+            CAPTURE("ffn_sub_norm", l, S.hb, ff);
+        }
         if ((rc = MATMUL(&L->down, S.hb, S.q)))
             goto out;
+        CAPTURE("ffn_down", l, S.q, d);
         for (int64_t i = 0; i < n * d; i++)
             S.x[i] += S.q[i];
+        CAPTURE("l_out", l, S.x, d);
     }
     if (step && (rc = step(step_user)))
         goto out;
     for (int64_t t = 0; t < n; t++)
         rmsnorm(S.xb + t * d, S.x + t * d, m->output_norm, d, m->eps);
+    CAPTURE("result_norm", -1, S.xb, d);
     if ((rc = MATMUL(&m->output, S.xb, logits)))
         goto out;
+    CAPTURE("result_output", -1, logits, m->n_vocab);
 #undef MATMUL
+#undef CAPTURE
     const int poisoned = BN_FAULT_ANY_ARMED() ? logits_fault(logits, n, m->n_vocab) : 0;
     if (poisoned < 0) {
         rc = poisoned;

@@ -103,4 +103,9 @@ def test_portable_and_avx2_kernels_agree(tiny_model: Path) -> None:
         portable = native_logits(tiny_model, PROMPT_TOKENS)
     finally:
         lib.bn_kernels_force_portable(0)
-    np.testing.assert_allclose(portable, fast, atol=1e-5, rtol=0)
+    # The portable TQ2_0 kernel follows ggml's generic kernel, the AVX2 one
+    # ggml's AVX2 kernel (kernels.h): their float sums of the per-block
+    # integer products differ in order, so logits of magnitude ~40 may
+    # differ in their last bits (1.1e-5 = 2 ulp at 42.8 seen); everything
+    # else (F32/F16 products, attention, norms) is bit-identical.
+    np.testing.assert_allclose(portable, fast, atol=1e-5, rtol=1e-6)

@@ -1,0 +1,192 @@
+/* ggml_ops.c — float operations in ggml's rounding order.  See ggml_ops.h.
+ *
+ * Every body below is written once as an always-inline function and
+ * compiled twice: plainly (fmaf from libm, exact but a call) and for
+ * AVX2+FMA (fmaf becomes one instruction, loops may vectorize).  fmaf is a
+ * single rounding either way, so both builds give the same bits; which
+ * runs is a matter of speed only. */
+#include "ggml_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "bn_cpu.h"
+
+#if !defined(BN_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__GNUC__) || defined(__clang__))
+#define BN_OPS_FMA_CODE 1
+#define BN_OPS_FMA __attribute__((target("avx2,fma")))
+#endif
+#define BN_OPS_INLINE static inline __attribute__((always_inline))
+
+static inline uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float float_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ggml_v_expf, one lane: exp(x) = 2^n * (1 + p(b)), n = round(x / ln 2)
+ * by the 1.5 * 2^23 shifter, b = x - n ln 2 in two parts, p a degree-5
+ * polynomial; |n| > 126 scales in two steps so that 2^n cannot overflow
+ * early, |n| > 192 saturates to 0 or inf.  The constants are the
+ * published ones of that approximation (after ARM's optimized-routines
+ * expf). */
+BN_OPS_INLINE float expf_body(float x)
+{
+    const float shifter = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, shifter);
+    const float n = z - shifter;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const uint32_t e = bits_of(z) << 23;
+    const float k = float_of(e + bits_of(1.0f));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                         u, 0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f)) /* also NaN, as the vector compare */
+        return fmaf(j, k, k);
+    const uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = float_of(g + 0x7f000000u);
+    const float s2 = float_of(e - g);
+    if (fabsf(n) > 192.0f)
+        return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+/* hsum of 8 lanes as tinyBLAS and the softmax reduce them. */
+BN_OPS_INLINE float hsum8(const float a[8])
+{
+    const float s0 = a[4] + a[0], s1 = a[5] + a[1];
+    const float s2 = a[6] + a[2], s3 = a[7] + a[3];
+    return (s0 + s2) + (s1 + s3);
+}
+
+BN_OPS_INLINE float dot_body(const float *x, const float *y, int64_t n)
+{
+    float acc[4][8] = {{0}};
+    const int64_t np = n & ~(int64_t)31;
+    for (int64_t i = 0; i < np; i += 32)
+        for (int r = 0; r < 4; r++)
+            for (int l = 0; l < 8; l++)
+                acc[r][l] = fmaf(x[i + 8 * r + l], y[i + 8 * r + l], acc[r][l]);
+    float a[8];
+    for (int l = 0; l < 8; l++)
+        a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    const float t0 = a[0] + a[4], t1 = a[1] + a[5];
+    const float t2 = a[2] + a[6], t3 = a[3] + a[7];
+    float sum = (t0 + t1) + (t2 + t3);
+    for (int64_t i = np; i < n; i++)
+        sum = fmaf(x[i], y[i], sum);
+    return sum;
+}
+
+/* m outputs at a time in blocks of WS_BLOCK, 8 lane accumulators each. */
+#define WS_BLOCK 64
+BN_OPS_INLINE void wsum_body(float *out, const float *v, int64_t stride,
+                             const float *p, int64_t n, int64_t m)
+{
+    for (int64_t e0 = 0; e0 < m; e0 += WS_BLOCK) {
+        const int64_t w = m - e0 < WS_BLOCK ? m - e0 : WS_BLOCK;
+        float acc[8][WS_BLOCK];
+        memset(acc, 0, sizeof acc);
+        for (int64_t j = 0; j < n; j++) {
+            const float pj = p[j];
+            const float *vj = v + j * stride + e0;
+            float *a = acc[j & 7];
+            for (int64_t e = 0; e < w; e++)
+                a[e] = fmaf(vj[e], pj, a[e]);
+        }
+        for (int64_t e = 0; e < w; e++) {
+            const float lanes[8] = {acc[0][e], acc[1][e], acc[2][e], acc[3][e],
+                                    acc[4][e], acc[5][e], acc[6][e], acc[7][e]};
+            out[e0 + e] = hsum8(lanes);
+        }
+    }
+}
+
+BN_OPS_INLINE void softmax_body(float *x, int64_t n)
+{
+    float max = -INFINITY;
+    for (int64_t i = 0; i < n; i++)
+        max = max > x[i] ? max : x[i];
+    double sum = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += 8) {
+        float lanes[8] = {0}; /* the masked padding: exp(-inf) = 0 */
+        for (int l = 0; l < 8 && i0 + l < n; l++)
+            lanes[l] = x[i0 + l] = expf_body(x[i0 + l] - max);
+        sum += (double)hsum8(lanes);
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+BN_OPS_INLINE void swiglu_body(float *y, const float *x, const float *g,
+                               int64_t n)
+{
+    const int64_t nv = n & ~(int64_t)7;
+    int64_t i = 0;
+    for (; i < nv; i++)
+        y[i] = x[i] / (1.0f + expf_body(0.0f - x[i])) * g[i];
+    for (; i < n; i++) /* ggml_silu_f32 */
+        y[i] = x[i] / (1.0f + expf(-x[i])) * g[i];
+}
+
+/* The two builds of each, and the choice between them. */
+#ifdef BN_OPS_FMA_CODE
+#define BN_OPS_VARIANTS(name, ret, params, args)                              \
+    static ret name##_portable params { return name##_body args; }           \
+    BN_OPS_FMA static ret name##_fma params { return name##_body args; }     \
+    static ret name##_dispatch params                                        \
+    {                                                                         \
+        return bn_cpu_has_avx2() ? name##_fma args : name##_portable args;    \
+    }
+#else
+#define BN_OPS_VARIANTS(name, ret, params, args)                              \
+    static ret name##_dispatch params { return name##_body args; }
+#endif
+
+BN_OPS_VARIANTS(dot, float, (const float *x, const float *y, int64_t n),
+                (x, y, n))
+BN_OPS_VARIANTS(wsum, void,
+                (float *out, const float *v, int64_t stride, const float *p,
+                 int64_t n, int64_t m),
+                (out, v, stride, p, n, m))
+BN_OPS_VARIANTS(softmax, void, (float *x, int64_t n), (x, n))
+BN_OPS_VARIANTS(swiglu, void,
+                (float *y, const float *x, const float *g, int64_t n),
+                (y, x, g, n))
+
+float bn_ggml_dot(const float *x, const float *y, int64_t n)
+{
+    return dot_dispatch(x, y, n);
+}
+
+void bn_ggml_weighted_sum(float *out, const float *v, int64_t stride,
+                          const float *p, int64_t n, int64_t m)
+{
+    wsum_dispatch(out, v, stride, p, n, m);
+}
+
+void bn_ggml_softmax(float *x, int64_t n)
+{
+    softmax_dispatch(x, n);
+}
+
+void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n)
+{
+    swiglu_dispatch(y, x, g, n);
+}
+
+float bn_ggml_expf(float x)
+{
+    return expf_body(x);
+}
