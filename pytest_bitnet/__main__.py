@@ -5,7 +5,7 @@
   diagnostics [--backend B] [--library PATH] [--json]
                       what the bridge would load and why; exit 1 when a
                       required part is missing
-  crossval MODEL [--prompts FILE] [--tolerance T] [--timeout S]
+  crossval MODEL [--prompts FILE] [--tolerance T] [--timeout S] [--explain [--other-model FILE]]
                       reference engine vs llama.cpp: tokens and logits per
                       prompt; exit 1 on divergence
 """
@@ -59,23 +59,46 @@ def _crossval(args: argparse.Namespace) -> int:
     from .bridge.errors import BitnetError
     from .testing import crossval
 
-    prompts = crossval.read_prompts(args.prompts) if args.prompts else list(crossval.DEFAULT_PROMPTS)
+    prompts = crossval.read_prompts(args.prompts) if args.prompts else crossval.default_corpus()
     previous = settings.configure(timeout=args.timeout) if args.timeout is not None else None
     try:
-        results = crossval.compare(args.model, prompts)
+        results = crossval.compare(args.model, prompts, other_model=args.other_model)
+        print(crossval.format_table(results, args.tolerance))
+        bad = [r for r in results if r.diverges(args.tolerance)]
+        worst = max((r.max_abs_diff for r in results if r.tokens_equal), default=0.0)
+        print(f"{len(results)} prompts, {len(bad)} diverging, worst max abs diff {worst:.3g} (tolerance {args.tolerance:g})")
+        print(crossval.summarize(results, args.tolerance).line())
+        for r in bad:
+            print(f"DIVERGENCE {r.describe()}")
+        if args.explain or args.other_model:
+            _explain(args, results, bad)
     except BitnetError as exc:
         print(f"crossval could not run: {exc}", file=sys.stderr)
         return 2
     finally:
         if previous is not None:
             settings.restore(previous)
-    print(crossval.format_table(results, args.tolerance))
-    bad = [r for r in results if r.diverges(args.tolerance)]
-    worst = max((r.max_abs_diff for r in results if r.tokens_equal), default=0.0)
-    print(f"{len(results)} prompts, {len(bad)} diverging, worst max abs diff {worst:.3g} (tolerance {args.tolerance:g})")
-    for r in bad:
-        print(f"DIVERGENCE {r.describe()}")
     return 1 if bad else 0
+
+
+# prompts explained at most, so a broken engine does not print pages
+EXPLAIN_MAX = 5
+
+
+def _explain(args: argparse.Namespace, results: list, bad: list) -> None:
+    from .testing import explain
+
+    # the diverging prompts; when none diverges, the one of largest difference
+    chosen = [r for r in bad if r.tokens_equal][:EXPLAIN_MAX]
+    if not chosen:
+        evaluated = [r for r in results if r.tokens_equal and r.n_tokens]
+        if not evaluated:
+            return
+        chosen = [max(evaluated, key=lambda r: r.max_abs_diff)]
+        print("no prompt diverges; the largest difference explained:")
+    for r in chosen:
+        e = explain.explain(args.model, r.prompt, other_model=args.other_model)
+        print(f"EXPLAIN {e.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--prompts", metavar="FILE", help="one prompt per line (\\t \\n \\uXXXX escapes; an empty line is the empty prompt)")
     cv.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
     cv.add_argument("--timeout", **settings.timeout_option("of both engines"))
+    cv.add_argument(
+        "--explain",
+        action="store_true",
+        help="for each diverging prompt (at most 5; else the one of largest difference) compare the engines' "
+        "intermediate tensors and print the first that differs and whether it crossed a rounding step",
+    )
+    cv.add_argument("--other-model", metavar="FILE", help="give llama.cpp this file instead of MODEL (e.g. a copy with a perturbed weight, to see --explain find it)")
     cv.set_defaults(func=_crossval)
     args = parser.parse_args(argv)
     # a CLI is an application: native warnings reach stderr (the library

@@ -545,6 +545,53 @@ static int32_t dot_i2s_portable(const uint8_t *wrow, const int8_t *q,
     return sum;
 }
 
+/* One token: ggml does not hand a single-column F32/F16 product to
+ * tinyBLAS but to ggml_vec_dot_f32 / _f16, whose order differs: 4 x 8
+ * lanes over 32 columns at a time, reduced (0+2, 1+3, 0+1, then low + high
+ * half and pairwise), the tail fused into the float sum.  Following it
+ * keeps a one-token evaluation (every decode step) bit-identical to
+ * llama.cpp's too. */
+static inline float vdot_reduce(float acc[4][8])
+{
+    float a[8];
+    for (int l = 0; l < 8; l++)
+        a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+#define BN_VDOT_PORTABLE(sfx, T, CONV)                                        \
+    static float vdot_##sfx##_portable(const T *w, const float *x, int64_t n) \
+    {                                                                         \
+        float acc[4][8] = {{0}};                                              \
+        const int64_t np = n & ~(int64_t)31;                                  \
+        for (int64_t i = 0; i < np; i += 32)                                  \
+            for (int r = 0; r < 4; r++)                                       \
+                for (int l = 0; l < 8; l++)                                   \
+                    acc[r][l] = fmaf(CONV(w[i + 8 * r + l]),                  \
+                                     x[i + 8 * r + l], acc[r][l]);            \
+        float s = vdot_reduce(acc);                                           \
+        for (int64_t i = np; i < n; i++)                                      \
+            s = fmaf(CONV(w[i]), x[i], s);                                    \
+        return s;                                                             \
+    }
+#define BN_AS_FLOAT(v) (v)
+BN_VDOT_PORTABLE(f32, float, BN_AS_FLOAT)
+BN_VDOT_PORTABLE(f16, uint16_t, h2f)
+
+static int rows_vdot_portable(const bn_weight *w, const uint8_t *row,
+                              int64_t nr, const void *act, int64_t t0, int nt,
+                              int pf, float *out)
+{
+    (void)nr;
+    (void)t0; /* one token: t0 == 0, nt == 1 */
+    (void)nt;
+    (void)pf;
+    out[0] = w->type == BN_TYPE_F32
+                 ? vdot_f32_portable((const float *)row, act, w->ncols)
+                 : vdot_f16_portable((const uint16_t *)row, act, w->ncols);
+    return 1;
+}
+
 /* Computes out[0..nt) = row . token (t0 + t) for one weight row. */
 typedef void (*bn_group_fn)(const bn_weight *w, const uint8_t *row,
                             const void *act, int64_t t0, int nt, float *out);
@@ -1058,6 +1105,52 @@ BN_AVX2_INLINE float scalar_f16(const uint16_t *p) { return _cvtsh_ss(*p); }
         fblock_##sfx(row, rb, x, nc, R, NT, pf, out);                         \
         break;
 
+/* One token, ggml_vec_dot_*'s order (rows_vdot_portable's): 4 vector
+ * accumulators, the same reduction.  (The reduction's order as written:
+ * the compiler may not reassociate float adds.) */
+#define BN_VDOT_AVX2(sfx, T)                                                  \
+    BN_AVX2_INLINE float vdot_##sfx##_avx2(const T *w, const float *x,        \
+                                           int64_t n)                         \
+    {                                                                         \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;           \
+        const int64_t np = n & ~(int64_t)31;                                  \
+        for (int64_t i = 0; i < np; i += 32) {                                \
+            a0 = _mm256_fmadd_ps(load8_##sfx(w + i), _mm256_loadu_ps(x + i),  \
+                                 a0);                                         \
+            a1 = _mm256_fmadd_ps(load8_##sfx(w + i + 8),                      \
+                                 _mm256_loadu_ps(x + i + 8), a1);             \
+            a2 = _mm256_fmadd_ps(load8_##sfx(w + i + 16),                     \
+                                 _mm256_loadu_ps(x + i + 16), a2);            \
+            a3 = _mm256_fmadd_ps(load8_##sfx(w + i + 24),                     \
+                                 _mm256_loadu_ps(x + i + 24), a3);            \
+        }                                                                     \
+        const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a2),                 \
+                                       _mm256_add_ps(a1, a3));                \
+        const __m128 t = _mm_add_ps(_mm256_castps256_ps128(a),                \
+                                    _mm256_extractf128_ps(a, 1));             \
+        const __m128 h = _mm_hadd_ps(t, t);                                   \
+        float s = _mm_cvtss_f32(_mm_hadd_ps(h, h));                           \
+        for (int64_t i = np; i < n; i++)                                      \
+            s = fmaf(scalar_##sfx(w + i), x[i], s);                           \
+        return s;                                                             \
+    }
+BN_VDOT_AVX2(f32, float)
+BN_VDOT_AVX2(f16, uint16_t)
+
+static BN_AVX2 int rows_vdot_avx2(const bn_weight *w, const uint8_t *row,
+                                  int64_t nr, const void *act, int64_t t0,
+                                  int nt, int pf, float *out)
+{
+    (void)nr;
+    (void)t0;
+    (void)nt;
+    (void)pf;
+    out[0] = w->type == BN_TYPE_F32
+                 ? vdot_f32_avx2((const float *)row, act, w->ncols)
+                 : vdot_f16_avx2((const uint16_t *)row, act, w->ncols);
+    return 1;
+}
+
 /* One token: F16 goes 8 rows at a time with prefetching; F32 one row at a
  * time without, which streams twice the bytes per FMA and is faster left
  * to the hardware prefetchers (measured on Zen 4, one and two threads). */
@@ -1131,9 +1224,13 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
                 y[t * w->nrows + r] = NAN;
         return;
     }
-    bn_rows_fn fn = rows_portable;
+    const int one = n_tokens == 1 &&
+                    (w->type == BN_TYPE_F32 || w->type == BN_TYPE_F16);
+    bn_rows_fn fn = one ? rows_vdot_portable : rows_portable;
 #ifdef BN_HAVE_AVX2_CODE
-    if (use_avx2()) {
+    if (use_avx2() && one)
+        fn = rows_vdot_avx2;
+    else if (use_avx2()) {
         switch (w->type) {
         case BN_TYPE_F32: fn = rows_f32_avx2; break;
         case BN_TYPE_F16: fn = rows_f16_avx2; break;

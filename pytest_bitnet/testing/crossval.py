@@ -40,6 +40,7 @@ __all__ = [
     "PromptResult",
     "compare",
     "check",
+    "default_corpus",
     "random_prompts",
     "read_prompts",
     "summarize",
@@ -117,6 +118,18 @@ def random_prompts(seed: int, n: int = 120, max_words: int = 24) -> list[str]:
 # The seeded part of the default corpus (issue 19): prompts nobody picked.
 RANDOM_SEED = 19
 RANDOM_PROMPTS = 48
+
+# Prompts that once diverged and were kept out of the corpus (README's old
+# "quantization flips"): a long prompt whose differences grew with position,
+# and special tokens parsed side by side.  They belong in it.
+HARD_PROMPTS: tuple[str, ...] = ("x" * 300, "mixed <|assistant|><|user|> adjacent")
+
+
+def default_corpus() -> list[str]:
+    """crossval's default: the hand-written prompts, the ones that used to
+    diverge, and RANDOM_PROMPTS seeded random ones; nothing left out for
+    diverging (a prompt of 302 tokens needs n_ctx >= 302)."""
+    return [*DEFAULT_PROMPTS, *HARD_PROMPTS, *random_prompts(RANDOM_SEED, RANDOM_PROMPTS)]
 
 
 def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -217,24 +230,27 @@ def iter_compare(
     n_ctx: int = 512,
     parse_special: bool = True,
     backend: str = "llama",
+    other_model: str | os.PathLike[str] | None = None,
 ) -> Iterator[PromptResult]:
-    """Compares prompt by prompt, the reference engine against `backend`."""
+    """Compares prompt by prompt, the reference engine against `backend`
+    (which loads other_model when given: a planted divergence)."""
     with BitnetSession.create(model, n_ctx=n_ctx, backend="reference") as ref:
-        with BitnetSession.create(model, n_ctx=n_ctx, backend=backend) as other:
+        with BitnetSession.create(model if other_model is None else other_model, n_ctx=n_ctx, backend=backend) as other:
             for prompt in prompts:
                 yield _compare_one(ref, other, prompt, parse_special)
 
 
-def compare(model: str | os.PathLike[str], prompts: Iterable[str] = DEFAULT_PROMPTS, **kwargs: object) -> list[PromptResult]:
-    return list(iter_compare(model, prompts, **kwargs))  # type: ignore[arg-type]
+def compare(model: str | os.PathLike[str], prompts: Iterable[str] | None = None, **kwargs: object) -> list[PromptResult]:
+    """Every prompt compared (default: default_corpus())."""
+    return list(iter_compare(model, default_corpus() if prompts is None else prompts, **kwargs))  # type: ignore[arg-type]
 
 
 def check(
-    model: str | os.PathLike[str], prompts: Iterable[str] = DEFAULT_PROMPTS, *, tolerance: float = TOLERANCE, **kwargs: object
+    model: str | os.PathLike[str], prompts: Iterable[str] | None = None, *, tolerance: float = TOLERANCE, **kwargs: object
 ) -> list[PromptResult]:
     """compare(), raising ComparisonError at the first divergence."""
     results = []
-    for r in iter_compare(model, prompts, **kwargs):  # type: ignore[arg-type]
+    for r in iter_compare(model, default_corpus() if prompts is None else prompts, **kwargs):  # type: ignore[arg-type]
         if r.diverges(tolerance):
             raise errors.ComparisonError(
                 f"reference and llama.cpp diverge (tolerance {tolerance:g}): {r.describe()}",
@@ -265,15 +281,23 @@ def _unescape(m: re.Match[str]) -> str:
 
 
 def format_table(results: Sequence[PromptResult], tolerance: float = TOLERANCE) -> str:
-    head = f"{'n tok':>5}  {'tokens':<6}  {'max abs diff':>12}  {'argmax':>6}  {'':4}  prompt"
+    head = (
+        f"{'n tok':>5}  {'tokens':<6}  {'max abs diff':>12}  {'rows >tol':>9}  {'max KL':>9}  {'argmax':>6}  "
+        f"{'top-' + str(TOP_K):>6}  {'':4}  prompt"
+    )
     rows = [head]
     for r in results:
         verdict = "FAIL" if r.diverges(tolerance) else "ok"
         rows.append(
-            f"{r.n_tokens:>5}  {'equal' if r.tokens_equal else 'DIFF':<6}  {r.max_abs_diff:>12.3g}  "
-            f"{r.argmax_agree:>6.0%}  {verdict:4}  {r.prompt!r}"
+            f"{r.n_tokens:>5}  {'equal' if r.tokens_equal else 'DIFF':<6}  {r.max_abs_diff:>12.3g}  {r.rows_over:>9}  "
+            f"{r.max_kl:>9.2g}  {r.argmax_agree:>6.0%}  {r.topk_agree:>6.0%}  {verdict:4}  {_short(r.prompt)}"
         )
     return "\n".join(rows)
+
+
+def _short(prompt: str, width: int = 60) -> str:
+    text = repr(prompt)
+    return text if len(text) <= width else text[: width - 5] + "...'" + f" ({len(prompt)} chars)"
 
 
 @dataclass(frozen=True)
