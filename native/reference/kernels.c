@@ -548,9 +548,28 @@ static int32_t dot_i2s_portable(const uint8_t *wrow, const int8_t *q,
 /* One token: ggml does not hand a single-column F32/F16 product to
  * tinyBLAS but to ggml_vec_dot_f32 / _f16, whose order differs: 4 x 8
  * lanes over 32 columns at a time, reduced (0+2, 1+3, 0+1, then low + high
- * half and pairwise), the tail fused into the float sum.  Following it
- * keeps a one-token evaluation (every decode step) bit-identical to
- * llama.cpp's too. */
+ * half and pairwise), the tail's products rounded and added to the float
+ * sum.  Following it keeps a one-token evaluation (every decode step)
+ * bit-identical to llama.cpp's too.  The same holds for any number of
+ * tokens when ncols is not a multiple of 8: tinyBLAS declines those. */
+/* a * b rounded on its own, never fused into a following add (the
+ * compiler fuses a*b + c where FMA is available unless told otherwise):
+ * ggml_vec_dot_f32 adds its tail products that way. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+static inline float mul_rounded(float a, float b)
+{
+    float p = a * b;
+    __asm__("" : "+x"(p));
+    return p;
+}
+#else
+static inline float mul_rounded(float a, float b)
+{
+    volatile float p = a * b;
+    return p;
+}
+#endif
+
 static inline float vdot_reduce(float acc[4][8])
 {
     float a[8];
@@ -571,7 +590,7 @@ static inline float vdot_reduce(float acc[4][8])
                                      x[i + 8 * r + l], acc[r][l]);            \
         float s = vdot_reduce(acc);                                           \
         for (int64_t i = np; i < n; i++)                                      \
-            s = fmaf(CONV(w[i]), x[i], s);                                    \
+            s += mul_rounded(CONV(w[i]), x[i]);                               \
         return s;                                                             \
     }
 #define BN_AS_FLOAT(v) (v)
@@ -583,12 +602,14 @@ static int rows_vdot_portable(const bn_weight *w, const uint8_t *row,
                               int pf, float *out)
 {
     (void)nr;
-    (void)t0; /* one token: t0 == 0, nt == 1 */
-    (void)nt;
     (void)pf;
-    out[0] = w->type == BN_TYPE_F32
-                 ? vdot_f32_portable((const float *)row, act, w->ncols)
-                 : vdot_f16_portable((const uint16_t *)row, act, w->ncols);
+    const int64_t nc = w->ncols;
+    for (int t = 0; t < nt; t++) {
+        const float *x = (const float *)act + (t0 + t) * nc;
+        out[t] = w->type == BN_TYPE_F32
+                     ? vdot_f32_portable((const float *)row, x, nc)
+                     : vdot_f16_portable((const uint16_t *)row, x, nc);
+    }
     return 1;
 }
 
@@ -1131,7 +1152,7 @@ BN_AVX2_INLINE float scalar_f16(const uint16_t *p) { return _cvtsh_ss(*p); }
         const __m128 h = _mm_hadd_ps(t, t);                                   \
         float s = _mm_cvtss_f32(_mm_hadd_ps(h, h));                           \
         for (int64_t i = np; i < n; i++)                                      \
-            s = fmaf(scalar_##sfx(w + i), x[i], s);                           \
+            s += mul_rounded(scalar_##sfx(w + i), x[i]);                      \
         return s;                                                             \
     }
 BN_VDOT_AVX2(f32, float)
@@ -1142,12 +1163,14 @@ static BN_AVX2 int rows_vdot_avx2(const bn_weight *w, const uint8_t *row,
                                   int nt, int pf, float *out)
 {
     (void)nr;
-    (void)t0;
-    (void)nt;
     (void)pf;
-    out[0] = w->type == BN_TYPE_F32
-                 ? vdot_f32_avx2((const float *)row, act, w->ncols)
-                 : vdot_f16_avx2((const uint16_t *)row, act, w->ncols);
+    const int64_t nc = w->ncols;
+    for (int t = 0; t < nt; t++) {
+        const float *x = (const float *)act + (t0 + t) * nc;
+        out[t] = w->type == BN_TYPE_F32
+                     ? vdot_f32_avx2((const float *)row, x, nc)
+                     : vdot_f16_avx2((const uint16_t *)row, x, nc);
+    }
     return 1;
 }
 
@@ -1224,7 +1247,8 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
                 y[t * w->nrows + r] = NAN;
         return;
     }
-    const int one = n_tokens == 1 &&
+    /* ggml_vec_dot_* rather than tinyBLAS: see rows_vdot_portable */
+    const int one = (n_tokens == 1 || w->ncols % 8 != 0) &&
                     (w->type == BN_TYPE_F32 || w->type == BN_TYPE_F16);
     bn_rows_fn fn = one ? rows_vdot_portable : rows_portable;
 #ifdef BN_HAVE_AVX2_CODE

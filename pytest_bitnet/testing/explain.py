@@ -53,6 +53,10 @@ _QUANTIZED_INPUTS: dict[str, str] = {
 }
 
 
+# Reference names -> what llama.cpp's llama-architecture graph calls them.
+_ALIASES: dict[str, str] = {"ffn_sub_out": "ffn_swiglu", "ffn_down": "ffn_out"}
+
+
 def read_capture(path: str | os.PathLike[str]) -> dict[str, npt.NDArray[np.float32]]:
     """A capture file as {name: tokens x values}, in the order first written.
 
@@ -248,6 +252,9 @@ def explain(
     diffs, crossing = [], None
     for name, a in ref.items():
         b = other.get(name)
+        if b is None:  # the llama architecture's graph names two of them otherwise
+            base, dash, layer = name.rpartition("-")
+            b = other.get(_ALIASES.get(base, base) + dash + layer)
         if b is None or b.shape != a.shape:
             continue
         diffs.append(_diff(name, a, b))
