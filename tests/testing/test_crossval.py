@@ -1,5 +1,7 @@
 """Cross-validation of the reference engine against llama.cpp (issue 7):
-identical tokens and logits within 1e-3 on the tiny bitnet TQ2_0 model."""
+identical tokens and logits within 1e-3 on the tiny bitnet TQ2_0 model;
+on every row of seeded random prompts, over weight types and threads, and
+--explain finding a planted divergence (issue 19)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import pytest
 
 from pytest_bitnet import errors
 from pytest_bitnet.bridge.llama import configured
-from pytest_bitnet.testing import crossval
+from pytest_bitnet.testing import crossval, explain
+from pytest_bitnet.testing.models import cached_tiny_model
+
+import numpy as np
 
 LLAMA = configured()
 
@@ -23,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_corpus_agrees_on_the_tiny_bitnet_model(tiny_model: Path) -> None:
     results = crossval.check(tiny_model)  # raises ComparisonError on divergence
-    assert [r.prompt for r in results] == list(crossval.DEFAULT_PROMPTS)
+    assert [r.prompt for r in results] == crossval.default_corpus()
+    assert set(crossval.DEFAULT_PROMPTS) | set(crossval.HARD_PROMPTS) <= {r.prompt for r in results}
     assert all(r.tokens_equal and r.argmax_agree == 1.0 for r in results)
     assert max(r.max_abs_diff for r in results) <= crossval.TOLERANCE
     empty = results[crossval.DEFAULT_PROMPTS.index("")]
@@ -84,3 +90,84 @@ def test_command_timeout_is_the_default_deadline(tiny_model: Path, capsys: pytes
     with pytest.raises(SystemExit) as exc:
         cli.main(["crossval", str(tiny_model), "--timeout", "soon"])
     assert exc.value.code == 2
+
+
+def test_random_prompts_are_seeded_mixed_and_bounded() -> None:
+    a, b = crossval.random_prompts(11, 50), crossval.random_prompts(11, 50)
+    assert a == b and a != crossval.random_prompts(12, 50) and len(a) == 50
+    text = "".join(a)
+    assert any(ord(c) > 0x2E7F for c in text) and any(0xC0 <= ord(c) <= 0x17F for c in text)  # CJK and Latin
+    assert all(p.strip() for p in a)
+    assert crossval.random_prompts(3, 200, max_words=1) == [p for p in crossval.random_prompts(3, 200, max_words=1) if " " not in p]
+
+
+def test_row_metrics_tell_rounding_from_a_different_distribution() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 50)).astype(np.float32) * 5
+    diff, kl, argmax, topk = crossval.row_metrics(a, a.copy())
+    assert (diff == 0).all() and (kl == 0).all() and argmax.all() and topk.all()
+    b = a.copy()
+    b[1] = b[1][::-1]  # another distribution on row 1 only
+    diff, kl, argmax, topk = crossval.row_metrics(a, b)
+    assert diff[0] == diff[2] == 0 and diff[1] > 0
+    assert kl[1] > 0.1 and kl[0] == kl[2] == 0
+    assert not topk[1] and topk[0] and topk[2]
+
+
+# (model parameters, threads): the CI-bounded random-prompt crossval of
+# issue 19 — weight types, both architectures, GQA, per-tensor scales
+PARITY_CASES = [
+    (dict(arch="bitnet", seed=11, weight_type="tq2_0"), 1),
+    (dict(arch="bitnet", seed=11, weight_type="tq2_0"), 2),
+    (dict(arch="bitnet", seed=12, weight_type="f32"), 2),
+    (dict(arch="bitnet", seed=13, weight_type="f16", n_head=8, n_head_kv=2), 1),
+    (dict(arch="llama", seed=14, weight_type="tq2_0"), 2),
+    (dict(arch="bitnet", seed=15, weight_type="tq2_0", scales=True, embd_type="f16"), 2),
+]
+
+
+@pytest.mark.parametrize(("params", "threads"), PARITY_CASES, ids=lambda v: str(v) if isinstance(v, int) else f"{v['arch']}-{v['weight_type']}-{v['seed']}")
+def test_random_prompts_agree_on_every_row(
+    params: dict, threads: int, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # both engines read BITNET_NUM_THREADS as their contexts are created
+    monkeypatch.setenv("BITNET_NUM_THREADS", str(threads))
+    model = cached_tiny_model(tmp_path_factory.getbasetemp() / "parity-models", **params)
+    results = crossval.compare(model, crossval.random_prompts(params["seed"], 40), n_ctx=256)
+    summary = crossval.summarize(results)
+    assert all(r.tokens_equal for r in results)
+    assert summary.rows_over == 0, [r.describe() for r in results if r.rows_over][:3]
+    assert summary.worst <= crossval.TOLERANCE and summary.argmax_disagree == summary.topk_disagree == 0
+    assert summary.max_kl < 1e-9
+
+
+def test_explain_localises_a_planted_divergence(tiny_model: Path, tmp_path: Path) -> None:
+    plain = explain.explain(tiny_model, "naïve café 中文 hello")
+    # nothing upstream of the logits differs (bit-identical on an AVX2 libggml)
+    assert plain.first is None or plain.first.name == "result_output", plain.describe()
+    other = explain.perturbed_copy(tiny_model, tmp_path / "planted.gguf", "blk.1.ffn_norm.weight", index=7, factor=1.5)
+    e = explain.explain(tiny_model, "naïve café 中文 hello", other_model=other)
+    assert e.first is not None and e.first.name == "ffn_norm-1", e.describe()
+    assert (e.first.token, e.first.index) == (0, 7)
+    assert e.first.other == pytest.approx(1.5 * e.first.reference, rel=1e-6)
+    names = [t.name for t in e.tensors]
+    assert all(t.identical for t in e.tensors[: names.index("ffn_norm-1")])
+    assert e.crossing is not None and e.crossing.name == "ffn_norm-1" and e.crossing.rounding == "Q8_K"
+    assert "first difference in ffn_norm-1" in e.describe()
+
+
+def test_command_explain_names_the_planted_tensor(tiny_model: Path, tmp_path: Path) -> None:
+    other = explain.perturbed_copy(tiny_model, tmp_path / "planted.gguf", "blk.0.attn_sub_norm.weight", index=3, factor=1.25)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello world\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_bitnet", "crossval", str(tiny_model), "--prompts", str(prompts), "--explain", "--other-model", str(other)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "EXPLAIN prompt 'Hello world'" in proc.stdout and "first difference in attn_sub_norm-0" in proc.stdout
+    assert "crosses a Q8_K rounding step" in proc.stdout
