@@ -44,7 +44,10 @@
  * libggml-cpu of llama-cpp-python 0.3.36; ggml leaves bsums of an all-zero
  * block unset, here they are 0).  Within a path, a (row, token) result does
  * not depend on the row range it was computed in, nor on how many tokens
- * went with it (for F16 / F32 too: see BN_FLOAT_BLOCK).
+ * went with it, except that F32 / F16 products of one token (or of rows
+ * whose length is not a multiple of 8) take ggml_vec_dot's order and the
+ * others tinyBLAS's, as ggml does (rows_vdot_portable, BN_FLOAT_BLOCK); the
+ * F32 / F16 paths give the same bits portable and AVX2 (issue 19).
  *
  * Limits: I2_S rows are summed in int32 lanes, exact for ncols < 2^22
  * (far beyond any real model; the loader bounds shapes).
