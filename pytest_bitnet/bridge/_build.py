@@ -13,6 +13,9 @@ Build options (environment):
                      ``-DBN_LOCK_CHECKS``: every fault point reached while a
                      bridge lock is held aborts, armed or not.
 ``BITNET_CFLAGS``    extra compiler flags, split on whitespace.
+``BITNET_COVERAGE``  ``1``: compile and link with ``--coverage`` at ``-O0`` (the
+                     coverage CI pass, .ci/coverage) and ``-DBN_COVERAGE``: a
+                     ``NEVER()`` site reached aborts (native/common/bn_never.h).
 ``BITNET_FAULTS``    ``0``: compile every fault point out (``-DBN_NO_FAULTS``);
                      fault_inject then reports injection as not compiled in.
 """
@@ -197,6 +200,11 @@ def _flags() -> tuple[list[str], list[str]]:
     if sanitize:
         cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-DBN_LOCK_CHECKS"]
         ldflags += [f"-fsanitize={sanitize}"]
+    if os.environ.get("BITNET_COVERAGE", "").strip() == "1":
+        # -O0: at -O2 gcc merges and moves the small error branches this pass
+        # exists to count, so a reached site can read as unreached.
+        cflags += ["--coverage", "-O0", "-g", "-DBN_COVERAGE"]
+        ldflags += ["--coverage"]
     if os.environ.get("BITNET_FAULTS", "").strip() == "0":
         cflags.append("-DBN_NO_FAULTS")
     cflags += os.environ.get("BITNET_CFLAGS", "").split()
