@@ -710,7 +710,9 @@ static int m_dims(file *f)
     tensor *t = pick_tensor(f);
     if (!t)
         return 0;
-    uint32_t d = t->n_dims ? (uint32_t)below(t->n_dims) : 0;
+    /* n_dims may already be out of range (case 2 writes 0 and 5 on purpose,
+     * for the reader to refuse): index ne[] within its 4 entries. */
+    uint32_t d = (uint32_t)below(t->n_dims && t->n_dims <= 4 ? t->n_dims : 4);
     switch (below(6)) {
     case 0:
         if (t->n_dims >= 2) {
@@ -721,7 +723,7 @@ static int m_dims(file *f)
         break;
     case 1: {
         const tensor *o = pick_tensor(f);
-        t->ne[d] = o->ne[below(o->n_dims ? o->n_dims : 1)];
+        t->ne[d] = o->ne[below(o->n_dims && o->n_dims <= 4 ? o->n_dims : 4)];
         break;
     }
     case 2: {

@@ -87,18 +87,22 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 
-def _nm(library: Path) -> list[tuple[str, str]]:
-    nm = shutil.which(os.environ.get("NM", "").strip() or "nm")
-    if nm is None:
+def _binutils(tool: str, env: str, args: list[str], library: Path, what: str) -> str:
+    """The output of a binutils tool (nm, readelf) run on library; the tool is $env, else tool on PATH."""
+    exe = shutil.which(os.environ.get(env, "").strip() or tool)
+    if exe is None:
         raise InterposeBuildError(
-            f"cannot list the symbols of {library}: no 'nm' on PATH; install binutils "
-            "(apt-get install binutils) or set NM to its path"
+            f"cannot {what} {library}: no '{tool}' on PATH; install binutils (apt-get install binutils) or set {env} to its path"
         )
-    proc = subprocess.run([nm, "-D", "--defined-only", str(library)], capture_output=True, text=True)
+    proc = subprocess.run([exe, *args, str(library)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise InterposeBuildError(f"'nm -D --defined-only {library}' failed ({proc.stderr.strip() or 'no output'}): is it a shared library?")
+        raise InterposeBuildError(f"'{tool} {' '.join(args)} {library}' failed ({proc.stderr.strip() or 'no output'}): is it a shared library?")
+    return proc.stdout
+
+
+def _nm(library: Path) -> list[tuple[str, str]]:
     out = []
-    for line in proc.stdout.splitlines():
+    for line in _binutils("nm", "NM", ["-D", "--defined-only"], library, "list the symbols of").splitlines():
         parts = line.split()
         if len(parts) >= 3:
             out.append((parts[1], parts[2].split("@", 1)[0]))  # drop a symbol version
@@ -106,17 +110,9 @@ def _nm(library: Path) -> list[tuple[str, str]]:
 
 
 def needed_libraries(library: Path) -> list[str]:
-    """The DT_NEEDED entries of a shared library, in order (``readelf -d``, binutils like nm)."""
-    readelf = shutil.which(os.environ.get("READELF", "").strip() or "readelf")
-    if readelf is None:
-        raise InterposeBuildError(
-            f"cannot list what {library} links: no 'readelf' on PATH; install binutils "
-            "(apt-get install binutils) or set READELF to its path"
-        )
-    proc = subprocess.run([readelf, "-d", "--wide", str(library)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InterposeBuildError(f"'readelf -d {library}' failed ({proc.stderr.strip() or 'no output'}): is it a shared library?")
-    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", proc.stdout)
+    """The DT_NEEDED entries of a shared library, in order (``readelf -d``)."""
+    text = _binutils("readelf", "READELF", ["-d", "--wide"], library, "list what links")
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", text)
 
 
 def exported_functions(library: Path) -> list[str]:
