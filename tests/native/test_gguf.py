@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import time
@@ -184,3 +185,34 @@ def test_a_huge_vocabulary_is_loaded_under_the_deadline(tmp_path: Path) -> None:
             break
     assert in_strings, "no deadline was noticed while the token strings were read"
     assert in_vocabulary, "no deadline was noticed while the vocabulary was built"
+
+
+# ---- what is at the path ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_path_that_is_not_a_regular_file_is_refused(kind: str, tmp_path: Path) -> None:
+    # a FIFO with no writer is opened without waiting (O_NONBLOCK) and refused
+    if kind == "device":
+        path = Path("/dev/null")
+    else:
+        path = tmp_path / "model.gguf"
+        os.mkfifo(path)
+    before = bn.live_counters()["bytes"]
+    for load in (lambda: bn.BitnetSession.create(path), lambda: bn.tokenize(path, "x")):
+        with pytest.raises(errors.ModelLoadError) as exc:
+            load()
+        assert f"'{path}': not a regular file (a device, FIFO or socket); pass the path of a .gguf file" in str(exc.value)
+        assert exc.value.context.native_code == -3
+    assert bn.live_counters()["bytes"] == before
+
+
+def test_the_reader_refuses_a_null_path() -> None:
+    # bn_check_for_llama hands its path to the reader as it is: the reader's
+    # own argument check answers
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    assert lib.bn_check_for_llama(ffi.NULL, 0) == lib.BITNET_E_INVALID_ARG
+    buf = ffi.new("char[]", 256)
+    lib.bitnet_cpp_get_last_error(buf, len(buf))
+    assert ffi.string(buf).decode() == "bn_gguf_open: path is NULL"
