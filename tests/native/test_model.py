@@ -82,6 +82,8 @@ CASES = [
     Case("tensor-missing", _drop_tensor("blk.1.ffn_up.weight"),
          "tensor 'blk.1.ffn_up.weight' is missing: the bitnet architecture needs it; the file is incomplete or was "
          "written for another architecture", hparam=False),
+    Case("projection-shaped-for-other-heads", lambda g: g.retype("blk.0.attn_q.weight", GGML_F32, [256, 128]),
+         "tensor 'blk.0.attn_q.weight' has shape [256, 128] but the hyperparameters require [256, 256]", hparam=False),
     Case("norm-not-f32", lambda g: g.retype("output_norm.weight", GGML_F16),
          "unsupported tensor type F16 for norm 'output_norm.weight' (supported for norms: F32)", hparam=False),
     Case("i2s-scale-nan", _i2s_scale("blk.0.attn_k.weight", math.nan),
