@@ -4,18 +4,46 @@
 engine and bridge into ``out_dir/libbitnet.so`` exactly as setup.py does,
 with a linker version script that leaves the named socket symbols out of
 the dynamic symbol table: a real library that lacks them, not a simulation.
+
+Under .ci/coverage (CC carries ``--coverage``) the native code these builds
+compile is measured too: a test that reaches an error site through a test
+program or library reaches it as much as one through the bridge.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compiler(what: str) -> tuple[list[str], list[str]]:
+    """The compiler command, and the optimisation flags to build with.
+
+    Like the llama adapter and the interposer, CC is honoured.  When it
+    instruments (.ci/coverage exports CC="gcc --coverage -O0 ..."), gcc
+    would write a build's notes and counts beside its output, in the test's
+    tmp_path, which the coverage report never sees: -dumpdir puts them in a
+    directory of their own under the tree measured (.ci/coverage measures a
+    scratch copy, so nothing is left in a checkout), and the build keeps
+    CC's -O0 (at -O1 gcc merges the small error branches being counted).
+    """
+    cc = shlex.split(os.environ.get("CC", "").strip()) or [shutil.which("cc") or shutil.which("gcc") or ""]
+    if not cc[0] or shutil.which(cc[0]) is None:
+        pytest.skip(f"no C compiler to build test {what}")
+    if "--coverage" not in cc:
+        return cc, ["-O1"]
+    notes = ROOT / "cache" / "test-builds"
+    notes.mkdir(parents=True, exist_ok=True)
+    return [*cc, "-dumpdir", tempfile.mkdtemp(dir=notes) + "/"], []
 
 
 def _build_module():  # type: ignore[no-untyped-def]
@@ -43,9 +71,7 @@ def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str
     host_hook=False leaves out bitnet_host_attach too: a library like
     BitNet.cpp's own, which the bridge cannot lend its deadlines to.
     """
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build test libraries")
+    cc, opt = _compiler("libraries")
     b = _build_module()
     hidden = set(hide)
     unknown = hidden - set(SOCKET_SYMBOLS)
@@ -55,7 +81,7 @@ def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str
     keep = [s for s in SOCKET_SYMBOLS if s not in hidden] + ["bitnet_bridge_*"] + (["bitnet_host_attach"] if host_hook else [])
     script.write_text("{ global: " + " ".join(f"{s};" for s in keep) + " local: *; };\n")
     lib = out_dir / "libbitnet.so"
-    cmd = [cc, "-shared", "-fPIC", "-O1", *[f for f in b.CFLAGS if not f.startswith("-O")],
+    cmd = [*cc, "-shared", "-fPIC", *opt, *[f for f in b.CFLAGS if not f.startswith("-O")],
            *[f"-D{name}={value}" for name, value in b.STANDALONE_DEFINES], *[f"-D{d}" for d in defines],
            *[f"-I{ROOT / d}" for d in b.include_dirs()], *[str(ROOT / s) for s in b.native_sources()],
            f"-Wl,--version-script={script}", "-o", str(lib), *b.LDFLAGS]
@@ -116,9 +142,7 @@ def build_program(out_dir: Path, source: str, name: str, defines: Iterable[str] 
     For tests of the layers below the bridge (the allocator, the fault
     engine, the bridge's lock helpers) without a bridge around them.
     """
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build test programs")
+    cc, opt = _compiler("programs")
     b = _build_module()
     out_dir.mkdir(parents=True, exist_ok=True)
     src = out_dir / f"{name}.c"
@@ -127,7 +151,7 @@ def build_program(out_dir: Path, source: str, name: str, defines: Iterable[str] 
     lower = sorted(str(p) for d in ("common", "fault") for p in (ROOT / "native" / d).glob("*.c"))
     # the caller decides on BN_LOCK_CHECKS (the sanitizer build adds it to CFLAGS)
     flags = [f for f in b.CFLAGS if not f.startswith("-O") and f not in ("-fvisibility=hidden", "-DBN_LOCK_CHECKS")]
-    cmd = [cc, "-O1", *flags,
+    cmd = [*cc, *opt, *flags,
            *[f"-D{d}" for d in defines], *[f"-I{ROOT / d}" for d in b.include_dirs()], str(src), *lower,
            "-o", str(exe), *b.LDFLAGS]
     proc = subprocess.run(cmd, capture_output=True, text=True)
