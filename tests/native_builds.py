@@ -145,7 +145,9 @@ def build_program(out_dir: Path, source: str, name: str, defines: Iterable[str] 
     cc, opt = _compiler("programs")
     b = _build_module()
     out_dir.mkdir(parents=True, exist_ok=True)
-    src = out_dir / f"{name}.c"
+    # not name.c: a program named after a native file (guest) would share
+    # that file's coverage notes (named by the source's base name)
+    src = out_dir / f"{name}_program.c"
     src.write_text(source)
     exe = out_dir / name
     lower = sorted(str(p) for d in ("common", "fault") for p in (ROOT / "native" / d).glob("*.c"))
