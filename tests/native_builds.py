@@ -95,18 +95,17 @@ def build_library(out_dir: Path, hide: Iterable[str] = (), defines: Iterable[str
 BROKEN_BACKEND_BUGS = (
     "LEAK_ON_TOKENIZE_ERROR", "GENERIC_CODE", "WRITE_PAST_BUFFER", "CRASH_IN_EVAL", "OVERREPORT_FILL",
     "NEGATIVE_QUERY", "FILL_SHAPE", "ABSURD_SIZES", "BAD_MODEL_INFO", "BAD_N_PAST", "BAD_CAPS",
-    "FAKE_GPU", "SESSION_ONLY",
+    "FAKE_GPU", "SESSION_ONLY", "NULL_SESSION", "FAIL_FREE_ONCE",
     "SLEEP_TOKENIZE", "SLEEP_LOAD", "SEGV_EVAL", "ABORT_FREE", "SLEEP_FREE", "STDERR_EXIT",
 )
 
 # What a variant leaves out of its dynamic symbol table (tests/broken_backend.c says why).
-_HIDDEN = {
-    "SESSION_ONLY": (
-        "bitnet_cpp_init_context", "bitnet_cpp_free_context", "bitnet_cpp_tokenize_with_context",
-        "bitnet_cpp_eval_with_context", "bitnet_cpp_eval_gpu", "bitnet_cpp_get_n_past", "bitnet_cpp_reset_context",
-        "bitnet_cpp_get_model_info",
-    ),
-}
+_SOCKET4_ONLY = (
+    "bitnet_cpp_init_context", "bitnet_cpp_free_context", "bitnet_cpp_tokenize_with_context",
+    "bitnet_cpp_eval_with_context", "bitnet_cpp_eval_gpu", "bitnet_cpp_get_n_past", "bitnet_cpp_reset_context",
+    "bitnet_cpp_get_model_info",
+)
+_HIDDEN = {"SESSION_ONLY": _SOCKET4_ONLY, "NULL_SESSION": _SOCKET4_ONLY}
 
 
 def build_broken_backend(out_dir: Path, bug: str, real_library: Path) -> Path:
