@@ -28,19 +28,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def _compiler(what: str) -> tuple[list[str], list[str]]:
     """The compiler command, and the optimisation flags to build with.
 
-    Like the llama adapter and the interposer, CC is honoured.  When it
-    instruments (.ci/coverage exports CC="gcc --coverage -O0 ..."), gcc
-    would write a build's notes and counts beside its output, in the test's
-    tmp_path, which the coverage report never sees: -dumpdir puts them in a
-    directory of their own under the tree measured (.ci/coverage measures a
-    scratch copy, so nothing is left in a checkout), and the build keeps
-    CC's -O0 (at -O1 gcc merges the small error branches being counted).
+    `cc`, unless CC instruments for coverage (.ci/coverage exports
+    CC="gcc --coverage -O0 ..."; the llama adapter and the interposer read
+    it too).  Then gcc would write a build's notes and counts beside its
+    output, in the test's tmp_path, which the coverage report never sees:
+    -dumpdir puts them in a directory of their own under the tree measured
+    (.ci/coverage measures a scratch copy, so nothing is left in a
+    checkout), and the build keeps CC's -O0 (at -O1 gcc merges the small
+    error branches being counted).  Any other CC (.ci/sanitize's) is not
+    taken: these builds stay plain there, as they always were.
     """
-    cc = shlex.split(os.environ.get("CC", "").strip()) or [shutil.which("cc") or shutil.which("gcc") or ""]
-    if not cc[0] or shutil.which(cc[0]) is None:
-        pytest.skip(f"no C compiler to build test {what}")
+    cc = shlex.split(os.environ.get("CC", "").strip())
     if "--coverage" not in cc:
-        return cc, ["-O1"]
+        plain = shutil.which("cc") or shutil.which("gcc")
+        if plain is None:
+            pytest.skip(f"no C compiler to build test {what}")
+        return [plain], ["-O1"]
     notes = ROOT / "cache" / "test-builds"
     notes.mkdir(parents=True, exist_ok=True)
     return [*cc, "-dumpdir", tempfile.mkdtemp(dir=notes) + "/"], []

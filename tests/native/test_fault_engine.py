@@ -5,6 +5,7 @@ silently ignored."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -60,3 +61,85 @@ def test_remote_points_must_be_registered_here() -> None:
     )
     assert lib.bitnet_fault_set_remote(ffi.NULL, 1, ffi.NULL, ffi.NULL) == lib.BITNET_E_INVALID_ARG
     assert f"point index -1 is not registered here ({n} points)" in last_error()
+
+
+# The registry and the engine allocate with the system's malloc (the
+# counted allocator is itself a fault point, and registered points live
+# until exit).  A real shortage, not an injected one: the program lowers
+# its address-space limit to what it maps now plus a little, allocates
+# until malloc says no, and then arms and registers.
+REAL_OOM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "bn_error.h"
+#include "bn_fault.h"
+
+static long vm_size(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmSize:", 7))
+            kb = atol(line + 7);
+    if (f)
+        fclose(f);
+    return kb * 1024;
+}
+
+static void *blocks[1 << 20];
+static int n_blocks;
+
+static void exhaust(void)
+{
+    for (size_t size = 1 << 20; size >= 8; size /= 2)
+        while (n_blocks < (1 << 20) && (blocks[n_blocks] = malloc(size)))
+            n_blocks++;
+}
+
+static void give_back(void)
+{
+    while (n_blocks)
+        free(blocks[--n_blocks]);
+}
+
+int main(void)
+{
+    bitnet_fault_term_t t = {1.0, 0, BITNET_FAULT_FAIL, 0};
+    bitnet_fault_point_t p = {"oom_test.point", "registered under a shortage", BITNET_E_INTERNAL, 0};
+    int32_t before = bitnet_fault_point_count(), id = 0;
+    printf("start\n"); /* stdout's buffer, before the shortage */
+    fflush(stdout);
+    struct rlimit lim = {(rlim_t)vm_size() + (8 << 20), RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &lim))
+        return 2;
+    exhaust();
+    int rc = bitnet_fault_arm("alloc", &t, 1, 0, 0, NULL, NULL, 0);
+    printf("arm %d %d %s\n", rc, (int)bitnet_fault_armed_list(NULL, 0), bn_error_message());
+    rc = bitnet_fault_register_points(&p, 1, &id);
+    printf("register %d %d %d %s\n", rc, id, (int)(bitnet_fault_point_count() - before), bn_error_message());
+    give_back();
+    rc = bitnet_fault_arm("alloc", &t, 1, 0, 0, NULL, NULL, 0);
+    printf("arm-after %d %d\n", rc, (int)bitnet_fault_armed_list(NULL, 0));
+    rc = bitnet_fault_register_points(&p, 1, &id);
+    printf("register-after %d %d\n", rc, (int)(bitnet_fault_point_count() - before));
+    return 0;
+}
+"""
+
+
+def test_a_real_shortage_fails_arming_and_registering_whole(tmp_path: Path) -> None:
+    exe = build_program(tmp_path, REAL_OOM, "real_oom")
+    # the system's malloc: a preloaded one (.ci/sanitize preloads ASan's,
+    # which aborts where malloc would return NULL) is not what is tested
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    oom = lib.BITNET_E_OOM
+    assert lines[1] == f"arm {oom} 0 arming 'alloc': out of memory"  # nothing armed
+    assert lines[2] == f"register {oom} -1 0 registering fault points: out of memory"  # nothing registered
+    assert lines[3:] == ["arm-after 0 1", "register-after 0 1"]  # memory back: both work
