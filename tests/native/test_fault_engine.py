@@ -111,6 +111,15 @@ int main(void)
     bitnet_fault_term_t t = {1.0, 0, BITNET_FAULT_FAIL, 0};
     bitnet_fault_point_t p = {"oom_test.point", "registered under a shortage", BITNET_E_INTERNAL, 0};
     int32_t before = bitnet_fault_point_count(), id = 0;
+    /* the second shortage: room for the table of points an arming makes
+     * first, not for its chain of BITNET_FAULT_MAX_TERMS terms after it
+     * (a block past the per-thread cache's sizes, so the allocation of the
+     * table finds it) */
+    size_t table = (size_t)before * sizeof(void *);
+    void *spare = malloc(table + 640 > 1100 ? table + 640 : 1100);
+    bitnet_fault_term_t chain[BITNET_FAULT_MAX_TERMS];
+    for (int i = 0; i < BITNET_FAULT_MAX_TERMS; i++)
+        chain[i] = (bitnet_fault_term_t){1.0, i + 1 < BITNET_FAULT_MAX_TERMS, BITNET_FAULT_OFF, 0};
     printf("start\n"); /* stdout's buffer, before the shortage */
     fflush(stdout);
     struct rlimit lim = {(rlim_t)vm_size() + (8 << 20), RLIM_INFINITY};
@@ -121,6 +130,9 @@ int main(void)
     printf("arm %d %d %s\n", rc, (int)bitnet_fault_armed_list(NULL, 0), bn_error_message());
     rc = bitnet_fault_register_points(&p, 1, &id);
     printf("register %d %d %d %s\n", rc, id, (int)(bitnet_fault_point_count() - before), bn_error_message());
+    free(spare);
+    rc = bitnet_fault_arm("alloc", chain, BITNET_FAULT_MAX_TERMS, 0, 0, NULL, NULL, 0);
+    printf("arm-chain %d %d %s\n", rc, (int)bitnet_fault_armed_list(NULL, 0), bn_error_message());
     give_back();
     rc = bitnet_fault_arm("alloc", &t, 1, 0, 0, NULL, NULL, 0);
     printf("arm-after %d %d\n", rc, (int)bitnet_fault_armed_list(NULL, 0));
@@ -142,4 +154,5 @@ def test_a_real_shortage_fails_arming_and_registering_whole(tmp_path: Path) -> N
     oom = lib.BITNET_E_OOM
     assert lines[1] == f"arm {oom} 0 arming 'alloc': out of memory"  # nothing armed
     assert lines[2] == f"register {oom} -1 0 registering fault points: out of memory"  # nothing registered
-    assert lines[3:] == ["arm-after 0 1", "register-after 0 1"]  # memory back: both work
+    assert lines[3] == f"arm-chain {oom} 0 arming 'alloc': out of memory"  # the table made is given back
+    assert lines[4:] == ["arm-after 0 1", "register-after 0 1"]  # memory back: both work
