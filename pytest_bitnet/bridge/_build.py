@@ -53,6 +53,8 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
                     float *y, int64_t r0, int64_t r1);
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
+uint16_t bn_fp32_to_fp16(float f);
+float bn_fp16_to_fp32(uint16_t h);
 extern "Python" void _bitnet_log_sink(int level, const char *component, const char *line);
 """
 
