@@ -312,3 +312,32 @@ def test_every_allocation_of_a_many_fragment_tokenize_can_fail(session: bn.Bitne
     for size in (768, 1536):
         assert sum(f"allocate {size} bytes for text fragments" in m for m in grown) == 4, grown
     assert session.tokenize(text, parse_special=True).tolist() == expected
+
+
+def test_many_overlapping_special_tokens_split_as_llama_cpp_does(
+    make_model: Callable[..., Path], llama_tokenize: Callable[..., list[int]], tmp_path: Path
+) -> None:
+    """More than 16 special tokens, most of one length, overlapping everywhere
+    in the text: which one claims a stretch depends on the order they are tried
+    in, which is llama.cpp's unstable std::sort by length (the tokenizer's
+    introsort, past its insertion-sort-only size)."""
+    import itertools
+    import random
+
+    g = Gguf.read(make_model(arch="bitnet", seed=0, n_vocab=4000))
+    tokens = list(g.kvs["tokenizer.ggml.tokens"].value)
+    types = list(g.kvs["tokenizer.ggml.token_type"].value)
+    pieces = ["".join(p) for n in (4, 5) for p in itertools.product("QZ", repeat=n)]  # 16 + 32, all overlapping
+    for i, piece in enumerate(pieces):
+        tokens[3000 + i], types[3000 + i] = piece, gguf.TokenType.CONTROL
+    g.set("tokenizer.ggml.tokens", tokens).set("tokenizer.ggml.token_type", types)
+    path = tmp_path / "specials.gguf"
+    g.write(path)
+    rng = random.Random(16)
+    texts = ["".join(rng.choice("QZ") for _ in range(rng.randint(5, 60))) for _ in range(40)]
+    texts += ["hello QZQZQ world", "ZZZZZQQQQQ", "aQZQZb"]
+    with bn.BitnetSession.create(path, n_ctx=16) as s:
+        for text in texts:
+            ours = s.tokenize(text, add_bos=False, parse_special=True).tolist()
+            assert ours == llama_tokenize(path, text, False, True), text
+            assert any(t >= 3000 for t in ours), text  # the specials did split it
