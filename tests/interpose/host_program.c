@@ -150,6 +150,14 @@ int main(int argc, char **argv)
     (void)zero;
     p_bitnet_interpose_set_object_hook(hook, NULL);
     p_bitnet_interpose_set_timeout_ns(atoll(argv[7]) * 1000000LL);
+    /* tables the interposer must refuse before anything changes (no host is
+     * kept: the attach below still succeeds) */
+    bitnet_host_t wrong_abi = host, too_short = host;
+    wrong_abi.abi = BITNET_HOST_ABI + 1;
+    too_short.size = (int32_t)offsetof(bitnet_host_t, last_error);
+    printf("attach_refused=%d %d %d\n", p_bitnet_interpose_attach(NULL),
+           p_bitnet_interpose_attach(&wrong_abi), p_bitnet_interpose_attach(&too_short));
+    printf("counters_null=%d\n", p_bitnet_interpose_counters(NULL));
     if (atoi(argv[3]) == 2) /* a bridge from before register_points */
         host.size = (int32_t)offsetof(bitnet_host_t, register_points);
     if (atoi(argv[3])) {
@@ -195,6 +203,15 @@ int main(int argc, char **argv)
     cp.abort_callback = user_abort;
     struct llama_context *ctx = p_llama_init_from_model(model, cp);
     printf("context=%d\n", ctx != NULL);
+    if (target < 0) { /* nothing armed: a context llama.cpp itself refuses */
+        struct llama_context_params zero_batch = cp;
+        zero_batch.n_batch = zero_batch.n_ubatch = 0;
+        struct llama_context *refused = p_llama_init_from_model(model, zero_batch);
+        printf("context_refused=%d\n", refused == NULL);
+        if (refused)
+            p_llama_free(refused);
+        COUNTERS("refused");
+    }
     llama_token tokens[32];
     int n = vocab ? p_llama_tokenize(vocab, "hello world", 11, tokens, 32, true, false) : 0;
     printf("tokenize=%d\n", n);

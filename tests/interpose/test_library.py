@@ -343,6 +343,20 @@ def test_unattached_wrappers_forward_and_count(host_program: Path, built: Path, 
     assert out["counters_chained"] == "1 1 1 1 0"  # a sampler in a chain is the chain's
     assert out["counters_end"] == BASELINE
     assert out["hook"].count("made") == 5 and out["hook"].count("freed") == 5
+    # a context llama.cpp refuses (n_batch = n_ubatch = 0): NULL, as from the real one, nothing counted
+    assert out["context_refused"] == "1" and out["counters_refused"] == "1 1 0 0 0"
+
+
+def test_attach_refuses_a_table_it_cannot_read_and_counters_need_an_output(host_program: Path, built: Path,
+                                                                           model: Path) -> None:
+    from pytest_bitnet.bridge._native import lib
+
+    out = _drive(host_program, built, model)
+    mismatch = str(int(lib.BITNET_E_ABI_MISMATCH))
+    # NULL, another ABI, a table shorter than last_error: refused, and nothing kept of them
+    assert out["attach_refused"] == f"{mismatch} {mismatch} {mismatch}"
+    assert out["counters_null"] == str(int(lib.BITNET_E_INVALID_ARG))
+    assert out["attach"] == "0" and out["decode"] == "0"  # the good table attaches afterwards
 
 
 def test_attach_registers_every_point_once(host_program: Path, built: Path, model: Path) -> None:

@@ -1,0 +1,96 @@
+"""The llama.cpp adapter's own C ABI (native/llama/adapter.c), below the bridge.
+
+The bridge only ever hands the adapter a host table it built and a counters
+struct it owns; these are the refusals for what a caller of the C ABI (or a
+bridge of another release) can hand it instead.  The adapters are real: the
+one the package built for llama-cpp-python's libllama, and one compiled here
+against another host table ABI, loaded by the bridge in dlopen mode like any
+other socket library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+import pytest_bitnet as bn
+from pytest_bitnet.bridge import llama
+from pytest_bitnet.bridge._native import lib
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
+
+LLAMA = llama.configured()
+pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
+
+
+def _live() -> dict[str, int]:
+    c = bn.live_counters()
+    return {k: c[k] for k in LEAK_COUNTERS}
+
+
+class _HostHead(ctypes.Structure):
+    # the first two fields of bitnet_host_t (bitnet_host.h): all the
+    # adapter reads before it refuses a table
+    _fields_ = [("size", ctypes.c_int32), ("abi", ctypes.c_int32)]
+
+
+def test_attach_refuses_a_table_it_cannot_read() -> None:
+    adapter = ctypes.CDLL(str(LLAMA.adapter))  # the bridge's own copy when it has loaded it: nothing kept
+    attach = adapter.bitnet_host_attach
+    attach.argtypes = [ctypes.c_void_p]
+    mismatch = int(lib.BITNET_E_ABI_MISMATCH)
+    last_error = adapter.bitnet_cpp_get_last_error
+    last_error.argtypes = [ctypes.c_char_p, ctypes.c_int32]
+    buf = ctypes.create_string_buffer(512)
+
+    def said() -> str:
+        last_error(buf, len(buf))
+        return buf.value.decode()
+
+    assert attach(None) == mismatch
+    assert said() == "bitnet_host_attach: the host table is NULL"
+    # another ABI, and this ABI with a table shorter than its last_error field
+    for head in (_HostHead(size=4096, abi=999), _HostHead(size=ctypes.sizeof(_HostHead), abi=1)):
+        assert attach(ctypes.addressof(head)) == mismatch
+        assert said().startswith(f"host table ABI {head.abi} ({head.size} bytes) is not the 1 (at least ")
+
+
+def test_counters_need_an_output(tiny_model: Path) -> None:
+    adapter = ctypes.CDLL(str(LLAMA.adapter))
+    get = adapter.bitnet_cpp_get_counters
+    get.argtypes = [ctypes.c_void_p]
+    assert get(None) == int(lib.BITNET_E_INVALID_ARG)
+    with bn.BitnetSession.create(tiny_model, backend="llama") as s:  # still counts what it holds
+        assert len(s.tokenize("hello")) > 1
+
+
+@pytest.fixture(scope="module")
+def other_abi_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The adapter compiled as the package compiles it, against host table ABI 2."""
+    st = llama.status()
+    assert st.adapter is not None and st.libllama is not None, st.reason
+    include = llama.find_include(st.libllama.parent)
+    assert include is not None
+    target = tmp_path_factory.mktemp("adapter_abi2") / "libllama-adapter.so"
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(llama, "CFLAGS", [*llama.CFLAGS, "-DBITNET_HOST_ABI=2"])
+        llama._build(target, st.libllama, include)
+    finally:
+        mp.undo()
+    return target
+
+
+@pytest.mark.filterwarnings("ignore::pytest_bitnet.plugin.BitnetUnboundedCallsWarning")  # what refusing the table means
+def test_an_adapter_of_another_host_abi_refuses_the_bridges_table_and_still_serves(
+        tiny_model: Path, other_abi_adapter: Path) -> None:
+    before = _live()
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=other_abi_adapter) as s:
+        said = s.backend_info["deadlines"]
+        assert said.startswith(f"not honoured in process: {other_abi_adapter} refused the host table"), said
+        assert "BITNET_E_ABI_MISMATCH: host table ABI 1 (" in said and "is not the 2 (at least" in said  # the adapter's reason
+        assert "rebuild it with the bridge's bitnet_host.h" in said
+        with bn.BitnetSession.create(tiny_model, backend="llama") as ref:
+            assert list(s.tokenize("hello world")) == list(ref.tokenize("hello world"))
+    assert _live() == before
