@@ -11,6 +11,9 @@ other socket library.
 from __future__ import annotations
 
 import ctypes
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +21,9 @@ import pytest
 import pytest_bitnet as bn
 from pytest_bitnet.bridge import llama
 from pytest_bitnet.bridge._native import lib
-from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
 LLAMA = llama.configured()
 pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
-
-
-def _live() -> dict[str, int]:
-    c = bn.live_counters()
-    return {k: c[k] for k in LEAK_COUNTERS}
 
 
 class _HostHead(ctypes.Structure):
@@ -82,15 +79,35 @@ def other_abi_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-@pytest.mark.filterwarnings("ignore::pytest_bitnet.plugin.BitnetUnboundedCallsWarning")  # what refusing the table means
+_OTHER_ABI_CHILD = """
+import json, sys, warnings
+import pytest_bitnet as bn
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
+warnings.simplefilter("ignore")  # the unbounded-calls warning is what refusing the table means
+model, library = sys.argv[1], sys.argv[2]
+live = lambda: {k: bn.live_counters()[k] for k in LEAK_COUNTERS}
+before = live()
+with bn.BitnetSession.create(model, backend="dlopen", library_path=library) as s:
+    out = {"deadlines": s.backend_info["deadlines"], "tokens": [int(t) for t in s.tokenize("hello world")]}
+with bn.BitnetSession.create(model, backend="llama") as ref:
+    out["want"] = [int(t) for t in ref.tokenize("hello world")]
+out["leaked"] = {k: v - before[k] for k, v in live().items() if v != before[k]}
+print(json.dumps(out))
+"""
+
+
 def test_an_adapter_of_another_host_abi_refuses_the_bridges_table_and_still_serves(
         tiny_model: Path, other_abi_adapter: Path) -> None:
-    before = _live()
-    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=other_abi_adapter) as s:
-        said = s.backend_info["deadlines"]
-        assert said.startswith(f"not honoured in process: {other_abi_adapter} refused the host table"), said
-        assert "BITNET_E_ABI_MISMATCH: host table ABI 1 (" in said and "is not the 2 (at least" in said  # the adapter's reason
-        assert "rebuild it with the bridge's bitnet_host.h" in said
-        with bn.BitnetSession.create(tiny_model, backend="llama") as ref:
-            assert list(s.tokenize("hello world")) == list(ref.tokenize("hello world"))
-    assert _live() == before
+    # In a child: both adapters link the one libllama of the process, whose log
+    # callback is global; the refused adapter's (with no host to log to) would
+    # stay installed for every later llama session of this process.
+    proc = subprocess.run([sys.executable, "-c", _OTHER_ABI_CHILD, str(tiny_model), str(other_abi_adapter)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    said = out["deadlines"]
+    assert said.startswith(f"not honoured in process: {other_abi_adapter} refused the host table"), said
+    assert "BITNET_E_ABI_MISMATCH: host table ABI 1 (" in said and "is not the 2 (at least" in said  # the adapter's reason
+    assert "rebuild it with the bridge's bitnet_host.h" in said
+    assert out["tokens"] == out["want"] and len(out["tokens"]) > 1  # it still serves
+    assert out["leaked"] == {}
