@@ -310,7 +310,9 @@ def host_program(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert include is not None
     exe = tmp_path_factory.mktemp("interpose-host") / "host_program"
     cmd = [cc, "-std=gnu11", "-O1", "-Wall", "-Wno-unused-parameter", *(f"-I{d}" for d in build.INCLUDE_DIRS),
-           f"-I{include}", str(HERE / "host_program.c"), "-ldl", "-o", str(exe)]
+           f"-I{include}", str(HERE / "host_program.c"), "-ldl",
+           "-Wl,--export-dynamic-symbol=calloc",  # its calloc is the interposer's (oom_record)
+           "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return exe
@@ -345,6 +347,17 @@ def test_unattached_wrappers_forward_and_count(host_program: Path, built: Path, 
     assert out["hook"].count("made") == 5 and out["hook"].count("freed") == 5
     # a context llama.cpp refuses (n_batch = n_ubatch = 0): NULL, as from the real one, nothing counted
     assert out["context_refused"] == "1" and out["counters_refused"] == "1 1 0 0 0"
+
+
+@pytest.mark.parametrize("attach", [0, 1])
+def test_a_context_the_interposer_cannot_record_is_still_made_counted_and_freed(host_program: Path, built: Path,
+                                                                                model: Path, attach: int) -> None:
+    # out of memory for the wrapper's record (the abort path for delay / hang):
+    # the caller still gets the context it asked for, as llama.cpp made it
+    out = _drive(host_program, built, model, "-", "oom_record", attach=attach)
+    assert out["context_unrecorded"] == "1 1"  # made, and the failed allocation was the wrapper's
+    assert out["counters_unrecorded"] == "1 2 0 0 0"  # counted like any other
+    assert out["counters_end"] == BASELINE  # and its free balanced
 
 
 def test_attach_refuses_a_table_it_cannot_read_and_counters_need_an_output(host_program: Path, built: Path,
