@@ -11,7 +11,8 @@
  * ATTACH 0: never attached (every wrapper must forward); 2: attached with a
  * table from before register_points (the points must stay inert).  POINT "-": nothing
  * armed.  ACTION: fail | oom | timeout | grow | delay | hang; with POINT "-",
- * oom_record fails the interposer's own allocation in one llama_init_from_model.  Prints one
+ * oom_record fails the interposer's own allocation in one llama_init_from_model
+ * (with a calloc preloaded for it).  Prints one
  * `key=value` line per step; tests/interpose/test_library.py reads them.
  */
 #include <dlfcn.h>
@@ -27,21 +28,6 @@
 #include "llama.h"
 
 #define FIRST_ID 1000 /* far from 0: a wrapper using its index instead fails */
-
-/* The interposer's own allocations can fail too.  This program's calloc is
- * the process's (an executable's definition comes first in the global scope,
- * the way glibc lets a program replace its allocator; the fixture exports it)
- * and fails the calling thread's next call when asked. */
-extern void *__libc_calloc(size_t n, size_t size);
-static _Thread_local int fail_next_calloc;
-void *calloc(size_t n, size_t size)
-{
-    if (fail_next_calloc) {
-        fail_next_calloc = 0;
-        return NULL;
-    }
-    return __libc_calloc(n, size);
-}
 
 static const bitnet_fault_point_t *points;
 static int32_t n_points;
@@ -229,11 +215,19 @@ int main(int argc, char **argv)
         COUNTERS("refused");
     }
     if (target < 0 && !strcmp(argv[5], "oom_record")) {
-        /* the first allocation of the wrapper is its record of the context */
-        fail_next_calloc = 1;
+        /* the calloc of a library preloaded for this run (test_library.py's
+         * FAIL_CALLOC) fails the calling thread's next call when asked: the
+         * first allocation of the wrapper is its record of the context */
+        void (*fail_next)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "fail_calloc_next");
+        int (*pending)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "fail_calloc_pending");
+        if (!fail_next || !pending) {
+            printf("fail_calloc=missing\n");
+            return 1;
+        }
+        fail_next(1);
         struct llama_context *unrecorded = p_llama_init_from_model(model, cp);
-        int consumed = !fail_next_calloc;
-        fail_next_calloc = 0;
+        int consumed = !pending();
+        fail_next(0);
         printf("context_unrecorded=%d %d\n", unrecorded != NULL, consumed);
         COUNTERS("unrecorded");
         if (unrecorded)

@@ -310,18 +310,16 @@ def host_program(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert include is not None
     exe = tmp_path_factory.mktemp("interpose-host") / "host_program"
     cmd = [cc, "-std=gnu11", "-O1", "-Wall", "-Wno-unused-parameter", *(f"-I{d}" for d in build.INCLUDE_DIRS),
-           f"-I{include}", str(HERE / "host_program.c"), "-ldl",
-           "-Wl,--export-dynamic-symbol=calloc",  # its calloc is the interposer's (oom_record)
-           "-o", str(exe)]
+           f"-I{include}", str(HERE / "host_program.c"), "-ldl", "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return exe
 
 
 def _drive(host_program: Path, built: Path, model: Path, point: str = "-", action: str = "fail", arg: int = 0,
-           *, attach: int = 1, timeout_ms: int = 0) -> dict[str, str]:
+           *, attach: int = 1, timeout_ms: int = 0, env: dict[str, str] | None = None) -> dict[str, str]:
     cmd = [str(host_program), str(built / "libllama.so"), str(model), str(attach), point, action, str(arg), str(timeout_ms)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out: dict[str, str] = {}
     for line in proc.stdout.splitlines():
@@ -349,12 +347,48 @@ def test_unattached_wrappers_forward_and_count(host_program: Path, built: Path, 
     assert out["context_refused"] == "1" and out["counters_refused"] == "1 1 0 0 0"
 
 
+# A calloc that fails the calling thread's next call on request, preloaded into one
+# host_program run: glibc lets a program replace its allocator, and the interposer's
+# references bind to the first definition.  (Under ASan its preloaded runtime comes
+# first and keeps calloc: the test is skipped there.)
+FAIL_CALLOC = r"""
+#include <stddef.h>
+extern void *__libc_calloc(size_t n, size_t size);
+static _Thread_local int fail_next;
+__attribute__((visibility("default"))) void fail_calloc_next(int on) { fail_next = on; }
+__attribute__((visibility("default"))) int fail_calloc_pending(void) { return fail_next; }
+__attribute__((visibility("default"))) void *calloc(size_t n, size_t size)
+{
+    if (fail_next) {
+        fail_next = 0;
+        return NULL;
+    }
+    return __libc_calloc(n, size);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fail_calloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    d = tmp_path_factory.mktemp("fail_calloc")
+    (d / "fail_calloc.c").write_text(FAIL_CALLOC)
+    lib = d / "libfail_calloc.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(d / "fail_calloc.c"), "-o", str(lib)], check=True)
+    return lib
+
+
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason="ASan's preloaded runtime owns calloc")
 @pytest.mark.parametrize("attach", [0, 1])
 def test_a_context_the_interposer_cannot_record_is_still_made_counted_and_freed(host_program: Path, built: Path,
-                                                                                model: Path, attach: int) -> None:
+                                                                                model: Path, fail_calloc: Path,
+                                                                                attach: int) -> None:
     # out of memory for the wrapper's record (the abort path for delay / hang):
     # the caller still gets the context it asked for, as llama.cpp made it
-    out = _drive(host_program, built, model, "-", "oom_record", attach=attach)
+    env = {**os.environ, "LD_PRELOAD": " ".join(p for p in (os.environ.get("LD_PRELOAD"), str(fail_calloc)) if p)}
+    out = _drive(host_program, built, model, "-", "oom_record", attach=attach, env=env)
     assert out["context_unrecorded"] == "1 1"  # made, and the failed allocation was the wrapper's
     assert out["counters_unrecorded"] == "1 2 0 0 0"  # counted like any other
     assert out["counters_end"] == BASELINE  # and its free balanced
