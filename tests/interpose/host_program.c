@@ -215,9 +215,9 @@ int main(int argc, char **argv)
         COUNTERS("refused");
     }
     if (target < 0 && !strcmp(argv[5], "oom_record")) {
-        /* the calloc of a library preloaded for this run (test_library.py's
-         * FAIL_CALLOC) fails the calling thread's next call when asked: the
-         * first allocation of the wrapper is its record of the context */
+        /* the calloc of a library preloaded for this run (build_fail_calloc,
+         * tests/native_builds.py) fails the calling thread's next call when
+         * asked: the first allocation of the wrapper is its record */
         void (*fail_next)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "fail_calloc_next");
         int (*pending)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "fail_calloc_pending");
         if (!fail_next || !pending) {

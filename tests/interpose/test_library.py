@@ -24,6 +24,8 @@ from fault_inject.interpose import build
 from pytest_bitnet.bridge.llama import find_include
 from pytest_bitnet.testing.models import make_tiny_model
 
+from ..native_builds import SANITIZED, build_fail_calloc
+
 HERE = Path(__file__).resolve().parent
 NATIVE = Path(__file__).resolve().parents[2] / "native"
 
@@ -347,40 +349,12 @@ def test_unattached_wrappers_forward_and_count(host_program: Path, built: Path, 
     assert out["context_refused"] == "1" and out["counters_refused"] == "1 1 0 0 0"
 
 
-# A calloc that fails the calling thread's next call on request, preloaded into one
-# host_program run: glibc lets a program replace its allocator, and the interposer's
-# references bind to the first definition.  (Under ASan its preloaded runtime comes
-# first and keeps calloc: the test is skipped there.)
-FAIL_CALLOC = r"""
-#include <stddef.h>
-extern void *__libc_calloc(size_t n, size_t size);
-static _Thread_local int fail_next;
-__attribute__((visibility("default"))) void fail_calloc_next(int on) { fail_next = on; }
-__attribute__((visibility("default"))) int fail_calloc_pending(void) { return fail_next; }
-__attribute__((visibility("default"))) void *calloc(size_t n, size_t size)
-{
-    if (fail_next) {
-        fail_next = 0;
-        return NULL;
-    }
-    return __libc_calloc(n, size);
-}
-"""
-
-
 @pytest.fixture(scope="module")
 def fail_calloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    d = tmp_path_factory.mktemp("fail_calloc")
-    (d / "fail_calloc.c").write_text(FAIL_CALLOC)
-    lib = d / "libfail_calloc.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(d / "fail_calloc.c"), "-o", str(lib)], check=True)
-    return lib
+    return build_fail_calloc(tmp_path_factory.mktemp("fail_calloc"))
 
 
-@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason="ASan's preloaded runtime owns calloc")
+@pytest.mark.skipif(SANITIZED, reason="ASan's preloaded runtime owns calloc")
 @pytest.mark.parametrize("attach", [0, 1])
 def test_a_context_the_interposer_cannot_record_is_still_made_counted_and_freed(host_program: Path, built: Path,
                                                                                 model: Path, fail_calloc: Path,

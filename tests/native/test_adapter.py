@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 import pytest_bitnet as bn
 from pytest_bitnet.bridge import llama
 from pytest_bitnet.bridge._native import lib
+
+from ..native_builds import SANITIZED, build_fail_calloc
 
 LLAMA = llama.configured()
 pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
@@ -111,3 +114,43 @@ def test_an_adapter_of_another_host_abi_refuses_the_bridges_table_and_still_serv
     assert "rebuild it with the bridge's bitnet_host.h" in said
     assert out["tokens"] == out["want"] and len(out["tokens"]) > 1  # it still serves
     assert out["leaked"] == {}
+
+
+# ---- out of memory for the adapter's own context ------------------------------------------------
+
+_OOM_CHILD = """
+import ctypes, json, sys
+import pytest_bitnet as bn
+from pytest_bitnet import errors
+from pytest_bitnet.bridge._native import Options, ffi, lib, new_err_buffer
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
+model = sys.argv[1]
+bn.BitnetSession.create(model, backend="llama").close()  # adapter and libllama loaded: nothing first-time below
+preloaded = ctypes.CDLL(None)
+live = lambda: {k: bn.live_counters()[k] for k in LEAK_COUNTERS}
+before = live()
+opts, out, err = Options("llama"), ffi.new("bitnet_context_t **"), new_err_buffer()
+raw = model.encode()
+preloaded.fail_calloc_next(1)  # the bridge allocates with aligned_alloc: the thread's next calloc is the adapter's
+rc = lib.bitnet_bridge_init_context(out, raw, 64, 0, opts.cdata, err, len(err))
+consumed = not preloaded.fail_calloc_pending()
+preloaded.fail_calloc_next(0)
+res = {"class": errors.error_for_code(rc).__name__, "consumed": consumed, "null": out[0] == ffi.NULL,
+       "message": ffi.string(err).decode(), "leaked": {k: v - before[k] for k, v in live().items() if v != before[k]}}
+with bn.BitnetSession.create(model, backend="llama") as s:  # nothing was left half made
+    res["after"] = len(s.tokenize("hello")) > 1
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's preloaded runtime owns calloc")
+def test_out_of_memory_for_the_adapters_context_is_out_of_memory(tiny_model: Path, tmp_path: Path) -> None:
+    shim = build_fail_calloc(tmp_path)
+    env = {**os.environ, "LD_PRELOAD": " ".join(p for p in (os.environ.get("LD_PRELOAD"), str(shim)) if p)}
+    proc = subprocess.run([sys.executable, "-c", _OOM_CHILD, str(tiny_model)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.splitlines()[-1])
+    assert res["consumed"] and res["null"], res
+    assert res["class"] == "OutOfMemory" and "out of memory for a llama.cpp context" in res["message"], res
+    assert res["leaked"] == {} and res["after"]
