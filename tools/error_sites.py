@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import html
 import json
 import re
 import sys
@@ -59,10 +60,14 @@ from pathlib import Path
 NATIVE_RULES = [
     # not its declaration or definition ("int bn_error(int code, ...")
     ("error", re.compile(r"(?<!int )\bbn_error\s*\(")),
+    # the llama adapter is a library of its own, built at run time against
+    # libllama; its errors originate in its own recorder, fail()
+    ("error", re.compile(r"(?<!int )\bfail\s*\("), "native/llama/"),
     ("code", re.compile(r"\breturn\s+\(?\s*BITNET_E_[A-Z_]+\s*\)?\s*;")),
     ("null", re.compile(r"\breturn\s+NULL\s*;")),
     ("minus1", re.compile(r"\breturn\s+-1\s*;")),
 ]
+PROBE = "BN_SITE"  # tools/site_probe.h
 NEVER_RE = re.compile(r"\bNEVER\s*\(")
 PY_NEVER_RE = re.compile(r"#\s*NEVER:\s*(.*)")
 PY_PACKAGES = ("pytest_bitnet", "fault_inject")
@@ -135,7 +140,9 @@ def native_sites(root: Path) -> list[Site]:
         for idx, text in enumerate(lines):
             if text.lstrip().startswith("#") and not text.rstrip().endswith("\\"):
                 continue  # a directive (a multi-line #define's body lines are code)
-            for kind, rule in NATIVE_RULES:
+            for kind, rule, *only in NATIVE_RULES:
+                if only and not rel.startswith(only[0]):
+                    continue
                 m = rule.search(text)
                 if not m:
                     continue
@@ -144,7 +151,8 @@ def native_sites(root: Path) -> list[Site]:
                     break
                 seen.add(start)
                 last = _statement_end(lines, idx, m.start())
-                site = Site(rel, start + 1, last + 1, kind, raw_lines[idx].strip())
+                site = Site(rel, start + 1, last + 1, kind, raw_lines[idx].strip(),
+                            extra={"at": (idx, m.start(), m.end())})
                 for k in (start, start - 1):  # the statement, or the if just above it
                     if 0 <= k < len(lines) and NEVER_RE.search(lines[k]):
                         site.never = strings.get(k + 1, "(no reason given)")
@@ -178,6 +186,55 @@ def _statement_end(lines: list[str], idx: int, col: int) -> int:
     return idx
 
 
+def site_id(s: Site) -> str:
+    return f"{s.file}:{s.line}"
+
+
+def instrument(root: Path, sites: list[Site]) -> int:
+    """Rewrites each native site of the tree at root, in place, to log the
+    first time it runs (tools/site_probe.h): ``return X;`` becomes
+    ``return (BN_SITE("f:l"), X);`` and ``bn_error(`` becomes
+    ``(BN_SITE("f:l"), bn_error)(``.  Every line keeps its number, so gcov's
+    counts still name the original lines.  For a scratch copy only."""
+    by_file: dict[str, list[Site]] = {}
+    for s in sites:
+        by_file.setdefault(s.file, []).append(s)
+    for rel, fs in by_file.items():
+        path = root / rel
+        lines = path.read_text().split("\n")
+        # right to left, so that an earlier rewrite on a line keeps the columns of the next
+        for s in sorted(fs, key=lambda s: s.extra["at"], reverse=True):
+            idx, a, b = s.extra["at"]
+            text, tag = lines[idx], f'{PROBE}("{site_id(s)}")'
+            if s.kind == "error":
+                name = re.match(r"\w+", text[a:]).group(0)  # type: ignore[union-attr]
+                lines[idx] = f"{text[:a]}({tag}, {name}){text[a + len(name):]}"
+            else:
+                expr = text[a:b].strip()[len("return"):-1].strip()
+                lines[idx] = f"{text[:a]}return ({tag}, {expr});{text[b:]}"
+        path.write_text("\n".join(lines))
+    return sum(len(fs) for fs in by_file.values())
+
+
+OUTSIDE = "(outside any test)"
+
+
+def read_site_log(path: Path) -> dict[str, str]:
+    """site id -> the first test that reached it, from the probe's log
+    (a test's name is preferred to a hit outside any test)."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        test = re.sub(r" \((setup|call|teardown)\)$", "", parts[2].strip()) or OUTSIDE
+        if out.get(parts[1], OUTSIDE) == OUTSIDE:
+            out[parts[1]] = test
+    return out
+
+
 def gcovr_counts(path: Path, root: Path) -> dict[str, dict[int, int]]:
     """file (relative to root) -> line -> count, the maximum over builds and
     functions (gcovr lists a line once per function instance)."""
@@ -196,14 +253,17 @@ def gcovr_counts(path: Path, root: Path) -> dict[str, dict[int, int]]:
     return out
 
 
-def mark_native(sites: list[Site], counts: dict[str, dict[int, int]]) -> None:
+def mark_native(sites: list[Site], counts: dict[str, dict[int, int]], log: dict[str, str]) -> None:
+    """gcov's counts, or the probe's log: a build whose counts are gone by
+    report time (a compiled-out build in a test's tmp_path) still logged."""
     for s in sites:
         file_counts = counts.get(s.file)
-        if file_counts is None:
-            s.reached = None
-            continue
-        seen = [file_counts[n] for n in range(s.line, s.last + 1) if n in file_counts]
+        seen = [file_counts[n] for n in range(s.line, s.last + 1) if n in file_counts] if file_counts else []
         s.reached = None if not seen else max(seen) > 0
+        by = log.get(site_id(s))
+        if by is not None:
+            s.reached = True
+            s.extra["by"] = by
 
 
 # ---------------------------------------------------------------- python
@@ -276,16 +336,23 @@ def mark_python(sites: list[Site], path: Path, root: Path) -> None:
     data = json.loads(path.read_text())
     executed: dict[str, set[int]] = {}
     measured: dict[str, set[int]] = {}
+    contexts: dict[str, dict[str, list[str]]] = {}
     for name, f in data.get("files", {}).items():
         p = Path(name)
         rel = str(p.relative_to(root)) if p.is_absolute() and p.is_relative_to(root) else name
         executed[rel] = set(f.get("executed_lines", []))
         measured[rel] = executed[rel] | set(f.get("missing_lines", []))
+        contexts[rel] = f.get("contexts", {})
     for s in sites:
         if s.line not in measured.get(s.file, ()):
             s.reached = None
         else:
             s.reached = s.line in executed[s.file]
+        # --show-contexts: the tests that ran the line (coverage's context
+        # is the test's node id, set by the coverage run's pytest plugin)
+        named = [c for c in contexts.get(s.file, {}).get(str(s.line), []) if c]
+        if s.reached:
+            s.extra["by"] = named[0] if named else OUTSIDE
 
 
 # ---------------------------------------------------------------- report
@@ -331,6 +398,57 @@ def report(sites: list[Site], native_summary: str | None, python_json: Path | No
     return n, len(counted)
 
 
+def _state(s: Site) -> str:
+    if s.never is not None:
+        return "REACHED-NEVER" if s.reached else "never"
+    return {True: "reached", False: "unreached", None: "no-data"}[s.reached]
+
+
+def write_reports(sites: list[Site], root: Path, out: Path) -> None:
+    """Every site, with its state and the test that reached it: error-sites.txt
+    (one line each), error-sites.json, and error-sites.html (each file's source
+    with its sites highlighted)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"site": site_id(s), "kind": s.kind, "state": _state(s), "by": s.extra.get("by"),
+         "never": s.never, "text": s.text}
+        for s in sites
+    ]
+    (out / "error-sites.json").write_text(json.dumps(rows, indent=1))
+    with open(out / "error-sites.txt", "w") as f:
+        for r in rows:
+            why = r["by"] if r["state"] == "reached" else (r["never"] or "")
+            f.write(f"{r['state']:9s} {r['kind']:7s} {r['site']}  {why}\n")
+    colour = {"reached": "#cfc", "unreached": "#fbb", "no-data": "#fdb", "never": "#ddd", "REACHED-NEVER": "#f66"}
+    by_file: dict[str, list[Site]] = {}
+    for s in sites:
+        by_file.setdefault(s.file, []).append(s)
+    parts = ["<!doctype html><meta charset=utf-8><title>error sites</title>",
+             "<style>body{font:13px sans-serif}pre{font:12px monospace;margin:0}"
+             "td{vertical-align:top;padding:0 6px}.n{color:#888;text-align:right}</style>",
+             "<h1>Error sites</h1><p>" + ", ".join(
+                 f"<span style='background:{c}'>{k}</span>" for k, c in colour.items()) + "</p><ul>"]
+    for f, fs in by_file.items():
+        counted = [s for s in fs if s.never is None]
+        parts.append(f"<li><a href='#{html.escape(f)}'>{html.escape(f)}</a> "
+                     f"{sum(1 for s in counted if s.reached)}/{len(counted)}</li>")
+    parts.append("</ul>")
+    for f, fs in by_file.items():
+        marks = {n: s for s in fs for n in range(s.line, s.last + 1)}
+        parts.append(f"<h2 id='{html.escape(f)}'>{html.escape(f)}</h2><table>")
+        src = (root / f).read_text(errors="replace").split("\n")
+        for n, text in enumerate(src, 1):
+            s = marks.get(n)
+            style = f" style='background:{colour[_state(s)]}'" if s else ""
+            note = ""
+            if s and n == s.line:
+                note = html.escape(f"{_state(s)}: {s.extra.get('by') or s.never or ''}")
+            parts.append(f"<tr{style}><td class=n>{n}</td><td><pre>{html.escape(text)}</pre></td>"
+                         f"<td>{note}</td></tr>")
+        parts.append("</table>")
+    (out / "error-sites.html").write_text("\n".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="the source tree measured")
@@ -338,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", type=Path, help="coverage json output")
     ap.add_argument("--summary", type=Path, help="gcovr --txt-summary output (native line/branch figures)")
     ap.add_argument("--list", action="store_true", help="list the sites and the rules' counts, no coverage data")
+    ap.add_argument("--instrument", action="store_true",
+                    help="rewrite the native sites of --root in place to log their first run (a scratch copy only)")
+    ap.add_argument("--site-log", type=Path, help="the probe's log ($BITNET_SITE_LOG of the run)")
+    ap.add_argument("--out", type=Path, help="write error-sites.{txt,json,html} here")
     ap.add_argument("--gate", default="0", help="1: exit 1 when a figure is below its bar")
     ap.add_argument("--gate-sites", type=float, default=95.0)
     ap.add_argument("--gate-native-lines", type=float, default=90.0)
@@ -351,11 +473,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.file}:{s.line}: {s.kind}{' NEVER: ' + s.never if s.never else ''}: {s.text[:100]}")
         print(f"error sites: {len(native)} native, {len(python)} python")
         return 0
+    if args.instrument:
+        print(f"instrumented {instrument(root, native)} native error sites under {root}")
+        return 0
+    log = read_site_log(args.site_log) if args.site_log else {}
     if args.native:
-        mark_native(native, gcovr_counts(args.native, root))
+        mark_native(native, gcovr_counts(args.native, root), log)
     if args.python:
         mark_python(python, args.python, root)
     summary = args.summary.read_text() if args.summary else None
+    if args.out:
+        write_reports(native + python, root, args.out)
     n_nat, m_nat = report(native, summary, args.python)
     n_py, m_py = report(python, None, None)
     print(f"native error sites reached: {n_nat}/{m_nat}; python: {n_py}/{m_py}")

@@ -14,8 +14,9 @@
  * coverage figures can leave that line's branch out too:
  * gcovr --exclude-branches-by-pattern '.*\bNEVER\(').
  *
- * In the coverage and test build (-DBN_COVERAGE, BITNET_COVERAGE=1) a NEVER
- * that is true aborts, naming the condition, the reason and the place: a
+ * In the test builds (the coverage build, -DBN_COVERAGE, and the sanitizer
+ * build, -DBN_TEST_BUILD; pytest_bitnet/bridge/_build.py) a NEVER that is
+ * true aborts, naming the condition, the reason and the place: a
  * wrong marker is a crash in CI, not a silently skipped error path.  In
  * release it is the plain test, so the defence stays.  ALWAYS(x, why) is the
  * mirror, for a condition that must hold.
@@ -25,7 +26,7 @@
 #ifndef BN_NEVER_H
 #define BN_NEVER_H
 
-#ifdef BN_COVERAGE
+#if defined(BN_COVERAGE) || defined(BN_TEST_BUILD)
 #include <stdio.h>
 #include <stdlib.h>
 

@@ -198,12 +198,13 @@ def _flags() -> tuple[list[str], list[str]]:
     ldflags: list[str] = ["-lm", "-lpthread", "-ldl"]
     sanitize = os.environ.get("BITNET_SANITIZE", "").strip()
     if sanitize:
-        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-DBN_LOCK_CHECKS"]
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-DBN_LOCK_CHECKS", "-DBN_TEST_BUILD"]
         ldflags += [f"-fsanitize={sanitize}"]
     if os.environ.get("BITNET_COVERAGE", "").strip() == "1":
         # -O0: at -O2 gcc merges and moves the small error branches this pass
         # exists to count, so a reached site can read as unreached.
-        cflags += ["--coverage", "-O0", "-g", "-DBN_COVERAGE"]
+        # -fprofile-update=atomic: the thread pool updates counts concurrently.
+        cflags += ["--coverage", "-fprofile-update=atomic", "-O0", "-g", "-DBN_COVERAGE"]
         # libgcov is linked in statically: keep its symbols (mangle_path)
         # out of the libraries' exports, which tests compare with the ABI.
         ldflags += ["--coverage", "-Wl,--exclude-libs,libgcov.a"]

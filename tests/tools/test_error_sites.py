@@ -163,3 +163,93 @@ def test_never_asserts_in_the_coverage_build_and_is_the_plain_test_in_release(tm
         assert "NEVER(argc > 1) was reached" in reached.stderr and "no arguments are passed" in reached.stderr
     else:
         assert reached.returncode == 3  # the defence stays in release
+
+
+PROBED = r'''
+#define _GNU_SOURCE /* after the force-included probe: must still take effect */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#define BITNET_OK 0
+#define BITNET_E_OOM -5
+static int bn_error(int code, const char *fmt, ...) { (void)fmt; return code; }
+static void *g(int x)
+{
+    if (x == 1)
+        return NULL;
+    return &errno;
+}
+static int f(int x)
+{
+    errno = ERANGE;
+    if (x == 2)
+        return bn_error(BITNET_E_OOM,
+                        "errno is %d", errno);
+    return BITNET_OK;
+}
+int main(int argc, char **argv)
+{
+    int x = argc > 1 ? argv[1][0] - '0' : 0;
+    for (int i = 0; i < 3; i++) /* a site logs once per process */
+        (void)(!g(x) || f(x));
+    errno = ERANGE;
+    (void)f(2);
+    printf("%s\n", errno == ERANGE ? "errno kept" : strerror(errno));
+    return 0;
+}
+'''
+
+
+def test_instrumented_sites_log_the_test_that_reached_them_and_keep_their_lines(tmp_path: Path) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "native" / "p.c"
+    src.parent.mkdir()
+    src.write_text(PROBED)
+    sites = es.native_sites(tmp_path)
+    assert {s.kind for s in sites} == {"null", "error"}
+    assert es.instrument(tmp_path, sites) == 2
+    rewritten = src.read_text()
+    assert rewritten.count("\n") == PROBED.count("\n")  # gcov's line numbers still hold
+    assert 'return (BN_SITE("native/p.c:12"), NULL);' in rewritten
+    exe = tmp_path / "p"
+    subprocess.run([cc, "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-include", str(ROOT / "tools" / "site_probe.h"),
+                    str(src), "-o", str(exe)], check=True)
+    log = tmp_path / "sites.log"
+    env = {"BITNET_SITE_LOG": str(log), "PYTEST_CURRENT_TEST": "tests/x.py::test_one (call)"}
+    assert subprocess.run([exe, "1"], env=env, capture_output=True, text=True, check=True).stdout == "errno kept\n"
+    env["PYTEST_CURRENT_TEST"] = "tests/x.py::test_two (call)"
+    subprocess.run([exe, "0"], env=env, check=True)
+    lines = log.read_text().splitlines()
+    # run 1: the NULL site once (of 3 passes) and the bn_error site once; run 2: the bn_error site
+    assert sorted(line.split("\t", 1)[1] for line in lines) == sorted([
+        "native/p.c:12\ttests/x.py::test_one (call)",
+        "native/p.c:19\ttests/x.py::test_one (call)",
+        "native/p.c:19\ttests/x.py::test_two (call)",
+    ])
+    by = es.read_site_log(log)
+    assert by == {"native/p.c:12": "tests/x.py::test_one", "native/p.c:19": "tests/x.py::test_one"}
+    # the log alone marks a site reached (a build whose counts are gone)
+    es.mark_native(sites, {}, by)
+    assert all(s.reached and s.extra["by"] == "tests/x.py::test_one" for s in sites)
+    subprocess.run([exe], env={}, check=True)  # no log asked for: nothing written, no crash
+
+
+def test_reports_list_every_site_with_who_reached_it(tree: Path) -> None:
+    sites = es.native_sites(tree) + es.python_sites(tree)
+    for s in sites:
+        s.reached = s.kind == "code"
+        if s.reached:
+            s.extra["by"] = "tests/t.py::test_code"
+    es.write_reports(sites, tree, tree / "out")
+    rows = json.loads((tree / "out" / "error-sites.json").read_text())
+    assert len(rows) == len(sites)
+    states = {r["site"]: (r["state"], r["by"]) for r in rows}
+    assert states[f"native/common/x.c:{_line(NATIVE, 'if (!p)')}"] == ("reached", "tests/t.py::test_code")
+    assert states[f"native/common/x.c:{_line(NATIVE, 'if (NEVER')}"][0] == "REACHED-NEVER"  # a wrong marker stands out
+    assert states[f"native/common/x.c:{_line(NATIVE, 'void *g')}"][0] == "unreached"
+    text = (tree / "out" / "error-sites.txt").read_text()
+    assert "x is clamped by the caller" in text and "tests/t.py::test_code" in text
+    page = (tree / "out" / "error-sites.html").read_text()
+    assert "native/common/x.c" in page and "pytest_bitnet/m.py" in page and "#fbb" in page
