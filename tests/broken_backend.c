@@ -51,8 +51,8 @@
  * bridge's deadlines, cancellation and fault points cannot reach them),
  * for process isolation (tests/bridge/test_isolation*.py):
  *
- *   BUG_SLEEP_TOKENIZE          every tokenize sleeps 60 s first, deaf to any
- *                               deadline;
+ *   BUG_SLEEP_TOKENIZE          every tokenize (session and per-call) sleeps
+ *                               60 s first, deaf to any deadline;
  *   BUG_SLEEP_LOAD              every init_context sleeps 60 s first;
  *   BUG_SEGV_EVAL               every evaluation's fill pass (session and
  *                               per-call) writes through NULL (SIGSEGV);
@@ -428,6 +428,9 @@ int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
 int crossval_bitnet_tokenize(const char *model_path, const char *prompt, int add_bos, int parse_special,
                              int32_t *out_tokens, int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
+#ifdef BUG_SLEEP_TOKENIZE
+    sleep_long(); /* the per-call tokenize too: "every tokenize" */
+#endif
     int rc = REAL(crossval_bitnet_tokenize)(model_path, prompt, add_bos, parse_special, out_tokens, out_capacity, out_len,
                                             err, err_len);
     overreported(rc, out_tokens, out_len);

@@ -46,7 +46,9 @@ def _compiler(what: str) -> tuple[list[str], list[str]]:
         return [plain], ["-O1"]
     notes = ROOT / "cache" / "test-builds"
     notes.mkdir(parents=True, exist_ok=True)
-    return [*cc, "-dumpdir", tempfile.mkdtemp(dir=notes) + "/"], []
+    # BITNET_CFLAGS: .ci/coverage's -O0 and the site probe its rewritten
+    # sources call (tools/site_probe.h), as for every other build there
+    return [*cc, "-dumpdir", tempfile.mkdtemp(dir=notes) + "/"], os.environ.get("BITNET_CFLAGS", "").split()
 
 
 def _build_module():  # type: ignore[no-untyped-def]
@@ -161,3 +163,40 @@ def build_program(out_dir: Path, source: str, name: str, defines: Iterable[str] 
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return exe
+
+
+# Under the sanitizer pass (.ci/sanitize) the ASan runtime is preloaded.
+SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+# A calloc that fails the calling thread's next call on request
+# (fail_calloc_next(1); fail_calloc_pending() says whether it is still to
+# come), preloaded into one child process: glibc lets a program replace its
+# allocator, and every library's references bind to the first definition.
+# Under ASan its preloaded runtime comes first and keeps calloc (SANITIZED).
+_FAIL_CALLOC = r"""
+#include <stddef.h>
+extern void *__libc_calloc(size_t n, size_t size);
+static _Thread_local int fail_next;
+__attribute__((visibility("default"))) void fail_calloc_next(int on) { fail_next = on; }
+__attribute__((visibility("default"))) int fail_calloc_pending(void) { return fail_next; }
+__attribute__((visibility("default"))) void *calloc(size_t n, size_t size)
+{
+    if (fail_next) {
+        fail_next = 0;
+        return NULL;
+    }
+    return __libc_calloc(n, size);
+}
+"""
+
+
+def build_fail_calloc(out_dir: Path) -> Path:
+    """out_dir/libfail_calloc.so, to LD_PRELOAD into a child (see _FAIL_CALLOC)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build test libraries")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fail_calloc.c").write_text(_FAIL_CALLOC)
+    lib = out_dir / "libfail_calloc.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(out_dir / "fail_calloc.c"), "-o", str(lib)], check=True)
+    return lib

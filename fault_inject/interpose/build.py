@@ -279,6 +279,10 @@ def _build_into(out: Path, real: Path, include: Path) -> None:
             f"could not run the C compiler ({shlex.join(compiler())}): {exc}; install gcc or set CC"
         ) from None
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise InterposeBuildError(f"compiling the interposing libllama failed ({shlex.join(cmd)}):\n{tail}")
+        # from the first error on: the cause is there; a header of another release makes
+        # hundreds of lines whose last ones are notes about macro expansions
+        lines = proc.stderr.strip().splitlines()
+        first = next((i for i, line in enumerate(lines) if "error" in line), max(len(lines) - 15, 0))
+        shown = "\n".join(lines[first : first + 15])
+        raise InterposeBuildError(f"compiling the interposing libllama failed ({shlex.join(cmd)}):\n{shown}")
     os.symlink("libllama.so", out / "libllama.so.0")
