@@ -41,7 +41,13 @@ import tempfile
 from pathlib import Path
 
 from pytest_bitnet.bridge.errors import BitnetError
-from pytest_bitnet.bridge.llama import INSTALL_HINT, compiler, extra_cflags, find_include, native_dir
+from pytest_bitnet.bridge.llama import (
+    INSTALL_HINT,
+    compiler,
+    extra_cflags,
+    find_include,
+    native_dir,
+)
 
 __all__ = ["InterposeBuildError", "build_for", "exported_functions", "interposed_functions", "needed_libraries"]
 
