@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 # pytest_bitnet/bridge/_build.py holds the one list of native sources and flags;
@@ -44,8 +45,26 @@ class build_py_with_native(build_py):
                 self.copy_file(str(src), str(dest))
 
 
+class build_ext_per_extension(build_ext):
+    """Compiles each extension's objects in a directory of its own.
+
+    The bridge and the standalone library compile the same native/*.c with
+    different defines; in one shared build_temp the second overwrites the
+    first's objects, and under --coverage (.ci/coverage) its .gcno notes too,
+    so the bridge's counts would be read against the other build's notes.
+    """
+
+    def build_extension(self, ext) -> None:
+        shared = self.build_temp
+        self.build_temp = str(Path(shared, ext.name))
+        try:
+            super().build_extension(ext)
+        finally:
+            self.build_temp = shared
+
+
 setup(
-    cmdclass={"build_py": build_py_with_native},
+    cmdclass={"build_py": build_py_with_native, "build_ext": build_ext_per_extension},
     cffi_modules=["pytest_bitnet/bridge/_build.py:ffibuilder"],
     # The reference engine as a plain shared library exporting the socket
     # ABI (bitnet.h): what BITNET_BACKEND=dlopen loads when no other

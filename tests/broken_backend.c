@@ -27,7 +27,13 @@
  *   BUG_ABSURD_SIZES            every pass reports 1,000,000 tokens / rows;
  *   BUG_BAD_MODEL_INFO          bitnet_cpp_get_model_info says n_vocab=-1;
  *   BUG_BAD_N_PAST              bitnet_cpp_get_n_past says -3;
- *   BUG_BAD_CAPS                bitnet_cpp_get_capabilities says has_cuda=7.
+ *   BUG_BAD_CAPS                bitnet_cpp_get_capabilities says has_cuda=7;
+ *   BUG_NULL_SESSION            SESSION_ONLY's exports, and every
+ *                               bitnet_cpp_session_create reports success but
+ *                               returns no session (it frees the real one);
+ *   BUG_FAIL_FREE_ONCE          the first bitnet_cpp_free_context of each
+ *                               context fails (BITNET_E_CLEANUP, freeing
+ *                               nothing); its retry frees it.
  *
  * Not bugs, but libraries the bridge must serve as they are:
  *
@@ -45,8 +51,8 @@
  * bridge's deadlines, cancellation and fault points cannot reach them),
  * for process isolation (tests/bridge/test_isolation*.py):
  *
- *   BUG_SLEEP_TOKENIZE          every tokenize sleeps 60 s first, deaf to any
- *                               deadline;
+ *   BUG_SLEEP_TOKENIZE          every tokenize (session and per-call) sleeps
+ *                               60 s first, deaf to any deadline;
  *   BUG_SLEEP_LOAD              every init_context sleeps 60 s first;
  *   BUG_SEGV_EVAL               every evaluation's fill pass (session and
  *                               per-call) writes through NULL (SIGSEGV);
@@ -219,8 +225,36 @@ int bitnet_cpp_init_context(bitnet_context_t **out_ctx, const char *model_path, 
     return reported(rc);
 }
 
+#ifdef BUG_FAIL_FREE_ONCE
+/* the contexts whose first free has failed (a handful at a time in tests) */
+static const bitnet_context_t *refused_once[64];
+static pthread_mutex_t refused_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int first_free(const bitnet_context_t *ctx)
+{
+    pthread_mutex_lock(&refused_lock);
+    int first = 1;
+    for (int i = 0; i < 64 && first; i++)
+        if (refused_once[i] == ctx) {
+            refused_once[i] = NULL;
+            first = 0;
+        }
+    for (int i = 0; i < 64 && first; i++)
+        if (!refused_once[i]) {
+            refused_once[i] = ctx;
+            break;
+        }
+    pthread_mutex_unlock(&refused_lock);
+    return first;
+}
+#endif
+
 int bitnet_cpp_free_context(bitnet_context_t *ctx)
 {
+#ifdef BUG_FAIL_FREE_ONCE
+    if (ctx && first_free(ctx))
+        return BITNET_E_CLEANUP;
+#endif
 #ifdef BUG_ABORT_FREE
     abort();
 #endif
@@ -334,7 +368,14 @@ int bitnet_cpp_eval_with_context(const bitnet_context_t *ctx, const int32_t *tok
 int bitnet_cpp_session_create(bitnet_session_t **out_session, const char *model_path, const char *tokenizer_path,
                               int32_t n_ctx, int32_t n_gpu_layers, char *err, int32_t err_len)
 {
-    return reported(REAL(bitnet_cpp_session_create)(out_session, model_path, tokenizer_path, n_ctx, n_gpu_layers, err, err_len));
+    int rc = REAL(bitnet_cpp_session_create)(out_session, model_path, tokenizer_path, n_ctx, n_gpu_layers, err, err_len);
+#ifdef BUG_NULL_SESSION
+    if (rc == BITNET_OK) {
+        REAL(bitnet_cpp_session_free)(*out_session);
+        *out_session = NULL;
+    }
+#endif
+    return reported(rc);
 }
 
 int bitnet_cpp_session_free(bitnet_session_t *session) { return reported(REAL(bitnet_cpp_session_free)(session)); }
@@ -387,6 +428,9 @@ int bitnet_cpp_get_capabilities(bitnet_capabilities_t *out_caps)
 int crossval_bitnet_tokenize(const char *model_path, const char *prompt, int add_bos, int parse_special,
                              int32_t *out_tokens, int32_t out_capacity, int32_t *out_len, char *err, int32_t err_len)
 {
+#ifdef BUG_SLEEP_TOKENIZE
+    sleep_long(); /* the per-call tokenize too: "every tokenize" */
+#endif
     int rc = REAL(crossval_bitnet_tokenize)(model_path, prompt, add_bos, parse_special, out_tokens, out_capacity, out_len,
                                             err, err_len);
     overreported(rc, out_tokens, out_len);

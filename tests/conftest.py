@@ -10,6 +10,7 @@ BITNET_MODEL_CACHE): names hash the parameters, so a model is written once.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,6 +54,24 @@ def tiny_model(bitnet_model: Path) -> Path:
 # ---- stress / soak (tests/bridge/test_stress.py) --------------------------------------
 
 SOAK_ENV = "BITNET_SOAK_SECONDS"
+
+
+def _coverage_context(name: str) -> None:
+    """Under .ci/coverage (coverage.py started by its sitecustomize), the
+    coverage context is the running test, so the report can name a test
+    that reached each Python error site.  Nothing otherwise."""
+    coverage = sys.modules.get("coverage")
+    cov = coverage.Coverage.current() if coverage is not None else None
+    if cov is not None:
+        cov.switch_context(name)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _coverage_context(item.nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
+    _coverage_context("")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -41,7 +41,13 @@ import tempfile
 from pathlib import Path
 
 from pytest_bitnet.bridge.errors import BitnetError
-from pytest_bitnet.bridge.llama import INSTALL_HINT, find_include, native_dir
+from pytest_bitnet.bridge.llama import (
+    INSTALL_HINT,
+    compiler,
+    extra_cflags,
+    find_include,
+    native_dir,
+)
 
 __all__ = ["InterposeBuildError", "build_for", "exported_functions", "interposed_functions", "needed_libraries"]
 
@@ -175,10 +181,6 @@ def _cache_root() -> Path:
     return Path(base) / "pytest-bitnet"
 
 
-def _compiler() -> list[str]:
-    return shlex.split(os.environ.get("CC", "").strip() or "cc")
-
-
 def _sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*")) + sorted((NATIVE / "include").glob("*")) + [NATIVE / "fault" / "bn_fault.h", NATIVE / "common" / "bn_error.h"]
 
@@ -189,7 +191,7 @@ def _key(real: Path, include: Path) -> str:
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes())
     st = real.stat()
-    h.update(f"{real}|{st.st_size}|{st.st_mtime_ns}|{_compiler()}|{CFLAGS}|{LDFLAGS}".encode())
+    h.update(f"{real}|{st.st_size}|{st.st_mtime_ns}|{compiler()}|{CFLAGS}|{extra_cflags()}|{LDFLAGS}".encode())
     return h.hexdigest()[:16]
 
 
@@ -260,8 +262,9 @@ def _build_into(out: Path, real: Path, include: Path) -> None:
     companions = [n for n in needed_libraries(real) if (out / n).exists()]
     lib = out / "libllama.so"
     cmd = [
-        *_compiler(),
+        *compiler(),
         *CFLAGS,
+        *extra_cflags(),
         *(f"-I{d}" for d in INCLUDE_DIRS),
         f"-I{include}",
         f'-DIP_REAL_LIB="{real}"',
@@ -279,9 +282,13 @@ def _build_into(out: Path, real: Path, include: Path) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InterposeBuildError(
-            f"could not run the C compiler ({shlex.join(_compiler())}): {exc}; install gcc or set CC"
+            f"could not run the C compiler ({shlex.join(compiler())}): {exc}; install gcc or set CC"
         ) from None
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise InterposeBuildError(f"compiling the interposing libllama failed ({shlex.join(cmd)}):\n{tail}")
+        # from the first error on: the cause is there; a header of another release makes
+        # hundreds of lines whose last ones are notes about macro expansions
+        lines = proc.stderr.strip().splitlines()
+        first = next((i for i, line in enumerate(lines) if "error" in line), max(len(lines) - 15, 0))
+        shown = "\n".join(lines[first : first + 15])
+        raise InterposeBuildError(f"compiling the interposing libllama failed ({shlex.join(cmd)}):\n{shown}")
     os.symlink("libllama.so", out / "libllama.so.0")

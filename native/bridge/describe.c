@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "bn_error.h"
+#include "bn_never.h"
 #include "bridge.h"
 #include "loader.h"
 
@@ -158,7 +159,7 @@ BITNET_API int32_t bitnet_bridge_describe(const bitnet_bridge_options *opts,
                 put(&rep, "error\tSTUB mode: no backend serves any call\n");
         }
     }
-    if (rep.len > INT32_MAX - 1)
+    if (NEVER(rep.len > INT32_MAX - 1, "a report is a bounded number of lines of bounded fields (paths < PATH_MAX, messages < BN_ERROR_CAP, one line per socket symbol): some kilobytes"))
         return BITNET_E_INTERNAL;
     return (int32_t)rep.len; /* without the NUL: query with buf NULL */
 }

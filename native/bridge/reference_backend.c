@@ -16,6 +16,7 @@
 #include "bn_cpu.h"
 #include "bn_deadline.h"
 #include "bn_error.h"
+#include "bn_never.h"
 #include "model.h"
 
 typedef struct {
@@ -68,7 +69,7 @@ static int gpu_unsupported(int32_t n_gpu_layers)
 static int ref_init_context(void **out, const char *path, int32_t n_ctx,
                             int32_t n_gpu_layers, char *err, int32_t err_len)
 {
-    if (!out)
+    if (NEVER(!out, "the bridge creates into &c->impl or &c->fb_impl (sockets.c, routing.c), after refusing a NULL out_ctx itself"))
         return done(bn_error(BITNET_E_INVALID_ARG, "out_ctx is NULL"), err,
                     err_len);
     *out = NULL;
@@ -240,7 +241,7 @@ static int ref_eval_gpu(void *ctx, const int32_t *tokens, int32_t n_tokens,
 static int ref_get_n_past(void *ctx, int32_t seq_id, int32_t *out)
 {
     ref_ctx *c = ctx;
-    if (!out)
+    if (NEVER(!out, "bitnet_cpp_get_n_past refuses a NULL out_n_past and passes its own &n (sockets.c)"))
         return bn_error(BITNET_E_INVALID_ARG, "out_n_past is NULL");
     if (seq_id < 0 || seq_id >= BN_MAX_SEQ)
         return bn_error(BITNET_E_INVALID_ARG,
@@ -273,7 +274,7 @@ static int ref_model_info(void *ctx, int32_t *n_vocab, int32_t *n_ctx)
 
 static int ref_caps(bitnet_capabilities_t *out)
 {
-    if (!out)
+    if (NEVER(!out, "every caller passes its own local caps (sockets.c), a NULL out_caps is refused before"))
         return bn_error(BITNET_E_INVALID_ARG, "out_caps is NULL");
     bn_cpu_capabilities(out);
     return BITNET_OK;

@@ -436,25 +436,6 @@ BITNET_API int bitnet_cpp_eval_gpu(const bitnet_context_t *ctx,
 
 /* ---- context helpers ---------------------------------------------------- */
 
-/* The eval tier's optional helper, or an UNSUPPORTED error. */
-#define EVAL_HELPER(ctx, field, ...)                                          \
-    do {                                                                      \
-        int rc_;                                                              \
-        bn_context *c_ = bn_context_enter(ctx, 0, &rc_);                      \
-        if (!c_)                                                              \
-            return rc_;                                                       \
-        const tier *t_ = &c_->eval;                                           \
-        rc_ = t_->be->field                                                   \
-                  ? bn_failed(t_->be, t_->be->field(t_->impl, __VA_ARGS__),   \
-                              NULL, 0)                                        \
-                  : bn_error(BITNET_E_UNSUPPORTED,                            \
-                             "backend '%s' does not export the helper "       \
-                             "behind " #field,                                \
-                             t_->be->name);                                   \
-        bn_context_leave(c_);                                                 \
-        return rc_;                                                           \
-    } while (0)
-
 /* n_past and the model info are checked like the sockets' counts
  * (calls.c): a caller sizes its next call from them. */
 BITNET_API int bitnet_cpp_get_n_past(const bitnet_context_t *ctx,
@@ -484,7 +465,19 @@ BITNET_API int bitnet_cpp_get_n_past(const bitnet_context_t *ctx,
 BITNET_API int bitnet_cpp_reset_context(bitnet_context_t *ctx, int32_t seq_id)
 {
     bn_error_clear();
-    EVAL_HELPER(ctx, reset_context, seq_id);
+    int rc;
+    bn_context *c = bn_context_enter(ctx, 0, &rc);
+    if (!c)
+        return rc;
+    const tier *t = &c->eval;
+    if (!t->be->reset_context)
+        rc = bn_error(BITNET_E_UNSUPPORTED,
+                      "backend '%s' does not export bitnet_cpp_reset_context",
+                      t->be->name);
+    else
+        rc = bn_failed(t->be, t->be->reset_context(t->impl, seq_id), NULL, 0);
+    bn_context_leave(c);
+    return rc;
 }
 
 BITNET_API int bitnet_cpp_get_model_info(const bitnet_context_t *ctx,

@@ -18,6 +18,7 @@
 #include "bn_alloc.h"
 #include "bn_deadline.h"
 #include "bn_error.h"
+#include "bn_never.h"
 
 /* ggml-backend's TENSOR_ALIGNMENT: llama.cpp maps the file and makes CPU
  * buffers of the mapped tensor data in place, asserting this alignment of
@@ -619,7 +620,7 @@ static int check_tensors(const bn_gguf *g)
 
 int bn_check_gguf_for_llama(const bn_gguf *g, int vocab_only)
 {
-    if (!g)
+    if (NEVER(!g, "its one caller, bn_check_for_llama, passes the model its successful bn_gguf_open made"))
         return bn_error(BITNET_E_INVALID_ARG, "llama check: the model is NULL");
     int rc = check_vocab(g);
     if (rc || vocab_only)

@@ -26,7 +26,7 @@ static atomic_int config_error_pending;
 static int initial_threshold(void)
 {
     const char *env = getenv("BITNET_CPP_LOG_LEVEL");
-    int level = env ? bn_log_parse_level(env) : -1;
+    int level = bn_log_parse_level(env); /* unset: -1, the default */
     if (env && level < 0) {
         snprintf(config_error, sizeof config_error,
                  "BITNET_CPP_LOG_LEVEL='%.64s' is not a log level, so it is "

@@ -214,10 +214,22 @@ static void backend_init(void)
 BITNET_API int bitnet_host_attach(const bitnet_host_t *h)
 {
     /* A bridge built from an older bitnet_host.h may hand a shorter table:
-     * the adapter needs everything up to last_error. */
-    if (!h || h->abi != BITNET_HOST_ABI ||
-        (size_t)h->size < offsetof(bitnet_host_t, last_error) + sizeof h->last_error)
+     * the adapter needs everything up to last_error.  The loader quotes the
+     * reason (bitnet_cpp_get_last_error) where it says the deadlines cannot
+     * reach this library. */
+    const size_t need = offsetof(bitnet_host_t, last_error) + sizeof h->last_error;
+    if (!h) {
+        fail(BITNET_E_ABI_MISMATCH, "bitnet_host_attach: the host table is NULL");
         return BITNET_E_ABI_MISMATCH;
+    }
+    if (h->abi != BITNET_HOST_ABI || (size_t)h->size < need) {
+        fail(BITNET_E_ABI_MISMATCH,
+             "host table ABI %d (%d bytes) is not the %d (at least %d bytes) "
+             "this adapter was built for: rebuild it with the bridge's "
+             "bitnet_host.h (delete the adapter cache, BITNET_LLAMA_ADAPTER_DIR)",
+             (int)h->abi, (int)h->size, BITNET_HOST_ABI, (int)need);
+        return BITNET_E_ABI_MISMATCH;
+    }
     host = h;
     pthread_once(&backend_once, backend_init);
     return BITNET_OK;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "bn_error.h"
+#include "bn_never.h"
 #include "gguf.h"
 #include "gguf_internal.h"
 
@@ -23,7 +24,7 @@ const bn_gguf_kv *bn_gguf_find_kv(const bn_gguf *g, const char *key)
 
 const bn_gguf_tensor *bn_gguf_find_tensor(const bn_gguf *g, const char *name)
 {
-    if (!g || !name)
+    if (NEVER(!g || !name, "its one caller, the loader (model.c), passes the file it opened and a name it wrote"))
         return NULL;
     for (uint64_t i = 0; i < g->n_tensors; i++)
         if (strcmp(g->tensors[i].name, name) == 0)

@@ -35,6 +35,7 @@
 #include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
+#include "bn_never.h"
 #include "gguf_internal.h"
 
 /* GGUF is little-endian and so is every host this project builds for;
@@ -300,14 +301,14 @@ static int poll(const reader *r, const char *doing)
     int rc = r->step(r->step_user);
     if (rc == 0)
         return BITNET_OK;
-    if (bn_error_code() == rc && bn_error_message()[0])
-        return bn_error_prefix("'%s': load aborted while reading %s at "
-                               "offset %" PRIu64 ": ",
-                               r->path, doing, r->pos);
-    return bn_error(rc,
-                    "'%s': load aborted by the step callback (code %d, %s) "
-                    "while reading %s at offset %" PRIu64,
-                    r->path, rc, bn_error_name(rc), doing, r->pos);
+    if (NEVER(bn_error_code() != rc || !bn_error_message()[0], "the step callbacks (the loader's, the llama check's) are bn_deadline_check, which reports its code through bn_error"))
+        return bn_error(rc,
+                        "'%s': load aborted by the step callback (code %d, "
+                        "%s) while reading %s at offset %" PRIu64,
+                        r->path, rc, bn_error_name(rc), doing, r->pos);
+    return bn_error_prefix("'%s': load aborted while reading %s at offset "
+                           "%" PRIu64 ": ",
+                           r->path, doing, r->pos);
 }
 
 /* A step of the load: the `load.step` fault point, then the callback.
@@ -1090,7 +1091,7 @@ static int check_args(const char *path, unsigned flags, bn_gguf **out)
     if (!path || !out)
         return bn_error(BITNET_E_INVALID_ARG, "bn_gguf_open: %s is NULL",
                         !path ? "path" : "out");
-    if (flags & ~BN_GGUF_NO_DATA)
+    if (NEVER(flags & ~BN_GGUF_NO_DATA, "every caller (the loader, the llama check, the fuzzer) passes 0 or BN_GGUF_NO_DATA"))
         return bn_error(BITNET_E_INVALID_ARG,
                         "bn_gguf_open: unknown flags 0x%x (known: "
                         "BN_GGUF_NO_DATA)",
@@ -1162,7 +1163,7 @@ int bn_gguf_open_memory(const void *data, size_t size, const char *name,
     int rc = check_args(name, flags, out);
     if (rc)
         return rc;
-    if (!data && size)
+    if (NEVER(!data && size, "its one caller, the fuzzer (fuzz/gguf_fuzzer.c, also through bn_model_load_memory), passes libFuzzer's input"))
         return bn_error(BITNET_E_INVALID_ARG,
                         "bn_gguf_open_memory: data is NULL");
     /* a non-NULL pointer even for size 0, so mem marks the source */

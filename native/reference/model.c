@@ -13,6 +13,7 @@
 #include "bn_error.h"
 #include "bn_fault.h"
 #include "bn_log.h"
+#include "bn_never.h"
 #include "ggml_ops.h"
 #include "pool.h"
 
@@ -335,15 +336,20 @@ fail_ctx:
     return rc;
 }
 
-int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
-                  void *step_user, bn_model **out)
+/* Both entry points: the file at path, or (in_memory) size bytes at data,
+ * named path. */
+static int load(const char *path, int in_memory, const void *data,
+                size_t size, unsigned flags, bn_step_fn step,
+                void *step_user, bn_model **out)
 {
     *out = NULL;
     bn_model *m = bn_calloc(1, sizeof *m, "model");
     if (!m)
         return BITNET_E_OOM;
     unsigned gflags = (flags & BN_MODEL_VOCAB_ONLY) ? BN_GGUF_NO_DATA : 0;
-    int rc = bn_gguf_open(path, gflags, step, step_user, &m->gguf);
+    int rc = in_memory ? bn_gguf_open_memory(data, size, path, gflags, step,
+                                             step_user, &m->gguf)
+                       : bn_gguf_open(path, gflags, step, step_user, &m->gguf);
     if (rc) {
         bn_free(m);
         return rc;
@@ -351,21 +357,16 @@ int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
     return finish_load(m, path, flags, step, step_user, out);
 }
 
+int bn_model_load(const char *path, unsigned flags, bn_step_fn step,
+                  void *step_user, bn_model **out)
+{
+    return load(path, 0, NULL, 0, flags, step, step_user, out);
+}
+
 int bn_model_load_memory(const void *data, size_t size, const char *name,
                          unsigned flags, bn_model **out)
 {
-    *out = NULL;
-    bn_model *m = bn_calloc(1, sizeof *m, "model");
-    if (!m)
-        return BITNET_E_OOM;
-    unsigned gflags = (flags & BN_MODEL_VOCAB_ONLY) ? BN_GGUF_NO_DATA : 0;
-    int rc = bn_gguf_open_memory(data, size, name, gflags, NULL, NULL,
-                                 &m->gguf);
-    if (rc) {
-        bn_free(m);
-        return rc;
-    }
-    return finish_load(m, name, flags, NULL, NULL, out);
+    return load(name, 1, data, size, flags, NULL, NULL, out);
 }
 
 void bn_model_free(bn_model *m)
@@ -428,7 +429,7 @@ oom:
 int bn_state_new(const bn_model *m, int32_t n_ctx, bn_state **out)
 {
     *out = NULL;
-    if (!m->layers)
+    if (NEVER(!m->layers, "its callers (the reference backend, the fuzzer) load every model they pass with its tensors"))
         return bn_error(BITNET_E_INVALID_ARG,
                         "model was loaded without tensor data (vocab only)");
     if (n_ctx <= 0)

@@ -31,6 +31,7 @@
 #include "bn_alloc.h"
 #include "bn_error.h"
 #include "bn_fault.h"
+#include "bn_never.h"
 
 /* llama_token_attr bits. */
 enum {
@@ -139,7 +140,9 @@ static int load_poll(const bn_vocab *v, int32_t i)
     if ((i & 4095) != 4095 || !v->load_step)
         return BITNET_OK;
     int rc = v->load_step(v->load_step_user);
-    if (rc && bn_error_code() != rc)
+    /* the one step callback (bn_deadline_check, through the bridge)
+     * records its code with a message; a bare code gets one here */
+    if (NEVER(rc && bn_error_code() != rc, "every step callback is bn_deadline_check, which reports its code through bn_error"))
         bn_error(rc, "cancelled by the step callback (code %d)", rc);
     if (rc) /* where the load was, as the reader's steps say it */
         bn_error_prefix("load aborted while building the vocabulary (token "
@@ -178,7 +181,7 @@ static int load_texts(bn_vocab *v, const bn_gguf_str *toks)
             return rc;
         const char *s = toks[i].data ? toks[i].data : "";
         size_t l = strlen(s);
-        if (l > UINT32_MAX)
+        if (NEVER(l > UINT32_MAX, "the reader refuses strings over 2^30 bytes (MAX_STRING_LEN)"))
             return bn_error(BITNET_E_MODEL_LOAD,
                             "tokenizer.ggml.tokens[%d] is too long", (int)i);
         if (l == 0) /* llama.cpp renames empty tokens */
@@ -694,10 +697,10 @@ static int load(bn_vocab *v, const bn_gguf *g)
 int bn_vocab_load(const bn_gguf *g, int (*step)(void *), void *step_user,
                   bn_vocab **out)
 {
-    if (!out)
+    if (NEVER(!out, "the loader (model.c), its one caller, passes &m->vocab"))
         return bn_error(BITNET_E_INVALID_ARG, "bn_vocab_load: out is NULL");
     *out = NULL;
-    if (!g)
+    if (NEVER(!g, "the loader calls it only with the file it has just opened"))
         return bn_error(BITNET_E_INVALID_ARG, "bn_vocab_load: g is NULL");
     bn_vocab *v = bn_calloc(1, sizeof *v, "vocabulary");
     if (!v)
@@ -721,7 +724,7 @@ int32_t bn_vocab_eos(const bn_vocab *v) { return v ? v->eos : -1; }
 
 const char *bn_vocab_piece(const bn_vocab *v, int32_t id)
 {
-    if (!v || id < 0 || id >= v->n)
+    if (NEVER(!v || id < 0 || id >= v->n, "its one caller, fuzz/gguf_fuzzer.c, asks only for ids below bn_vocab_n_tokens"))
         return NULL;
     return piece(v, id);
 }
@@ -805,7 +808,7 @@ static int call_step(work *w)
     int rc = w->step(w->user);
     /* a callback that explains itself (a deadline, an injected fault) keeps
      * its message; a bare code gets a generic one */
-    if (rc && bn_error_code() != rc)
+    if (NEVER(rc && bn_error_code() != rc, "every step callback is bn_deadline_check, which reports its code through bn_error"))
         return bn_error(rc, "tokenizing cancelled by the step callback "
                             "(code %d)", rc);
     return rc;
@@ -1070,7 +1073,7 @@ static int spm(work *w, size_t n, bn_tokens *out)
         }
         for (uint32_t j = 0; j < s->n; j++) {
             int32_t id = v->byte_tok[(unsigned char)w->buf[s->off + j]];
-            if (id < 0)
+            if (NEVER(id < 0, "byte_tok falls back to unk, always a valid id: 0 by default (n >= 1), a key out of range is refused"))
                 return bn_error(BITNET_E_INFERENCE,
                                 "byte 0x%02X has no token: the vocabulary "
                                 "has neither <0x%02X> nor an unknown token",
@@ -1184,7 +1187,7 @@ int bn_tokenize(const bn_vocab *v, const char *text, size_t len, int add_bos,
                 int parse_special, bn_tokens *out, int (*step)(void *),
                 void *step_user)
 {
-    if (!v || !out || (!text && len))
+    if (NEVER(!v || !out || (!text && len), "its callers (the reference backend, which refuses a NULL prompt, and the fuzzer) pass a loaded vocabulary, a list of their own and text"))
         return bn_error(BITNET_E_INVALID_ARG,
                         "bn_tokenize: %s is NULL",
                         !v ? "the vocabulary" : !out ? "out" : "text");

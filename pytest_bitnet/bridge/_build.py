@@ -13,6 +13,9 @@ Build options (environment):
                      ``-DBN_LOCK_CHECKS``: every fault point reached while a
                      bridge lock is held aborts, armed or not.
 ``BITNET_CFLAGS``    extra compiler flags, split on whitespace.
+``BITNET_COVERAGE``  ``1``: compile and link with ``--coverage`` at ``-O0`` (the
+                     coverage CI pass, .ci/coverage) and ``-DBN_COVERAGE``: a
+                     ``NEVER()`` site reached aborts (native/common/bn_never.h).
 ``BITNET_FAULTS``    ``0``: compile every fault point out (``-DBN_NO_FAULTS``);
                      fault_inject then reports injection as not compiled in.
 """
@@ -50,6 +53,8 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
                     float *y, int64_t r0, int64_t r1);
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
+uint16_t bn_fp32_to_fp16(float f);
+float bn_fp16_to_fp32(uint16_t h);
 extern "Python" void _bitnet_log_sink(int level, const char *component, const char *line);
 """
 
@@ -195,8 +200,16 @@ def _flags() -> tuple[list[str], list[str]]:
     ldflags: list[str] = ["-lm", "-lpthread", "-ldl"]
     sanitize = os.environ.get("BITNET_SANITIZE", "").strip()
     if sanitize:
-        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-DBN_LOCK_CHECKS"]
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1", "-g", "-DBN_LOCK_CHECKS", "-DBN_TEST_BUILD"]
         ldflags += [f"-fsanitize={sanitize}"]
+    if os.environ.get("BITNET_COVERAGE", "").strip() == "1":
+        # -O0: at -O2 gcc merges and moves the small error branches this pass
+        # exists to count, so a reached site can read as unreached.
+        # -fprofile-update=atomic: the thread pool updates counts concurrently.
+        cflags += ["--coverage", "-fprofile-update=atomic", "-O0", "-g", "-DBN_COVERAGE"]
+        # libgcov is linked in statically: keep its symbols (mangle_path)
+        # out of the libraries' exports, which tests compare with the ABI.
+        ldflags += ["--coverage", "-Wl,--exclude-libs,libgcov.a"]
     if os.environ.get("BITNET_FAULTS", "").strip() == "0":
         cflags.append("-DBN_NO_FAULTS")
     cflags += os.environ.get("BITNET_CFLAGS", "").split()

@@ -32,7 +32,18 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INSTALL_HINT", "LIB_PATH_VARS", "LlamaStatus", "configure", "configured", "find_include", "native_dir", "status"]
+__all__ = [
+    "INSTALL_HINT",
+    "LIB_PATH_VARS",
+    "LlamaStatus",
+    "compiler",
+    "configure",
+    "configured",
+    "extra_cflags",
+    "find_include",
+    "native_dir",
+    "status",
+]
 
 log = logging.getLogger("pytest_bitnet.llama")
 
@@ -169,8 +180,17 @@ def _cache_dir() -> Path:
     return Path(base) / "pytest-bitnet"
 
 
-def _compiler() -> list[str]:
+def compiler() -> list[str]:
+    """The C compiler command for the libraries built at run time (this
+    adapter, fault_inject's interposer): ``$CC``, else ``cc``."""
     return shlex.split(os.environ.get("CC", "").strip() or "cc")
+
+
+def extra_cflags() -> list[str]:
+    """``$BITNET_CFLAGS`` (as for the bridge's own build, _build.py), given
+    after a run-time build's own flags so that they win: .ci/coverage's -O0,
+    without which gcc folds the small error branches it counts."""
+    return os.environ.get("BITNET_CFLAGS", "").split()
 
 
 def _key(libllama: Path, include: Path) -> str:
@@ -182,7 +202,7 @@ def _key(libllama: Path, include: Path) -> str:
     for f in [ADAPTER_SOURCE, *OUR_HEADERS, include / "llama.h", include / "ggml.h", *backend_h]:
         h.update(f.read_bytes())
     st = libllama.stat()
-    h.update(f"{libllama.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_compiler()}|{CFLAGS}".encode())
+    h.update(f"{libllama.resolve()}|{st.st_size}|{st.st_mtime_ns}|{compiler()}|{CFLAGS}|{extra_cflags()}".encode())
     return h.hexdigest()[:16]
 
 
@@ -191,8 +211,9 @@ def _build(target: Path, libllama: Path, include: Path) -> None:
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     lib_dir = libllama.resolve().parent
     cmd = [
-        *_compiler(),
+        *compiler(),
         *CFLAGS,
+        *extra_cflags(),
         f"-I{NATIVE / 'include'}",
         f"-I{include}",
         f'-DAD_LLAMA_LIB="{libllama}"',
@@ -207,7 +228,7 @@ def _build(target: Path, libllama: Path, include: Path) -> None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise _Unavailable(f"could not run the C compiler ({shlex.join(_compiler())}): {exc}; set CC") from None
+        raise _Unavailable(f"could not run the C compiler ({shlex.join(compiler())}): {exc}; set CC") from None
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])

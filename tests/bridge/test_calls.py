@@ -77,6 +77,27 @@ def test_eval_negative_query_is_an_error_not_a_numpy_one(query: tuple[int, int])
     assert exc.value.context.phase == "QUERY PHASE"
 
 
+def test_eval_query_beyond_the_int32_capacity_is_out_of_memory_before_any_allocation() -> None:
+    # 70000 x 70000 floats (18 GiB) cannot be passed as the C API's int32
+    # capacity: refused at the query, before numpy is asked for the array
+    # and before the fill pass runs
+    fills: list[int] = []
+
+    def call(buf: Any, cap: int, rows: Any, cols: Any, err: Any) -> int:
+        if buf != ffi.NULL:
+            fills.append(cap)
+        rows[0], cols[0] = 70000, 70000
+        return 0
+
+    with pytest.raises(errors.OutOfMemory) as exc:
+        eval_two_pass(call, "evaluate", {"n_tokens": 70000}, served_by=lambda: LIBRARY)
+    e = exc.value
+    assert type(e) is errors.OutOfMemory and e.context.phase == "QUERY PHASE" and e.context.operation == "evaluate"
+    assert "70000 x 70000 logits exceed the C API's int32 capacity" in str(e) and "evaluate fewer tokens per call" in str(e)
+    assert e.context.parameters == {"n_tokens": 70000}
+    assert fills == []
+
+
 def test_tokenize_returns_what_the_fill_filled() -> None:
     def call(buf: Any, cap: int, n: Any, err: Any) -> int:
         if buf != ffi.NULL:

@@ -193,7 +193,58 @@ def test_arguments_are_refused_before_a_worker_starts(tiny_model: Path) -> None:
             iso.tokenize("a\0b")
         with pytest.raises(errors.Unsupported, match="worker process"):
             iso.handle
+        with pytest.raises(errors.InvalidArgument, match="evaluate: gpu must be True or False, got 'yes'"):
+            iso.evaluate([1, 2], gpu="yes")  # type: ignore[arg-type]
+        assert iso.n_past() == 0  # refused here: the worker never saw it
     assert client.live_workers() == []
+
+
+# ---- a worker that never says hello -----------------------------------------------------------
+#
+# The worker imports numpy (through the bridge's call helpers) before its
+# hello.  A `numpy` earlier on its PYTHONPATH that fails, or never returns,
+# is a real environment the worker can be started in: a broken or
+# half-installed dependency of the interpreter it runs.
+
+
+def _shadow_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    pkg = tmp_path / "shadow" / "numpy"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(body)
+    # the worker's environment is this process's (settings.worker_environment); this
+    # process has numpy imported already, so only workers see the shadow
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(pkg.parent), os.environ.get("PYTHONPATH")) if p))
+
+
+def test_a_worker_that_dies_while_starting_is_backend_crashed(tiny_model: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _shadow_numpy(tmp_path, monkeypatch, "raise ImportError('numpy is broken in this environment')\n")
+    before = leak_counters()
+    with pytest.raises(errors.BackendCrashed) as exc:
+        bn.BitnetSession.create(tiny_model, isolation="process")
+    e = exc.value
+    assert e.exit_code == 1 and e.signal is None and e.operation == "start"
+    assert "while starting, before serving anything" in str(e)
+    assert f"check that {sys.executable} can import pytest_bitnet" in str(e)
+    assert "ImportError: numpy is broken in this environment" in e.stderr_tail  # the worker's own words
+    assert "numpy is broken in this environment" in str(e)
+    assert client.live_workers() == []
+    assert leak_counters() == before
+
+
+def test_a_worker_that_never_says_hello_is_stopped(tiny_model: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _shadow_numpy(tmp_path, monkeypatch, "import threading\nthreading.Event().wait()  # an import that never returns\n")
+    monkeypatch.setattr(client, "STARTUP_TIMEOUT", 1.0)  # the bound on start-up, not a wait of the test's
+    before = leak_counters()
+    with pytest.raises(errors.OperationTimeout) as exc:
+        bn.BitnetSession.create(tiny_model, isolation="process")
+    e = exc.value
+    assert e.context.operation == "start" and e.duration == 1.0
+    assert e.context.parameters == {"startup_timeout": 1.0}
+    assert "did not start within 1 s and was stopped" in str(e) and "isolation='none'" in str(e)
+    assert client.live_workers() == []  # killed and reaped
+    assert leak_counters() == before
 
 
 def test_log_lines_reach_the_callers_logging(tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -291,6 +342,19 @@ def test_a_call_the_library_will_not_end_stops_at_the_deadline(sleepy_tokenize: 
 @pytest.fixture(scope="module")
 def sleepy_free(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _broken(tmp_path_factory, "SLEEP_FREE")
+
+
+def test_a_per_call_function_the_library_will_not_end_stops_at_the_deadline(sleepy_tokenize: Path,
+                                                                             tiny_model: Path) -> None:
+    before = leak_counters()
+    with pytest.raises(errors.OperationTimeout) as exc:
+        bn.tokenize(tiny_model, "hello", backend="dlopen", library_path=sleepy_tokenize, isolation="process", timeout=0.2)
+    e = exc.value
+    assert e.context.operation == "tokenize (per-call)" and e.duration == 0.2
+    assert "its isolated worker process" in str(e) and "stopped at the deadline" in str(e)
+    assert "nothing is left behind" in str(e) and str(sleepy_tokenize) in str(e)
+    assert client.live_workers() == []
+    assert leak_counters() == before
 
 
 @pytest.mark.parametrize("how", ["close(timeout=0.3)", "session timeout 0.3"])

@@ -144,6 +144,21 @@ def test_crash_kills_only_the_worker(tiny_model: Path) -> None:
     assert pid not in [w.pid for w in client.live_workers()]
 
 
+def test_a_crash_while_creating_is_backend_crashed_and_leaves_nothing(tiny_model: Path) -> None:
+    before = {k: v for k, v in bn.live_counters().items() if k in ("contexts", "models", "sessions")}
+    with fi.inject("init_context=crash") as armed:
+        with pytest.raises(errors.BackendCrashed) as exc:
+            bn.BitnetSession.create(tiny_model, isolation="process")
+    e = exc.value
+    assert e.signal_name == "SIGABRT" and e.operation == "create"
+    assert "create" in str(e) and "nothing was created" in str(e)
+    assert "requested by a fault-injection spec" in str(e) and "injected fault at 'init_context' (crash, hit 1)" in str(e)
+    assert e.context.parameters["model_path"] == str(tiny_model) and e.context.parameters["signal"] == "SIGABRT"
+    assert armed.disarm().fired == {"init_context": 1}
+    assert client.live_workers() == []
+    assert {k: v for k, v in bn.live_counters().items() if k in before} == before
+
+
 def test_a_crash_sweep_needs_no_fork(tiny_model: Path) -> None:
     def body() -> None:
         with bn.BitnetSession.create(tiny_model, n_ctx=32, isolation="process") as s:

@@ -11,6 +11,7 @@ import pytest
 
 import pytest_bitnet as bn
 from pytest_bitnet import errors
+from pytest_bitnet.bridge._native import lib
 from pytest_bitnet.bridge.counters import LEAK_COUNTERS
 
 
@@ -310,7 +311,7 @@ def test_another_thread_closing_between_check_and_call_fails_as_closed(tiny_mode
     from pytest_bitnet.bridge import session as session_module
 
     real_deadline = session_module.deadline
-    for op in ("tokenize", "evaluate"):
+    for op in ("tokenize", "evaluate", "detokenize"):
         for _ in range(REPEAT):
             box = _Box(tiny_model)
             fired: list[bool] = []
@@ -325,15 +326,61 @@ def test_another_thread_closing_between_check_and_call_fails_as_closed(tiny_mode
 
             monkeypatch.setattr(session_module, "deadline", racing_deadline)
             try:
-                with pytest.raises(errors.InferenceError, match="closed"):
+                with pytest.raises(errors.InvalidHandle, match="closed by another thread while the call was starting") as exc:
                     if op == "tokenize":
                         box.first.tokenize("hello")
-                    else:
+                    elif op == "evaluate":
                         box.first.evaluate([1, 5, 7])
+                    else:
+                        box.first.detokenize([1, 5, 7])
+                assert exc.value.context.operation == op and exc.value.context.phase == "QUERY PHASE"
+                assert "do not close a session other threads are calling" in str(exc.value)
                 assert fired and box.second is not None and box.second.n_past() == 0
             finally:
                 monkeypatch.setattr(session_module, "deadline", real_deadline)
                 box.close_all()
+
+
+def test_another_thread_closing_before_capabilities_are_read_fails_as_closed(tiny_model: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # capabilities has no deadline to hook: the window is between the
+    # liveness check and the native read, opened by a wrapper around the
+    # read that lets another thread close (and re-create) the session first
+    from pytest_bitnet.bridge import session as session_module
+
+    real_read = session_module.context_capabilities
+    for _ in range(REPEAT):
+        box = _Box(tiny_model)
+        want = box.first.capabilities
+        fired: list[bool] = []
+
+        def racing_read(ctx, *args):  # type: ignore[no-untyped-def]
+            if not fired:
+                fired.append(True)
+                t = threading.Thread(target=box.close_and_recreate)
+                t.start()
+                t.join()
+            return real_read(ctx, *args)
+
+        monkeypatch.setattr(session_module, "context_capabilities", racing_read)
+        try:
+            with pytest.raises(errors.InvalidHandle, match="capabilities on a closed session: .* closed by another thread") as exc:
+                box.first.capabilities
+            assert exc.value.context.operation == "capabilities"
+            assert exc.value.context.native_code == int(lib.BITNET_E_INVALID_HANDLE)
+            assert fired and box.second is not None and box.second.capabilities == want  # the new one is untouched
+        finally:
+            monkeypatch.setattr(session_module, "context_capabilities", real_read)
+            box.close_all()
+
+
+@pytest.mark.parametrize("gpu", ["yes", 1, None])
+def test_evaluate_gpu_must_be_a_bool(tiny_model: Path, gpu: object) -> None:
+    # 1 and "yes" are not True: Socket 5 is a different library call, asked for explicitly
+    with bn.BitnetSession.create(tiny_model) as s:
+        with pytest.raises(errors.InvalidArgument, match=f"evaluate: gpu must be True or False, got {gpu!r}"):
+            s.evaluate([1, 2], gpu=gpu)  # type: ignore[arg-type]
+        assert s.n_past() == 0
 
 
 @pytest.mark.parametrize(

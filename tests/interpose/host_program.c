@@ -10,7 +10,9 @@
  *
  * ATTACH 0: never attached (every wrapper must forward); 2: attached with a
  * table from before register_points (the points must stay inert).  POINT "-": nothing
- * armed.  ACTION: fail | oom | timeout | grow | delay | hang.  Prints one
+ * armed.  ACTION: fail | oom | timeout | grow | delay | hang; with POINT "-",
+ * oom_record fails the interposer's own allocation in one llama_init_from_model
+ * (with a calloc preloaded for it).  Prints one
  * `key=value` line per step; tests/interpose/test_library.py reads them.
  */
 #include <dlfcn.h>
@@ -150,6 +152,14 @@ int main(int argc, char **argv)
     (void)zero;
     p_bitnet_interpose_set_object_hook(hook, NULL);
     p_bitnet_interpose_set_timeout_ns(atoll(argv[7]) * 1000000LL);
+    /* tables the interposer must refuse before anything changes (no host is
+     * kept: the attach below still succeeds) */
+    bitnet_host_t wrong_abi = host, too_short = host;
+    wrong_abi.abi = BITNET_HOST_ABI + 1;
+    too_short.size = (int32_t)offsetof(bitnet_host_t, last_error);
+    printf("attach_refused=%d %d %d\n", p_bitnet_interpose_attach(NULL),
+           p_bitnet_interpose_attach(&wrong_abi), p_bitnet_interpose_attach(&too_short));
+    printf("counters_null=%d\n", p_bitnet_interpose_counters(NULL));
     if (atoi(argv[3]) == 2) /* a bridge from before register_points */
         host.size = (int32_t)offsetof(bitnet_host_t, register_points);
     if (atoi(argv[3])) {
@@ -195,6 +205,34 @@ int main(int argc, char **argv)
     cp.abort_callback = user_abort;
     struct llama_context *ctx = p_llama_init_from_model(model, cp);
     printf("context=%d\n", ctx != NULL);
+    if (target < 0) { /* nothing armed: a context llama.cpp itself refuses */
+        struct llama_context_params zero_batch = cp;
+        zero_batch.n_batch = zero_batch.n_ubatch = 0;
+        struct llama_context *refused = p_llama_init_from_model(model, zero_batch);
+        printf("context_refused=%d\n", refused == NULL);
+        if (refused)
+            p_llama_free(refused);
+        COUNTERS("refused");
+    }
+    if (target < 0 && !strcmp(argv[5], "oom_record")) {
+        /* the calloc of a library preloaded for this run (build_fail_calloc,
+         * tests/native_builds.py) fails the calling thread's next call when
+         * asked: the first allocation of the wrapper is its record */
+        void (*fail_next)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "fail_calloc_next");
+        int (*pending)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "fail_calloc_pending");
+        if (!fail_next || !pending) {
+            printf("fail_calloc=missing\n");
+            return 1;
+        }
+        fail_next(1);
+        struct llama_context *unrecorded = p_llama_init_from_model(model, cp);
+        int consumed = !pending();
+        fail_next(0);
+        printf("context_unrecorded=%d %d\n", unrecorded != NULL, consumed);
+        COUNTERS("unrecorded");
+        if (unrecorded)
+            p_llama_free(unrecorded);
+    }
     llama_token tokens[32];
     int n = vocab ? p_llama_tokenize(vocab, "hello world", 11, tokens, 32, true, false) : 0;
     printf("tokenize=%d\n", n);

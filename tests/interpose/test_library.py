@@ -24,6 +24,8 @@ from fault_inject.interpose import build
 from pytest_bitnet.bridge.llama import find_include
 from pytest_bitnet.testing.models import make_tiny_model
 
+from ..native_builds import SANITIZED, build_fail_calloc
+
 HERE = Path(__file__).resolve().parent
 NATIVE = Path(__file__).resolve().parents[2] / "native"
 
@@ -139,6 +141,120 @@ def test_missing_library_is_a_clear_error(tmp_path: Path) -> None:
         build.build_for(tmp_path)
 
 
+# ---- the build refusing real broken inputs (no llama-cpp-python needed) --------------------------
+#
+# Each "real libllama" here is a real file beside a real include/ (find_include's ../include), built
+# or written in the test: a shared library exporting llama-like functions, or a file that is none.
+
+_FAKE_LLAMA = """
+int llama_backend_init(void) { return 0; }
+int llama_max_devices(void) { return 1; }
+"""
+
+# gas accepts a quoted symbol name, so a library can export a name no C identifier (and no
+# unquoted trampoline label) can spell
+_ODD_EXPORT = """
+.text
+.globl "llama-odd"
+.type "llama-odd", @function
+"llama-odd":
+    ret
+.size "llama-odd", .-"llama-odd"
+.section .note.GNU-stack,"",@progbits
+"""
+
+
+def _fake_llama(root: Path, *, odd_export: bool = False, library: bytes | None = None) -> Path:
+    """root/lib/libllama.so (compiled, or `library`'s bytes) and root/include/{llama,ggml}.h.
+
+    The headers are empty: a llama.h of no release, against which the interposer cannot compile."""
+    (root / "include").mkdir(parents=True)
+    for h in ("llama.h", "ggml.h"):
+        (root / "include" / h).write_text("/* not llama.cpp's header */\n")
+    lib = root / "lib" / "libllama.so"
+    lib.parent.mkdir()
+    if library is not None:
+        lib.write_bytes(library)
+        return lib
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    (root / "fake.c").write_text(_FAKE_LLAMA)
+    sources = [str(root / "fake.c")]
+    if odd_export:
+        (root / "odd.S").write_text(_ODD_EXPORT)
+        sources.append(str(root / "odd.S"))
+    subprocess.run([cc, "-shared", "-fPIC", *sources, "-o", str(lib)], check=True)
+    return lib
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "cache"
+    monkeypatch.setenv("BITNET_INTERPOSE_CACHE", str(d))
+    return d
+
+
+def _nothing_built(cache: Path) -> None:
+    # a failed build leaves no half directory for a later run to take as built
+    assert not cache.exists() or not any(cache.iterdir()), sorted(cache.iterdir())
+
+
+@pytest.mark.parametrize("tool, env", [("nm", "NM"), ("readelf", "READELF")])
+def test_a_missing_binutils_tool_is_a_clear_error(tool: str, env: str, tmp_path: Path, cache: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = _fake_llama(tmp_path / "llama")
+    found = {t: shutil.which(t) for t in ("nm", "readelf")}
+    if None in found.values():
+        pytest.skip("binutils is not installed here")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no binutils on it
+    for t, e in (("nm", "NM"), ("readelf", "READELF")):
+        if t == tool:
+            monkeypatch.delenv(e, raising=False)
+        else:
+            monkeypatch.setenv(e, str(found[t]))  # the other tool found through its variable
+    with pytest.raises(build.InterposeBuildError) as exc:
+        build.build_for(lib)
+    msg = str(exc.value)
+    assert f"no '{tool}' on PATH" in msg and str(lib) in msg
+    assert f"install binutils (apt-get install binutils) or set {env} to its path" in msg
+    _nothing_built(cache)
+
+
+def test_a_file_that_is_no_shared_library_is_a_clear_error(tmp_path: Path, cache: Path) -> None:
+    lib = _fake_llama(tmp_path / "llama", library=b"#!/bin/sh\necho this is not a library\n")
+    with pytest.raises(build.InterposeBuildError) as exc:
+        build.build_for(lib)
+    msg = str(exc.value)
+    assert f"'nm -D --defined-only {lib}' failed (" in msg and "is it a shared library?" in msg
+    assert "no output" not in msg  # nm's own words are quoted
+    _nothing_built(cache)
+
+
+def test_a_library_exporting_a_name_no_trampoline_can_carry_is_refused(tmp_path: Path, cache: Path) -> None:
+    lib = _fake_llama(tmp_path / "llama", odd_export=True)
+    assert "llama-odd" in build.exported_functions(lib)
+    with pytest.raises(build.InterposeBuildError, match=r"exports names no trampoline can carry: \['llama-odd'\]") as exc:
+        build.build_for(lib)
+    assert str(lib) in str(exc.value)
+    _nothing_built(cache)
+
+
+def test_a_failing_compile_quotes_the_command_and_the_compilers_words(tmp_path: Path, cache: Path) -> None:
+    # headers that are not llama.cpp's: the wrappers' types and prototypes are unknown
+    lib = _fake_llama(tmp_path / "llama")
+    with pytest.raises(build.InterposeBuildError) as exc:
+        build.build_for(lib)
+    msg = str(exc.value)
+    assert msg.startswith("compiling the interposing libllama failed (")
+    assert str(build.SOURCE) in msg and f"-I{tmp_path / 'llama' / 'include'}" in msg  # the command, as run
+    shown = msg.split(":\n", 1)[1].splitlines()
+    assert "error" in shown[0] and len(shown) <= 15  # the compiler's words, from its first error
+    _nothing_built(cache)
+
+
 def test_trampolines_for_aarch64() -> None:
     asm = build.trampolines_asm(["llama_a", "llama_b"], machine="aarch64")
     assert "adrp x16, bn_ip_slots+8" in asm and "br x16" in asm
@@ -203,9 +319,9 @@ def host_program(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _drive(host_program: Path, built: Path, model: Path, point: str = "-", action: str = "fail", arg: int = 0,
-           *, attach: int = 1, timeout_ms: int = 0) -> dict[str, str]:
+           *, attach: int = 1, timeout_ms: int = 0, env: dict[str, str] | None = None) -> dict[str, str]:
     cmd = [str(host_program), str(built / "libllama.so"), str(model), str(attach), point, action, str(arg), str(timeout_ms)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out: dict[str, str] = {}
     for line in proc.stdout.splitlines():
@@ -229,6 +345,39 @@ def test_unattached_wrappers_forward_and_count(host_program: Path, built: Path, 
     assert out["counters_chained"] == "1 1 1 1 0"  # a sampler in a chain is the chain's
     assert out["counters_end"] == BASELINE
     assert out["hook"].count("made") == 5 and out["hook"].count("freed") == 5
+    # a context llama.cpp refuses (n_batch = n_ubatch = 0): NULL, as from the real one, nothing counted
+    assert out["context_refused"] == "1" and out["counters_refused"] == "1 1 0 0 0"
+
+
+@pytest.fixture(scope="module")
+def fail_calloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fail_calloc(tmp_path_factory.mktemp("fail_calloc"))
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's preloaded runtime owns calloc")
+@pytest.mark.parametrize("attach", [0, 1])
+def test_a_context_the_interposer_cannot_record_is_still_made_counted_and_freed(host_program: Path, built: Path,
+                                                                                model: Path, fail_calloc: Path,
+                                                                                attach: int) -> None:
+    # out of memory for the wrapper's record (the abort path for delay / hang):
+    # the caller still gets the context it asked for, as llama.cpp made it
+    env = {**os.environ, "LD_PRELOAD": " ".join(p for p in (os.environ.get("LD_PRELOAD"), str(fail_calloc)) if p)}
+    out = _drive(host_program, built, model, "-", "oom_record", attach=attach, env=env)
+    assert out["context_unrecorded"] == "1 1"  # made, and the failed allocation was the wrapper's
+    assert out["counters_unrecorded"] == "1 2 0 0 0"  # counted like any other
+    assert out["counters_end"] == BASELINE  # and its free balanced
+
+
+def test_attach_refuses_a_table_it_cannot_read_and_counters_need_an_output(host_program: Path, built: Path,
+                                                                           model: Path) -> None:
+    from pytest_bitnet.bridge._native import lib
+
+    out = _drive(host_program, built, model)
+    mismatch = str(int(lib.BITNET_E_ABI_MISMATCH))
+    # NULL, another ABI, a table shorter than last_error: refused, and nothing kept of them
+    assert out["attach_refused"] == f"{mismatch} {mismatch} {mismatch}"
+    assert out["counters_null"] == str(int(lib.BITNET_E_INVALID_ARG))
+    assert out["attach"] == "0" and out["decode"] == "0"  # the good table attaches afterwards
 
 
 def test_attach_registers_every_point_once(host_program: Path, built: Path, model: Path) -> None:

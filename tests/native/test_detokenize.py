@@ -133,3 +133,50 @@ def test_identical_to_llama_cpp(make_model: Callable[..., Path], llama_detokeniz
         for i in range(n_vocab):
             for unparse in (True, False):
                 assert s.detokenize_bytes([i], unparse_special=unparse) == llama_detokenize(path, [i], False, unparse), i
+
+
+# ---- the C ABI's argument checks ----------------------------------------------------------
+
+
+@pytest.fixture
+def raw_ctx(tiny_model: Path) -> Iterator[object]:
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    out = ffi.new("bitnet_context_t **")
+    e = ffi.new("char[]", 512)
+    assert lib.bitnet_cpp_init_context(out, str(tiny_model).encode(), 16, 0, e, len(e)) == 0, ffi.string(e)
+    yield out[0]
+    assert lib.bitnet_cpp_free_context(out[0]) == 0
+
+
+def test_null_tokens_with_a_count_are_refused(raw_ctx: object) -> None:
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    e, n = ffi.new("char[]", 512), ffi.new("int32_t *", -7)
+    rc = lib.bitnet_cpp_detokenize_with_context(raw_ctx, ffi.NULL, 3, 0, 0, ffi.NULL, 0, n, e, len(e))
+    assert rc == lib.BITNET_E_INVALID_ARG
+    assert ffi.string(e).decode() == "tokens is NULL"
+    assert n[0] == -7  # nothing reported for a call that did not run
+    # no tokens and no pointer is an empty text, not an error
+    assert lib.bitnet_cpp_detokenize_with_context(raw_ctx, ffi.NULL, 0, 0, 0, ffi.NULL, 0, n, e, len(e)) == 0
+    assert n[0] == 0
+
+
+def test_capacity_below_the_text_writes_nothing(raw_ctx: object, session: bn.BitnetSession) -> None:
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    ids = session.tokenize("hello world", add_bos=False).tolist()
+    tokens = ffi.new("int32_t[]", ids)
+    e, n = ffi.new("char[]", 512), ffi.new("int32_t *")
+    assert lib.bitnet_cpp_detokenize_with_context(raw_ctx, tokens, len(ids), 0, 0, ffi.NULL, 0, n, e, len(e)) == 0
+    need = n[0]
+    assert need == len("hello world")
+    buf = ffi.new("char[]", b"\xaa" * need)
+    rc = lib.bitnet_cpp_detokenize_with_context(raw_ctx, tokens, len(ids), 0, 0, buf, need - 1, n, e, len(e))
+    assert rc == lib.BITNET_E_INVALID_ARG
+    assert ffi.string(e).decode().startswith(
+        f"buffer too small (need {need}, got {need - 1}): call first with out_text=NULL to query the size")
+    assert n[0] == need  # the size it needs, so the caller can retry
+    assert ffi.buffer(buf, need)[:] == b"\xaa" * need  # not a byte written
+    assert lib.bitnet_cpp_detokenize_with_context(raw_ctx, tokens, len(ids), 0, 0, buf, need, n, e, len(e)) == 0
+    assert ffi.buffer(buf, need)[:] == b"hello world"

@@ -276,3 +276,51 @@ def test_a_guest_library_refuses_to_register_points_of_its_own(tmp_path: Path) -
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
     assert out[0].startswith("register -9 ") and out[0].endswith(" 0"), out  # refused, nothing registered
     assert "register points with the register_points of the host table" in out[1]
+
+
+# ---- the control ABI's argument checks, in this process ----------------------------------------
+# Every call below is refused before anything is registered, so it can run
+# beside the rest of the suite (a registration would last for the process).
+
+
+def _last_error() -> str:
+    from pytest_bitnet.bridge.abi import last_error
+
+    return last_error()
+
+
+def test_point_info_refuses_a_null_output_and_an_index_out_of_range() -> None:
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    assert lib.bitnet_fault_point_info(0, ffi.NULL) == lib.BITNET_E_INVALID_ARG
+    assert _last_error() == "bitnet_fault_point_info: out is NULL"
+    n = lib.bitnet_fault_point_count()
+    out = ffi.new("bitnet_fault_point_t *")
+    assert lib.bitnet_fault_point_info(n, out) == lib.BITNET_E_INVALID_ARG
+    assert _last_error() == f"fault point index {n} is out of range 0..{n - 1}"
+    assert lib.bitnet_fault_point_index(ffi.NULL) == -1
+    assert lib.bitnet_fault_point_index(b"no.such.point") == -1
+
+
+def test_registration_refuses_bad_arguments_and_nameless_points() -> None:
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    before = lib.bitnet_fault_point_count()
+    pts = ffi.new("bitnet_fault_point_t[1]")
+    pts[0].default_code = lib.BITNET_E_INTERNAL
+    first = ffi.new("int32_t *", 7)
+    cases = [
+        ((ffi.NULL, 1, first), "bitnet_fault_register_points: pts is NULL"),
+        ((pts, 1, ffi.NULL), "bitnet_fault_register_points: first_id is NULL"),
+        ((pts, 0, first), "bitnet_fault_register_points: n is out of range 1..BITNET_FAULT_MAX_DYNAMIC"),
+        ((pts, 1, first), "registering fault points: point 0 has a NULL name"),
+    ]
+    for args, message in cases:
+        assert lib.bitnet_fault_register_points(*args) == lib.BITNET_E_INVALID_ARG
+        assert _last_error() == message
+    empty = ffi.new("char[]", b"")
+    pts[0].name = empty
+    assert lib.bitnet_fault_register_points(pts, 1, first) == lib.BITNET_E_INVALID_ARG
+    assert _last_error() == "registering fault points: point 0 has an empty name"
+    assert first[0] == -1  # never a stale id
+    assert lib.bitnet_fault_point_count() == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import struct
 import time
@@ -184,3 +186,125 @@ def test_a_huge_vocabulary_is_loaded_under_the_deadline(tmp_path: Path) -> None:
             break
     assert in_strings, "no deadline was noticed while the token strings were read"
     assert in_vocabulary, "no deadline was noticed while the vocabulary was built"
+
+
+# ---- what is at the path ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_path_that_is_not_a_regular_file_is_refused(kind: str, tmp_path: Path) -> None:
+    # a FIFO with no writer is opened without waiting (O_NONBLOCK) and refused
+    if kind == "device":
+        path = Path("/dev/null")
+    else:
+        path = tmp_path / "model.gguf"
+        os.mkfifo(path)
+    before = bn.live_counters()["bytes"]
+    for load in (lambda: bn.BitnetSession.create(path), lambda: bn.tokenize(path, "x")):
+        with pytest.raises(errors.ModelLoadError) as exc:
+            load()
+        assert f"'{path}': not a regular file (a device, FIFO or socket); pass the path of a .gguf file" in str(exc.value)
+        assert exc.value.context.native_code == -3
+    assert bn.live_counters()["bytes"] == before
+
+
+def test_the_reader_refuses_a_null_path() -> None:
+    # bn_check_for_llama hands its path to the reader as it is: the reader's
+    # own argument check answers
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    assert lib.bn_check_for_llama(ffi.NULL, 0) == lib.BITNET_E_INVALID_ARG
+    buf = ffi.new("char[]", 256)
+    lib.bitnet_cpp_get_last_error(buf, len(buf))
+    assert ffi.string(buf).decode() == "bn_gguf_open: path is NULL"
+
+
+# In a child process, fstat() of one file fails with EIO (an I/O error of
+# the filesystem: a network mount that went away, a failing disk) while
+# open() succeeded: an LD_PRELOAD wrapper in the manner of libfiu's
+# preload library, for the reader's only check that no file on a healthy
+# machine can fail.
+_FSTAT_FAILS = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int refused(int fd)
+{
+    const char *want = getenv("FSTAT_FAILS_FOR");
+    char link[64], path[PATH_MAX];
+    if (!want)
+        return 0;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0)
+        return 0;
+    path[n] = 0;
+    return strcmp(path, want) == 0;
+}
+
+#define WRAP(name, type)                                                     \
+    int name(int fd, type *buf)                                              \
+    {                                                                        \
+        static int (*real)(int, type *);                                     \
+        if (refused(fd)) {                                                   \
+            errno = EIO;                                                     \
+            return -1;                                                       \
+        }                                                                    \
+        if (!real)                                                           \
+            real = (int (*)(int, type *))dlsym(RTLD_NEXT, #name);            \
+        return real(fd, buf);                                                \
+    }
+WRAP(fstat, struct stat)
+WRAP(fstat64, struct stat64)
+"""
+_CREATE = r"""
+import json, sys
+import pytest_bitnet as bn
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
+try:
+    bn.BitnetSession.create(sys.argv[1], n_ctx=16).close()
+    out = {"loaded": True}
+except bn.BitnetError as exc:
+    out = {"class": type(exc).__name__, "message": str(exc), "code": exc.context.native_code}
+live = bn.live_counters()
+print(json.dumps({"result": out, "live": {k: live[k] for k in LEAK_COUNTERS}}))
+"""
+
+
+def test_a_file_that_cannot_be_stat_ed_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the fstat wrapper")
+    (tmp_path / "fstat_fails.c").write_text(_FSTAT_FAILS)
+    shim = tmp_path / "fstat_fails.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", str(tmp_path / "fstat_fails.c"), "-o", str(shim), "-ldl"], check=True)
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(tiny_model, model)
+    model = model.resolve()  # as /proc/self/fd shows it
+    # after any preload already there (a sanitizer's runtime must stay first)
+    preload = " ".join(p for p in (os.environ.get("LD_PRELOAD", ""), str(shim)) if p)
+    env = dict(os.environ, LD_PRELOAD=preload, FSTAT_FAILS_FOR=str(model))
+    proc = subprocess.run([sys.executable, "-c", _CREATE, str(model)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    # (a session only: the per-call tokenize's own fstat, in the bridge's
+    # file-identity check, fails first)
+    r = result["result"]
+    assert r.get("class") == "ModelLoadError", result
+    assert f"'{model}': cannot stat the model file: Input/output error" in r["message"]
+    assert r["code"] == -3
+    assert set(result["live"].values()) == {0}, result
+    # the same file without the wrapper loads: only the failing fstat was refused
+    assert bn.tokenize(model, "x").tolist()[0] == 1

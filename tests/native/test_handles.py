@@ -256,3 +256,55 @@ def test_a_delayed_registry_growth_does_not_stall_other_sessions(tiny_model: Pat
         for ctx in made:
             assert lib.bitnet_cpp_free_context(ctx) == 0
         assert lib.bitnet_cpp_free_context(other) == 0
+
+
+# The registry's bound, in a program built from handles.c and the layers
+# below it: 2^20 live handles at once (SLOT_BITS in handles.c) is more
+# contexts than any process of the suite can hold, but plain objects fill
+# it in a moment.
+BOUND_PROGRAM = r"""
+#include <stdio.h>
+
+#include "handles.c"
+
+int main(void)
+{
+    static int objs[MAX_SLOTS + 1];
+    static const void *handles[MAX_SLOTS + 1];
+    for (uint32_t i = 0; i < MAX_SLOTS; i++)
+        if (bn_handle_add(&objs[i], KIND_CONTEXT, &handles[i]) != BITNET_OK) {
+            printf("add %u failed: %s\n", i, bn_error_message());
+            return 1;
+        }
+    int rc = bn_handle_add(&objs[MAX_SLOTS], KIND_CONTEXT, &handles[MAX_SLOTS]);
+    printf("full %d %s\n", rc, bn_error_message());
+    /* every handle still names its object, and freeing one makes room */
+    int ok = 1;
+    for (uint32_t i = 0; i < MAX_SLOTS; i += 4099)
+        ok &= bn_handle_remove(handles[i], KIND_CONTEXT) == &objs[i] &&
+              bn_handle_add(&objs[i], KIND_CONTEXT, &handles[i]) == BITNET_OK;
+    printf("reuse %d\n", ok);
+    for (uint32_t i = 0; i < MAX_SLOTS; i++)
+        ok &= bn_handle_remove(handles[i], KIND_CONTEXT) == &objs[i];
+    bitnet_counters_t c;
+    bn_counters_read(&c);
+    printf("emptied %d bytes %lld\n", ok, (long long)c.bytes);
+    return 0;
+}
+"""
+
+
+def test_the_registry_refuses_a_handle_past_its_bound_and_recovers(tmp_path: Path) -> None:
+    import subprocess
+
+    from ..native_builds import build_program
+
+    exe = build_program(tmp_path, BOUND_PROGRAM, "handle_bound")
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == (
+        f"full {lib.BITNET_E_OOM} too many live handles: the bridge holds at most 1048576 contexts and sessions "
+        "at once; free the ones no longer needed"
+    )
+    assert lines[1:] == ["reuse 1", "emptied 1 bytes 0"]  # the table is given back when idle

@@ -205,6 +205,67 @@ def test_the_guests_own_fault_control_refuses_arming() -> None:
     assert n.value == 0 and b"must be armed there" in err.value
 
 
+# ---- bitnet_host_attach's checks ------------------------------------------------------------------
+
+# bitnet_host_t (bitnet_host.h): int32 size, int32 abi, then the function pointers
+_ABI_OFFSET, _DEADLINE_CHECK_OFFSET = 4, 8
+
+
+def _guest_attach(table: object) -> tuple[int, str]:
+    """bitnet_host_attach of the bundled library: its code and its own last error."""
+    path = bundled_library()
+    assert path is not None
+    guest = ctypes.CDLL(str(path))
+    guest.bitnet_host_attach.argtypes = [ctypes.c_void_p]
+    rc = guest.bitnet_host_attach(table)
+    err = ctypes.create_string_buffer(1024)
+    guest.bitnet_cpp_get_last_error(err, len(err))
+    return rc, err.value.decode()
+
+
+def _bridge_table_copy() -> ctypes.Array[ctypes.c_char]:
+    """A byte-for-byte copy of the bridge's host table, at another address."""
+    import pytest_bitnet.bridge._bridge as bridge_module
+
+    bridge = ctypes.CDLL(bridge_module.__file__)
+    bridge.bitnet_bridge_host_table.restype = ctypes.c_void_p
+    table = bridge.bitnet_bridge_host_table()
+    size = ctypes.c_int32.from_address(table).value
+    return ctypes.create_string_buffer(ctypes.string_at(table, size), size)
+
+
+def test_attach_refuses_a_null_a_foreign_and_an_incomplete_host_table(tiny_model: Path) -> None:
+    # the library is attached to this process's bridge first (a dlopen
+    # create), so none of the refusals below can leave it unattached
+    with dlopen_session(tiny_model) as s:
+        rc, msg = _guest_attach(None)
+        assert errors.error_for_code(rc) is errors.InvalidArgument and msg == "bitnet_host_attach: host is NULL"
+
+        table = _bridge_table_copy()
+        ctypes.c_int32.from_buffer(table, _ABI_OFFSET).value = 99
+        rc, msg = _guest_attach(ctypes.addressof(table))
+        assert rc == bn.bridge.abi.lib.BITNET_E_ABI_MISMATCH
+        assert re.match(r"host table ABI 99 \(\d+ bytes\) is not the 1 \(\d+ bytes\) this library was built for: rebuild", msg), msg
+
+        table = _bridge_table_copy()
+        ctypes.c_void_p.from_buffer(table, _DEADLINE_CHECK_OFFSET).value = None
+        rc, msg = _guest_attach(ctypes.addressof(table))
+        assert errors.error_for_code(rc) is errors.InvalidArgument
+        assert "host table lacks a required function (deadlines, logging and last_error are mandatory)" in msg
+
+        # a whole, valid table of another bridge: a library serves one
+        other = _bridge_table_copy()  # kept alive across the call
+        rc, msg = _guest_attach(ctypes.addressof(other))
+        assert errors.error_for_code(rc) is errors.InvalidArgument
+        assert "this library is already attached to another bridge in this process" in msg
+        # still the bridge's: its deadlines and fault points still reach inside
+        with fi.inject("tokenize.step=fail") as armed:
+            with pytest.raises(errors.InferenceError, match="injected fault at 'tokenize.step'"):
+                s.tokenize("hello")
+        assert armed.hits("tokenize.step") >= 1
+        assert len(s.tokenize("hello")) > 1
+
+
 # ---- logging --------------------------------------------------------------------------------------
 
 

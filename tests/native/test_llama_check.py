@@ -485,3 +485,26 @@ def test_fuzzing_never_takes_the_process_down(make_model: Callable[..., Path], t
     print(f"{len(jobs)} mutants (seed {FUZZ_SEED}) in {time.monotonic() - start:.1f} s: {refused} refused, {len(jobs) - refused} ran")
     assert not bad, f"llama.cpp took the process down on {len(bad)} of {len(jobs)} mutants:\n" + "\n".join(bad)
     assert len(jobs) >= 100, f"only {len(jobs)} mutants in {FUZZ_SECONDS} s"
+
+
+# ---- vocabulary tables of the wrong type -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "items", "arr_type", "fragment"),
+    [
+        ("tokenizer.ggml.scores", "s", STR, "key 'tokenizer.ggml.scores' is not an array of f32: llama.cpp refuses it; write one f32 per token"),
+        ("tokenizer.ggml.tokens", 7, I32, "key 'tokenizer.ggml.tokens' is not an array of strings: llama.cpp refuses it; write the vocabulary as one string per token"),
+    ],
+    ids=["scores-of-strings", "tokens-of-ints"],
+)
+def test_a_vocabulary_table_of_the_wrong_type_is_refused(tiny_model: Path, tmp_path: Path, key: str, items: object, arr_type: int, fragment: str) -> None:
+    g = Gguf.read(tiny_model)
+    n = len(g.kvs["tokenizer.ggml.tokens"].value)  # type: ignore[arg-type]
+    path = g.set(key, [items] * n, ARR, arr_type).write(tmp_path / "m.gguf")
+    before = bn.live_counters()
+    rc = abi.lib.bn_check_for_llama(os.fsencode(path), 1)  # a vocabulary rule: vocab_only checks it too
+    with pytest.raises(errors.ModelLoadError, match=re.escape(fragment)) as exc:
+        abi.raise_for_code(rc, "check")
+    assert f"'{path}' refused before llama.cpp loads it" in str(exc.value)
+    assert delta(before, bn.live_counters(), LEAK_COUNTERS) == {}

@@ -430,3 +430,56 @@ def test_a_log_handler_may_read_the_counters_inside_a_load(tiny_model: Path, tmp
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "seen 0\n"
+
+
+# ---- the dlopen point's `missing`, and a view that cannot be allocated ---------------------------
+
+
+def test_dlopen_missing_makes_an_explicit_library_absent(tiny_model: Path) -> None:
+    bundled = abi.bundled_library()
+    assert bundled is not None
+    base = {k: v for k, v in bn.live_counters().items() if k in ("contexts", "sessions", "bytes")}
+    with fi.inject("dlopen=missing") as armed:
+        with pytest.raises(errors.LibraryNotFound) as info:
+            bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=bundled)
+    msg = str(info.value)
+    assert f"the library given as library_path= ('{bundled}') could not be loaded" in msg
+    assert f"{bundled}: not found (injected fault at 'dlopen' (missing, hit 1))" in msg
+    assert armed.fired("dlopen") == 1
+    assert {k: v for k, v in bn.live_counters().items() if k in base} == base
+    with bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=bundled) as s:  # disarmed: there again
+        assert len(s.tokenize("hi")) > 1
+
+
+def test_dlopen_missing_makes_the_llama_adapter_absent(tiny_model: Path) -> None:
+    from pytest_bitnet.bridge.llama import configured
+
+    llama = configured()
+    if not llama.available:
+        pytest.skip(f"llama.cpp backend unavailable: {llama.reason}")
+    with fi.inject("dlopen=missing"):
+        with pytest.raises(errors.LibraryNotFound, match=r"the llama\.cpp adapter '.+' \(for .+\) could not be loaded: .*not found \(injected fault at 'dlopen' \(missing, hit 1\)\)"):
+            bn.BitnetSession.create(tiny_model, backend="llama")
+
+
+def test_out_of_memory_for_a_library_view_fails_create_cleanly(tiny_model: Path) -> None:
+    # a dlsym fault hands the load a view of the cached library without the
+    # symbol (loader.c, hand_out): its allocation fails in some iteration
+    base = {k: v for k, v in bn.live_counters().items() if k in ("contexts", "sessions", "bytes")}
+    seen = ""
+    for k in range(200):
+        alloc = f"alloc={k}*off->1*oom->off" if k else "alloc=1*oom->off"
+        with fi.inject(f"dlsym.bitnet_cpp_eval_gpu=missing;{alloc}") as armed:
+            try:
+                with bn.BitnetSession.create(tiny_model, backend="dlopen"):
+                    pass
+            except errors.OutOfMemory as exc:
+                if "library view" in str(exc):
+                    seen = str(exc)
+            else:
+                assert armed.fired("alloc") == 0
+                break
+        assert {k: v for k, v in bn.live_counters().items() if k in base} == base
+        if seen:
+            break
+    assert re.search(r"loading '.+': out of memory: could not allocate \d+ bytes for library view \(injected fault at 'alloc'", seen), seen

@@ -22,6 +22,7 @@ PROGRAM = r"""
 #include <pthread.h>
 #include <stdio.h>
 
+#include "bn_alloc.h"
 #include "bn_deadline.h"
 #include "bn_error.h"
 #include "bn_fault.h"
@@ -73,6 +74,12 @@ int main(int argc, char **argv)
     bitnet_fault_stats_t st;
     bitnet_fault_stats(BN_FP_ALLOC, &st);
     printf("stats %llu %llu\n", (unsigned long long)st.hits, (unsigned long long)st.fired);
+    /* through the allocator, which words the refusal for its caller */
+    bn_lock(&lock);
+    bn_error_clear();
+    void *p = bn_malloc(100, "a test block");
+    bn_unlock(&lock);
+    printf("malloc-locked %d %d %s\n", p == NULL, bn_error_code(), bn_error_message());
     hit("fail-unlocked", 0);
     if (arm("alloc", BITNET_FAULT_DELAY, 1))
         return 2;
@@ -99,6 +106,11 @@ def test_an_armed_point_under_a_bridge_lock_is_refused_not_performed(program: Pa
         assert "bug in the bridge" in message
         assert int(ms) < 1000  # not slept: the delay asked for a minute, the hang for ever
     assert lines["stats"] == ["1", "0"]  # a locked hit counts as a hit, never as a firing
+    # the allocator returns NULL, keeping the engine's words (a bug report,
+    # not an injected out-of-memory) behind what it was allocating
+    null, code, message = lines["malloc-locked"]
+    assert (null, code) == ("1", internal)
+    assert message.startswith("allocating 100 bytes for a test block: fault point 'alloc' reached while this thread holds a bridge lock")
     assert lines["fail-unlocked"][0] == "-5"  # without the lock the point fires as armed (alloc's default: OOM)
     assert lines["delay-unlocked"][0] == "0"  # a delay that ran out
 

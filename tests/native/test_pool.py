@@ -10,11 +10,14 @@ instead of hanging the run.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
 import select
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -148,3 +151,46 @@ def test_a_child_of_a_child_runs_single_threaded_too(pooled: tuple[bn.BitnetSess
         return run_forked(lambda: in_child(s))
 
     check(run_forked(grandchild), expected, baseline)
+
+
+# ---- a worker thread that cannot start ----------------------------------------------------------
+
+# In a fresh interpreter: a stack limit of 1 TiB, which glibc takes as the
+# size of every new thread's stack, so the pool's pthread_create cannot map
+# one (EAGAIN) while the process itself runs as before.  glibc reads the
+# limit at startup: the child sets it, then execs the interpreter that
+# creates the session.
+_NO_THREAD_STACKS = r"""
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_STACK, (1 << 40, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], *sys.argv[2:]])
+"""
+_CREATE = r"""
+import json, sys
+import pytest_bitnet as bn
+from pytest_bitnet.bridge.counters import LEAK_COUNTERS
+try:
+    with bn.BitnetSession.create(sys.argv[1], n_ctx=16) as s:
+        result = {"tokens": s.tokenize("hi").tolist()}
+except bn.BitnetError as exc:
+    result = {"class": type(exc).__name__, "message": str(exc), "code": exc.context.native_code}
+live = bn.live_counters()
+result["live"] = {k: live[k] for k in LEAK_COUNTERS}
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("threads", ["2", "1"])
+def test_a_worker_thread_that_cannot_start_fails_the_create_cleanly(tiny_model: Path, threads: str) -> None:
+    env = dict(os.environ, BITNET_NUM_THREADS=threads, OPENBLAS_NUM_THREADS="1")  # numpy's pool, too, starts none
+    proc = subprocess.run([sys.executable, "-c", _NO_THREAD_STACKS, _CREATE, str(tiny_model)], env=env,
+                          capture_output=True, text=True, timeout=CHILD_BOUND_S)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert set(result["live"].values()) == {0}, result  # the threads already started are joined, all freed
+    if threads == "1":  # the message's advice: without workers the same process runs
+        assert result["tokens"][0] == 1, result
+        return
+    assert result["class"] == "InternalError", result
+    assert result["code"] == -10
+    assert "could not start worker thread 1 of 1; set BITNET_NUM_THREADS=1 to run without workers" in result["message"]

@@ -98,3 +98,43 @@ def test_an_incomplete_socket4_does_not_stand_in_for_socket1(session_only: Path,
     with fi.inject("dlsym.bitnet_cpp_session_eval=missing"):
         with pytest.raises(errors.SymbolNotFound, match=r"required symbol 'bitnet_cpp_init_context' not found .*nor the whole of Socket 4"):
             bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=session_only)
+
+
+def test_out_of_memory_for_the_session_tier_fails_create_cleanly(tiny_model: Path) -> None:
+    # every allocation of a create served through Socket 4, in turn, until
+    # the one of the shim itself (the bridge's, not the library's) fails
+    live = _live()
+    before = live()
+    seen = False
+    for k in range(200):
+        spec = f"dlsym.bitnet_cpp_init_context=missing;alloc={k}*off->1*oom->off" if k else "dlsym.bitnet_cpp_init_context=missing;alloc=1*oom->off"
+        with fi.inject(spec) as armed:
+            try:
+                with bn.BitnetSession.create(tiny_model, backend="dlopen"):
+                    pass
+            except errors.OutOfMemory as exc:
+                seen = seen or "out of memory for a session tier" in str(exc)
+            else:
+                assert armed.fired("alloc") == 0
+                break
+        assert live() == before
+        if seen:
+            break
+    assert seen
+
+
+@pytest.fixture(scope="module")
+def null_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    real = bundled_library()
+    if real is None:
+        pytest.skip("no bundled library")
+    return build_broken_backend(tmp_path_factory.mktemp("null_session"), "NULL_SESSION", real)
+
+
+def test_a_session_create_that_succeeds_without_a_session_is_an_internal_error(null_session: Path, tiny_model: Path) -> None:
+    live = _live()
+    before = live()
+    with pytest.raises(errors.InternalError, match=r"bitnet_cpp_session_create succeeded but returned no session; report it") as info:
+        bn.BitnetSession.create(tiny_model, backend="dlopen", library_path=null_session)
+    assert f"dlopen:{null_session}" in str(info.value)
+    assert live() == before

@@ -178,9 +178,11 @@ class Worker:
                 errors.ErrorContext(operation="start", parameters={"startup_timeout": STARTUP_TIMEOUT}),
                 duration=STARTUP_TIMEOUT,
             ) from None
+        # The worker's hello carries the P.VERSION its every header carries, and
+        # P.Reader.read refuses a header of another version before this is read.
         if hello.get("version") != P.VERSION:  # pragma: no cover -- the header check refuses first
             self.kill()
-            raise errors.InternalError(f"isolated worker speaks protocol {hello.get('version')}, expected {P.VERSION}")
+            raise errors.InternalError(f"isolated worker speaks protocol {hello.get('version')}, expected {P.VERSION}")  # NEVER: the hello's version is the header's, which Reader.read has already checked
 
     # -- stderr ---------------------------------------------------------------
 
