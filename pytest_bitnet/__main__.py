@@ -68,6 +68,9 @@ def _crossval(args: argparse.Namespace) -> int:
         worst = max((r.max_abs_diff for r in results if r.tokens_equal), default=0.0)
         print(f"{len(results)} prompts, {len(bad)} diverging, worst max abs diff {worst:.3g} (tolerance {args.tolerance:g})")
         print(crossval.summarize(results, args.tolerance).line())
+        build = crossval.ggml_build()
+        if build is not None:  # which summation orders the two engines share
+            print(build.describe())
         for r in bad:
             print(f"DIVERGENCE {r.describe()}")
         if args.explain or args.other_model:

@@ -17,11 +17,12 @@
  *                      over 32 elements at a time, reduced (0+2, 1+3, 0+1,
  *                      low half + high half, pairwise), the tail fused into
  *                      the float sum.  (Q.K of the attention scores.)
- *   bn_ggml_dot8       llamafile's tinyBLAS on 256-bit vectors: one 8-lane
- *                      accumulator of fused multiply-adds, reduced high +
- *                      low, 0+2 and 1+3, then the two.  (ggml's choice for
- *                      F32/F16 products whose inner length is a multiple
- *                      of 8, e.g. softmax x V.)
+ *   bn_ggml_weighted_sum
+ *                      llamafile's tinyBLAS on 256-bit vectors: one 8-lane
+ *                      accumulator of fused multiply-adds per output,
+ *                      reduced high + low, 0+2 and 1+3, then the two.
+ *                      (ggml's choice for F32/F16 products whose inner
+ *                      length is a multiple of 8: softmax x V.)
  *   bn_ggml_softmax    ggml_vec_soft_max_f32: exp by ggml's 8-lane
  *                      polynomial (ggml_v_expf: |error| < 1.5 ulp, not
  *                      libm's), lane sums of 8 in float added in double,
@@ -40,7 +41,7 @@
 float bn_ggml_dot(const float *x, const float *y, int64_t n);
 
 /* out[e] = sum_j v[j*stride + e] * p[j] for e < m, j < n, each in
- * bn_ggml_dot8's order over j. */
+ * tinyBLAS's order over j (above). */
 void bn_ggml_weighted_sum(float *out, const float *v, int64_t stride,
                           const float *p, int64_t n, int64_t m);
 

@@ -23,6 +23,7 @@ Where things come from:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import logging
@@ -43,6 +44,7 @@ __all__ = [
     "find_include",
     "native_dir",
     "status",
+    "system_info",
 ]
 
 log = logging.getLogger("pytest_bitnet.llama")
@@ -263,6 +265,19 @@ def configure(lib: object, ffi: object) -> LlamaStatus:
         log.debug("llama.cpp backend unavailable: %s", st.reason)
         lib.bitnet_bridge_set_llama_library(ffi.NULL, ffi.NULL, str(st.reason).encode())  # type: ignore[attr-defined]
     return st
+
+
+def system_info(libllama: Path) -> str:
+    """``llama_print_system_info()`` of that libllama: per backend the
+    features it was compiled with (``CPU : SSE3 = 1 | AVX2 = 1 | FMA = 1 |
+    ...``).  They decide ggml's kernels, hence its summation orders
+    (testing.crossval.GgmlBuild).  Loads the library in this process, as the
+    adapter does."""
+    lib = ctypes.CDLL(str(libllama))
+    fn = lib.llama_print_system_info
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    return (fn() or b"").decode("utf-8", "replace")
 
 
 def configured() -> LlamaStatus:

@@ -38,12 +38,15 @@ from ..bridge.session import BitnetSession
 
 __all__ = [
     "DEFAULT_PROMPTS",
+    "MATCHED_CMAKE_ARGS",
     "TOLERANCE",
     "TOP_K",
+    "GgmlBuild",
     "PromptResult",
     "compare",
     "check",
     "default_corpus",
+    "ggml_build",
     "random_prompts",
     "read_prompts",
     "summarize",
@@ -51,6 +54,76 @@ __all__ = [
 
 TOLERANCE = 1e-3
 TOP_K = 5  # top-k agreement: the same k tokens, in any order, on both sides
+
+# The libggml CPU build whose rounding the reference engine follows
+# (native/reference/ggml_ops.h): x86 with AVX2, FMA and F16C, and llamafile's
+# tinyBLAS for F32/F16 products.  An AVX-512 build sums dot products, softmax
+# and tinyBLAS tiles in 16 lanes, a build without AVX2 in plain loops: other
+# orders, which the reference engine does not follow.
+MATCHED_FEATURES = frozenset({"AVX2", "FMA", "F16C", "LLAMAFILE"})
+#: How to build llama-cpp-python's libggml as that build on any x86 CPU with
+#: AVX2 (not -march=native, which takes AVX-512 where the CPU has it).
+#: .ci/run passes the same flags.
+MATCHED_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+
+
+@dataclass(frozen=True)
+class GgmlBuild:
+    """The features libggml's CPU backend was compiled with, as
+    llama_print_system_info() prints them: they decide whether the reference
+    engine can agree with it bit for bit."""
+
+    features: frozenset[str]
+
+    @classmethod
+    def parse(cls, info: str) -> GgmlBuild:
+        """From ``CPU : SSE3 = 1 | AVX2 = 1 | ... |`` (other backends, which
+        follow as ``NAME : ...``, are left out: crossval runs on the CPU)."""
+        features: set[str] = set()
+        backend = None
+        for part in info.split("|"):
+            if " : " in part:
+                backend, part = part.split(" : ", 1)
+                backend = backend.strip()
+            name, _, value = part.partition("=")
+            if backend == "CPU" and name.strip() and value.strip() not in ("", "0"):
+                features.add(name.strip())
+        return cls(frozenset(features))
+
+    def mismatch(self) -> str | None:
+        """None when the reference engine rounds as this build does (expect
+        bit-identical logits), else why not and what to expect instead."""
+        wide = sorted(f for f in self.features if f.startswith(("AVX512", "AMX")))
+        missing = sorted(MATCHED_FEATURES - self.features)
+        if not wide and not missing:
+            return None
+        why = (
+            f"built with {', '.join(wide)}: ggml then sums dot products, softmax and tinyBLAS tiles in 16 lanes"
+            if wide
+            else f"built without {', '.join(missing)}: ggml then sums in other orders"
+        )
+        return (
+            f"libggml's CPU backend was {why}, and the reference engine rounds as an AVX2 + FMA build does "
+            "(native/reference/ggml_ops.h). Expect summation-order differences (~1e-5) and, where one moves "
+            "an activation across a Q8_K rounding step, isolated rows up to ~0.6 (argmax agrees almost "
+            "everywhere). To compare bit for bit on an x86 CPU with AVX2, rebuild llama-cpp-python for it: "
+            f"CMAKE_ARGS='{MATCHED_CMAKE_ARGS}' pip install --force-reinstall --no-cache-dir llama-cpp-python"
+        )
+
+    def describe(self) -> str:
+        shown = " ".join(sorted(self.features)) or "no SIMD features"
+        verdict = self.mismatch()
+        return f"libggml CPU: {shown}: " + ("the reference engine rounds as this build (bit-identical logits expected)" if verdict is None else verdict)
+
+
+def ggml_build() -> GgmlBuild | None:
+    """The build of the libggml that the llama backend links, or None when
+    there is no llama backend."""
+    from ..bridge.llama import configured, system_info
+
+    st = configured()
+    return GgmlBuild.parse(system_info(st.libllama)) if st.libllama is not None else None
+
 
 # ASCII, unicode, whitespace runs, the empty prompt, special tokens: the one
 # corpus the tokenizer tests, the catalog's fallback entries and crossval use.

@@ -20,12 +20,19 @@ from pytest_bitnet.testing.models import cached_tiny_model
 import numpy as np
 
 LLAMA = configured()
+# Bit-identical parity holds against a libggml built as the reference engine
+# rounds (crossval.GgmlBuild); against another build the tests below that
+# demand it would only measure that build's summation order.
+BUILD = crossval.ggml_build() if LLAMA.available else None
+_UNMATCHED = f"llama.cpp backend unavailable: {LLAMA.reason}" if BUILD is None else BUILD.mismatch()
+MATCHED = pytest.mark.skipif(_UNMATCHED is not None, reason=str(_UNMATCHED))
 
 pytestmark = pytest.mark.skipif(not LLAMA.available, reason=f"llama.cpp backend unavailable: {LLAMA.reason}")
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@MATCHED
 def test_corpus_agrees_on_the_tiny_bitnet_model(tiny_model: Path) -> None:
     results = crossval.check(tiny_model)  # raises ComparisonError on divergence
     assert [r.prompt for r in results] == crossval.default_corpus()
@@ -126,6 +133,7 @@ PARITY_CASES = [
 ]
 
 
+@MATCHED
 @pytest.mark.parametrize(("params", "threads"), PARITY_CASES, ids=lambda v: str(v) if isinstance(v, int) else f"{v['arch']}-{v['weight_type']}-{v['seed']}")
 def test_random_prompts_agree_on_every_row(
     params: dict, threads: int, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
@@ -141,6 +149,7 @@ def test_random_prompts_agree_on_every_row(
     assert summary.max_kl < 1e-9
 
 
+@MATCHED
 def test_explain_localises_a_planted_divergence(tiny_model: Path, tmp_path: Path) -> None:
     plain = explain.explain(tiny_model, "naïve café 中文 hello")
     # nothing upstream of the logits differs (bit-identical on an AVX2 libggml)
@@ -156,6 +165,7 @@ def test_explain_localises_a_planted_divergence(tiny_model: Path, tmp_path: Path
     assert "first difference in ffn_norm-1" in e.describe()
 
 
+@MATCHED
 def test_command_explain_names_the_planted_tensor(tiny_model: Path, tmp_path: Path) -> None:
     other = explain.perturbed_copy(tiny_model, tmp_path / "planted.gguf", "blk.0.attn_sub_norm.weight", index=3, factor=1.25)
     prompts = tmp_path / "prompts.txt"
@@ -171,3 +181,46 @@ def test_command_explain_names_the_planted_tensor(tiny_model: Path, tmp_path: Pa
     assert proc.returncode == 1, proc.stderr
     assert "EXPLAIN prompt 'Hello world'" in proc.stdout and "first difference in attn_sub_norm-0" in proc.stdout
     assert "crosses a Q8_K rounding step" in proc.stdout
+
+
+AVX2_INFO = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+
+
+@pytest.mark.parametrize(
+    ("info", "verdict"),
+    [
+        (AVX2_INFO, None),
+        (AVX2_INFO.replace("BMI2 = 1 |", "BMI2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 |"), "built with AVX512, AVX512_VNNI"),
+        (AVX2_INFO.replace("LLAMAFILE = 1", "LLAMAFILE = 0"), "built without LLAMAFILE"),
+        ("CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | LLAMAFILE = 1 | ", "built without AVX2, F16C, FMA"),
+        # a GPU backend's features are not the CPU's
+        ("CPU : SSE3 = 1 | | CUDA : ARCHS = 890 | AVX2 = 1 | FMA = 1 | F16C = 1 | LLAMAFILE = 1 |", "built without AVX2"),
+        (AVX2_INFO + "CUDA : ARCHS = 890 | AVX512 = 1 |", None),
+    ],
+)
+def test_ggml_build_says_whether_the_orders_match(info: str, verdict: str | None) -> None:
+    build = crossval.GgmlBuild.parse(info)
+    if verdict is None:
+        assert build.mismatch() is None and "bit-identical" in build.describe()
+    else:
+        why = build.mismatch()
+        assert why is not None and verdict in why and crossval.MATCHED_CMAKE_ARGS in why
+
+
+@pytest.mark.skipif(not LLAMA.available, reason=str(LLAMA.reason))
+def test_the_loaded_libggml_is_described_from_its_own_report() -> None:
+    import llama_cpp  # llama-cpp-python's own view of the same libllama
+
+    import pytest_bitnet as bn
+    from pytest_bitnet.bridge.llama import system_info
+
+    info = system_info(LLAMA.libllama)
+    assert info == llama_cpp.llama_print_system_info().decode()
+    caps = bn.capabilities(backend="llama")  # the adapter reads ggml's feature list itself
+    assert BUILD is not None and ("AVX2" in BUILD.features) == caps.has_avx2
+    assert any(f.startswith("AVX512") for f in BUILD.features) == caps.has_avx512
+
+
+def test_ci_builds_llama_cpp_as_the_orders_the_reference_follows() -> None:
+    # one fact in two places: .ci/run is bash and runs before the package is installed
+    assert f'CMAKE_ARGS="{crossval.MATCHED_CMAKE_ARGS}"' in (ROOT / ".ci" / "run").read_text()
