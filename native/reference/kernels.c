@@ -1161,13 +1161,71 @@ BN_AVX2_INLINE float scalar_f16(const uint16_t *p) { return _cvtsh_ss(*p); }
 BN_VDOT_AVX2(f32, float)
 BN_VDOT_AVX2(f16, uint16_t)
 
+/* Two rows of vdot_*_avx2 side by side: each row keeps its own four
+ * accumulators and exactly vdot's order (so its bits), but the eight
+ * independent FMA chains hide the FMA latency that bounds one row's four
+ * (measured on Zen 4: 32000 x 512 F16, one token, one thread, 1.45 ms one
+ * row at a time), and both rows' weights stream at once. */
+#define BN_VDOT2_AVX2(sfx, T, PFS)                                            \
+    BN_AVX2_INLINE void vdot2_##sfx##_avx2(const T *w0, const T *w1,          \
+                                           const float *x, int64_t n, int pf, \
+                                           float *o0, float *o1)              \
+    {                                                                         \
+        __m256 a[2][4];                                                       \
+        for (int r = 0; r < 2; r++)                                           \
+            for (int k = 0; k < 4; k++)                                       \
+                a[r][k] = _mm256_setzero_ps();                                \
+        const int64_t np = n & ~(int64_t)31;                                  \
+        for (int64_t i = 0; i < np; i += 32) {                                \
+            if (pf && (i & (PFS - 1)) == 0) {                                 \
+                _mm_prefetch((const char *)(w0 + i) + BN_PF_DIST, BN_PF_HINT);\
+                _mm_prefetch((const char *)(w1 + i) + BN_PF_DIST, BN_PF_HINT);\
+            }                                                                 \
+            BN_UNROLL4 for (int k = 0; k < 4; k++) {                          \
+                const __m256 xv = _mm256_loadu_ps(x + i + 8 * k);             \
+                a[0][k] = _mm256_fmadd_ps(load8_##sfx(w0 + i + 8 * k), xv,    \
+                                          a[0][k]);                           \
+                a[1][k] = _mm256_fmadd_ps(load8_##sfx(w1 + i + 8 * k), xv,    \
+                                          a[1][k]);                           \
+            }                                                                 \
+        }                                                                     \
+        for (int r = 0; r < 2; r++) {                                         \
+            const T *w = r ? w1 : w0;                                         \
+            const __m256 s4 = _mm256_add_ps(_mm256_add_ps(a[r][0], a[r][2]),  \
+                                            _mm256_add_ps(a[r][1], a[r][3])); \
+            const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s4),           \
+                                        _mm256_extractf128_ps(s4, 1));        \
+            const __m128 h = _mm_hadd_ps(t, t);                               \
+            float s = _mm_cvtss_f32(_mm_hadd_ps(h, h));                       \
+            for (int64_t i = np; i < n; i++)                                  \
+                s += mul_rounded(scalar_##sfx(w + i), x[i]);                  \
+            *(r ? o1 : o0) = s;                                               \
+        }                                                                     \
+    }
+BN_VDOT2_AVX2(f32, float, 16)
+BN_VDOT2_AVX2(f16, uint16_t, 32)
+
 static BN_AVX2 int rows_vdot_avx2(const bn_weight *w, const uint8_t *row,
                                   int64_t nr, const void *act, int64_t t0,
                                   int nt, int pf, float *out)
 {
-    (void)nr;
-    (void)pf;
     const int64_t nc = w->ncols;
+    const size_t rb = w->row_bytes;
+    if (nr >= 2) {
+        for (int t = 0; t < nt; t++) {
+            const float *x = (const float *)act + (t0 + t) * nc;
+            const int p = pf && t == 0;
+            if (w->type == BN_TYPE_F32)
+                vdot2_f32_avx2((const float *)row,
+                               (const float *)(row + rb), x, nc, p, out + t,
+                               out + TILE + t);
+            else
+                vdot2_f16_avx2((const uint16_t *)row,
+                               (const uint16_t *)(row + rb), x, nc, p,
+                               out + t, out + TILE + t);
+        }
+        return 2;
+    }
     for (int t = 0; t < nt; t++) {
         const float *x = (const float *)act + (t0 + t) * nc;
         out[t] = w->type == BN_TYPE_F32

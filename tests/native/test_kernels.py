@@ -5,6 +5,7 @@ numpy's, which rounds to nearest even as IEEE 754 and F16C do."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pytest_bitnet.bridge.abi import lib
 
@@ -42,3 +43,45 @@ def test_nan_stays_nan_and_the_way_back_is_exact() -> None:
     finite = halves[~np.isnan(halves.view(np.float16))]
     back = np.array([lib.bn_fp16_to_fp32(int(h)) for h in finite], dtype=np.float32)
     np.testing.assert_array_equal(back, finite.view(np.float16).astype(np.float32))
+
+
+# Every F32 / F16 kernel path against its portable twin, bit for bit (both
+# follow tinyBLAS's or ggml_vec_dot's order exactly): 1..8 tokens (one
+# token and ncols % 8 != 0 take the vdot rows, two at a time; the others the
+# tiled rows), odd row counts (a last row on its own), ncols with and
+# without a tail of ncols % 32 / % 8 columns.
+def _matmul(W: np.ndarray, x: np.ndarray, r0: int = 0, r1: int | None = None) -> np.ndarray:
+    from pytest_bitnet.bridge.abi import ffi
+
+    nrows, ncols = W.shape
+    w = ffi.new("bn_weight *")
+    w.type, w.data, w.ncols, w.nrows = (1 if W.dtype == np.float16 else 0), ffi.cast("void *", W.ctypes.data), ncols, nrows
+    w.row_bytes, w.scale = ncols * W.itemsize, 1.0
+    n = x.shape[0]
+    act = np.zeros(lib.bn_act_size(w, n) // 4 + 16, np.float32)
+    lib.bn_act_prepare(w, ffi.cast("float *", x.ctypes.data), n, ffi.cast("void *", act.ctypes.data))
+    y = np.full((n, nrows), np.nan, np.float32)
+    lib.bn_matmul_rows(w, ffi.cast("void *", act.ctypes.data), n, ffi.cast("float *", y.ctypes.data), r0, nrows if r1 is None else r1)
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("shape", [(37, 512), (33, 96), (5, 40), (9, 27), (1, 64)])
+def test_float_kernels_match_portable_bit_for_bit(dtype: type, shape: tuple[int, int]) -> None:
+    import pytest_bitnet as bn
+
+    if not bn.capabilities().has_avx2:
+        pytest.skip("no AVX2 on this CPU: only the portable kernels run")
+    rng = np.random.default_rng(17)
+    W = np.ascontiguousarray((rng.standard_normal(shape) * 0.1).astype(dtype))
+    for n in range(1, 9):
+        x = np.ascontiguousarray(rng.standard_normal((n, shape[1])).astype(np.float32))
+        fast, part = _matmul(W, x), _matmul(W, x, 1, shape[0])  # an odd start row too
+        lib.bn_kernels_force_portable(1)
+        try:
+            portable = _matmul(W, x)
+        finally:
+            lib.bn_kernels_force_portable(0)
+        assert fast.tobytes() == portable.tobytes(), (n, np.flatnonzero(fast.view(np.uint32) != portable.view(np.uint32))[:5])
+        assert part[:, 1:].tobytes() == portable[:, 1:].tobytes(), n
+        assert np.isnan(part[:, 0]).all()  # nothing written outside [r0, r1)
