@@ -35,3 +35,47 @@ def interleaved(a: Callable[[], object], b: Callable[[], object], *, rounds: int
 
 def fmt_time(s: float) -> str:
     return f"{s * 1e3:9.3f} ms" if s >= 1e-3 else f"{s * 1e6:9.1f} us"
+
+
+def read_bandwidth(threads: int, *, mib: int = 1024, repeat: int = 5) -> float:
+    """Measured streaming-read bandwidth of this machine in bytes/s, now.
+
+    Each of `threads` Python threads reduces its own slice of a buffer far
+    larger than any cache (1 GiB: the 480 MiB L3 of some machines here
+    must not hold it) with numpy's max over uint64, a native SIMD loop that
+    releases the GIL and does one compare per 8 bytes, so it runs at the
+    memory's pace.  Median of `repeat` passes after one warm-up (which
+    also faults the pages in).  Measured in the same run as the figures it
+    is compared with, because other processes share the memory bus.
+    """
+    import threading
+
+    import numpy as np
+
+    buf = np.ones(mib * 2**20 // 8, dtype=np.uint64)
+    parts = np.array_split(buf, threads)
+
+    def one_pass() -> None:
+        workers = [threading.Thread(target=p.max) for p in parts]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return buf.nbytes / median_time(one_pass, repeat=repeat)
+
+
+def weight_bytes(path: object) -> int:
+    """Bytes of tensor data in a GGUF file: what one evaluation must read
+    at least once (every projection, and the tied output projection reads
+    all of token_embd; the embedding lookup's few rows are not counted
+    twice)."""
+    import gguf
+
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+
+
+def fmt_share(n_bytes: float, seconds: float, bandwidth: float) -> str:
+    """`n_bytes` read in `seconds` as GB/s and as a share of `bandwidth`."""
+    rate = n_bytes / seconds
+    return f"{rate / 1e9:5.1f} GB/s {100 * rate / bandwidth:4.0f}%"

@@ -7,7 +7,9 @@ and for single-token generation (32 steps after a 4-token prompt), with 1
 and 2 threads: BITNET_NUM_THREADS sets both (the reference engine's pool
 and the n_threads of the llama.cpp context; both read it when a session is
 created).  The ratio is reference / llama.cpp: >= 1.0x means the reference
-engine is at least as fast.  Needs llama-cpp-python (pip install
+engine is at least as fast.  The last column is the reference engine's
+weight bytes read per second (each evaluation call reads every weight
+once) as a share of the read bandwidth measured in this run.  Needs llama-cpp-python (pip install
 'pytest-bitnet[llama]').
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from _common import interleaved
+from _common import fmt_share, interleaved, read_bandwidth, weight_bytes
 from bench_session_vs_percall import BENCH_MODEL
 
 import pytest_bitnet as bn
@@ -61,7 +63,10 @@ def main() -> None:
         raise SystemExit(f"llama.cpp backend unavailable: {LLAMA.reason}")
     path = args.model or bn.models.cached_tiny_model(tempfile.mkdtemp(), **BENCH_MODEL)
     print(f"model: {path.name}  {path.stat().st_size / 1e6:.1f} MB  llama.cpp: {LLAMA.libllama}")
-    print(f"{'threads':>7}  {'row':18} {'reference':>12} {'llama.cpp':>12} {'ratio':>7}")
+    wbytes = weight_bytes(path)
+    bw = {t: read_bandwidth(t) for t in (1, 2)}
+    print(f"read bandwidth: {bw[1] / 1e9:.1f} GB/s 1 thread, {bw[2] / 1e9:.1f} GB/s 2 threads; weights {wbytes / 1e6:.1f} MB")
+    print(f"{'threads':>7}  {'row':18} {'reference':>12} {'llama.cpp':>12} {'ratio':>7}  weights read, share of bandwidth")
     saved = os.environ.get("BITNET_NUM_THREADS")
     try:
         for threads in (1, 2):
@@ -74,13 +79,15 @@ def main() -> None:
                 ll_prompt, ll_gen = workloads(ll, toks)
                 ll_prompt(), ref_prompt()  # warm both
                 rows = [
-                    ("prompt eval", toks.size, ref_prompt, ll_prompt, 5),
-                    ("generation", GEN_STEPS, ref_gen, ll_gen, 1),
+                    # (name, tokens, evaluation calls, reference, llama.cpp, repeat)
+                    ("prompt eval", toks.size, 1, ref_prompt, ll_prompt, 5),
+                    ("generation", GEN_STEPS, GEN_STEPS + 1, ref_gen, ll_gen, 1),
                 ]
-                for name, n_tok, a, b, repeat in rows:
+                for name, n_tok, calls, a, b, repeat in rows:
                     ta, tb = interleaved(a, b, rounds=args.rounds, repeat=repeat)
                     ra, rb = n_tok / ta, n_tok / tb
-                    print(f"{threads:>7}  {name:18} {ra:8.1f} t/s {rb:8.1f} t/s {ra / rb:6.2f}x")
+                    share = fmt_share(calls * wbytes, ta, bw[threads])
+                    print(f"{threads:>7}  {name:18} {ra:8.1f} t/s {rb:8.1f} t/s {ra / rb:6.2f}x  {share}")
     finally:
         if saved is None:
             os.environ.pop("BITNET_NUM_THREADS", None)

@@ -6,17 +6,21 @@ Per-call functions load the model, work and free on every call; a session
 loads once.  Generation per call has no KV cache to keep, so each of the 32
 steps re-evaluates the whole prefix, as the seed's per-call MVP must.
 Prints per-row times and the session speed-up; seed 003 asks >= 10x and
-expects 40x / 30x / 12x / 16x.
+expects 40x / 30x / 12x / 16x.  The last column is the session's weight
+bytes read per second (every evaluation call reads each weight once) as a
+share of the read bandwidth measured in this run at the pool's thread
+count.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import fmt_time, interleaved
+from _common import fmt_share, fmt_time, interleaved, read_bandwidth, weight_bytes
 
 import pytest_bitnet as bn
 
@@ -34,6 +38,10 @@ def main() -> None:
     path = args.model or bn.models.cached_tiny_model(tmp, **BENCH_MODEL)
     size = path.stat().st_size
     print(f"model: {path.name}  {size / 1e6:.1f} MB  ({bn.capabilities().as_dict()})")
+    wbytes = weight_bytes(path)
+    threads = int(os.environ.get("BITNET_NUM_THREADS", "") or min(os.cpu_count() or 1, 8))
+    bw = read_bandwidth(threads)
+    print(f"read bandwidth ({threads} thread(s)): {bw / 1e9:.1f} GB/s; weights {wbytes / 1e6:.1f} MB")
 
     with bn.BitnetSession.create(path, n_ctx=512) as s:
         words = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches"
@@ -61,17 +69,18 @@ def main() -> None:
                 seq.append(int(logits[-1].argmax()))
                 logits = bn.evaluate(path, seq)
 
-        rows = [
-            ("tokenize 100 tokens", lambda: bn.tokenize(path, prompt), lambda: s.tokenize(prompt), 5, 200),
-            ("eval 1 token", lambda: bn.evaluate(path, one), lambda: session_eval(one), 5, 50),
-            ("eval 4 tokens", lambda: bn.evaluate(path, four), lambda: session_eval(four), 5, 30),
-            ("32-token generation", percall_generate, session_generate, 1, 1),
+        rows = [  # (name, per-call, session, repeats, evaluation calls of the session)
+            ("tokenize 100 tokens", lambda: bn.tokenize(path, prompt), lambda: s.tokenize(prompt), 5, 200, 0),
+            ("eval 1 token", lambda: bn.evaluate(path, one), lambda: session_eval(one), 5, 50, 1),
+            ("eval 4 tokens", lambda: bn.evaluate(path, four), lambda: session_eval(four), 5, 30, 1),
+            ("32-token generation", percall_generate, session_generate, 1, 1, 33),
         ]
-        print(f"{'row':22} {'per-call':>12} {'session':>12} {'speed-up':>9} {'seed expects':>13}")
-        for name, percall, session, rep_p, rep_s in rows:
+        print(f"{'row':22} {'per-call':>12} {'session':>12} {'speed-up':>9} {'seed expects':>13}  session reads")
+        for name, percall, session, rep_p, rep_s, calls in rows:
             tp, _ = interleaved(percall, lambda: None, rounds=args.rounds, repeat=rep_p)
             _, ts = interleaved(lambda: None, session, rounds=args.rounds, repeat=rep_s)
-            print(f"{name:22} {fmt_time(tp):>12} {fmt_time(ts):>12} {tp / ts:8.1f}x {SEED_EXPECTED[name]:12d}x")
+            share = fmt_share(calls * wbytes, ts, bw) if calls else "-"
+            print(f"{name:22} {fmt_time(tp):>12} {fmt_time(ts):>12} {tp / ts:8.1f}x {SEED_EXPECTED[name]:12d}x  {share}")
     print(f"tokens in the 100-token prompt: {len(toks)}")
 
 
