@@ -21,10 +21,11 @@
  * cost something per element (Q8_K and the fp16 rounding), AVX2 versions
  * that produce the same bytes, so every path multiplies exactly the same
  * numbers.  The matrix products have a portable C version, an AVX2 (+FMA,
- * F16C) version and, for TQ2_0 only, an AVX-512 VNNI one (on 256-bit
- * vectors), compiled with function-level target attributes: the file builds
+ * F16C) version and, for TQ2_0 so far, AVX-512 ones with and without VNNI
+ * (kernels_avx512.h), compiled with function-level target attributes: the file builds
  * with plain -O2 and the SIMD code only runs when the CPU and OS support it
- * (bn_cpu_has_avx2, bn_cpu_has_avx512 and the VNNI / VL CPUID bits).
+ * (bn_cpu_has_avx2, bn_cpu_has_avx512 and the BW / DQ / VL / VNNI CPUID
+ * bits).
  *
  * Work is split by a driver (matmul_driver) that hands a "rows function" a
  * block of rows and a group of up to TILE tokens; each call computes up to
@@ -38,7 +39,7 @@
  * I2_S results are therefore bit-identical between the paths; TQ2_0, F16 and
  * F32 results differ only by float summation order.  For TQ2_0 each path
  * follows the matching ggml kernel operation for operation: the AVX2 and
- * VNNI ones give bit-for-bit the results of ggml_vec_dot_tq2_0_q8_K (AVX2
+ * AVX-512 ones give bit-for-bit the results of ggml_vec_dot_tq2_0_q8_K (AVX2
  * build), the portable one those of ggml_vec_dot_tq2_0_q8_K_generic, and the
  * Q8_K fields are byte-identical to quantize_row_q8_K's (checked against the
  * libggml-cpu of llama-cpp-python 0.3.36; ggml leaves bsums of an all-zero
@@ -78,15 +79,30 @@
 #endif
 #define BN_AVX2_INLINE \
     static inline __attribute__((always_inline, target("avx2,fma,f16c")))
-/* AVX-512 VNNI on 256-bit vectors, for TQ2_0 only (bit-identical results,
- * fewer instructions); -DBN_NO_VNNI leaves it out */
-#if !defined(BN_NO_VNNI) && (defined(__clang__) || __GNUC__ >= 8)
-#define BN_HAVE_VNNI_CODE 1
-#define BN_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
-#define BN_VNNI __attribute__((target(BN_VNNI_TARGET)))
-#define BN_VNNI_INLINE \
-    static inline __attribute__((always_inline, target(BN_VNNI_TARGET)))
+/* The AVX-512 kernels (kernels_avx512.h), for CPUs with AVX-512 F, BW, VL
+ * and DQ (and VNNI where present); -DBN_NO_AVX512 leaves them out */
+#if !defined(BN_NO_AVX512) && (defined(__clang__) || __GNUC__ >= 8)
+#define BN_HAVE_AVX512_CODE 1
+#define BN_X512_TARGET_avx512 "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"
+#define BN_X512_TARGET_vnni BN_X512_TARGET_avx512 ",avx512vnni"
 #endif
+#endif
+
+/* The test build of the AVX-512 kernels (tests/native/test_kernels_avx512.py):
+ * the portable engine (-DBN_NO_SIMD) plus kernels_avx512.h on SIMDe's
+ * portable intrinsics, run wherever bn_kernels_simde_level asks, so the
+ * kernels are checked on any CPU.  Never part of the real build. */
+#if defined(BN_SIMDE_AVX512) && defined(BN_NO_SIMD)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+/* SIMDe 0.7.4's alias for _mm512_madd_epi16 names the masked form's four
+ * arguments (simde/x86/avx512/madd.h); its function is the right one */
+#undef _mm512_madd_epi16
+#define _mm512_madd_epi16(a, b) simde_mm512_madd_epi16(a, b)
+#define BN_HAVE_AVX512_CODE 1
+#define BN_SIMDE_BUILD 1
+#define BN_UNROLL4
+#define BN_UNROLL8
 #endif
 
 #define QK_K 256
@@ -836,88 +852,6 @@ BN_AVX2_INLINE void tq2_rows_avx2(const uint8_t *row, size_t rbytes, int R,
     tq2_reduce(acc, R, NT, out);
 }
 
-#ifdef BN_HAVE_VNNI_CODE
-/* With AVX-512 VNNI (on 256-bit vectors, and with 32 registers): two rows
- * at a time, so each activation load feeds both, and vpdpbusd multiplies
- * the code bytes by q and accumulates straight into 32-bit lanes.  Each
- * lane is the sum over the same 4 bytes as the madd of ggml's 16-bit pair
- * sums, and the bsums are subtracted in 32 bits; the integers are exact
- * either way (no lane comes near saturation), so every lane, and every
- * float operation after it, is the same as ggml's.  w1 may be w0 (an odd
- * row out; its second result is dropped). */
-BN_VNNI_INLINE void tq2_tile2_vnni(const uint8_t *w0, const uint8_t *w1,
-                                   int64_t nb, const bn_q8k *const *a,
-                                   int NT, __m256 *acc0_out,
-                                   __m256 *acc1_out)
-{
-    const __m256i m3 = _mm256_set1_epi8(3);
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc0[TILE], acc1[TILE];
-BN_UNROLL4
-    for (int t = 0; t < NT; t++)
-        acc0[t] = acc1[t] = _mm256_setzero_ps();
-
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *b0 = w0 + b * TQ2_BLOCK_BYTES;
-        const uint8_t *b1 = w1 + b * TQ2_BLOCK_BYTES;
-        uint16_t h0, h1;
-        memcpy(&h0, b0 + 64, sizeof h0);
-        memcpy(&h1, b1 + 64, sizeof h1);
-        const float dw0 = _cvtsh_ss(h0), dw1 = _cvtsh_ss(h1);
-        __m256i s0[TILE], s1[TILE];
-BN_UNROLL4
-        for (int t = 0; t < NT; t++)
-            s0[t] = s1[t] = _mm256_sub_epi32(
-                _mm256_setzero_si256(),
-                _mm256_madd_epi16(
-                    _mm256_loadu_si256((const __m256i *)a[t][b].bsums), ones));
-BN_UNROLL8
-        for (int j = 0; j < 8; j++) {
-            const int o = 32 * (j / 4), sh = 2 * (j % 4);
-            const __m256i c0 = _mm256_and_si256(
-                _mm256_srli_epi16(
-                    _mm256_loadu_si256((const __m256i *)(b0 + o)), sh), m3);
-            const __m256i c1 = _mm256_and_si256(
-                _mm256_srli_epi16(
-                    _mm256_loadu_si256((const __m256i *)(b1 + o)), sh), m3);
-BN_UNROLL4
-            for (int t = 0; t < NT; t++) {
-                const __m256i q = _mm256_loadu_si256(
-                    (const __m256i *)(a[t][b].qs + 32 * j));
-                s0[t] = _mm256_dpbusd_epi32(s0[t], c0, q);
-                s1[t] = _mm256_dpbusd_epi32(s1[t], c1, q);
-            }
-        }
-BN_UNROLL4
-        for (int t = 0; t < NT; t++) {
-            const float d = a[t][b].d;
-            acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0[t]),
-                                      _mm256_set1_ps(d * dw0), acc0[t]);
-            acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1[t]),
-                                      _mm256_set1_ps(d * dw1), acc1[t]);
-        }
-    }
-BN_UNROLL4
-    for (int t = 0; t < NT; t++) {
-        acc0_out[t] = acc0[t];
-        acc1_out[t] = acc1[t];
-    }
-}
-
-BN_VNNI_INLINE void tq2_rows_vnni(const uint8_t *row, size_t rbytes, int R,
-                                  int64_t nb, const bn_q8k *const *a, int NT,
-                                  float *out)
-{
-    __m256 acc[ROWS_MAX * TILE + 3 + TILE];
-    for (int r = 0; r < R; r += 2) {
-        const uint8_t *w0 = row + (size_t)r * rbytes;
-        tq2_tile2_vnni(w0, r + 1 < R ? w0 + rbytes : w0, nb, a, NT,
-                       acc + r * NT, acc + (r + 1) * NT);
-    }
-    tq2_reduce(acc, R, NT, out);
-}
-#endif
-
 #define BN_TQ2_ROWS(sfx, FN_ATTR)                                             \
     static FN_ATTR int rows_tq2_##sfx(const bn_weight *w, const uint8_t *row, \
                                       int64_t nr, const void *act,            \
@@ -939,9 +873,6 @@ BN_VNNI_INLINE void tq2_rows_vnni(const uint8_t *row, size_t rbytes, int R,
     }
 
 BN_TQ2_ROWS(avx2, BN_AVX2)
-#ifdef BN_HAVE_VNNI_CODE
-BN_TQ2_ROWS(vnni, BN_VNNI)
-#endif
 
 /* --- I2_S x int8 ------------------------------------------------------ */
 
@@ -1243,50 +1174,116 @@ BN_FLOAT_BLOCK(f16, uint16_t, 32, 8, 1)
 
 #endif /* BN_HAVE_AVX2_CODE */
 
+#ifdef BN_HAVE_AVX512_CODE
+/* kernels_avx512.h, once without VNNI and once with it */
+#ifdef BN_SIMDE_BUILD
+#define BN_X512_ATTRS(sfx)
+#define BN_X512_INLINE_ATTRS(sfx) static inline
+#else
+#define BN_X512_ATTRS(sfx) __attribute__((target(BN_X512_TARGET_##sfx)))
+#define BN_X512_INLINE_ATTRS(sfx)                                            \
+    static inline __attribute__((always_inline,                               \
+                                 target(BN_X512_TARGET_##sfx)))
+#endif
+#define BN_X512_VNNI 0
+#define BN_X512 BN_X512_ATTRS(avx512)
+#define BN_X512_INLINE BN_X512_INLINE_ATTRS(avx512)
+#define BN_X512_NAME(f) f##_avx512
+#include "kernels_avx512.h"
+#undef BN_X512_VNNI
+#undef BN_X512
+#undef BN_X512_INLINE
+#undef BN_X512_NAME
+#define BN_X512_VNNI 1
+#define BN_X512 BN_X512_ATTRS(vnni)
+#define BN_X512_INLINE BN_X512_INLINE_ATTRS(vnni)
+#define BN_X512_NAME(f) f##_vnni
+#include "kernels_avx512.h"
+#endif
+
 /* ------------------------------------------------------------------------
  * Dispatch
  * ---------------------------------------------------------------------- */
 
-/* The only mutable global: set by bn_kernels_force_portable (tests). */
+/* The only mutable global: set by bn_kernels_force_portable (tests):
+ * 1 portable, 2 AVX2 at most. */
 static int g_force_portable;
 
 static int use_avx2(void)
 {
 #ifdef BN_HAVE_AVX2_CODE
-    return !__atomic_load_n(&g_force_portable, __ATOMIC_RELAXED) &&
+    return __atomic_load_n(&g_force_portable, __ATOMIC_RELAXED) != 1 &&
            bn_cpu_has_avx2();
 #else
     return 0;
 #endif
 }
 
-#ifdef BN_HAVE_VNNI_CODE
+#ifdef BN_HAVE_AVX512_CODE
+#ifdef BN_SIMDE_BUILD
+/* the test build: the level the test asks for (bn_kernels_simde_level) */
+static int g_simde_level;
+
+__attribute__((visibility("default"))) void bn_kernels_simde_level(int level)
+{
+    __atomic_store_n(&g_simde_level, level, __ATOMIC_RELAXED);
+}
+
+static int cpu_x512_level(void)
+{
+    return __atomic_load_n(&g_simde_level, __ATOMIC_RELAXED);
+}
+#else
 #include <cpuid.h>
 
-/* AVX-512 VL + VNNI, with the OS saving the AVX-512 state (which EVEX
- * encoded instructions need even on 256-bit vectors). */
-static int cpu_has_vnni(void)
+/* 2: AVX-512 F, BW, VL, DQ and VNNI; 1: the same without VNNI; 0: less,
+ * or an OS that does not save the AVX-512 state (bn_cpu_has_avx512). */
+static int cpu_x512_level(void)
 {
     static int cached = -1;
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         unsigned a, b, c, d;
-        v = bn_cpu_has_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
-            ((b >> 31) & 1) && ((c >> 11) & 1);
+        v = 0;
+        if (bn_cpu_has_avx2() && bn_cpu_has_avx512() &&
+            __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((b >> 17) & 1) &&
+            ((b >> 30) & 1) && ((b >> 31) & 1))
+            v = (c >> 11) & 1 ? 2 : 1;
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
 }
 #endif
+#endif
+
+/* 0, 1 (AVX-512) or 2 (AVX-512 VNNI): which AVX-512 kernels run. */
+static int use_x512(void)
+{
+#ifdef BN_HAVE_AVX512_CODE
+    return __atomic_load_n(&g_force_portable, __ATOMIC_RELAXED)
+               ? 0
+               : cpu_x512_level();
+#else
+    return 0;
+#endif
+}
+
+/* The weight types with an AVX-512 kernel; the others run the AVX2 ones. */
+#define BN_X512_TYPES "tq2_0"
 
 const char *bn_kernels_impl(void)
 {
-    return use_avx2() ? "avx2" : "portable";
+    switch (use_x512()) {
+    case 2: return "avx512-vnni (" BN_X512_TYPES "), avx2";
+    case 1: return "avx512 (" BN_X512_TYPES "), avx2";
+    default: return use_avx2() ? "avx2" : "portable";
+    }
 }
 
 void bn_kernels_force_portable(int on)
 {
-    __atomic_store_n(&g_force_portable, on ? 1 : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_force_portable, on == 2 ? 2 : on ? 1 : 0,
+                     __ATOMIC_RELAXED);
 }
 
 void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
@@ -1319,16 +1316,15 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
         switch (w->type) {
         case BN_TYPE_F32: fn = rows_f32_avx2; break;
         case BN_TYPE_F16: fn = rows_f16_avx2; break;
-        case BN_TYPE_TQ2_0:
-            fn = rows_tq2_avx2;
-#ifdef BN_HAVE_VNNI_CODE
-            if (cpu_has_vnni())
-                fn = rows_tq2_vnni;
-#endif
-            break;
+        case BN_TYPE_TQ2_0: fn = rows_tq2_avx2; break;
         default: fn = rows_i2s_avx2; break;
         }
     }
+#endif
+#ifdef BN_HAVE_AVX512_CODE
+    const int x512 = use_x512();
+    if (x512 && !one && w->type == BN_TYPE_TQ2_0)
+        fn = x512 == 2 ? rows_tq2_vnni : rows_tq2_avx512;
 #endif
     matmul_driver(w, act, n_tokens, y, r0, r1, fn);
 }

@@ -74,9 +74,10 @@ void bn_dequant_row(const bn_weight *w, int64_t row, float *out);
 float bn_fp16_to_fp32(uint16_t h);
 uint16_t bn_fp32_to_fp16(float f);
 
-/* Which implementation is in use ("avx2" or "portable"), for diagnostics.
- * bn_kernels_force_portable(1) switches to the portable path (tests compare
- * both). */
+/* Which implementation is in use ("avx2", "portable", or with AVX-512 e.g.
+ * "avx512-vnni (tq2_0), avx2": the types with an AVX-512 kernel, the
+ * others AVX2), for diagnostics.  bn_kernels_force_portable(1) switches to
+ * the portable path, (2) to AVX2 at most, (0) back (tests compare them). */
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
 
