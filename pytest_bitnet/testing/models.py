@@ -252,6 +252,7 @@ SHAPE_2B: dict[str, object] = dict(
     rope_base=500000.0,
 )
 
+
 def model_cache_dir() -> Path:
     """Where models too big to rebuild per run live (the 2B-shaped one):
     ``$XDG_CACHE_HOME/pytest-bitnet/models`` (``~/.cache/...``), beside the

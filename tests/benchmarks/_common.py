@@ -79,3 +79,27 @@ def fmt_share(n_bytes: float, seconds: float, bandwidth: float) -> str:
     """`n_bytes` read in `seconds` as GB/s and as a share of `bandwidth`."""
     rate = n_bytes / seconds
     return f"{rate / 1e9:5.1f} GB/s {100 * rate / bandwidth:4.0f}%"
+
+
+def what_ran() -> str:
+    """The CPU, the reference engine's kernels, the llama.cpp build (its
+    SIMD features: a -march=native wheel on an AVX-512 CPU is not the AVX2
+    build .ci/run makes for bit-exact parity) and the load: what a figure
+    printed beside it means."""
+    import os
+
+    from pytest_bitnet.bridge.abi import ffi, lib
+    from pytest_bitnet.testing.crossval import ggml_build
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n")[0]
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+        cpu = f"{info['model name']} (family {info['cpu family']}, model {info['model']})"
+    except (OSError, KeyError):
+        pass
+    build = ggml_build()
+    llama = "llama.cpp not available" if build is None else build.describe()
+    return (f"cpu: {cpu}; reference kernels: {ffi.string(lib.bn_kernels_impl()).decode()}\n"
+            f"{llama}\nload average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")

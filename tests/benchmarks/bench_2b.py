@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from _common import fmt_share, interleaved, median_time, read_bandwidth, weight_bytes
+from _common import fmt_share, interleaved, median_time, read_bandwidth, weight_bytes, what_ran
 from bench_session_vs_percall import BENCH_MODEL
 
 import pytest_bitnet as bn
@@ -178,8 +178,8 @@ def main() -> None:
         f"2B-shaped model: {big} {big.stat().st_size / 1e6:.0f} MB"
         f" ({'generated' if made > 2 else 'cached'}: {made:.1f} s, in {model_cache_dir()})"
     )
-    print(f"40 MB model: {small.stat().st_size / 1e6:.1f} MB; kernels: {bn.capabilities().as_dict()}")
-    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"40 MB model: {small.stat().st_size / 1e6:.1f} MB")
+    print(what_ran())
 
     bw = {t: read_bandwidth(t) for t in (1, 2)}
     print(f"read bandwidth (numpy max over 1 GiB): {bw[1] / 1e9:.1f} GB/s 1 thread, {bw[2] / 1e9:.1f} GB/s 2 threads")

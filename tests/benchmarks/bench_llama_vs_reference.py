@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from _common import fmt_share, interleaved, read_bandwidth, weight_bytes
+from _common import fmt_share, interleaved, read_bandwidth, weight_bytes, what_ran
 from bench_session_vs_percall import BENCH_MODEL
 
 import pytest_bitnet as bn
@@ -63,6 +63,7 @@ def main() -> None:
         raise SystemExit(f"llama.cpp backend unavailable: {LLAMA.reason}")
     path = args.model or bn.models.cached_tiny_model(tempfile.mkdtemp(), **BENCH_MODEL)
     print(f"model: {path.name}  {path.stat().st_size / 1e6:.1f} MB  llama.cpp: {LLAMA.libllama}")
+    print(what_ran())
     wbytes = weight_bytes(path)
     bw = {t: read_bandwidth(t) for t in (1, 2)}
     print(f"read bandwidth: {bw[1] / 1e9:.1f} GB/s 1 thread, {bw[2] / 1e9:.1f} GB/s 2 threads; weights {wbytes / 1e6:.1f} MB")
