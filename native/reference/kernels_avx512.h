@@ -24,15 +24,34 @@
 
 /* --- shared ------------------------------------------------------- */
 
-/* ggml's hsum_float_8 (and tinyBLAS's reduction, hsum4_ggml's) of the two
- * halves of a: ((0+4)+(2+6))+((1+5)+(3+7)). */
+/* lane k of a + its lane idx[k] (a the first operand, as in the AVX2 code) */
+BN_X512_INLINE __m512 BN_X512_NAME(add_perm)(__m512 a, __m512i idx)
+{
+    return _mm512_add_ps(a, _mm512_permutexvar_ps(idx, a));
+}
+
+/* ggml's hsum_float_8 (and tinyBLAS's reduction, hsum4_ggml's) of each
+ * 256-bit half of a: ((0+4)+(2+6))+((1+5)+(3+7)), both halves at once in
+ * three permute-adds (in vector registers: a row's sum is short, and its
+ * reduction through memory cost as much as its products for one token). */
 BN_X512_INLINE void BN_X512_NAME(hsum8x2)(__m512 a, float *lo, float *hi)
 {
+    /* lanes 0..3: u_k = v_k + v_(k+4) */
+    const __m512 u = BN_X512_NAME(add_perm)(
+        a, _mm512_setr_epi32(4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9,
+                             10, 11));
+    /* lanes 0, 1: u0 + u2, u1 + u3 */
+    const __m512 p = BN_X512_NAME(add_perm)(
+        u, _mm512_setr_epi32(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15,
+                             12, 13));
+    /* lane 0: (u0 + u2) + (u1 + u3) */
+    const __m512 r = BN_X512_NAME(add_perm)(
+        p, _mm512_setr_epi32(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12,
+                             15, 14));
     float v[16];
-    _mm512_storeu_ps(v, a);
-    *lo = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-    *hi = ((v[8] + v[12]) + (v[10] + v[14])) +
-          ((v[9] + v[13]) + (v[11] + v[15]));
+    _mm512_storeu_ps(v, r);
+    *lo = v[0];
+    *hi = v[8];
 }
 
 /* --- TQ2_0 x Q8_K ---------------------------------------------------- */
@@ -57,6 +76,24 @@ BN_X512_INLINE __m512 BN_X512_NAME(tq2_i32_to_ps)(__m512i v)
         _mm512_set1_ps(12582912.0f));
 }
 
+/* The fp16 scales of two blocks, lanes 0..7 b0's and 8..15 b1's, through
+ * one vcvtph2ps (F16C): exact, so the floats of h2f and of the AVX2
+ * kernels' _cvtsh_ss, at a fraction of h2f's integer work, which for one
+ * token cost more than the block's products (measured on Zen 5: 6912 x
+ * 2560, one token, 0.62x the AVX2 kernel's speed with h2f). */
+BN_X512_INLINE __m512 BN_X512_NAME(tq2_scales)(const uint8_t *b0,
+                                               const uint8_t *b1)
+{
+    uint16_t h0, h1;
+    memcpy(&h0, b0 + 64, sizeof h0);
+    memcpy(&h1, b1 + 64, sizeof h1);
+    const __m128 d = _mm_cvtph_ps(
+        _mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        _mm512_castps128_ps512(d));
+}
+
 /* Rows w0 (low half) and w1 (high half; may be w0, its result dropped)
  * against NT tokens.  VNNI: vpdpbusd sums 4 code x q products straight
  * into 32-bit lanes, starting from minus the bsums (as rows_tq2_vnni's
@@ -77,12 +114,7 @@ BN_UNROLL4
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *b0 = w0 + b * TQ2_BLOCK_BYTES;
         const uint8_t *b1 = w1 + b * TQ2_BLOCK_BYTES;
-        uint16_t h0, h1;
-        memcpy(&h0, b0 + 64, sizeof h0);
-        memcpy(&h1, b1 + 64, sizeof h1);
-        /* lanes 0..7 the scale of row 0, 8..15 that of row 1 */
-        const __m512 dw = _mm512_mask_blend_ps(
-            0xFF00, _mm512_set1_ps(h2f(h0)), _mm512_set1_ps(h2f(h1)));
+        const __m512 dw = BN_X512_NAME(tq2_scales)(b0, b1);
         __m512i s[TILE];
 #if BN_X512_VNNI
 BN_UNROLL4
@@ -181,6 +213,18 @@ static BN_X512 int BN_X512_NAME(rows_tq2)(const bn_weight *w,
  * rows_i2s_avx2's int32 and, through i2s_finish, its float.  Without VNNI
  * 16-bit lanes take 8 blocks (8 * 2 * 2*3*128 < 2^15) before widening;
  * with it, vpdpbusd sums straight into 32-bit lanes. */
+/* The 16 lanes' sum, in registers (exact: any order). */
+BN_X512_INLINE int32_t BN_X512_NAME(hsum_epi32)(__m512i a)
+{
+    const __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(a),
+                                       _mm512_extracti64x4_epi64(a, 1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v),
+                              _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
 BN_X512_INLINE void BN_X512_NAME(i2s_tile)(const uint8_t *wrow, int64_t nblk,
                                            const int8_t *const *qv, int NT,
                                            int32_t *out)
@@ -231,14 +275,8 @@ BN_UNROLL4
 #endif
     }
 BN_UNROLL4
-    for (int t = 0; t < NT; t++) {
-        int32_t v[16];
-        _mm512_storeu_si512((void *)v, acc[t]);
-        int32_t s = 0;
-        for (int k = 0; k < 16; k++)
-            s += v[k];
-        out[t] = s;
-    }
+    for (int t = 0; t < NT; t++)
+        out[t] = BN_X512_NAME(hsum_epi32)(acc[t]);
 }
 
 static BN_X512 int BN_X512_NAME(rows_i2s)(const bn_weight *w,
@@ -372,11 +410,13 @@ BN_X512_FBLOCK(f16, uint16_t, 32)
         BN_X512_NAME(fblock_##sfx)(row, rb, R, x, nc, P, NT, pf, out);        \
         break;
 
-/* Rows: 8 at a time, except F32 with one token, 2 without prefetching
- * (the AVX2 kernel's finding, one row without: the hardware prefetchers
- * do better on few streams; two fill a vector).  Not measured on an
- * AVX-512 CPU. */
-#define BN_X512_FLOAT_ROWS(sfx, R1, PF1)                                      \
+/* Rows per call: 8 (P = 4 pairs), except on a pass that reads the weights
+ * from memory (pf) RPF: few streams suit the hardware prefetchers better
+ * (AVX2 found the same, BN_FLOAT_BLOCK), and F32 streams twice F16's bytes
+ * per FMA.  Measured on Zen 5 (one thread, 32000 x 512, best of runs, as
+ * speed against the AVX2 kernels): 4 tokens F32 0.68x with 8 rows, 0.79x
+ * with 4, 0.98x with 2; F16 0.93x with 2, 1.35x with 8. */
+#define BN_X512_FLOAT_ROWS(sfx, RPF)                                          \
     static BN_X512 int BN_X512_NAME(rows_##sfx)(                              \
         const bn_weight *w, const uint8_t *row, int64_t nr, const void *act,  \
         int64_t t0, int nt, int pf, float *out)                               \
@@ -384,11 +424,9 @@ BN_X512_FBLOCK(f16, uint16_t, 32)
         const int64_t nc = w->ncols;                                          \
         const size_t rb = w->row_bytes;                                       \
         const float *x = (const float *)act + t0 * nc;                        \
-        int R = nt == 1 ? R1 : ROWS_MAX;                                      \
+        int R = pf ? RPF : ROWS_MAX;                                          \
         if (nr < R)                                                           \
             R = (int)nr;                                                      \
-        if (nt == 1 && !PF1)                                                  \
-            pf = 0;                                                           \
         switch (nt * 16 + (R + 1) / 2) { /* one inlined copy per shape */     \
         BN_X512_FB_CASE(sfx, 1, 1) BN_X512_FB_CASE(sfx, 1, 2)                 \
         BN_X512_FB_CASE(sfx, 1, 3) BN_X512_FB_CASE(sfx, 1, 4)                 \
@@ -402,8 +440,8 @@ BN_X512_FBLOCK(f16, uint16_t, 32)
         }                                                                     \
         return R;                                                             \
     }
-BN_X512_FLOAT_ROWS(f32, 2, 0)
-BN_X512_FLOAT_ROWS(f16, ROWS_MAX, 1)
+BN_X512_FLOAT_ROWS(f32, 2)
+BN_X512_FLOAT_ROWS(f16, ROWS_MAX)
 
 /* One token, ggml_vec_dot's order (vdot_*_avx2's), R rows at a time: a
  * row's four 8-lane accumulators a0..a3 are two vectors, [a0 | a1] over
@@ -413,12 +451,15 @@ BN_X512_FLOAT_ROWS(f16, ROWS_MAX, 1)
  * give the 8 independent FMA chains that two give the AVX2 form. */
 BN_X512_INLINE float BN_X512_NAME(vdot_finish)(__m512 a, __m512 b)
 {
-    float v[16];
-    _mm512_storeu_ps(v, _mm512_add_ps(a, b));
-    float l[8];
-    for (int k = 0; k < 8; k++)
-        l[k] = v[k] + v[k + 8];
-    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    const __m512 s = _mm512_add_ps(a, b);
+    const __m256 v = _mm256_add_ps(
+        _mm512_castps512_ps256(s),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+    /* from here vdot_*_avx2's reduction, operation for operation */
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(v),
+                                _mm256_extractf128_ps(v, 1));
+    const __m128 h = _mm_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_hadd_ps(h, h));
 }
 
 #define BN_X512_VDOT(sfx, T, PFS)                                             \
