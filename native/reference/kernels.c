@@ -9,13 +9,15 @@
  *          as floats (exact), so no path converts them again per row
  *   TQ2_0  bn_q8k   b[n_tokens][ncols/256]  (the fields of ggml's
  *          block_q8_K, reordered and padded to 320 bytes: see bn_q8k)
- *   I2_S   per token: { float s; int32_t sum; pad to 32 } then int8 q[ncols]
- *          (token stride 32 + ncols, so every q vector is 32-byte aligned
- *          relative to the buffer)
+ *   I2_S   per token: { float s; int32_t sum; pad to 64 } then int8 q[ncols]
+ *          (token stride 64 + ncols, so every q vector is 64-byte aligned
+ *          relative to the buffer: a 512-bit load of it that crossed a
+ *          cache line made the AVX-512 kernel slower than AVX2's for one
+ *          token)
  *
  * In every case bn_act_size(w, n) == n * bn_act_size(w, 1).  The buffer
- * must be at least 4-byte aligned (bn_malloc / bn_aligned_alloc are; 32-byte
- * alignment makes the TQ2_0 loads aligned).
+ * must be at least 4-byte aligned (bn_malloc / bn_aligned_alloc are; 64-byte
+ * alignment, the engine's scratch, makes the TQ2_0 and I2_S loads aligned).
  *
  * Activation preparation has a scalar implementation and, for the two that
  * cost something per element (Q8_K and the fp16 rounding), AVX2 versions
@@ -115,7 +117,7 @@
 #define QK_K 256
 #define TQ2_BLOCK_BYTES 66 /* uint8 qs[64]; fp16 d */
 #define I2S_BLOCK 128      /* weights per 32-byte I2_S block */
-#define I2S_HDR 32         /* per-token header of the I2_S activations */
+#define I2S_HDR 64         /* per-token header of the I2_S activations */
 #define TILE 4             /* tokens per weight-row pass */
 
 #if defined(BN_HAVE_AVX2_CODE) || defined(BN_HAVE_AVX512_CODE)

@@ -234,10 +234,20 @@ BN_X512_INLINE void BN_X512_NAME(i2s_tile)(const uint8_t *wrow, int64_t nblk,
                                             _mm256_set1_epi16(4), 1);
     const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(2),
                                             _mm256_set1_epi16(0), 1);
+    /* VNNI: two accumulators per token, so that one token's chain of
+     * dependent vpdpbusd is half as long (its latency, not the loads,
+     * bounded the one-token product) */
     __m512i acc[TILE];
+#if BN_X512_VNNI
+    __m512i acc23[TILE];
+#endif
 BN_UNROLL4
-    for (int t = 0; t < NT; t++)
+    for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_si512();
+#if BN_X512_VNNI
+        acc23[t] = _mm512_setzero_si512();
+#endif
+    }
 
     for (int64_t b0 = 0; b0 < nblk; b0 += 8) {
         const int64_t b1 = b0 + 8 < nblk ? b0 + 8 : nblk;
@@ -259,8 +269,8 @@ BN_UNROLL4
                 const __m512i q01 = _mm512_loadu_si512((const void *)q);
                 const __m512i q23 = _mm512_loadu_si512((const void *)(q + 64));
 #if BN_X512_VNNI
-                acc[t] = _mm512_dpbusd_epi32(
-                    _mm512_dpbusd_epi32(acc[t], c01, q01), c23, q23);
+                acc[t] = _mm512_dpbusd_epi32(acc[t], c01, q01);
+                acc23[t] = _mm512_dpbusd_epi32(acc23[t], c23, q23);
 #else
                 s16[t] = _mm512_add_epi16(
                     s16[t], _mm512_add_epi16(_mm512_maddubs_epi16(c01, q01),
@@ -275,8 +285,12 @@ BN_UNROLL4
 #endif
     }
 BN_UNROLL4
-    for (int t = 0; t < NT; t++)
+    for (int t = 0; t < NT; t++) {
+#if BN_X512_VNNI
+        acc[t] = _mm512_add_epi32(acc[t], acc23[t]);
+#endif
         out[t] = BN_X512_NAME(hsum_epi32)(acc[t]);
+    }
 }
 
 static BN_X512 int BN_X512_NAME(rows_i2s)(const bn_weight *w,
