@@ -3,7 +3,15 @@
  * twice: with BN_X512_VNNI 0 (names *_avx512, target without VNNI) and 1
  * (names *_vnni, target with it), BN_X512 / BN_X512_INLINE set to match and
  * BN_X512_NAME(f) pasting the suffix.  (One body, so the VNNI-less form
- * never carries an instruction its CPU may lack.)
+ * never carries an instruction its CPU may lack.)  The F32 / F16 kernels,
+ * which have no use for VNNI, are built in the first pass only and run at
+ * both levels.
+ *
+ * Bits: each kernel gives its AVX2 twin's (row, token) results exactly.
+ * Every 8-lane float accumulator of the AVX2 code is one 256-bit half of a
+ * zmm (one row per half, or for one-token F32 / F16 two of a row's four
+ * vdot accumulators), fed the same operations in the same order and
+ * reduced in the same order; only exact integer sums are regrouped.
  *
  * One source, two builds: kernels.c includes it with <immintrin.h> and
  * BN_X512 / BN_X512_INLINE set to function-level target attributes (the
@@ -12,10 +20,11 @@
  * SIMDe's portable AVX-512 intrinsics and the attributes empty, so the very
  * same code is checked bit for bit on a CPU without AVX-512.  So it uses
  * only intrinsics SIMDe 0.7.4 implements (it has no _mm512_cvtepi32_ps nor
- * _mm512_cvtph_ps: see tq2_i32_to_ps).
+ * _mm512_cvtph_ps: see tq2_i32_to_ps and load8_f16).
  *
- * Uses kernels.c's definitions: bn_weight, bn_q8k, QK_K, TQ2_BLOCK_BYTES,
- * TILE, ROWS_MAX, h2f.
+ * Uses kernels.c's definitions: bn_weight, bn_q8k, bn_i8hdr, QK_K,
+ * TQ2_BLOCK_BYTES, I2S_BLOCK, I2S_HDR, TILE, ROWS_MAX, BN_PF_DIST,
+ * BN_PF_HINT, h2f, mul_rounded, i2s_token_stride, i2s_finish.
  *
  * Functions are named *_avx512 (AVX-512 F/BW/VL/DQ) or *_vnni (also
  * AVX-512 VNNI): tools/error_sites.py leaves their lines out of the
