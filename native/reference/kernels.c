@@ -30,9 +30,9 @@
  * (bn_cpu_has_avx2, bn_cpu_has_avx512 and the BW / DQ / VL / VNNI CPUID
  * bits).  The AVX-512 kernels give the AVX2 ones' bits for every (row,
  * token): each 8-lane float accumulator of the AVX2 code is one 256-bit
- * half of a zmm (one row, or one token, per half), fed the same operations
- * in the same order and reduced the same way; only exact integer sums are
- * regrouped.
+ * half of a zmm (one row per half, or two of a row's four one-token
+ * accumulators), fed the same operations in the same order and reduced the
+ * same way; only exact integer sums are regrouped.
  *
  * Work is split by a driver (matmul_driver) that hands a "rows function" a
  * block of rows and a group of up to TILE tokens; each call computes up to
@@ -121,9 +121,9 @@
 #define TILE 4             /* tokens per weight-row pass */
 
 #if defined(BN_HAVE_AVX2_CODE) || defined(BN_HAVE_AVX512_CODE)
-/* Bytes ahead of the current weights to prefetch (into L2) on a first
- * pass of the F32 / F16 kernels (AVX2 and AVX-512): many rows of lookahead, so the weights stream from memory while
- * the FMAs run.  (The hardware prefetchers alone do poorly on several rows
+/* Bytes ahead of the current weights that the F32 / F16 kernels (AVX2 and
+ * AVX-512) prefetch (into L2) on a first pass: many rows of lookahead, so
+ * the weights stream from memory while the FMAs run.  (The hardware prefetchers alone do poorly on several rows
  * read side by side: measured on Zen 4, 4 tokens x 32000 x 512 F16 took
  * about 3x longer without; prefetching into L1 instead was 1.5x slower.) */
 #ifndef BN_PF_DIST
@@ -1285,8 +1285,9 @@ static int use_x512(void)
 
 #ifdef BN_HAVE_AVX512_CODE
 /* The AVX-512 rows function for a type; `one`: ggml_vec_dot's order (see
- * rows_vdot_portable).  The float kernels have no VNNI form. */
-static bn_rows_fn rows_x512(uint32_t type, int one, int vnni)
+ * rows_vdot_portable).  The float kernels have no VNNI form.  (Named
+ * *_avx512: it runs only where the CPU has AVX-512, tools/error_sites.py.) */
+static bn_rows_fn rows_for_avx512(uint32_t type, int one, int vnni)
 {
     if (one)
         return rows_vdot_avx512;
@@ -1350,8 +1351,9 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
     }
 #endif
 #ifdef BN_HAVE_AVX512_CODE
-    if (use_x512())
-        fn = rows_x512(w->type, one, use_x512() == 2);
+    const int x512 = use_x512();
+    if (x512)
+        fn = rows_for_avx512(w->type, one, x512 == 2);
 #endif
     matmul_driver(w, act, n_tokens, y, r0, r1, fn);
 }

@@ -54,7 +54,8 @@ typedef struct {
 
 /* Bytes of the prepared-activation buffer for n_tokens vectors; always
  * n_tokens * bn_act_size(w, 1) (0 for an unsupported type).  The buffer must
- * be at least 4-byte aligned (32 or 64 is better); its layout is private. */
+ * be at least 4-byte aligned (64 makes every SIMD load of it aligned); its
+ * layout is private. */
 size_t bn_act_size(const bn_weight *w, int64_t n_tokens);
 
 /* Converts x (n_tokens x ncols floats) into act (bn_act_size bytes). */
