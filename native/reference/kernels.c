@@ -1217,7 +1217,7 @@ BN_FLOAT_BLOCK(f16, uint16_t, 32, 8, 1)
  * ---------------------------------------------------------------------- */
 
 /* The only mutable global: set by bn_kernels_force_portable (tests):
- * 1 portable, 2 AVX2 at most. */
+ * 1 portable, 2 AVX2 at most, 3 AVX-512 without VNNI at most. */
 static int g_force_portable;
 
 static int use_avx2(void)
@@ -1271,9 +1271,11 @@ static int cpu_x512_level(void)
 static int use_x512(void)
 {
 #ifdef BN_HAVE_AVX512_CODE
-    return __atomic_load_n(&g_force_portable, __ATOMIC_RELAXED)
-               ? 0
-               : cpu_x512_level();
+    const int force = __atomic_load_n(&g_force_portable, __ATOMIC_RELAXED);
+    const int level = cpu_x512_level();
+    if (force == 3) /* so a VNNI CPU runs the VNNI-less kernels too */
+        return level < 1 ? level : 1;
+    return force ? 0 : level;
 #else
     return 0;
 #endif
@@ -1311,8 +1313,8 @@ const char *bn_kernels_impl(void)
 
 void bn_kernels_force_portable(int on)
 {
-    __atomic_store_n(&g_force_portable, on == 2 ? 2 : on ? 1 : 0,
-                     __ATOMIC_RELAXED);
+    __atomic_store_n(&g_force_portable,
+                     on == 2 || on == 3 ? on : on ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,

@@ -80,7 +80,8 @@ uint16_t bn_fp32_to_fp16(float f);
  * "avx512-vnni (f32, f16, tq2_0, i2_s), avx2": the types with an AVX-512
  * kernel, then AVX2 for the rest and for activation preparation), for
  * diagnostics.  bn_kernels_force_portable(1) switches to
- * the portable path, (2) to AVX2 at most, (0) back (tests compare them). */
+ * the portable path, (2) to AVX2 at most, (3) to AVX-512 without VNNI at
+ * most, (0) back (tests compare them). */
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
 

@@ -209,22 +209,24 @@ def _run(f, l, w: Weights, act: np.ndarray, n: int) -> np.ndarray:  # type: igno
     return y.reshape(n, w.nrows)
 
 
-def _avx2_reference(w: Weights, act: np.ndarray, n: int) -> np.ndarray:
+def _avx2_reference(w: Weights, act: np.ndarray, n: int, then: int = 0) -> np.ndarray:
+    """The installed engine's AVX2 results; its forcing goes back to `then`."""
     lib.bn_kernels_force_portable(2)
     try:
         return _run(ffi, lib, w, act, n)
     finally:
-        lib.bn_kernels_force_portable(0)
+        lib.bn_kernels_force_portable(then)
 
 
-def _check(f, l, typ: int) -> int:  # type: ignore[no-untyped-def]
+def _check(f, l, typ: int, level: int = 0) -> int:  # type: ignore[no-untyped-def]
     """Every case of typ through (f, l)'s kernels against the AVX2 ones;
-    returns how many results were compared."""
+    returns how many results were compared.  level 1 with the installed
+    engine: it is held to AVX-512 without VNNI between the references."""
     compared = 0
     for case in _cases(typ):
         n = case.x.shape[0]
         act = _prepare(case.w, case.x)
-        want = _avx2_reference(case.w, act, n)
+        want = _avx2_reference(case.w, act, n, then=3 if level == 1 and l is lib else 0)
         got = _run(f, l, case.w, act, n)
         bad = np.argwhere(want.view(np.uint32) != got.view(np.uint32))
         assert bad.size == 0, (TYPE_NAMES[typ], case.w.nrows, case.w.ncols, n, bad[:4].tolist(),
@@ -254,15 +256,22 @@ def test_simde_build_without_a_level_is_portable(simde_lib) -> None:  # type: ig
     assert sffi.string(slib.bn_kernels_impl()).decode() == "portable"
 
 
+# level 2 (VNNI) is the engine's own choice on a VNNI CPU; level 1 is
+# bn_kernels_force_portable(3), AVX-512 without VNNI at most
 @pytest.mark.parametrize("typ", TYPES, ids=[TYPE_NAMES[t] for t in TYPES])
-def test_native_avx512_matches_avx2_bit_for_bit(typ: int) -> None:
-    missing = X512_FLAGS - cpu_flags()
+@pytest.mark.parametrize("level", [1, 2], ids=["avx512", "vnni"])
+def test_native_avx512_matches_avx2_bit_for_bit(level: int, typ: int) -> None:
+    missing = (X512_FLAGS | ({"avx512_vnni"} if level == 2 else set())) - cpu_flags()
     if missing:
-        pytest.skip(f"this CPU lacks {sorted(missing)}: the native AVX-512 kernels cannot run here "
+        pytest.skip(f"this CPU lacks {sorted(missing)}: these native AVX-512 kernels cannot run here "
                     "(the SIMDe variant checks the same source)")
-    impl = ffi.string(lib.bn_kernels_impl()).decode()
     left_out = {"-DBN_NO_AVX512", "-DBN_NO_SIMD"} & set(os.environ.get("BITNET_CFLAGS", "").split())
     if left_out:
-        pytest.skip(f"the engine is built without AVX-512 kernels (BITNET_CFLAGS has {sorted(left_out)}): {impl}")
-    assert impl.startswith("avx512") and TYPE_NAMES[typ] in impl, impl
-    assert _check(ffi, lib, typ) > 0
+        pytest.skip(f"the engine is built without AVX-512 kernels (BITNET_CFLAGS has {sorted(left_out)})")
+    lib.bn_kernels_force_portable(3 if level == 1 else 0)
+    try:
+        impl = ffi.string(lib.bn_kernels_impl()).decode()
+        assert impl.startswith("avx512-vnni (" if level == 2 else "avx512 (") and TYPE_NAMES[typ] in impl, impl
+        assert _check(ffi, lib, typ, level) > 0
+    finally:
+        lib.bn_kernels_force_portable(0)
