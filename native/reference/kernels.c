@@ -9,23 +9,30 @@
  *          as floats (exact), so no path converts them again per row
  *   TQ2_0  bn_q8k   b[n_tokens][ncols/256]  (the fields of ggml's
  *          block_q8_K, reordered and padded to 320 bytes: see bn_q8k)
- *   I2_S   per token: { float s; int32_t sum; pad to 32 } then int8 q[ncols]
- *          (token stride 32 + ncols, so every q vector is 32-byte aligned
- *          relative to the buffer)
+ *   I2_S   per token: { float s; int32_t sum; pad to 64 } then int8 q[ncols]
+ *          (token stride 64 + ncols, so every q vector is 64-byte aligned
+ *          relative to the buffer: a 512-bit load of it that crossed a
+ *          cache line made the AVX-512 kernel slower than AVX2's for one
+ *          token)
  *
  * In every case bn_act_size(w, n) == n * bn_act_size(w, 1).  The buffer
- * must be at least 4-byte aligned (bn_malloc / bn_aligned_alloc are; 32-byte
- * alignment makes the TQ2_0 loads aligned).
+ * must be at least 4-byte aligned (bn_malloc / bn_aligned_alloc are; 64-byte
+ * alignment, the engine's scratch, makes the TQ2_0 and I2_S loads aligned).
  *
  * Activation preparation has a scalar implementation and, for the two that
  * cost something per element (Q8_K and the fp16 rounding), AVX2 versions
  * that produce the same bytes, so every path multiplies exactly the same
  * numbers.  The matrix products have a portable C version, an AVX2 (+FMA,
- * F16C) version and, for TQ2_0 so far, AVX-512 ones with and without VNNI
- * (kernels_avx512.h), compiled with function-level target attributes: the file builds
- * with plain -O2 and the SIMD code only runs when the CPU and OS support it
+ * F16C) version and AVX-512 ones (kernels_avx512.h: every type; TQ2_0 and
+ * I2_S with and without VNNI, F32 / F16 without, having no use for it),
+ * compiled with function-level target attributes: the file builds with
+ * plain -O2 and the SIMD code only runs when the CPU and OS support it
  * (bn_cpu_has_avx2, bn_cpu_has_avx512 and the BW / DQ / VL / VNNI CPUID
- * bits).
+ * bits).  The AVX-512 kernels give the AVX2 ones' bits for every (row,
+ * token): each 8-lane float accumulator of the AVX2 code is one 256-bit
+ * half of a zmm (one row per half, or two of a row's four one-token
+ * accumulators), fed the same operations in the same order and reduced the
+ * same way; only exact integer sums are regrouped.
  *
  * Work is split by a driver (matmul_driver) that hands a "rows function" a
  * block of rows and a group of up to TILE tokens; each call computes up to
@@ -36,8 +43,9 @@
  * ternary ones unpack a row's codes once for all NT tokens.
  *
  * Integer sums (TQ2_0 per 256-block, I2_S per row) are exact in all paths.
- * I2_S results are therefore bit-identical between the paths; TQ2_0, F16 and
- * F32 results differ only by float summation order.  For TQ2_0 each path
+ * I2_S results are therefore bit-identical between the paths; portable
+ * TQ2_0 results differ from the SIMD ones by float summation order only.
+ * For TQ2_0 each path
  * follows the matching ggml kernel operation for operation: the AVX2 and
  * AVX-512 ones give bit-for-bit the results of ggml_vec_dot_tq2_0_q8_K (AVX2
  * build), the portable one those of ggml_vec_dot_tq2_0_q8_K_generic, and the
@@ -48,7 +56,7 @@
  * went with it, except that F32 / F16 products of one token (or of rows
  * whose length is not a multiple of 8) take ggml_vec_dot's order and the
  * others tinyBLAS's, as ggml does (rows_vdot_portable, BN_FLOAT_BLOCK); the
- * F32 / F16 paths give the same bits portable and AVX2 (issue 19).
+ * F32 / F16 paths give the same bits portable, AVX2 and AVX-512 (issue 19).
  *
  * Limits: I2_S rows are summed in int32 lanes, exact for ncols < 2^22
  * (far beyond any real model; the loader bounds shapes).
@@ -95,6 +103,7 @@
 #if defined(BN_SIMDE_AVX512) && defined(BN_NO_SIMD)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h> /* the F16 kernels' vcvtph2ps */
 /* SIMDe 0.7.4's alias for _mm512_madd_epi16 names the masked form's four
  * arguments (simde/x86/avx512/madd.h); its function is the right one */
 #undef _mm512_madd_epi16
@@ -108,8 +117,22 @@
 #define QK_K 256
 #define TQ2_BLOCK_BYTES 66 /* uint8 qs[64]; fp16 d */
 #define I2S_BLOCK 128      /* weights per 32-byte I2_S block */
-#define I2S_HDR 32         /* per-token header of the I2_S activations */
+#define I2S_HDR 64         /* per-token header of the I2_S activations */
 #define TILE 4             /* tokens per weight-row pass */
+
+#if defined(BN_HAVE_AVX2_CODE) || defined(BN_HAVE_AVX512_CODE)
+/* Bytes ahead of the current weights that the F32 / F16 kernels (AVX2 and
+ * AVX-512) prefetch (into L2) on a first pass: many rows of lookahead, so
+ * the weights stream from memory while the FMAs run.  (The hardware prefetchers alone do poorly on several rows
+ * read side by side: measured on Zen 4, 4 tokens x 32000 x 512 F16 took
+ * about 3x longer without; prefetching into L1 instead was 1.5x slower.) */
+#ifndef BN_PF_DIST
+#define BN_PF_DIST 32768
+#endif
+#ifndef BN_PF_HINT
+#define BN_PF_HINT _MM_HINT_T1
+#endif
+#endif
 
 /* One block of 256 activations quantized to Q8_K: the fields of ggml's
  * block_q8_K, reordered and padded to 320 bytes so that in a 32-byte
@@ -965,18 +988,6 @@ BN_AVX2_INLINE __m256 load8_f16(const uint16_t *p)
 BN_AVX2_INLINE float scalar_f32(const float *p) { return *p; }
 BN_AVX2_INLINE float scalar_f16(const uint16_t *p) { return _cvtsh_ss(*p); }
 
-/* Bytes ahead of the current weights to prefetch (into L2) on a first
- * pass: many rows of lookahead, so the weights stream from memory while
- * the FMAs run.  (The hardware prefetchers alone do poorly on several rows
- * read side by side: measured on Zen 4, 4 tokens x 32000 x 512 F16 took
- * about 3x longer without; prefetching into L1 instead was 1.5x slower.) */
-#ifndef BN_PF_DIST
-#define BN_PF_DIST 32768
-#endif
-#ifndef BN_PF_HINT
-#define BN_PF_HINT _MM_HINT_T1
-#endif
-
 /* R rows x NT tokens (constants after inlining): one 8-lane accumulator
  * per (row, token) pair, every weight vector converted once and used for
  * all NT tokens, every activation vector loaded once and used for all R
@@ -1206,7 +1217,7 @@ BN_FLOAT_BLOCK(f16, uint16_t, 32, 8, 1)
  * ---------------------------------------------------------------------- */
 
 /* The only mutable global: set by bn_kernels_force_portable (tests):
- * 1 portable, 2 AVX2 at most. */
+ * 1 portable, 2 AVX2 at most, 3 AVX-512 without VNNI at most. */
 static int g_force_portable;
 
 static int use_avx2(void)
@@ -1260,16 +1271,36 @@ static int cpu_x512_level(void)
 static int use_x512(void)
 {
 #ifdef BN_HAVE_AVX512_CODE
-    return __atomic_load_n(&g_force_portable, __ATOMIC_RELAXED)
-               ? 0
-               : cpu_x512_level();
+    const int force = __atomic_load_n(&g_force_portable, __ATOMIC_RELAXED);
+    const int level = cpu_x512_level();
+    if (force == 3) /* so a VNNI CPU runs the VNNI-less kernels too */
+        return level < 1 ? level : 1;
+    return force ? 0 : level;
 #else
     return 0;
 #endif
 }
 
-/* The weight types with an AVX-512 kernel; the others run the AVX2 ones. */
-#define BN_X512_TYPES "tq2_0"
+/* The weight types with an AVX-512 kernel (the others would run the AVX2
+ * ones); activation preparation stays AVX2, hence ", avx2". */
+#define BN_X512_TYPES "f32, f16, tq2_0, i2_s"
+
+#ifdef BN_HAVE_AVX512_CODE
+/* The AVX-512 rows function for a type; `one`: ggml_vec_dot's order (see
+ * rows_vdot_portable).  The float kernels have no VNNI form.  (Named
+ * *_avx512: it runs only where the CPU has AVX-512, tools/error_sites.py.) */
+static bn_rows_fn rows_for_avx512(uint32_t type, int one, int vnni)
+{
+    if (one)
+        return rows_vdot_avx512;
+    switch (type) {
+    case BN_TYPE_F32: return rows_f32_avx512;
+    case BN_TYPE_F16: return rows_f16_avx512;
+    case BN_TYPE_TQ2_0: return vnni ? rows_tq2_vnni : rows_tq2_avx512;
+    default: return vnni ? rows_i2s_vnni : rows_i2s_avx512;
+    }
+}
+#endif
 
 const char *bn_kernels_impl(void)
 {
@@ -1282,8 +1313,8 @@ const char *bn_kernels_impl(void)
 
 void bn_kernels_force_portable(int on)
 {
-    __atomic_store_n(&g_force_portable, on == 2 ? 2 : on ? 1 : 0,
-                     __ATOMIC_RELAXED);
+    __atomic_store_n(&g_force_portable,
+                     on == 2 || on == 3 ? on : on ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
@@ -1323,8 +1354,8 @@ void bn_matmul_rows(const bn_weight *w, const void *act, int64_t n_tokens,
 #endif
 #ifdef BN_HAVE_AVX512_CODE
     const int x512 = use_x512();
-    if (x512 && !one && w->type == BN_TYPE_TQ2_0)
-        fn = x512 == 2 ? rows_tq2_vnni : rows_tq2_avx512;
+    if (x512)
+        fn = rows_for_avx512(w->type, one, x512 == 2);
 #endif
     matmul_driver(w, act, n_tokens, y, r0, r1, fn);
 }

@@ -29,10 +29,11 @@
  * The split into bn_act_prepare + bn_matmul_rows lets a caller quantize once
  * and hand row ranges to several threads (the functions keep no state; any
  * number of threads may call them at once on disjoint y rows).  Kernels are
- * chosen at run time: AVX2 (+FMA, F16C) where the CPU has it, portable C
- * otherwise (-DBN_NO_SIMD builds only the latter); both give identical
- * integer sums, so results differ only by float summation order (I2_S
- * results, one integer per row, are bit-identical).
+ * chosen at run time: AVX-512 (F/BW/VL/DQ, VNNI where present) or AVX2
+ * (+FMA, F16C) where the CPU has it, portable C otherwise (-DBN_NO_SIMD
+ * builds only the latter, -DBN_NO_AVX512 leaves AVX-512 out).  AVX-512 and
+ * AVX2 give the same bits; portable gives them too except TQ2_0, whose
+ * float summation order is ggml's generic kernel's.
  */
 #ifndef BN_KERNELS_H
 #define BN_KERNELS_H
@@ -53,7 +54,8 @@ typedef struct {
 
 /* Bytes of the prepared-activation buffer for n_tokens vectors; always
  * n_tokens * bn_act_size(w, 1) (0 for an unsupported type).  The buffer must
- * be at least 4-byte aligned (32 or 64 is better); its layout is private. */
+ * be at least 4-byte aligned (64 makes every SIMD load of it aligned); its
+ * layout is private. */
 size_t bn_act_size(const bn_weight *w, int64_t n_tokens);
 
 /* Converts x (n_tokens x ncols floats) into act (bn_act_size bytes). */
@@ -75,9 +77,11 @@ float bn_fp16_to_fp32(uint16_t h);
 uint16_t bn_fp32_to_fp16(float f);
 
 /* Which implementation is in use ("avx2", "portable", or with AVX-512 e.g.
- * "avx512-vnni (tq2_0), avx2": the types with an AVX-512 kernel, the
- * others AVX2), for diagnostics.  bn_kernels_force_portable(1) switches to
- * the portable path, (2) to AVX2 at most, (0) back (tests compare them). */
+ * "avx512-vnni (f32, f16, tq2_0, i2_s), avx2": the types with an AVX-512
+ * kernel, then AVX2 for the rest and for activation preparation), for
+ * diagnostics.  bn_kernels_force_portable(1) switches to
+ * the portable path, (2) to AVX2 at most, (3) to AVX-512 without VNNI at
+ * most, (0) back (tests compare them). */
 const char *bn_kernels_impl(void);
 void bn_kernels_force_portable(int on);
 

@@ -122,3 +122,28 @@ def test_portable_and_avx2_kernels_agree(make_model: Callable[..., Path], model:
     bound = TOL_F16_REL * np.abs(fast).max() if model.startswith("f16") else TOL
     assert np.abs(portable - fast).max() <= bound
     assert (portable.argmax(axis=1) == fast.argmax(axis=1)).all()
+
+
+# The same models through the AVX-512 kernels and the AVX2 ones: every
+# (row, token) of every product is bit-identical (tests/native/
+# test_kernels_avx512.py), so the logits are too, through every layer.
+@pytest.mark.parametrize("n_tokens", [len(PROMPT_TOKENS), 1])
+@pytest.mark.parametrize("model", ["tq2_0", "i2_s", "f16", "f32", "f16-embd-scales"])
+def test_avx512_and_avx2_kernels_agree_bit_for_bit(make_model: Callable[..., Path], model: str, n_tokens: int) -> None:
+    from pytest_bitnet.bridge.abi import ffi, lib
+
+    impl = ffi.string(lib.bn_kernels_impl()).decode()
+    if not impl.startswith("avx512"):
+        pytest.skip(f"kernels here: {impl}; the AVX-512 ones need AVX-512 F/BW/VL/DQ (the SIMDe test checks them)")
+    if model == "f16-embd-scales":
+        path = make_model(arch="bitnet", seed=2, embd_type="f16", scales=True)
+    else:
+        path = make_model(arch="bitnet", seed=1, weight_type=model)
+    tokens = PROMPT_TOKENS[:n_tokens]
+    wide = native_logits(path, tokens)
+    lib.bn_kernels_force_portable(2)
+    try:
+        avx2 = native_logits(path, tokens)
+    finally:
+        lib.bn_kernels_force_portable(0)
+    assert wide.tobytes() == avx2.tobytes(), np.argwhere(wide.view(np.uint32) != avx2.view(np.uint32))[:4].tolist()
