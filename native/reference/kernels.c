@@ -95,6 +95,7 @@
 #if defined(BN_SIMDE_AVX512) && defined(BN_NO_SIMD)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h> /* _mm_cvtph_ps (kernels_avx512.h) */
 /* SIMDe 0.7.4's alias for _mm512_madd_epi16 names the masked form's four
  * arguments (simde/x86/avx512/madd.h); its function is the right one */
 #undef _mm512_madd_epi16

@@ -15,7 +15,7 @@
  * _mm512_cvtph_ps: see tq2_i32_to_ps).
  *
  * Uses kernels.c's definitions: bn_weight, bn_q8k, QK_K, TQ2_BLOCK_BYTES,
- * TILE, ROWS_MAX, h2f.
+ * TILE, ROWS_MAX.
  *
  * Functions are named *_avx512 (AVX-512 F/BW/VL/DQ) or *_vnni (also
  * AVX-512 VNNI): tools/error_sites.py leaves their lines out of the
@@ -44,14 +44,37 @@ BN_X512_INLINE __m512 BN_X512_NAME(tq2_i32_to_ps)(__m512i v)
         _mm512_set1_ps(12582912.0f));
 }
 
-/* ggml's hsum_float_8 of the two halves of a: ((0+4)+(2+6))+((1+5)+(3+7)). */
+/* ggml's hsum_float_8 of the two halves of a: ((0+4)+(2+6))+((1+5)+(3+7)),
+ * in three vector adds (the operands of each add are those of the scalar
+ * form, some swapped, and float addition is commutative), not 14 scalar
+ * ones after a store: with 2-block rows (512 columns) the reductions were
+ * a fifth of the kernel's time. */
 BN_X512_INLINE void BN_X512_NAME(tq2_reduce2)(__m512 a, float *lo, float *hi)
 {
-    float v[16];
-    _mm512_storeu_ps(v, a);
-    *lo = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-    *hi = ((v[8] + v[12]) + (v[10] + v[14])) +
-          ((v[9] + v[13]) + (v[11] + v[15]));
+    /* lanes 0..3 of each half: k + (k+4) */
+    const __m512 s1 = _mm512_add_ps(
+        a, _mm512_castsi512_ps(_mm512_shuffle_i32x4(_mm512_castps_si512(a),
+                                                    _mm512_castps_si512(a),
+                                                    _MM_SHUFFLE(2, 3, 0, 1))));
+    /* lane 0: (0+4) + (2+6), lane 1: (1+5) + (3+7) */
+    const __m512 s2 =
+        _mm512_add_ps(s1, _mm512_shuffle_ps(s1, s1, _MM_SHUFFLE(1, 0, 3, 2)));
+    /* lane 0: their sum */
+    const __m512 s3 =
+        _mm512_add_ps(s2, _mm512_shuffle_ps(s2, s2, _MM_SHUFFLE(2, 3, 0, 1)));
+    *lo = _mm_cvtss_f32(_mm512_castps512_ps128(s3));
+    *hi = _mm_cvtss_f32(_mm512_extractf32x4_ps(s3, 2));
+}
+
+/* The scales of two rows' blocks (fp16 h0, h1), h0's in lanes 0..7 and h1's
+ * in 8..15: one F16C conversion (the same values as h2f, vcvtph2ps being
+ * exact) and a permute, instead of two scalar h2f per pair of blocks. */
+BN_X512_INLINE __m512 BN_X512_NAME(tq2_scales2)(uint16_t h0, uint16_t h1)
+{
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h0 | ((int)h1 << 16)));
+    return _mm512_permutexvar_ps(
+        _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        _mm512_castps128_ps512(f));
 }
 
 /* Rows w0 (low half) and w1 (high half; may be w0, its result dropped)
@@ -78,17 +101,24 @@ BN_UNROLL4
         memcpy(&h0, b0 + 64, sizeof h0);
         memcpy(&h1, b1 + 64, sizeof h1);
         /* lanes 0..7 the scale of row 0, 8..15 that of row 1 */
-        const __m512 dw = _mm512_mask_blend_ps(
-            0xFF00, _mm512_set1_ps(h2f(h0)), _mm512_set1_ps(h2f(h1)));
+        const __m512 dw = BN_X512_NAME(tq2_scales2)(h0, h1);
         __m512i s[TILE];
 #if BN_X512_VNNI
+        /* With one or two tokens the eight vpdpbusd of a block into one
+         * accumulator are a chain of dependent instructions, bound by
+         * their latency: the odd j go to a second one, added at the end
+         * (integer sums, so the lanes are the same). */
+        const int two = NT <= 2;
+        __m512i s2[TILE];
 BN_UNROLL4
-        for (int t = 0; t < NT; t++)
+        for (int t = 0; t < NT; t++) {
             s[t] = _mm512_sub_epi32(
                 _mm512_setzero_si512(),
                 _mm512_madd_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256(
                                       (const __m256i *)a[t][b].bsums)),
                                   ones));
+            s2[t] = _mm512_setzero_si512();
+        }
 #endif
 BN_UNROLL8
         for (int j = 0; j < 8; j++) {
@@ -103,7 +133,10 @@ BN_UNROLL4
                 const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                     (const __m256i *)(a[t][b].qs + 32 * j)));
 #if BN_X512_VNNI
-                s[t] = _mm512_dpbusd_epi32(s[t], c, q);
+                if (two && (j & 1))
+                    s2[t] = _mm512_dpbusd_epi32(s2[t], c, q);
+                else
+                    s[t] = _mm512_dpbusd_epi32(s[t], c, q);
 #else
                 const __m512i p = _mm512_maddubs_epi16(c, q);
                 s[t] = j ? _mm512_add_epi16(s[t], p) : p;
@@ -114,7 +147,7 @@ BN_UNROLL4
         for (int t = 0; t < NT; t++) {
             const bn_q8k *y = a[t] + b;
 #if BN_X512_VNNI
-            const __m512i si = s[t];
+            const __m512i si = two ? _mm512_add_epi32(s[t], s2[t]) : s[t];
 #else
             const __m512i si = _mm512_madd_epi16(
                 _mm512_sub_epi16(s[t], _mm512_broadcast_i64x4(_mm256_loadu_si256(
