@@ -581,17 +581,33 @@ static void rmsnorm_rows(float *y, const float *x, const float *w,
         rmsnorm(y + t * n, x + t * n, w, n, eps);
 }
 
+/* Up to three weights that multiply the same input (Q, K and V; gate and
+ * up) as one job: their rows are one item space, weight k's rows at
+ * [start[k], start[k+1]).  So the input is prepared once, not once per
+ * weight, and the pool runs one job with one wake-up and one wait instead
+ * of three (with two threads, each job's last chunks leave a worker idle).
+ * Each (row, token) result does not depend on the rows computed with it
+ * (kernels.c), so the values are those of separate products. */
+#define MM_MAX 3
 typedef struct {
-    const bn_weight *w;
+    int n_w;
+    const bn_weight *w[MM_MAX];
+    float *y[MM_MAX];
+    int64_t start[MM_MAX + 1];
     const void *act;
     int64_t n_tokens;
-    float *y;
 } mm_job;
 
-static void mm_rows(void *arg, int64_t r0, int64_t r1)
+static void mm_rows(void *arg, int64_t i0, int64_t i1)
 {
     const mm_job *j = arg;
-    bn_matmul_rows(j->w, j->act, j->n_tokens, j->y, r0, r1);
+    for (int k = 0; k < j->n_w; k++) {
+        const int64_t lo = i0 > j->start[k] ? i0 : j->start[k];
+        const int64_t hi = i1 < j->start[k + 1] ? i1 : j->start[k + 1];
+        if (lo < hi)
+            bn_matmul_rows(j->w[k], j->act, j->n_tokens, j->y[k],
+                           lo - j->start[k], hi - j->start[k]);
+    }
 }
 
 /* Below this many weight-times-token products a matmul stays on the
@@ -601,36 +617,73 @@ static void mm_rows(void *arg, int64_t r0, int64_t r1)
  * two): the output projection of a 512-token prompt is ~10^10 of them. */
 #define POLL_WORK (1 << 24)
 
-/* y[n_tokens x w->nrows] = W x, scaled by the weight's per-tensor scale
- * (already folded into the I2_S kernel).  Rows are shared among the
- * context's threads in chunks of a multiple of 16, no larger than
- * POLL_WORK products; the step callback is asked before each chunk the
- * calling thread takes, so a deadline stops a long matmul part way (the
- * output is then garbage: the caller abandons the evaluation). */
-static int matmul(bn_pool *pool, const bn_weight *w, const float *x,
-                  int64_t n_tokens, float *y, void *act, bn_step_fn step,
-                  void *step_user)
+/* y[k][n_tokens x w[k]->nrows] = W[k] x for the n weights of one input
+ * (all of one type and row length: one prepared activation), each scaled
+ * by its per-tensor scale (already folded into the I2_S kernel).  Rows
+ * are shared among the context's threads in chunks of a multiple of 16,
+ * no larger than POLL_WORK products; the step callback is asked before
+ * each chunk the calling thread takes, so a deadline stops a long matmul
+ * part way (the output is then garbage: the caller abandons the
+ * evaluation). */
+static int matmul_n(bn_pool *pool, int n, const bn_weight *const *w,
+                    const float *x, int64_t n_tokens, float *const *y,
+                    void *act, bn_step_fn step, void *step_user)
 {
-    bn_act_prepare(w, x, n_tokens, act);
-    mm_job job = {w, act, n_tokens, y};
-    const int64_t work = w->nrows * w->ncols * n_tokens;
+    mm_job job = {.n_w = n, .act = act, .n_tokens = n_tokens};
+    for (int k = 0; k < n; k++) {
+        job.w[k] = w[k];
+        job.y[k] = y[k];
+        job.start[k + 1] = job.start[k] + w[k]->nrows;
+    }
+    const int64_t rows = job.start[n], ncols = w[0]->ncols;
+    bn_act_prepare(w[0], x, n_tokens, act);
+    const int64_t work = rows * ncols * n_tokens;
     int threads = bn_pool_threads(pool);
-    int64_t grain = w->nrows;
+    int64_t grain = rows;
     if (threads > 1 && work >= PARALLEL_MIN_WORK)
-        grain = (w->nrows / (threads * 4) + 15) & ~(int64_t)15;
-    int64_t bounded = (POLL_WORK / (w->ncols * n_tokens) + 15) & ~(int64_t)15;
+        grain = (rows / (threads * 4) + 15) & ~(int64_t)15;
+    int64_t bounded = (POLL_WORK / (ncols * n_tokens) + 15) & ~(int64_t)15;
     if (grain > bounded)
         grain = bounded;
     if (grain < 16)
         grain = 16;
-    int rc = bn_pool_run(grain < w->nrows ? pool : NULL, mm_rows, &job,
-                         w->nrows, grain, step, step_user);
+    int rc = bn_pool_run(grain < rows ? pool : NULL, mm_rows, &job, rows,
+                         grain, step, step_user);
     if (rc)
         return rc;
-    if (w->type != BN_TYPE_I2_S && w->scale != 1.0f) {
-        int64_t n = n_tokens * w->nrows;
-        for (int64_t i = 0; i < n; i++)
-            y[i] *= w->scale;
+    for (int k = 0; k < n; k++) {
+        if (w[k]->type == BN_TYPE_I2_S || w[k]->scale == 1.0f)
+            continue;
+        const int64_t m = n_tokens * w[k]->nrows;
+        for (int64_t i = 0; i < m; i++)
+            y[k][i] *= w[k]->scale;
+    }
+    return BITNET_OK;
+}
+
+static int matmul(bn_pool *pool, const bn_weight *w, const float *x,
+                  int64_t n_tokens, float *y, void *act, bn_step_fn step,
+                  void *step_user)
+{
+    return matmul_n(pool, 1, &w, x, n_tokens, &y, act, step, step_user);
+}
+
+/* Weights w[0..n) of one input, in as few jobs as their types allow: a
+ * run of weights with the same type and row length shares one. */
+static int matmul_group(bn_pool *pool, int n, const bn_weight *const *w,
+                        const float *x, int64_t n_tokens, float *const *y,
+                        void *act, bn_step_fn step, void *step_user)
+{
+    for (int k0 = 0; k0 < n;) {
+        int k1 = k0 + 1;
+        while (k1 < n && w[k1]->type == w[k0]->type &&
+               w[k1]->ncols == w[k0]->ncols)
+            k1++;
+        int rc = matmul_n(pool, k1 - k0, w + k0, x, n_tokens, y + k0, act,
+                          step, step_user);
+        if (rc)
+            return rc;
+        k0 = k1;
     }
     return BITNET_OK;
 }
@@ -785,6 +838,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     } while (0)
 #define MATMUL(w, in, out)                                                    \
     matmul(s->pool, (w), (in), n, (out), S.act, step, step_user)
+#define MATMUL_GROUP(k, w, in, out)                                           \
+    matmul_group(s->pool, (k), (w), (in), n, (out), S.act, step, step_user)
     for (int32_t l = 0; l < m->n_layer; l++) {
         if ((step && (rc = step(step_user))) || (rc = BN_FAULT(EVAL_STEP)))
             goto out;
@@ -794,10 +849,12 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
         rmsnorm_rows(S.xb, S.x, L->attn_norm, n, d, m->eps);
         CAPTURE("attn_norm", l, S.xb, d);
-        if ((rc = MATMUL(&L->wq, S.xb, S.q)) ||
-            (rc = MATMUL(&L->wk, S.xb, S.k)) ||
-            (rc = MATMUL(&L->wv, S.xb, S.v)))
-            goto out;
+        {
+            const bn_weight *w[] = {&L->wq, &L->wk, &L->wv};
+            float *y[] = {S.q, S.k, S.v};
+            if ((rc = MATMUL_GROUP(3, w, S.xb, y)))
+                goto out;
+        }
         for (int64_t t = 0; t < n; t++) {
             int32_t pos = n_past + (int32_t)t;
             for (int32_t h = 0; h < m->n_head; h++)
@@ -847,9 +904,12 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
         rmsnorm_rows(S.xb, S.x, L->ffn_norm, n, d, m->eps);
         CAPTURE("ffn_norm", l, S.xb, d);
-        if ((rc = MATMUL(&L->gate, S.xb, S.hb)) ||
-            (rc = MATMUL(&L->up, S.xb, S.hb2)))
-            goto out;
+        {
+            const bn_weight *w[] = {&L->gate, &L->up};
+            float *y[] = {S.hb, S.hb2};
+            if ((rc = MATMUL_GROUP(2, w, S.xb, y)))
+                goto out;
+        }
         CAPTURE("ffn_gate", l, S.hb, ff);
         CAPTURE("ffn_up", l, S.hb2, ff);
         for (int64_t t = 0; t < n; t++) /* ggml's SiLU: ggml_ops.h */
@@ -874,6 +934,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         goto out;
     CAPTURE("result_output", -1, logits, m->n_vocab);
 #undef MATMUL
+#undef MATMUL_GROUP
 #undef CAPTURE
     const int poisoned = BN_FAULT_ANY_ARMED() ? logits_fault(logits, n, m->n_vocab) : 0;
     if (poisoned < 0) {
