@@ -688,26 +688,36 @@ static int matmul_group(bn_pool *pool, int n, const bn_weight *const *w,
     return BITNET_OK;
 }
 
-/* Rotates one head in place; theta advances by repeated multiplication,
- * as ggml's rope cache does, so angles match llama.cpp's to the last bit.
- * The rotation is written as the fused multiply-adds ggml's CPU build
- * computes (compiled with -march=native it contracts x0*c - x1*s into
- * fma(x0, c, -(x1*s))): plain multiplies and adds differ from it in the last
- * bit of one value in three, enough to move a Q8_K rounding step later
- * (issue 19). */
-static void rope(float *x, int32_t n_rot, int32_t pos, float base,
-                 rope_kind kind)
+/* The rotation's cos and sin for position pos, cs[i] and cs[n_rot/2 + i]
+ * for i < n_rot / 2: theta advances by repeated multiplication, as ggml's
+ * rope cache does, so angles match llama.cpp's to the last bit.  Every
+ * head of a token rotates by the same angles: computed once per token,
+ * not once per head. */
+static void rope_cache(float *cs, int32_t n_rot, int32_t pos, float base)
 {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     float theta = (float)pos;
     for (int32_t i = 0; i < n_rot / 2; i++) {
-        const float c = cosf(theta), s = sinf(theta);
+        cs[i] = cosf(theta);
+        cs[n_rot / 2 + i] = sinf(theta);
+        theta *= theta_scale;
+    }
+}
+
+/* Rotates one head in place by rope_cache's angles.  The rotation is
+ * written as the fused multiply-adds ggml's CPU build computes (compiled
+ * with -march=native it contracts x0*c - x1*s into fma(x0, c, -(x1*s))):
+ * plain multiplies and adds differ from it in the last bit of one value in
+ * three, enough to move a Q8_K rounding step later (issue 19). */
+static void rope(float *x, int32_t n_rot, const float *cs, rope_kind kind)
+{
+    for (int32_t i = 0; i < n_rot / 2; i++) {
+        const float c = cs[i], s = cs[n_rot / 2 + i];
         int32_t a = kind == ROPE_NEOX ? i : 2 * i;
         int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
         const float x0 = x[a], x1 = x[b];
         x[a] = fmaf(x0, c, -(x1 * s));
         x[b] = fmaf(x0, s, x1 * c);
-        theta *= theta_scale;
     }
 }
 
@@ -756,6 +766,7 @@ static __attribute__((noinline, cold)) int logits_fault(float *logits,
 
 typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
+    float *rope; /* rope_cache's n_rot angles of one token */
     void *act;
 } scratch;
 
@@ -810,7 +821,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     size_t sizes[] = {
         (size_t)(n * d), (size_t)(n * (d > ff ? d : ff)), (size_t)(n * d),
         (size_t)(n * kvd), (size_t)(n * kvd), (size_t)s->n_ctx,
-        (size_t)(n * ff), (size_t)(n * ff),
+        (size_t)(n * ff), (size_t)(n * ff), (size_t)m->n_rot,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -821,7 +832,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         return BITNET_E_OOM;
     unsigned char *p = block;
     scratch S;
-    float **slots[] = {&S.x, &S.xb, &S.q, &S.k, &S.v, &S.att, &S.hb, &S.hb2};
+    float **slots[] = {&S.x,   &S.xb, &S.q,   &S.k,   &S.v,
+                       &S.att, &S.hb, &S.hb2, &S.rope};
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         *slots[i] = scratch_take(&p, sizes[i] * sizeof(float));
     S.act = p;
@@ -857,12 +869,11 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         }
         for (int64_t t = 0; t < n; t++) {
             int32_t pos = n_past + (int32_t)t;
+            rope_cache(S.rope, m->n_rot, pos, m->rope_base);
             for (int32_t h = 0; h < m->n_head; h++)
-                rope(S.q + t * d + h * hd, m->n_rot, pos, m->rope_base,
-                     m->arch->rope);
+                rope(S.q + t * d + h * hd, m->n_rot, S.rope, m->arch->rope);
             for (int32_t h = 0; h < m->n_head_kv; h++)
-                rope(S.k + t * kvd + h * hd, m->n_rot, pos, m->rope_base,
-                     m->arch->rope);
+                rope(S.k + t * kvd + h * hd, m->n_rot, S.rope, m->arch->rope);
             /* positions past n_past are scratch until n_past moves, so a
              * failed call leaves the sequence as it was */
             memcpy(kc + (size_t)pos * kvd, S.k + t * kvd, kvd * sizeof(float));
