@@ -725,16 +725,26 @@ static void rope(float *x, int32_t n_rot, const float *cs, rope_kind kind)
  * kernel bug, reported at the first position where it shows. */
 static int check_finite(const float *logits, int64_t rows, int64_t cols)
 {
-    /* a branch-free pass first (it vectorizes: 32000 logits per token cost
-     * a fifth of what the scalar isfinite loop did), the scan for the
-     * message only when it finds something */
+    /* a pass of integer ands, adds and ors first, the scan for the
+     * message only when it finds something: an all-ones exponent (inf or
+     * NaN), and only that, carries into bit 31 when its lowest bit is
+     * added.  Written in groups of 8 so that -O2 vectorizes it (the scalar
+     * isfinite loop cost 2% of a 4-token evaluation). */
+    const int64_t total = rows * cols;
     uint32_t bad = 0;
-    for (int64_t i = 0; i < rows * cols; i++) {
-        uint32_t u;
-        memcpy(&u, &logits[i], sizeof u);
-        bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+    int64_t i = 0;
+    for (; i + 8 <= total; i += 8) {
+        uint32_t u[8];
+        memcpy(u, logits + i, sizeof u);
+        for (int k = 0; k < 8; k++)
+            bad |= (u[k] & 0x7F800000u) + 0x00800000u;
     }
-    if (!bad)
+    for (; i < total; i++) {
+        uint32_t u;
+        memcpy(&u, logits + i, sizeof u);
+        bad |= (u & 0x7F800000u) + 0x00800000u;
+    }
+    if (!(bad & 0x80000000u))
         return BITNET_OK;
     for (int64_t i = 0; i < rows * cols; i++)
         if (!isfinite(logits[i]))
