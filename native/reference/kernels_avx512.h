@@ -12,7 +12,9 @@
  * SIMDe's portable AVX-512 intrinsics and the attributes empty, so the very
  * same code is checked bit for bit on a CPU without AVX-512.  So it uses
  * only intrinsics SIMDe 0.7.4 implements (it has no _mm512_cvtepi32_ps nor
- * _mm512_cvtph_ps: see tq2_i32_to_ps).
+ * _mm512_cvtph_ps: see tq2_i32_to_ps; nor aliases for _mm512_cvtss_f32 and
+ * _mm512_shuffle_f32x4: see tq2_reduce2), and F16C's _mm_cvtph_ps, which
+ * the test build takes from SIMDe's f16c.h (tq2_scales2).
  *
  * Uses kernels.c's definitions: bn_weight, bn_q8k, QK_K, TQ2_BLOCK_BYTES,
  * TILE, ROWS_MAX.
