@@ -171,14 +171,14 @@ BN_X512_INLINE void BN_X512_NAME(tq2_rows)(const uint8_t *row, size_t rbytes, in
                                     int64_t nb, const bn_q8k *const *a,
                                     int NT, float *out)
 {
+    /* Both rows' results straight into out: with an odd R the last pair's
+     * second (dropped) result goes to slot R < ROWS_MAX, which the caller
+     * does not read.  (Copying it through a local made GCC emit a
+     * vscatterdps per pair.) */
     for (int r = 0; r < R; r += 2) {
         const uint8_t *w0 = row + (size_t)r * rbytes;
-        float o1[TILE];
         BN_X512_NAME(tq2_tile2)(w0, r + 1 < R ? w0 + rbytes : w0, nb, a, NT,
-                         out + r * TILE, o1);
-        if (r + 1 < R)
-            for (int t = 0; t < NT; t++)
-                out[(r + 1) * TILE + t] = o1[t];
+                         out + r * TILE, out + (r + 1) * TILE);
     }
 }
 
