@@ -4,7 +4,10 @@
  * compiled twice: plainly (fmaf from libm, exact but a call) and for
  * AVX2+FMA (fmaf becomes one instruction, loops may vectorize).  fmaf is a
  * single rounding either way, so both builds give the same bits; which
- * runs is a matter of speed only. */
+ * runs is a matter of speed only.  SwiGLU's exp has branches that keep its
+ * loop scalar, so its fast build is written with intrinsics instead
+ * (swiglu_avx2, ggml's own vector form), checked bit for bit against the
+ * portable one by tests/native/test_ggml_ops.py. */
 #include "ggml_ops.h"
 
 #include <math.h>
@@ -140,6 +143,70 @@ BN_OPS_INLINE void swiglu_body(float *y, const float *x, const float *g,
         y[i] = x[i] / (1.0f + expf(-x[i])) * g[i];
 }
 
+#ifdef BN_OPS_FMA_CODE
+#include <immintrin.h>
+
+/* expf_body on 8 lanes, instruction for instruction ggml_v_expf's AVX2
+ * form (each lane's operations are expf_body's: the same fused
+ * multiply-adds and rounding steps; the two wide-range cases are chosen
+ * per lane by masks instead of branches). */
+static inline __attribute__((always_inline, target("avx2,fma"))) __m256
+expf_avx2(__m256 x)
+{
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(
+        n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(
+        _mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+    const __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.f), n);
+    const __m256 c = _mm256_cmp_ps(an, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b,
+                                        _mm256_set1_ps(0x1.573e2ep-5f)),
+                        u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b,
+                                        _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    const __m256 normal = _mm256_fmadd_ps(j, k, k);
+    if (!_mm256_movemask_ps(c))
+        return normal;
+    const __m256i g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+        _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(
+        _mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 d = _mm256_cmp_ps(an, _mm256_set1_ps(192), _CMP_GT_OQ);
+    const __m256 wide = _mm256_blendv_ps(
+        _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1), _mm256_mul_ps(s1, s1),
+        d);
+    return _mm256_blendv_ps(normal, wide, c);
+}
+
+/* swiglu_body 8 lanes at a time (the scalar loop does not vectorize: its
+ * exp has branches), the tail as swiglu_body's. */
+BN_OPS_FMA static void swiglu_avx2(float *y, const float *x, const float *g,
+                                   int64_t n)
+{
+    const int64_t nv = n & ~(int64_t)7;
+    for (int64_t i = 0; i < nv; i += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + i);
+        const __m256 e = expf_avx2(_mm256_sub_ps(_mm256_setzero_ps(), xv));
+        _mm256_storeu_ps(
+            y + i, _mm256_mul_ps(_mm256_div_ps(xv, _mm256_add_ps(
+                                                       _mm256_set1_ps(1.0f), e)),
+                                 _mm256_loadu_ps(g + i)));
+    }
+    for (int64_t i = nv; i < n; i++) /* ggml_silu_f32 */
+        y[i] = x[i] / (1.0f + expf(-x[i])) * g[i];
+}
+#endif
+
 /* The two builds of each, and the choice between them. */
 #ifdef BN_OPS_FMA_CODE
 #define BN_OPS_VARIANTS(name, ret, params, args)                              \
@@ -161,9 +228,12 @@ BN_OPS_VARIANTS(wsum, void,
                  int64_t n, int64_t m),
                 (out, v, stride, p, n, m))
 BN_OPS_VARIANTS(softmax, void, (float *x, int64_t n), (x, n))
-BN_OPS_VARIANTS(swiglu, void,
-                (float *y, const float *x, const float *g, int64_t n),
-                (y, x, g, n))
+/* swiglu's fast build is swiglu_avx2, not swiglu_body compiled for AVX2 */
+static void swiglu_portable(float *y, const float *x, const float *g,
+                            int64_t n)
+{
+    swiglu_body(y, x, g, n);
+}
 
 float bn_ggml_dot(const float *x, const float *y, int64_t n)
 {
@@ -183,7 +253,13 @@ void bn_ggml_softmax(float *x, int64_t n)
 
 void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n)
 {
-    swiglu_dispatch(y, x, g, n);
+#ifdef BN_OPS_FMA_CODE
+    if (bn_cpu_has_avx2()) {
+        swiglu_avx2(y, x, g, n);
+        return;
+    }
+#endif
+    swiglu_portable(y, x, g, n);
 }
 
 float bn_ggml_expf(float x)

@@ -103,7 +103,7 @@
 #if defined(BN_SIMDE_AVX512) && defined(BN_NO_SIMD)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
-#include <simde/x86/f16c.h> /* the F16 kernels' vcvtph2ps */
+#include <simde/x86/f16c.h> /* vcvtph2ps: the F16 kernels, TQ2_0's scales */
 /* SIMDe 0.7.4's alias for _mm512_madd_epi16 names the masked form's four
  * arguments (simde/x86/avx512/madd.h); its function is the right one */
 #undef _mm512_madd_epi16
@@ -713,6 +713,23 @@ static int rows_portable(const bn_weight *w, const uint8_t *row, int64_t nr,
     return 1;
 }
 
+/* y[t * nr + i] = out[i * TILE + t]: a rows function's results into the
+ * token-major output.  One token (every generation step) is its own loop,
+ * a stride-TILE copy, instead of the general pair of loops, whose
+ * bookkeeping cost as much as the stores. */
+static inline void scatter(float *y, int64_t nr, const float *out, int k,
+                           int nt)
+{
+    if (nt == 1) {
+        for (int i = 0; i < k; i++)
+            y[i] = out[i * TILE];
+        return;
+    }
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < k; i++)
+            y[t * nr + i] = out[i * TILE + t];
+}
+
 /* Rows [r0, r1) for every token.  Rows go in blocks of about 256 KiB of
  * weights; within a block, each group of TILE tokens runs over every row.
  * So weights come from memory once per call, a rows function unpacks a
@@ -737,9 +754,7 @@ static void matmul_driver(const bn_weight *w, const void *act,
                 float out[ROWS_MAX * TILE];
                 const int k = fn(w, data + (size_t)r * w->row_bytes, re - r,
                                  act, t0, nt, t0 == 0, out);
-                for (int i = 0; i < k; i++)
-                    for (int t = 0; t < nt; t++)
-                        y[(t0 + t) * nr + r + i] = out[i * TILE + t];
+                scatter(y + t0 * nr + r, nr, out, k, nt);
                 r += k;
             }
         }

@@ -126,13 +126,21 @@ BN_UNROLL4
         const __m512 dw = BN_X512_NAME(tq2_scales)(b0, b1);
         __m512i s[TILE];
 #if BN_X512_VNNI
+        /* With one or two tokens the eight vpdpbusd of a block into one
+         * accumulator are a chain of dependent instructions, bound by
+         * their latency: the odd j go to a second one, added at the end
+         * (integer sums, so the lanes are the same). */
+        const int two = NT <= 2;
+        __m512i s2[TILE];
 BN_UNROLL4
-        for (int t = 0; t < NT; t++)
+        for (int t = 0; t < NT; t++) {
             s[t] = _mm512_sub_epi32(
                 _mm512_setzero_si512(),
                 _mm512_madd_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256(
                                       (const __m256i *)a[t][b].bsums)),
                                   ones));
+            s2[t] = _mm512_setzero_si512();
+        }
 #endif
 BN_UNROLL8
         for (int j = 0; j < 8; j++) {
@@ -147,7 +155,10 @@ BN_UNROLL4
                 const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                     (const __m256i *)(a[t][b].qs + 32 * j)));
 #if BN_X512_VNNI
-                s[t] = _mm512_dpbusd_epi32(s[t], c, q);
+                if (two && (j & 1))
+                    s2[t] = _mm512_dpbusd_epi32(s2[t], c, q);
+                else
+                    s[t] = _mm512_dpbusd_epi32(s[t], c, q);
 #else
                 const __m512i p = _mm512_maddubs_epi16(c, q);
                 s[t] = j ? _mm512_add_epi16(s[t], p) : p;
@@ -158,7 +169,7 @@ BN_UNROLL4
         for (int t = 0; t < NT; t++) {
             const bn_q8k *y = a[t] + b;
 #if BN_X512_VNNI
-            const __m512i si = s[t];
+            const __m512i si = two ? _mm512_add_epi32(s[t], s2[t]) : s[t];
 #else
             const __m512i si = _mm512_madd_epi16(
                 _mm512_sub_epi16(s[t], _mm512_broadcast_i64x4(_mm256_loadu_si256(
@@ -180,14 +191,14 @@ BN_X512_INLINE void BN_X512_NAME(tq2_rows)(const uint8_t *row, size_t rbytes, in
                                     int64_t nb, const bn_q8k *const *a,
                                     int NT, float *out)
 {
+    /* Both rows' results straight into out: with an odd R the last pair's
+     * second (dropped) result goes to slot R < ROWS_MAX, which the caller
+     * does not read.  (Copying it through a local made GCC emit a
+     * vscatterdps per pair.) */
     for (int r = 0; r < R; r += 2) {
         const uint8_t *w0 = row + (size_t)r * rbytes;
-        float o1[TILE];
         BN_X512_NAME(tq2_tile2)(w0, r + 1 < R ? w0 + rbytes : w0, nb, a, NT,
-                         out + r * TILE, o1);
-        if (r + 1 < R)
-            for (int t = 0; t < NT; t++)
-                out[(r + 1) * TILE + t] = o1[t];
+                         out + r * TILE, out + (r + 1) * TILE);
     }
 }
 

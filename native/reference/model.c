@@ -552,17 +552,62 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n,
         y[i] = (x[i] * scale) * w[i];
 }
 
+/* rmsnorm of n_tokens rows of n (y may be x).  Each row's sum is a chain
+ * of dependent double adds, so its latency bounds one row; four rows at
+ * once keep four chains in flight, each summed in its own order. */
+static void rmsnorm_rows(float *y, const float *x, const float *w,
+                         int64_t n_tokens, int64_t n, float eps)
+{
+    int64_t t = 0;
+    for (; t + 4 <= n_tokens; t += 4) {
+        const float *x0 = x + t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        double s[4] = {0.0, 0.0, 0.0, 0.0};
+        for (int64_t i = 0; i < n; i++) {
+            s[0] += (double)(x0[i] * x0[i]);
+            s[1] += (double)(x1[i] * x1[i]);
+            s[2] += (double)(x2[i] * x2[i]);
+            s[3] += (double)(x3[i] * x3[i]);
+        }
+        for (int k = 0; k < 4; k++) {
+            const float mean = (float)(s[k] / (double)n);
+            const float scale = 1.0f / sqrtf(mean + eps);
+            const float *xr = x + (t + k) * n;
+            float *yr = y + (t + k) * n;
+            for (int64_t i = 0; i < n; i++)
+                yr[i] = (xr[i] * scale) * w[i];
+        }
+    }
+    for (; t < n_tokens; t++)
+        rmsnorm(y + t * n, x + t * n, w, n, eps);
+}
+
+/* Up to three weights that multiply the same input (Q, K and V; gate and
+ * up) as one job: their rows are one item space, weight k's rows at
+ * [start[k], start[k+1]).  So the input is prepared once, not once per
+ * weight, and the pool runs one job with one wake-up and one wait instead
+ * of three (with two threads, each job's last chunks leave a worker idle).
+ * Each (row, token) result does not depend on the rows computed with it
+ * (kernels.c), so the values are those of separate products. */
+#define MM_MAX 3
 typedef struct {
-    const bn_weight *w;
+    int n_w;
+    const bn_weight *w[MM_MAX];
+    float *y[MM_MAX];
+    int64_t start[MM_MAX + 1];
     const void *act;
     int64_t n_tokens;
-    float *y;
 } mm_job;
 
-static void mm_rows(void *arg, int64_t r0, int64_t r1)
+static void mm_rows(void *arg, int64_t i0, int64_t i1)
 {
     const mm_job *j = arg;
-    bn_matmul_rows(j->w, j->act, j->n_tokens, j->y, r0, r1);
+    for (int k = 0; k < j->n_w; k++) {
+        const int64_t lo = i0 > j->start[k] ? i0 : j->start[k];
+        const int64_t hi = i1 < j->start[k + 1] ? i1 : j->start[k + 1];
+        if (lo < hi)
+            bn_matmul_rows(j->w[k], j->act, j->n_tokens, j->y[k],
+                           lo - j->start[k], hi - j->start[k]);
+    }
 }
 
 /* Below this many weight-times-token products a matmul stays on the
@@ -572,60 +617,107 @@ static void mm_rows(void *arg, int64_t r0, int64_t r1)
  * two): the output projection of a 512-token prompt is ~10^10 of them. */
 #define POLL_WORK (1 << 24)
 
-/* y[n_tokens x w->nrows] = W x, scaled by the weight's per-tensor scale
- * (already folded into the I2_S kernel).  Rows are shared among the
- * context's threads in chunks of a multiple of 16, no larger than
- * POLL_WORK products; the step callback is asked before each chunk the
- * calling thread takes, so a deadline stops a long matmul part way (the
- * output is then garbage: the caller abandons the evaluation). */
-static int matmul(bn_pool *pool, const bn_weight *w, const float *x,
-                  int64_t n_tokens, float *y, void *act, bn_step_fn step,
-                  void *step_user)
+/* y[k][n_tokens x w[k]->nrows] = W[k] x for the n weights of one input
+ * (all of one type and row length: one prepared activation), each scaled
+ * by its per-tensor scale (already folded into the I2_S kernel).  Rows
+ * are shared among the context's threads in chunks of a multiple of 16,
+ * no larger than POLL_WORK products; the step callback is asked before
+ * each chunk the calling thread takes, so a deadline stops a long matmul
+ * part way (the output is then garbage: the caller abandons the
+ * evaluation). */
+static int matmul_n(bn_pool *pool, int n, const bn_weight *const *w,
+                    const float *x, int64_t n_tokens, float *const *y,
+                    void *act, bn_step_fn step, void *step_user)
 {
-    bn_act_prepare(w, x, n_tokens, act);
-    mm_job job = {w, act, n_tokens, y};
-    const int64_t work = w->nrows * w->ncols * n_tokens;
+    mm_job job = {.n_w = n, .act = act, .n_tokens = n_tokens};
+    for (int k = 0; k < n; k++) {
+        job.w[k] = w[k];
+        job.y[k] = y[k];
+        job.start[k + 1] = job.start[k] + w[k]->nrows;
+    }
+    const int64_t rows = job.start[n], ncols = w[0]->ncols;
+    bn_act_prepare(w[0], x, n_tokens, act);
+    const int64_t work = rows * ncols * n_tokens;
     int threads = bn_pool_threads(pool);
-    int64_t grain = w->nrows;
+    int64_t grain = rows;
     if (threads > 1 && work >= PARALLEL_MIN_WORK)
-        grain = (w->nrows / (threads * 4) + 15) & ~(int64_t)15;
-    int64_t bounded = (POLL_WORK / (w->ncols * n_tokens) + 15) & ~(int64_t)15;
+        grain = (rows / (threads * 4) + 15) & ~(int64_t)15;
+    int64_t bounded = (POLL_WORK / (ncols * n_tokens) + 15) & ~(int64_t)15;
     if (grain > bounded)
         grain = bounded;
     if (grain < 16)
         grain = 16;
-    int rc = bn_pool_run(grain < w->nrows ? pool : NULL, mm_rows, &job,
-                         w->nrows, grain, step, step_user);
+    int rc = bn_pool_run(grain < rows ? pool : NULL, mm_rows, &job, rows,
+                         grain, step, step_user);
     if (rc)
         return rc;
-    if (w->type != BN_TYPE_I2_S && w->scale != 1.0f) {
-        int64_t n = n_tokens * w->nrows;
-        for (int64_t i = 0; i < n; i++)
-            y[i] *= w->scale;
+    for (int k = 0; k < n; k++) {
+        if (w[k]->type == BN_TYPE_I2_S || w[k]->scale == 1.0f)
+            continue;
+        const int64_t m = n_tokens * w[k]->nrows;
+        for (int64_t i = 0; i < m; i++)
+            y[k][i] *= w[k]->scale;
     }
     return BITNET_OK;
 }
 
-/* Rotates one head in place; theta advances by repeated multiplication,
- * as ggml's rope cache does, so angles match llama.cpp's to the last bit.
- * The rotation is written as the fused multiply-adds ggml's CPU build
- * computes (compiled with -march=native it contracts x0*c - x1*s into
- * fma(x0, c, -(x1*s))): plain multiplies and adds differ from it in the last
- * bit of one value in three, enough to move a Q8_K rounding step later
- * (issue 19). */
-static void rope(float *x, int32_t n_rot, int32_t pos, float base,
-                 rope_kind kind)
+static int matmul(bn_pool *pool, const bn_weight *w, const float *x,
+                  int64_t n_tokens, float *y, void *act, bn_step_fn step,
+                  void *step_user)
+{
+    return matmul_n(pool, 1, &w, x, n_tokens, &y, act, step, step_user);
+}
+
+/* Weights w[0..n) of one input, in as few jobs as their types allow: a
+ * run of weights with the same type and row length shares one. */
+static int matmul_group(bn_pool *pool, int n, const bn_weight *const *w,
+                        const float *x, int64_t n_tokens, float *const *y,
+                        void *act, bn_step_fn step, void *step_user)
+{
+    for (int k0 = 0; k0 < n;) {
+        int k1 = k0 + 1;
+        while (k1 < n && w[k1]->type == w[k0]->type &&
+               w[k1]->ncols == w[k0]->ncols)
+            k1++;
+        int rc = matmul_n(pool, k1 - k0, w + k0, x, n_tokens, y + k0, act,
+                          step, step_user);
+        if (rc)
+            return rc;
+        k0 = k1;
+    }
+    return BITNET_OK;
+}
+
+/* The rotation's cos and sin for position pos, cs[i] and cs[n_rot/2 + i]
+ * for i < n_rot / 2: theta advances by repeated multiplication, as ggml's
+ * rope cache does, so angles match llama.cpp's to the last bit.  Every
+ * head of a token rotates by the same angles: computed once per token,
+ * not once per head. */
+static void rope_cache(float *cs, int32_t n_rot, int32_t pos, float base)
 {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     float theta = (float)pos;
     for (int32_t i = 0; i < n_rot / 2; i++) {
-        const float c = cosf(theta), s = sinf(theta);
+        cs[i] = cosf(theta);
+        cs[n_rot / 2 + i] = sinf(theta);
+        theta *= theta_scale;
+    }
+}
+
+/* Rotates one head in place by rope_cache's angles.  The rotation is
+ * written as the fused multiply-adds ggml's CPU build computes (compiled
+ * with -march=native it contracts x0*c - x1*s into fma(x0, c, -(x1*s))):
+ * plain multiplies and adds differ from it in the last bit of one value in
+ * three, enough to move a Q8_K rounding step later (issue 19). */
+static void rope(float *x, int32_t n_rot, const float *cs, rope_kind kind)
+{
+    for (int32_t i = 0; i < n_rot / 2; i++) {
+        const float c = cs[i], s = cs[n_rot / 2 + i];
         int32_t a = kind == ROPE_NEOX ? i : 2 * i;
         int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
         const float x0 = x[a], x1 = x[b];
         x[a] = fmaf(x0, c, -(x1 * s));
         x[b] = fmaf(x0, s, x1 * c);
-        theta *= theta_scale;
     }
 }
 
@@ -633,6 +725,27 @@ static void rope(float *x, int32_t n_rot, int32_t pos, float base,
  * kernel bug, reported at the first position where it shows. */
 static int check_finite(const float *logits, int64_t rows, int64_t cols)
 {
+    /* a pass of integer ands, adds and ors first, the scan for the
+     * message only when it finds something: an all-ones exponent (inf or
+     * NaN), and only that, carries into bit 31 when its lowest bit is
+     * added.  Written in groups of 8 so that -O2 vectorizes it (the scalar
+     * isfinite loop cost 2% of a 4-token evaluation). */
+    const int64_t total = rows * cols;
+    uint32_t bad = 0;
+    int64_t i = 0;
+    for (; i + 8 <= total; i += 8) {
+        uint32_t u[8];
+        memcpy(u, logits + i, sizeof u);
+        for (int k = 0; k < 8; k++)
+            bad |= (u[k] & 0x7F800000u) + 0x00800000u;
+    }
+    for (; i < total; i++) {
+        uint32_t u;
+        memcpy(&u, logits + i, sizeof u);
+        bad |= (u & 0x7F800000u) + 0x00800000u;
+    }
+    if (!(bad & 0x80000000u))
+        return BITNET_OK;
     for (int64_t i = 0; i < rows * cols; i++)
         if (!isfinite(logits[i]))
             return bn_error(BITNET_E_INFERENCE,
@@ -663,6 +776,7 @@ static __attribute__((noinline, cold)) int logits_fault(float *logits,
 
 typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
+    float *rope; /* rope_cache's n_rot angles of one token */
     void *act;
 } scratch;
 
@@ -717,7 +831,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     size_t sizes[] = {
         (size_t)(n * d), (size_t)(n * (d > ff ? d : ff)), (size_t)(n * d),
         (size_t)(n * kvd), (size_t)(n * kvd), (size_t)s->n_ctx,
-        (size_t)(n * ff), (size_t)(n * ff),
+        (size_t)(n * ff), (size_t)(n * ff), (size_t)m->n_rot,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -728,7 +842,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         return BITNET_E_OOM;
     unsigned char *p = block;
     scratch S;
-    float **slots[] = {&S.x, &S.xb, &S.q, &S.k, &S.v, &S.att, &S.hb, &S.hb2};
+    float **slots[] = {&S.x,   &S.xb, &S.q,   &S.k,   &S.v,
+                       &S.att, &S.hb, &S.hb2, &S.rope};
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         *slots[i] = scratch_take(&p, sizes[i] * sizeof(float));
     S.act = p;
@@ -745,6 +860,8 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     } while (0)
 #define MATMUL(w, in, out)                                                    \
     matmul(s->pool, (w), (in), n, (out), S.act, step, step_user)
+#define MATMUL_GROUP(k, w, in, out)                                           \
+    matmul_group(s->pool, (k), (w), (in), n, (out), S.act, step, step_user)
     for (int32_t l = 0; l < m->n_layer; l++) {
         if ((step && (rc = step(step_user))) || (rc = BN_FAULT(EVAL_STEP)))
             goto out;
@@ -752,21 +869,21 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         float *kc = sq->k + (size_t)l * s->n_ctx * kvd;
         float *vc = sq->v + (size_t)l * s->n_ctx * kvd;
 
-        for (int64_t t = 0; t < n; t++)
-            rmsnorm(S.xb + t * d, S.x + t * d, L->attn_norm, d, m->eps);
+        rmsnorm_rows(S.xb, S.x, L->attn_norm, n, d, m->eps);
         CAPTURE("attn_norm", l, S.xb, d);
-        if ((rc = MATMUL(&L->wq, S.xb, S.q)) ||
-            (rc = MATMUL(&L->wk, S.xb, S.k)) ||
-            (rc = MATMUL(&L->wv, S.xb, S.v)))
-            goto out;
+        {
+            const bn_weight *w[] = {&L->wq, &L->wk, &L->wv};
+            float *y[] = {S.q, S.k, S.v};
+            if ((rc = MATMUL_GROUP(3, w, S.xb, y)))
+                goto out;
+        }
         for (int64_t t = 0; t < n; t++) {
             int32_t pos = n_past + (int32_t)t;
+            rope_cache(S.rope, m->n_rot, pos, m->rope_base);
             for (int32_t h = 0; h < m->n_head; h++)
-                rope(S.q + t * d + h * hd, m->n_rot, pos, m->rope_base,
-                     m->arch->rope);
+                rope(S.q + t * d + h * hd, m->n_rot, S.rope, m->arch->rope);
             for (int32_t h = 0; h < m->n_head_kv; h++)
-                rope(S.k + t * kvd + h * hd, m->n_rot, pos, m->rope_base,
-                     m->arch->rope);
+                rope(S.k + t * kvd + h * hd, m->n_rot, S.rope, m->arch->rope);
             /* positions past n_past are scratch until n_past moves, so a
              * failed call leaves the sequence as it was */
             memcpy(kc + (size_t)pos * kvd, S.k + t * kvd, kvd * sizeof(float));
@@ -795,8 +912,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         }
         CAPTURE("kqv_out", l, S.xb, d);
         if (L->attn_sub_norm) {
-            for (int64_t t = 0; t < n; t++)
-                rmsnorm(S.xb + t * d, S.xb + t * d, L->attn_sub_norm, d, m->eps);
+            rmsnorm_rows(S.xb, S.xb, L->attn_sub_norm, n, d, m->eps);
             CAPTURE("attn_sub_norm", l, S.xb, d);
         }
         /* S.q is free again */
@@ -807,21 +923,21 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
             S.x[i] += S.q[i];
         CAPTURE("ffn_inp", l, S.x, d);
 
-        for (int64_t t = 0; t < n; t++)
-            rmsnorm(S.xb + t * d, S.x + t * d, L->ffn_norm, d, m->eps);
+        rmsnorm_rows(S.xb, S.x, L->ffn_norm, n, d, m->eps);
         CAPTURE("ffn_norm", l, S.xb, d);
-        if ((rc = MATMUL(&L->gate, S.xb, S.hb)) ||
-            (rc = MATMUL(&L->up, S.xb, S.hb2)))
-            goto out;
+        {
+            const bn_weight *w[] = {&L->gate, &L->up};
+            float *y[] = {S.hb, S.hb2};
+            if ((rc = MATMUL_GROUP(2, w, S.xb, y)))
+                goto out;
+        }
         CAPTURE("ffn_gate", l, S.hb, ff);
         CAPTURE("ffn_up", l, S.hb2, ff);
         for (int64_t t = 0; t < n; t++) /* ggml's SiLU: ggml_ops.h */
             bn_ggml_swiglu(S.hb + t * ff, S.hb + t * ff, S.hb2 + t * ff, ff);
         CAPTURE("ffn_sub_out", l, S.hb, ff);
         if (L->ffn_sub_norm) {
-            for (int64_t t = 0; t < n; t++)
-                rmsnorm(S.hb + t * ff, S.hb + t * ff, L->ffn_sub_norm, ff,
-                        m->eps);
+            rmsnorm_rows(S.hb, S.hb, L->ffn_sub_norm, n, ff, m->eps);
             CAPTURE("ffn_sub_norm", l, S.hb, ff);
         }
         if ((rc = MATMUL(&L->down, S.hb, S.q)))
@@ -833,13 +949,13 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     }
     if (step && (rc = step(step_user)))
         goto out;
-    for (int64_t t = 0; t < n; t++)
-        rmsnorm(S.xb + t * d, S.x + t * d, m->output_norm, d, m->eps);
+    rmsnorm_rows(S.xb, S.x, m->output_norm, n, d, m->eps);
     CAPTURE("result_norm", -1, S.xb, d);
     if ((rc = MATMUL(&m->output, S.xb, logits)))
         goto out;
     CAPTURE("result_output", -1, logits, m->n_vocab);
 #undef MATMUL
+#undef MATMUL_GROUP
 #undef CAPTURE
     const int poisoned = BN_FAULT_ANY_ARMED() ? logits_fault(logits, n, m->n_vocab) : 0;
     if (poisoned < 0) {

@@ -147,3 +147,26 @@ def test_avx512_and_avx2_kernels_agree_bit_for_bit(make_model: Callable[..., Pat
     finally:
         lib.bn_kernels_force_portable(0)
     assert wide.tobytes() == avx2.tobytes(), np.argwhere(wide.view(np.uint32) != avx2.view(np.uint32))[:4].tolist()
+
+
+# the finiteness check goes over the logits in groups of 8, then a tail:
+# 509 x 1 logits put vocab index 508 in the tail, 512 x 2 leave no tail
+@pytest.mark.parametrize(("n_vocab", "n_tokens"), [(509, 1), (512, 2)])
+def test_one_non_finite_logit_is_reported_where_it_is(
+    make_model: Callable[..., Path], tmp_path: Path, n_vocab: int, n_tokens: int
+) -> None:
+    from pytest_bitnet import errors
+    from pytest_bitnet.testing.malformed import Gguf
+
+    g = Gguf.read(make_model(arch="bitnet", seed=1, weight_type="tq2_0", n_vocab=n_vocab))
+    t = g.tensor("token_embd.weight")  # F32, tied to the output: row v gives logit v
+    v = n_vocab - 1
+    row = np.frombuffer(t.data, dtype=np.float32).copy().reshape(n_vocab, -1)
+    row[v, 3] = np.inf
+    t.data = row.tobytes()
+    path = g.write(tmp_path / "inf-row.gguf")
+    with bn.BitnetSession.create(path, n_ctx=16) as s:
+        with pytest.raises(errors.InferenceError) as exc:
+            s.evaluate(PROMPT_TOKENS[:n_tokens])
+        assert f"at token position 0, vocab index {v}" in str(exc.value)
+        assert s.n_past() == 0  # the sequence did not advance
