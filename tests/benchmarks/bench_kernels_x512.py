@@ -34,13 +34,18 @@ from pytest_bitnet.models import I2_S_TYPE, pack_i2_s
 TQ2_0 = int(gguf.GGMLQuantizationType.TQ2_0)
 
 # (name, type, rows, cols): the 40 MB benchmark model's F16 tied output
-# projection (and its F32 form), and a 2B-shaped FFN projection in both
-# ternary formats
+# projection (and its F32 form), a 2B-shaped FFN projection in both
+# ternary formats, and the 2B shape's F16 output
 SHAPES = [
     ("output f16", "F16", 32000, 512),
     ("output f32", "F32", 32000, 512),
     ("ffn tq2_0", "TQ2_0", 6912, 2560),
     ("ffn i2_s", "I2_S", 6912, 2560),
+    # from memory: the 2B shape's tied output (657 MB) and ten 2B FFN
+    # projections' worth of TQ2_0 (46 MB, beyond a 32 MB L3): the rows above
+    # are served from cache when run alone, these say how a kernel streams
+    ("2B output f16", "F16", 128256, 2560),
+    ("10x ffn tq2_0", "TQ2_0", 69120, 2560),
 ]
 TOKENS = (1, 4, 16)
 
