@@ -693,6 +693,39 @@ static int matmul_group(bn_pool *pool, int n, const bn_weight *const *w,
  * rope cache does, so angles match llama.cpp's to the last bit.  Every
  * head of a token rotates by the same angles: computed once per token,
  * not once per head. */
+/* Causal attention of tokens [t0, t1) for heads [h0, h1), into out (token
+ * t, head h at out + t * d + h * hd).  Head h keeps its scores in att + h *
+ * n_ctx, so heads run on any thread in any order; each (token, head) is
+ * computed exactly as one loop over them would (scores, softmax and the
+ * weighted sum of values each in ggml's order of rounding: ggml_ops.h). */
+typedef struct {
+    const float *q, *kc, *vc;
+    float *att, *out;
+    int64_t t0, t1, d, hd, kvd, n_ctx;
+    int32_t n_past, group;
+    float kq_scale;
+} attn_job;
+
+static void attn_heads(void *arg, int64_t h0, int64_t h1)
+{
+    const attn_job *j = arg;
+    for (int64_t h = h0; h < h1; h++) {
+        float *att = j->att + h * j->n_ctx;
+        const int64_t kvo = (h / j->group) * j->hd;
+        for (int64_t t = j->t0; t < j->t1; t++) {
+            const float *qh = j->q + t * j->d + h * j->hd;
+            const int32_t n_kv = j->n_past + (int32_t)t + 1;
+            for (int32_t k = 0; k < n_kv; k++)
+                att[k] = bn_ggml_dot(qh, j->kc + (size_t)k * j->kvd + kvo,
+                                     j->hd) *
+                         j->kq_scale;
+            bn_ggml_softmax(att, n_kv);
+            bn_ggml_weighted_sum(j->out + t * j->d + h * j->hd, j->vc + kvo,
+                                 j->kvd, att, n_kv, j->hd);
+        }
+    }
+}
+
 static void rope_cache(float *cs, int32_t n_rot, int32_t pos, float base)
 {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
@@ -830,7 +863,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
 
     size_t sizes[] = {
         (size_t)(n * d), (size_t)(n * (d > ff ? d : ff)), (size_t)(n * d),
-        (size_t)(n * kvd), (size_t)(n * kvd), (size_t)s->n_ctx,
+        (size_t)(n * kvd), (size_t)(n * kvd), (size_t)m->n_head * s->n_ctx,
         (size_t)(n * ff), (size_t)(n * ff), (size_t)m->n_rot,
     };
     size_t total = 0;
@@ -892,22 +925,27 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         CAPTURE("Qcur", l, S.q, d);
         CAPTURE("Kcur", l, S.k, kvd);
         CAPTURE("Vcur", l, S.v, kvd);
-        /* causal attention; output per token into S.xb */
-        for (int64_t t = 0; t < n; t++) {
-            if (step && (rc = step(step_user))) /* quadratic in the tokens */
-                goto out;
-            const int32_t n_kv = n_past + (int32_t)t + 1;
-            for (int32_t h = 0; h < m->n_head; h++) {
-                const float *qh = S.q + t * d + h * hd;
-                const int64_t kvo = (int64_t)(h / group) * hd;
-                /* scores, softmax and the weighted sum of values each in
-                 * ggml's order of rounding (ggml_ops.h) */
-                for (int32_t j = 0; j < n_kv; j++)
-                    S.att[j] = bn_ggml_dot(qh, kc + (size_t)j * kvd + kvo, hd) *
-                               kq_scale;
-                bn_ggml_softmax(S.att, n_kv);
-                bn_ggml_weighted_sum(S.xb + t * d + h * hd, vc + kvo, kvd,
-                                     S.att, n_kv, hd);
+        /* causal attention into S.xb: blocks of tokens, each block's heads
+         * shared by the pool; the deadline is checked between blocks, which
+         * are kept to about POLL_WORK products (quadratic in the tokens) */
+        {
+            attn_job job = {.q = S.q, .kc = kc, .vc = vc, .att = S.att,
+                            .out = S.xb, .d = d, .hd = hd, .kvd = kvd,
+                            .n_ctx = s->n_ctx, .n_past = n_past,
+                            .group = group, .kq_scale = kq_scale};
+            /* scores and weighted sums: 2 hd products per (head, key) */
+            const int64_t per_token = (int64_t)m->n_head * (n_past + n) * 2 * hd;
+            const int64_t tb = POLL_WORK / per_token > 0 ? POLL_WORK / per_token : 1;
+            for (job.t0 = 0; job.t0 < n; job.t0 = job.t1) {
+                if (step && (rc = step(step_user)))
+                    goto out;
+                job.t1 = job.t0 + tb < n ? job.t0 + tb : n;
+                const int64_t work = (int64_t)m->n_head * (job.t1 - job.t0) *
+                                     (n_past + job.t1) * 2 * hd;
+                if ((rc = bn_pool_run(work >= PARALLEL_MIN_WORK ? s->pool : NULL,
+                                      attn_heads, &job, m->n_head, 1, NULL,
+                                      NULL)))
+                    goto out;
             }
         }
         CAPTURE("kqv_out", l, S.xb, d);

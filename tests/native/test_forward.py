@@ -170,3 +170,24 @@ def test_one_non_finite_logit_is_reported_where_it_is(
             s.evaluate(PROMPT_TOKENS[:n_tokens])
         assert f"at token position 0, vocab index {v}" in str(exc.value)
         assert s.n_past() == 0  # the sequence did not advance
+
+
+# Attention runs head by head on the pool, in blocks of tokens with a
+# deadline check between blocks (model.c, attn_heads).  A 300-token prompt
+# with 8 heads of 64 splits into several blocks and is above the parallel
+# threshold, so this goes through every part of it: one thread and two
+# must give the same bits (each (token, head) is computed the same way
+# wherever it runs; the bit-exact llama.cpp cross-validation checks what
+# those bits are).
+def test_attention_on_the_pool_gives_one_threads_bits(
+    make_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_model(arch="bitnet", seed=3, n_vocab=512, n_embd=512, n_head=8, n_head_kv=4, n_layer=1, n_ff=512)
+    tokens = [int(t) for t in np.random.default_rng(3).integers(3, 512, size=300)]
+    got = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("BITNET_NUM_THREADS", threads)
+        with bn.BitnetSession.create(path, n_ctx=512) as s:
+            got[threads] = s.evaluate(tokens)
+    assert np.isfinite(got["1"]).all()
+    assert got["1"].tobytes() == got["2"].tobytes()
