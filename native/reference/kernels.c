@@ -252,6 +252,20 @@ static size_t i2s_token_stride(const bn_weight *w)
     return I2S_HDR + (size_t)w->ncols;
 }
 
+/* Tokens t0 .. t0 + nt of prepared I2_S activations: each one's header
+ * and int8 q (the rows functions of every path take them so). */
+static inline void i2s_tokens(const bn_weight *w, const void *act, int64_t t0,
+                              int nt, const int8_t **q, const bn_i8hdr **h)
+{
+    const size_t stride = i2s_token_stride(w);
+    for (int t = 0; t < nt; t++) {
+        const unsigned char *p =
+            (const unsigned char *)act + (size_t)(t0 + t) * stride;
+        h[t] = (const bn_i8hdr *)p;
+        q[t] = (const int8_t *)(p + I2S_HDR);
+    }
+}
+
 size_t bn_act_size(const bn_weight *w, int64_t n_tokens)
 {
     if (!w || n_tokens <= 0 || w->ncols <= 0)
@@ -968,16 +982,10 @@ static BN_AVX2 int rows_i2s_avx2(const bn_weight *w, const uint8_t *row,
 {
     (void)pf;
     const int64_t nblk = w->ncols / I2S_BLOCK;
-    const size_t stride = i2s_token_stride(w);
     const int R = nr < ROWS_MAX ? (int)nr : ROWS_MAX;
     const int8_t *a[TILE];
     const bn_i8hdr *h[TILE];
-    for (int t = 0; t < nt; t++) {
-        const unsigned char *p = (const unsigned char *)act +
-                                 (size_t)(t0 + t) * stride;
-        h[t] = (const bn_i8hdr *)p;
-        a[t] = (const int8_t *)(p + I2S_HDR);
-    }
+    i2s_tokens(w, act, t0, nt, a, h);
     for (int r = 0; r < R; r++) {
         const uint8_t *wr = row + (size_t)r * w->row_bytes;
         int32_t dot[TILE];

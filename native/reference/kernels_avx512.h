@@ -24,7 +24,7 @@
  *
  * Uses kernels.c's definitions: bn_weight, bn_q8k, bn_i8hdr, QK_K,
  * TQ2_BLOCK_BYTES, I2S_BLOCK, I2S_HDR, TILE, ROWS_MAX, BN_PF_DIST,
- * BN_PF_HINT, h2f, mul_rounded, i2s_token_stride, i2s_finish.
+ * BN_PF_HINT, h2f, mul_rounded, i2s_tokens, i2s_finish.
  *
  * Functions are named *_avx512 (AVX-512 F/BW/VL/DQ) or *_vnni (also
  * AVX-512 VNNI): tools/error_sites.py leaves their lines out of the
@@ -327,16 +327,10 @@ static BN_X512 int BN_X512_NAME(rows_i2s)(const bn_weight *w,
 {
     (void)pf;
     const int64_t nblk = w->ncols / I2S_BLOCK;
-    const size_t stride = i2s_token_stride(w);
     const int R = nr < ROWS_MAX ? (int)nr : ROWS_MAX;
     const int8_t *a[TILE];
     const bn_i8hdr *h[TILE];
-    for (int t = 0; t < nt; t++) {
-        const unsigned char *p =
-            (const unsigned char *)act + (size_t)(t0 + t) * stride;
-        h[t] = (const bn_i8hdr *)p;
-        a[t] = (const int8_t *)(p + I2S_HDR);
-    }
+    i2s_tokens(w, act, t0, nt, a, h);
     for (int r = 0; r < R; r++) {
         const uint8_t *wr = row + (size_t)r * w->row_bytes;
         int32_t dot[TILE];
