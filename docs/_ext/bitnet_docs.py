@@ -49,7 +49,7 @@ from typing import Any
 from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
-from sphinx.errors import ExtensionError
+from sphinx.util.console import red
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
@@ -98,9 +98,13 @@ def _always_reread(app: Sphinx, env: Any, added: set[str], changed: set[str], re
 
 
 def _fail_build(app: Sphinx, exception: BaseException | None) -> None:
+    # Each failure was logged as an error where it happened; this makes the
+    # build fail without -W too, and lists them once at the end.
     if exception is None and _failures:
         count = len(_failures)
-        raise ExtensionError(f"{count} docs example{'s' if count > 1 else ''} failed:\n  " + "\n  ".join(_failures))
+        logger.info(red(f"{count} docs example{'s' if count > 1 else ''} failed:\n  " + "\n  ".join(_failures)))
+        app.statuscode = 1
+    _failures.clear()
 
 
 # ---- shared by the three directives ------------------------------------------------------
@@ -180,13 +184,14 @@ class BitnetRun(_Example):
     def run(self) -> list[nodes.Node]:
         page, code = self.page, self.body
         expected = self.options.get("raises")
-        filename = f"{_source(self.env, self.env.docname)}:{self.lineno}"
         out = io.StringIO()
         raised: BaseException | None = None
         cwd = os.getcwd()
         sys.path.insert(0, str(page.workdir))  # a module a bitnet-file wrote is importable
         try:
-            compiled = compile(code, filename, "exec")
+            # blank lines first, so a traceback's line numbers are the page's
+            # (MyST: the body starts content_offset lines after the fence's)
+            compiled = compile("\n" * (self.lineno + self.content_offset) + code, _source(self.env, self.env.docname), "exec")
             os.chdir(page.workdir)
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 exec(compiled, page.namespace)
@@ -201,7 +206,8 @@ class BitnetRun(_Example):
             sys.path.remove(str(page.workdir))
         printed = out.getvalue()
         if raised is not None and not (expected and _matches(raised, expected)):
-            tb = "".join(traceback.format_exception(type(raised), raised, raised.__traceback__))
+            # from the example's own frame on (not this directive's)
+            tb = "".join(traceback.format_exception(type(raised), raised, raised.__traceback__.tb_next))
             want = f"expected {expected}, got" if expected else "raised"
             return self.fail(f"{want} {type(raised).__name__}: {raised}\n{printed}{tb}")
         if raised is None and expected:
@@ -279,15 +285,20 @@ class BitnetShell(_Example):
             return self.fail("no command")
         want = self.options.get("returncode", 0)
         timeout = self.options.get("timeout", 120)
-        # One bash runs every line (so cd and export carry on); after each
-        # command it prints a marker with the command's status, so output and
-        # status are told apart per command; it stops at the first failure.
-        script = []
+        # One bash runs every line (so cd and export carry on).  After each
+        # command it prints a marker with the command's index and status, so
+        # output and status are told apart per command; it stops at the first
+        # failure.  The EXIT trap marks a command that ended the shell itself
+        # (`exit 3`, `set -e`).
+        script = [
+            "__bn_i=-1; __bn_marked=-2",
+            f"__bn_mark() {{ __bn_marked=$__bn_i; printf '{_MARK} %d %d\\n' \"$__bn_i\" \"$1\"; }}",
+            "trap '__bn_rc=$?; [ \"$__bn_marked\" = \"$__bn_i\" ] || __bn_mark \"$__bn_rc\"' EXIT",
+        ]
         for i, cmd in enumerate(commands):
-            last = i == len(commands) - 1
-            script.append(f"{cmd}\n__rc=$?; printf '{_MARK} {i} %d\\n' \"$__rc\"")
-            if not last:
-                script.append('[ "$__rc" -eq 0 ] || exit "$__rc"')
+            script += [f"__bn_i={i}", cmd, '__bn_rc=$?; __bn_mark "$__bn_rc"']
+            if i < len(commands) - 1:
+                script.append('[ "$__bn_rc" -eq 0 ] || exit "$__bn_rc"')
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1",
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=self.page.workdir, env=env,
