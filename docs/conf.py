@@ -28,6 +28,9 @@ extensions = [
 # registries), so no inventory of python or pytest could be fetched, and a
 # failed fetch is a warning -W turns fatal.
 
+# Messages and code in prose keep their straight quotes (a real message is quoted as it is)
+smartquotes = False
+
 source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_ext", "**/.ipynb_checkpoints"]

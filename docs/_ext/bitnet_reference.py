@@ -78,7 +78,7 @@ def code(text: str) -> str:
 
 def cell(text: str) -> str:
     """A table cell: one line, pipes escaped (even inside code spans)."""
-    return " ".join(text.split()).replace("|", "\\|")
+    return re.sub(r"(?<!\\)\|", r"\\|", " ".join(text.split()))  # a pipe esc() escaped stays as it is
 
 
 def fence(text: str, language: str = "text") -> str:
@@ -423,7 +423,8 @@ def error_classes_page() -> str:
     for f in dataclasses.fields(errors.ErrorContext):
         default = ("(required)" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                    else "computed when created" if f.default is dataclasses.MISSING else repr(f.default))
-        out.append(f"| {code(f.name)} | {code(f.type)} | {cell(esc(default))} |")
+        # the type as escaped text: a code span cannot hold a table's pipe
+        out.append(f"| {code(f.name)} | {cell(esc(str(f.type)))} | {cell(esc(default))} |")
     out += ["", rst(errors.ErrorContext.__doc__), "## The classes\n"]
     for cls in [errors.BitnetError, *[c for c in classes if c is not errors.BitnetError]]:
         name = cls.__name__
@@ -431,7 +432,7 @@ def error_classes_page() -> str:
                           for b in cls.__bases__)
         out += [f"(error-{name})=", f"### `{name}`\n", f"Bases: {bases}\n", rst(cls.__doc__)]
         if name in by_code:
-            out.append(f"Raised for the native codes {', '.join(by_code[name])}.\n")
+            out.append(f"Native codes: {', '.join(by_code[name])}.\n")
         expecting = [e.id for e in catalog.CATALOG.values() if e.expect == name]
         if expecting:
             out.append("Catalog entries that expect it: " + ", ".join(ref(f"catalog-{i}", i) for i in expecting) + ".\n")
@@ -601,8 +602,7 @@ def plugin_page() -> str:
         if not name.startswith("pytest_bitnet_"):
             continue
         opts = getattr(fn, "pytest_spec", {}) or {}
-        sig = inspect.signature(fn)
-        out += [f"(hook-{name})=", f"### `{name}`\n", fence(f"def {name}{sig}: ...", "python")]
+        out += [f"(hook-{name})=", f"### `{name}`\n", fence(f"def {name}{_signature(fn)}: ...", "python")]
         if opts.get("firstresult"):
             out.append("The first non-None result wins (`firstresult`).\n")
         out.append(rst(fn.__doc__))
@@ -614,6 +614,18 @@ def plugin_page() -> str:
         also = f" (also {ref('option-' + by_env[var].flag.lstrip('-'), by_env[var].flag)})" if var in by_env else ""
         out.append(f"- {code(var)}{also}")
     return "\n".join(out) + "\n"
+
+
+def _signature(fn: Callable[..., Any]) -> str:
+    """(a: T, ...) -> R as written in the source (the annotations are strings there, not quoted here)."""
+    sig = inspect.signature(fn)
+
+    def text(annotation: Any) -> str:
+        return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+    params = [p.name if p.annotation is p.empty else f"{p.name}: {text(p.annotation)}" for p in sig.parameters.values()]
+    result = "" if sig.return_annotation is sig.empty else f" -> {text(sig.return_annotation)}"
+    return f"({', '.join(params)}){result}"
 
 
 # ---- the Python API ----------------------------------------------------------------------
