@@ -133,9 +133,9 @@ class _Example(SphinxDirective):
     def fail(self, what: str) -> list[nodes.Node]:
         """Logs the failure at the directive's line, records it for the end of the build,
         and shows it on the page (a build that fails is never published, but read locally)."""
-        where = f"{_source(self.env, self.env.docname)}:{self.lineno}"
-        logger.error(f"{self.name} example failed: {what}", location=(self.env.docname, self.lineno))
-        _failures.append(f"{where}: {what.splitlines()[0]}")
+        line, note = _where(self.env.docname, self.lineno)
+        logger.error(f"{self.name} example failed{note}: {what}", location=(self.env.docname, line))
+        _failures.append(f"{_source(self.env, self.env.docname)}:{line}{note}: {what.splitlines()[0]}")
         return [nodes.literal_block(what, what, classes=["bitnet-failed"])]
 
     @property
@@ -333,6 +333,10 @@ class BitnetShell(_Example):
 _GENERATED = re.compile(r"^```\{bitnet-generated\}[ \t]+(\S+)[ \t]*\n```[ \t]*$", re.MULTILINE)
 
 
+# docname -> [(first line, last line) in the spliced page, the block's line in the file, its name]
+_splices: dict[str, list[tuple[int, int, int, str]]] = {}
+
+
 def _splice_generated(app: Sphinx, docname: str, source: list[str]) -> None:
     # Generated Markdown replaces its block before MyST parses the page, so
     # its headings and labels are the page's own (a directive's output could
@@ -341,18 +345,38 @@ def _splice_generated(app: Sphinx, docname: str, source: list[str]) -> None:
         return
     import bitnet_reference
 
-    def generate(match: re.Match[str]) -> str:
+    text, pieces, regions, pos, added = source[0], [], [], 0, 0
+    for match in _GENERATED.finditer(text):
         name = match.group(1)
+        lineno = text.count("\n", 0, match.start()) + 1
         try:
-            return bitnet_reference.generate(name, app=app, docname=docname)
+            generated = bitnet_reference.generate(name, app=app, docname=docname)
         except Exception as exc:  # noqa: BLE001 - any failure is the page's build error
-            lineno = source[0].count("\n", 0, match.start()) + 1
             what = f"generating {name!r} failed: {type(exc).__name__}: {exc}"
             logger.error(what, location=(docname, lineno))
             _failures.append(f"{_source(app.env, docname)}:{lineno}: {what}")
-            return f"```text\n{traceback.format_exc()}\n```\n"
+            generated = f"```text\n{traceback.format_exc()}\n```\n"
+        generated = generated.rstrip("\n") + "\n"
+        pieces += [text[pos:match.start()], generated]
+        start = lineno + added
+        regions.append((start, start + generated.count("\n") - 1, lineno, name))
+        added += generated.count("\n") - (match.group(0).count("\n") + 1)
+        pos = match.end() + (1 if text[match.end():match.end() + 1] == "\n" else 0)
+    pieces.append(text[pos:])
+    source[0] = "".join(pieces)
+    _splices[docname] = regions
 
-    source[0] = _GENERATED.sub(generate, source[0])
+
+def _where(docname: str, line: int) -> tuple[int, str]:
+    """A line of the spliced page as (its line in the page's file, a note naming the generated block it is in)."""
+    shift = 0
+    for first, last, block_line, name in _splices.get(docname, []):
+        if line < first:
+            break
+        if line <= last:
+            return block_line, f" (in {{bitnet-generated}} {name}, its line {line - first + 1})"
+        shift += last - first + 1 - 2  # the block was two lines
+    return line - shift, ""
 
 
 # The aliases the project's code and docs write (``import fault_inject as fi``,
