@@ -6,20 +6,29 @@ really happened:
 ``bitnet-run``    Python code, run in the page's namespace (shared by the
                   page's blocks, in order; ``import pytest_bitnet as bn``
                   done beforehand) with the page's temporary directory as
-                  the working directory.  Rendered: the code, then what it
-                  printed.  ``:raises: Class`` (bare or qualified name): the
-                  block must raise it, and the output ends ``Class: message``.
-                  ``:hide-code:`` shows only the output.
+                  the working directory (also on sys.path, so a module a
+                  bitnet-file wrote imports).  Rendered: the code, then what
+                  it printed (stdout and stderr).  ``:raises: Class`` (bare or
+                  qualified name): the block must raise it or a subclass, and
+                  the output ends ``RaisedClass: message``.  ``:hide-code:``
+                  shows only the output; ``:filter:`` / ``:max-lines:`` as
+                  for bitnet-shell.
 ``bitnet-file``   ``{bitnet-file} path``: the body is written to ``path`` in
                   the page's directory (overwriting an earlier version) and
                   shown captioned with the path.
 ``bitnet-shell``  command lines, run by one bash in the page's directory,
-                  the docs' Python first on PATH.  Rendered ``$ command`` and
+                  the docs' Python first on PATH, PYTHONDONTWRITEBYTECODE=1
+                  (``cd`` and ``export`` carry over to the next line).
+                  Rendered ``$ command`` and
                   its output (stdout and stderr together).  Every command
                   but the last must exit 0, the last with ``:returncode: N``
-                  (default 0).  ``:timeout: S`` (default 120) for the block;
+                  (default 0); a line ending in ``\\`` continues on the next.
+                  ``:timeout: S`` (default 120) for the block;
                   ``:filter: REGEX`` and ``:max-lines: N`` trim the shown
                   output (``...`` marks what was left out).
+
+When a page has been read, its namespace and directory go and every
+fault still armed is disarmed, so pages do not leak into each other.
 
 A failing example is logged as an error at its page and line, and the
 build fails at the end (also without -W), after --keep-going has reported

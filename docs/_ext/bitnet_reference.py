@@ -204,7 +204,9 @@ def _matrix_example() -> str:
         "and writes JSON, JUnit XML or Markdown reports besides its terminal table. This run happened when the "
         "page was built:\n",
         fence("$ " + " ".join(command) + "\n" + "\n".join(head), "console"),
-        "and `matrix.md` as written, rendered:\n",
+        "`matrix.md` as written starts:\n",
+        fence("\n".join(report.splitlines()[:4]), "markdown"),
+        "and reads, rendered:\n",
         _demote(report),
     ])
 
@@ -281,6 +283,44 @@ def points_page() -> str:
                 f"- **`fail` returns:** {code(codes.get(p.default_code, p.default_code))} ({p.default_code}), "
                 f"raised as {error_ref(cls)}",
                 f"- **Actions:** {acts}\n"]
+    return "\n".join(out) + "\n" + _interposed_points()
+
+
+# In a process of its own: building and attaching the interposing libllama
+# registers its points in the process that does it, and would change what
+# later pages' examples see.
+_INTERPOSED = """\
+import json
+from fault_inject import interpose, spec
+try:
+    rows = [(p.name, p.description, [a for a in spec.ACTIONS if a in p.actions]) for p in interpose.points("llama")]
+    print(json.dumps({"points": rows}))
+except interpose.InterposeError as exc:
+    print(json.dumps({"unavailable": str(exc)}))
+"""
+
+
+def _interposed_points() -> str:
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _INTERPOSED], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"listing the interposed points failed:\n{proc.stdout}{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = ["(points-interposed)=", "## Interposed llama.cpp points\n",
+           "With interposition on (`pytest --bitnet-interpose=llama`, `python3 -m fault_inject run --interpose=llama`, "
+           "`BITNET_INTERPOSE=llama`), an unmodified llama-cpp-python app loads an interposing `libllama.so` that "
+           "forwards every call to the real one and registers one point per wrapped C function, named after it. "
+           "`llama_*=ACTION` arms every one that accepts ACTION. `python3 -m fault_inject points --interpose=llama` "
+           "lists them.\n"]
+    if "unavailable" in result:
+        return "\n".join(out + [f"They could not be listed when this page was built: {esc(result['unavailable'])}\n"])
+    out += ["| Point | Actions |", "|---|---|"]
+    out += [f"| {point_ref(name)} | {cell(', '.join(actions))} |" for name, _, actions in result["points"]]
+    out.append("")
+    for name, description, actions in result["points"]:
+        out += [f"(point-{name})=", f"### {code(name)}\n", f"{prose(description[:1].upper() + description[1:])}.\n",
+                f"- **Actions:** {', '.join(code(a) for a in actions)}\n"]
     return "\n".join(out)
 
 
