@@ -57,7 +57,8 @@ autodoc_default_options = {"members": True, "undoc-members": False, "show-inheri
 
 html_theme = "furo"
 html_title = "pytest-bitnet"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["bitnet.css"]
 html_show_sourcelink = False
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"
