@@ -16,7 +16,7 @@
 Modules: :mod:`~fault_inject.spec` (the grammar), :mod:`~fault_inject.registry`
 (the points, the one validator), :mod:`~fault_inject.arming` (handles),
 :mod:`~fault_inject.events` (firings), :mod:`~fault_inject.env`
-(``BITNET_INJECT``), :mod:`~fault_inject.sweep`, :mod:`~fault_inject.catalog`,
+(``BITNET_INJECT``), ``fault_inject.sweep`` (the module), :mod:`~fault_inject.catalog`,
 :mod:`~fault_inject.matrix` and :mod:`~fault_inject.interpose` (fault points and
 counters in unmodified llama.cpp apps: imported only when asked for).  If the environment variable
 ``BITNET_INJECT`` holds a spec, importing this package arms it (seed from

@@ -1,5 +1,7 @@
 """pytest-bitnet: a native BitNet bridge with fault injection, and its pytest plugin.
 
+::
+
     import pytest_bitnet as bn
     path = bn.models.make_tiny_model("tiny.gguf", arch="bitnet", seed=0)
     with bn.BitnetSession.create(path, n_ctx=512) as s:

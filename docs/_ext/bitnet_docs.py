@@ -344,6 +344,21 @@ def _splice_generated(app: Sphinx, docname: str, source: list[str]) -> None:
     source[0] = _GENERATED.sub(generate, source[0])
 
 
+# The aliases the project's code and docs write (``import fault_inject as fi``,
+# ``import pytest_bitnet as bn``), as in annotations autodoc shows.
+_ALIASES = {"fi.": "fault_inject.", "bn.": "pytest_bitnet."}
+
+
+def _resolve_alias(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
+    target = node.get("reftarget", "")
+    for alias, module in _ALIASES.items():
+        if node.get("refdomain") == "py" and target.startswith(alias):
+            domain = env.get_domain("py")
+            return domain.resolve_xref(env, node.get("refdoc"), app.builder, node["reftype"],
+                                       module + target[len(alias):], node, contnode)
+    return None
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("bitnet-run", BitnetRun)
     app.add_directive("bitnet-file", BitnetFile)
@@ -352,6 +367,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("doctree-read", _end_page)
     app.connect("env-get-outdated", _always_reread)
     app.connect("build-finished", _fail_build)
+    app.connect("missing-reference", _resolve_alias)
     # parallel reading would run pages' examples in other processes, where
     # the failures list and the per-page state do not reach
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}

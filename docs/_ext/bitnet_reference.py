@@ -87,6 +87,19 @@ def fence(text: str, language: str = "text") -> str:
     return f"{f}{language}\n{text.rstrip()}\n{f}\n"
 
 
+def directive(name: str, argument: str, *options: str) -> str:
+    """A MyST directive block: ```{name} argument, then its :options:."""
+    body = "\n".join(options)
+    return f"```{{{name}}} {argument}\n{body}\n```\n"
+
+
+def autodoc(name: str, argument: str, *options: str) -> str:
+    """An autodoc directive: in an {eval-rst} block, since autodoc writes reStructuredText
+    and MyST would read it as Markdown."""
+    lines = [f".. {name}:: {argument}", *(f"   {o}" for o in options)]
+    return fence("\n".join(lines), "{eval-rst}")
+
+
 def rst(docstring: str | None) -> str:
     """A docstring, as the reStructuredText it is."""
     text = inspect.cleandoc(docstring or "")
@@ -581,7 +594,8 @@ def plugin_page() -> str:
     for name in fixtures.__all__:
         obj = getattr(fixtures, name)
         if isinstance(obj, type):
-            out.append(fence(f"{obj.__module__}.{name}\n:members:\n:no-index:", "{autoclass}"))
+            # the signature shown empty: the fixture makes it, from the plugin's internal state
+            out.append(autodoc("autoclass", f"{obj.__module__}.{name}()", ":members:", ":no-index:"))
     out += ["(plugin-hooks)=", "## Hooks\n", rst(hookspecs.__doc__)]
     for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
         if not name.startswith("pytest_bitnet_"):
@@ -610,25 +624,60 @@ def api_page() -> str:
     import fault_inject
     import pytest_bitnet
 
+    # Documented under the public names (pytest_bitnet.BitnetSession, not
+    # pytest_bitnet.bridge.session.BitnetSession): those are what users
+    # import and what docstrings cite.
     out = ["(api-pytest_bitnet)=", "## `pytest_bitnet`\n", rst(pytest_bitnet.__doc__)]
     for name in pytest_bitnet.__all__:
         obj = getattr(pytest_bitnet, name)
-        if inspect.ismodule(obj):
-            continue
-        out.append(_autodoc(obj))
+        if not inspect.ismodule(obj):
+            out.append(_autodoc("pytest_bitnet", name, obj))
     out += ["(api-errors)=", "## `pytest_bitnet.errors`\n",
-            "The exception classes; see {doc}`error-classes` for each with a real message.\n",
+            "The exception classes and `ErrorContext`: see {doc}`error-classes`, which shows each with a real message.\n",
             "(api-models)=", "## `pytest_bitnet.models`\n",
-            fence("pytest_bitnet.testing.models\n:members:", "{automodule}"),
+            autodoc("automodule", "pytest_bitnet.models", ":members:"),
             "(api-crossval)=", "## `pytest_bitnet.testing.crossval`\n",
-            fence("pytest_bitnet.testing.crossval\n:members:", "{automodule}"),
+            autodoc("automodule", "pytest_bitnet.testing.crossval", ":members:"),
             "(api-fault_inject)=", "## `fault_inject`\n", rst(fault_inject.__doc__)]
     for name in fault_inject.__all__:
-        out.append(_autodoc(getattr(fault_inject, name)))
+        out.append(_autodoc("fault_inject", name, getattr(fault_inject, name)))
+    from fault_inject import spec
+
+    out += ["(api-spec-types)=", "### The parts of a parsed spec\n",
+            "What `Spec.entries` and `Resolved.entries` hold (`fault_inject.spec`).\n"]
+    for name in ("Entry", "Term", "CompiledEntry"):
+        out.append(_autodoc("fault_inject.spec", name, getattr(spec, name)))
+    out += ["(api-modules)=", "## Modules\n",
+            "The modules behind the public names, for reading the code; import the names above.\n"]
+    import fault_inject as fi
+
+    for module in _modules():
+        first = inspect.cleandoc(module.__doc__ or "").split("\n\n")[0]
+        # a module whose name is also a documented function (fault_inject.sweep) gets no second target
+        index = [":no-index:"] if callable(getattr(fi, module.__name__.rpartition(".")[2], None)) \
+            and module.__name__.startswith("fault_inject.") else []
+        out += [directive("py:module", module.__name__, *index), f"`{module.__name__}`", "", rst(first)]
     return "\n".join(out)
 
 
-def _autodoc(obj: Any) -> str:
+def _modules() -> list[Any]:
+    """fault_inject's public modules and pytest_bitnet's layers."""
+    import importlib
+    import pkgutil
+
+    import fault_inject
+
+    names = [f"fault_inject.{m.name}" for m in pkgutil.iter_modules(fault_inject.__path__)
+             if not m.name.startswith("_")]
+    for package in ("pytest_bitnet.bridge", "pytest_bitnet.testing"):
+        pkg = importlib.import_module(package)
+        names += [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)
+                              if not m.name.startswith("_")]
+    names.append("pytest_bitnet.plugin")
+    documented = {"pytest_bitnet.testing.crossval"}  # an automodule above is its target
+    return [importlib.import_module(n) for n in sorted(names) if n not in documented]
+
+
+def _autodoc(module: str, name: str, obj: Any) -> str:
     kind = "autoclass" if isinstance(obj, type) else "autofunction"
-    target = f"{obj.__module__}.{obj.__qualname__}"
-    return fence(target + ("\n:members:" if kind == "autoclass" else ""), f"{{{kind}}}")
+    return autodoc(kind, f"{module}.{name}", *([":members:"] if kind == "autoclass" else []))

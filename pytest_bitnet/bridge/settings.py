@@ -1,5 +1,5 @@
 """Where the bridge's defaults come from: the environment, read here only,
-and run-wide values a harness sets with :func:`configure`.
+and run-wide values a harness sets with ``configure()``.
 
 Environment variables are user input.  The Python layers read them in this
 module and pass values on; a harness (the pytest plugin) changes defaults

@@ -43,6 +43,7 @@ __all__ = [
     "TOP_K",
     "GgmlBuild",
     "PromptResult",
+    "Summary",
     "compare",
     "check",
     "default_corpus",

@@ -68,7 +68,7 @@ def pack_tq2_0(ternary: npt.NDArray[np.int8], scale: float) -> npt.NDArray[np.ui
 
     The same bytes as ``gguf.quants.quantize(ternary * scale, TQ2_0)``
     (tests/testing/test_models.py checks it), without the float detour:
-    every block's max |w| is the scale (fp16-exact) unless the block is all
+    every block's max ``|w|`` is the scale (fp16-exact) unless the block is all
     zeros, where gguf-py writes d = 0.  Blocks of 256 weights: 64 bytes of
     codes (weight e in byte (e // 128) * 32 + e % 32 at shift
     2 * ((e % 128) // 32), code = w + 1), then the fp16 d.  About 20x faster
