@@ -15,7 +15,7 @@ neither applies to every hit.  No term taken: nothing happens.  So
 ``alloc=2*off->oom`` fails every allocation from the 3rd on and
 ``alloc=2*off->1*oom->off`` exactly the 3rd (gofail / fail-rs semantics).
 
-Extensions to the grammar of DESIGN.md (also in README):
+Extensions to the grammar of DESIGN.md:
 
 * blanks around tokens are ignored, and one trailing ``;`` is allowed;
 * ``fail``'s code may be a name: ``fail(-4)``, ``fail(inference)`` and

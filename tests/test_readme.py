@@ -1,4 +1,8 @@
-"""README states facts the code and the tests decide: check them against those."""
+"""README states facts the code and the tests decide: check them against those.
+
+README is the landing page; the facts of the internals moved into the docs
+pages with their text, and their checks into tests/test_docs_facts.py.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +27,33 @@ def _subcommands(module: str) -> list[str]:
 
 @pytest.mark.parametrize("module", ["pytest_bitnet", "fault_inject"])
 def test_every_subcommand_is_documented(module: str) -> None:
-    # issue 20.14: `python -m pytest_bitnet demo` existed and README never said so
+    # a subcommand once existed that README never mentioned: its Commands list shows every one
     missing = [c for c in _subcommands(module) if not re.search(rf"python3? -m {module} {c}\b", README)]
     assert not missing, f"README never shows `python -m {module}` {missing}"
 
 
-def test_the_leaking_librarys_rows_are_the_ones_the_matrix_test_expects() -> None:
-    from tests.fault_inject.test_matrix import BROKEN_ROWS
+def test_every_link_is_to_a_file_of_the_repository() -> None:
+    # relative links, so that they work on GitHub: each must name a file that exists
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    assert links, "README links into the docs"
+    missing = [link for link in links if "://" not in link and not (ROOT / link).is_file()]
+    assert not missing, f"README links to files that do not exist: {missing}"
 
-    said = re.search(r"leaked on the library's tokenize error path \(((?:E\d\d\s+)+E\d\d)", README)
-    assert said, "README no longer describes the leaking library's rows"
-    assert set(said.group(1).split()) == BROKEN_ROWS["LEAK_ON_TOKENIZE_ERROR"]
+
+def test_readme_links_every_docs_page() -> None:
+    pages = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)
+    assert pages, "docs/ holds the site"
+    unlinked = [p for p in pages if f"]({p})" not in README]
+    assert not unlinked, f"README does not link {unlinked}"
+
+
+def test_readme_is_a_landing_page() -> None:
+    assert len(README.encode()) < 10_000, "README is the landing page: internals belong on the docs pages"
+    assert "bash .ci/docs OUTDIR" in README
+
+
+def test_the_headline_count_is_the_catalogs() -> None:
+    from fault_inject.catalog import CATALOG
+
+    assert f"{len(CATALOG)} catalogued error paths" in README
+    assert f"run the {len(CATALOG)} error paths" in README

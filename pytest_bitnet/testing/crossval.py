@@ -9,7 +9,7 @@ backends stay loaded for the whole corpus.
     report = crossval.compare(model, crossval.DEFAULT_PROMPTS)
     crossval.check(model, prompts)          # ComparisonError on divergence
 
-What the comparison found, for the README: llama.cpp's default KV cache
+What the comparison found (docs/explanation/numerics.md): llama.cpp's default KV cache
 holds K and V in fp16 (and its flash attention rounds Q to fp16 too); that
 alone moves the tiny bitnet model's logits by ~0.3-0.7 (about 1% of their
 range).  The adapter therefore asks llama.cpp for an f32 cache and plain
@@ -196,8 +196,8 @@ def random_prompts(seed: int, n: int = 120, max_words: int = 24) -> list[str]:
 RANDOM_SEED = 19
 RANDOM_PROMPTS = 48
 
-# Prompts that once diverged and were kept out of the corpus (README's old
-# "quantization flips"): a long prompt whose differences grew with position,
+# Prompts that once diverged and were kept out of the corpus (the old
+# "quantization flips", docs/explanation/numerics.md): a long prompt whose differences grew with position,
 # and special tokens parsed side by side.  They belong in it.
 HARD_PROMPTS: tuple[str, ...] = ("x" * 300, "mixed <|assistant|><|user|> adjacent")
 
@@ -379,7 +379,7 @@ def _short(prompt: str, width: int = 60) -> str:
 
 @dataclass(frozen=True)
 class Summary:
-    """A corpus compared: what the README's crossval table reports."""
+    """A corpus compared: what the crossval table of docs/explanation/numerics.md reports."""
 
     prompts: int
     prompts_diverging: int  # prompts with any row over the tolerance (or token mismatch)

@@ -36,7 +36,7 @@ from ..native_builds import build_broken_backend
 
 # A stopped call must end within this of its deadline plus the grace: the
 # kill and the reap, generous for a loaded 2-core machine (measured figures
-# are in the README; this is a bound, not a measurement).
+# are in docs/explanation/performance.md; this is a bound, not a measurement).
 LATE = 1.0
 
 # Under the sanitizer pass (LD_PRELOAD of libasan, abort_on_error=1) ASan's

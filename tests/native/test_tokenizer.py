@@ -17,7 +17,7 @@ from pytest_bitnet.testing.crossval import DEFAULT_PROMPTS
 from pytest_bitnet.testing.malformed import Gguf
 
 # + a long run (merges over hundreds of symbols) and adjacent special tokens;
-# both are out of crossval's logits corpus (README: cross-validation findings)
+# both are out of crossval's logits corpus (docs/explanation/numerics.md: cross-validation)
 # Tokenized here, kept out of crossval's logits corpus until the engines agree
 # on every row (the parity issue): against an AVX2-only build of libllama (an
 # AMD EPYC without AVX-512) one row of each of the first two prompts is 0.33

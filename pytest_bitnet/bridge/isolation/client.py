@@ -7,8 +7,8 @@ with its own ``OperationTimeout`` (the session then stays usable, as in
 process); a library that does not answer by then is stopped: the worker is
 killed with SIGKILL and reaped, and the call raises ``OperationTimeout``.
 What the caller sees past the deadline is therefore GRACE plus the kill and
-the reap (measured on the 2-core machine of this project: see README,
-"Isolation").
+the reap (measured on the 2-core machine of this project: see
+docs/explanation/performance.md, "Process isolation").
 
 A worker that dies during a call (EOF on its reply pipe) is reaped and
 reported as ``BackendCrashed`` with its signal or exit code, the operation,
