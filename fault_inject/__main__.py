@@ -127,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' CLI reference is generated from it)."""
     ap = argparse.ArgumentParser(prog="python -m fault_inject", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("points", help="list the registered fault points")
@@ -167,7 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--markdown", metavar="F", help="write a Markdown table")
     m.add_argument("-v", "--verbose", action="store_true", help="print each cell as it finishes (in process)")
     m.set_defaults(fn=_matrix.main)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command != "matrix":
         # a CLI is an application: native warnings reach stderr (the
         # library itself only adds a NullHandler).  Not for the matrix,

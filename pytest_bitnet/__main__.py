@@ -104,7 +104,8 @@ def _explain(args: argparse.Namespace, results: list, bad: list) -> None:
         print(f"EXPLAIN {e.describe()}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' CLI reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="python -m pytest_bitnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a session over a generated tiny model")
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     cv.add_argument("--other-model", metavar="FILE", help="give llama.cpp this file instead of MODEL (e.g. a copy with a perturbed weight, to see --explain find it)")
     cv.set_defaults(func=_crossval)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     # a CLI is an application: native warnings reach stderr (the library
     # itself only adds a NullHandler, bridge/native_log.py)
     from .bridge.native_log import cli_handler
