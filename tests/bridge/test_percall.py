@@ -10,6 +10,7 @@ ModelLoadError saying to call again.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import threading
 import time
@@ -76,16 +77,29 @@ def test_evaluate_against_a_writer_never_returns_torn_logits(models: tuple[Path,
     # Before the fix ~1 call in 500 came back torn (3 x 512 holding 3 x 300)
     # and others failed with "buffer too small"; the loop stops once both
     # outcomes were seen often, or after 8 s.
+    #
+    # The writer works in bursts with quiet gaps of up to a few evaluations:
+    # replacing without pause, it starved the reader under ASan, where every
+    # one of 2,228 calls in 8 s saw a change and none could succeed.  The
+    # gaps are random (seeded) so that replacements land at every point of a
+    # call, not in step with it.
     a, b, path = models
     expected = {m: bn.evaluate(m, TOKENS) for m in (a, b)}
     by_shape = {v.shape: v for v in expected.values()}
+    t0 = time.perf_counter()
+    for _ in range(3):
+        bn.evaluate(a, TOKENS)
+    one_call = (time.perf_counter() - t0) / 3
     stop = threading.Event()
     replaced = [0]
+    rng = random.Random(17)
 
     def writer() -> None:
         while not stop.is_set():
-            replace(path, (a, b)[replaced[0] % 2])
-            replaced[0] += 1
+            for _ in range(rng.randint(1, 8)):
+                replace(path, (a, b)[replaced[0] % 2])
+                replaced[0] += 1
+            stop.wait(rng.uniform(0.0, 4.0 * one_call))
 
     t = threading.Thread(target=writer, name="model-writer")
     t.start()
