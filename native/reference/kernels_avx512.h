@@ -24,7 +24,7 @@
  *
  * Uses kernels.c's definitions: bn_weight, bn_q8k, bn_i8hdr, QK_K,
  * TQ2_BLOCK_BYTES, I2S_BLOCK, I2S_HDR, TILE, ROWS_MAX, BN_PF_DIST,
- * BN_PF_HINT, h2f, mul_rounded, i2s_tokens, i2s_finish.
+ * BN_PF_HINT, bn_pf_addr, h2f, mul_rounded, i2s_tokens, i2s_finish.
  *
  * Functions are named *_avx512 (AVX-512 F/BW/VL/DQ) or *_vnni (also
  * AVX-512 VNNI): tools/error_sites.py leaves their lines out of the
@@ -409,7 +409,8 @@ BN_X512_INLINE float BN_X512_NAME(scalar_f16)(const uint16_t *p)
         for (; i + 8 <= n; i += 8) {                                          \
             if (pf && (i & (PFS - 1)) == 0) {                                 \
                 BN_UNROLL8 for (int k = 0; k < 2 * P; k++) /* R's, or R+1 */  \
-                    _mm_prefetch((const char *)(w[k] + i) + BN_PF_DIST,       \
+                    _mm_prefetch(bn_pf_addr(row, rbytes, 2 * P, k,            \
+                                            (size_t)i * sizeof(T)),           \
                                  BN_PF_HINT);                                 \
             }                                                                 \
             __m512 wv[ROWS_MAX / 2];                                          \
@@ -450,7 +451,10 @@ BN_X512_FBLOCK(f16, uint16_t, 32)
  * (AVX2 found the same, BN_FLOAT_BLOCK), and F32 streams twice F16's bytes
  * per FMA.  Measured on Zen 5 (one thread, 32000 x 512, best of runs, as
  * speed against the AVX2 kernels): 4 tokens F32 0.68x with 8 rows, 0.79x
- * with 4, 0.98x with 2; F16 0.93x with 2, 1.35x with 8. */
+ * with 4, 0.98x with 2; F16 0.93x with 2, 1.35x with 8.  On a Xeon
+ * (family 6 model 167, from memory, bn_pf_addr's order) F16 gave 0.96x
+ * with 8, 1.01x with 4 and 1.02x with 6, and on 2560 columns 0.97x, 1.07x
+ * and 1.18x: so 6, which still keeps 12 accumulators' FMAs in flight. */
 #define BN_X512_FLOAT_ROWS(sfx, RPF)                                          \
     static BN_X512 int BN_X512_NAME(rows_##sfx)(                              \
         const bn_weight *w, const uint8_t *row, int64_t nr, const void *act,  \
@@ -476,7 +480,7 @@ BN_X512_FBLOCK(f16, uint16_t, 32)
         return R;                                                             \
     }
 BN_X512_FLOAT_ROWS(f32, 2)
-BN_X512_FLOAT_ROWS(f16, ROWS_MAX)
+BN_X512_FLOAT_ROWS(f16, 6)
 
 /* One token, ggml_vec_dot's order (vdot_*_avx2's), R rows at a time: a
  * row's four 8-lane accumulators a0..a3 are two vectors, [a0 | a1] over
@@ -511,8 +515,11 @@ BN_X512_INLINE float BN_X512_NAME(vdot_finish)(__m512 a, __m512 b)
         const int64_t np = n & ~(int64_t)31;                                  \
         for (int64_t i = 0; i < np; i += 32) {                                \
             if (pf && (i & (PFS - 1)) == 0) {                                 \
-                BN_UNROLL4 for (int r = 0; r < R; r++)                        \
-                    _mm_prefetch((const char *)(w[r] + i) + BN_PF_DIST,       \
+                BN_UNROLL4 for (int r = 0; r < R; r++) /* F32: per 128 B */  \
+                    _mm_prefetch(sizeof(T) == 2                               \
+                                     ? bn_pf_addr(row, rbytes, R, r,          \
+                                                  (size_t)i * sizeof(T))      \
+                                     : (const char *)(w[r] + i) + BN_PF_DIST, \
                                  BN_PF_HINT);                                 \
             }                                                                 \
             const __m512 x0 = _mm512_loadu_ps(x + i);                         \
