@@ -503,7 +503,7 @@ BN_X512_INLINE float BN_X512_NAME(vdot_finish)(__m512 a, __m512 b)
     return _mm_cvtss_f32(_mm_hadd_ps(h, h));
 }
 
-#define BN_X512_VDOT(sfx, T, PFS)                                             \
+#define BN_X512_VDOT(sfx, T)                                                  \
     BN_X512_INLINE void BN_X512_NAME(vdotn_##sfx)(                            \
         const uint8_t *row, size_t rbytes, int R, const float *x, int64_t n,  \
         int pf, float *out)                                                   \
@@ -516,14 +516,12 @@ BN_X512_INLINE float BN_X512_NAME(vdot_finish)(__m512 a, __m512 b)
         }                                                                     \
         const int64_t np = n & ~(int64_t)31;                                  \
         for (int64_t i = 0; i < np; i += 32) {                                \
-            if (pf && (i & (PFS - 1)) == 0) {                                 \
-                BN_UNROLL4 for (int r = 0; r < R; r++) /* F32: per 128 B */  \
-                    _mm_prefetch(sizeof(T) == 2                               \
-                                     ? bn_pf_addr(row, rbytes, R, r,          \
-                                                  (size_t)i * sizeof(T))      \
-                                     : (const char *)(w[r] + i) + BN_PF_DIST, \
-                                 BN_PF_HINT);                                 \
-            }                                                                 \
+            if (pf) /* each row's next 32 weights: one line, or F32's two */  \
+                for (size_t o = 0; o < 32 * sizeof(T); o += 64)               \
+                    BN_UNROLL4 for (int r = 0; r < R; r++)                    \
+                        _mm_prefetch(bn_pf_addr(row, rbytes, R, r,            \
+                                                (size_t)i * sizeof(T) + o),   \
+                                     BN_PF_HINT);                             \
             const __m512 x0 = _mm512_loadu_ps(x + i);                         \
             const __m512 x1 = _mm512_loadu_ps(x + i + 16);                    \
             BN_UNROLL4 for (int r = 0; r < R; r++) {                          \
@@ -540,8 +538,8 @@ BN_X512_INLINE float BN_X512_NAME(vdot_finish)(__m512 a, __m512 b)
             out[r * TILE] = s;                                                \
         }                                                                     \
     }
-BN_X512_VDOT(f32, float, 16)
-BN_X512_VDOT(f16, uint16_t, 32)
+BN_X512_VDOT(f32, float)
+BN_X512_VDOT(f16, uint16_t)
 
 static BN_X512 int BN_X512_NAME(rows_vdot)(const bn_weight *w,
                                            const uint8_t *row, int64_t nr,
