@@ -24,12 +24,20 @@ def median_time(fn: Callable[[], object], *, repeat: int, warmup: int = 1) -> fl
     return statistics.median(times)
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], *, rounds: int, repeat: int) -> tuple[float, float]:
-    """Median times of a and b, alternating rounds so drift hits both alike."""
+def interleaved(a: Callable[[], object], b: Callable[[], object], *, rounds: int, repeat: int,
+                repeat_b: int | None = None, warmup: int = 0) -> tuple[float, float]:
+    """Median times of a and b, alternating rounds so drift hits both alike.
+
+    `repeat` runs of a per round, and `repeat_b` of b (default `repeat`):
+    a cheap b needs more runs for a steady median than a costly a.  Each
+    round first runs its function `warmup` times untimed, so that it is
+    timed in its own steady state (caches, sleeping worker threads), not
+    in the state the other one left.
+    """
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(median_time(a, repeat=repeat, warmup=0))
-        tb.append(median_time(b, repeat=repeat, warmup=0))
+        ta.append(median_time(a, repeat=repeat, warmup=warmup))
+        tb.append(median_time(b, repeat=repeat if repeat_b is None else repeat_b, warmup=warmup))
     return statistics.median(ta), statistics.median(tb)
 
 

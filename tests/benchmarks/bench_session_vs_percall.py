@@ -6,7 +6,9 @@ Per-call functions load the model, work and free on every call; a session
 loads once.  Generation per call has no KV cache to keep, so each of the 32
 steps re-evaluates the whole prefix, as the seed's per-call MVP must.
 Prints per-row times and the session speed-up; seed 003 asks >= 10x and
-expects 40x / 30x / 12x / 16x.  The last column is the session's weight
+expects 40x / 30x / 12x / 16x.  Each row alternates --rounds rounds of
+per-call and of session calls (one untimed call first in each), so that
+bandwidth moving under other processes moves both sides alike.  The last column is the session's weight
 bytes read per second (every evaluation call reads each weight once) as a
 share of the read bandwidth measured in this run at the pool's thread
 count.
@@ -32,7 +34,7 @@ SEED_EXPECTED = {"tokenize 100 tokens": 40, "eval 1 token": 30, "eval 4 tokens":
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", type=Path)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     path = args.model or bn.models.cached_tiny_model(tmp, **BENCH_MODEL)
@@ -77,8 +79,10 @@ def main() -> None:
         ]
         print(f"{'row':22} {'per-call':>12} {'session':>12} {'speed-up':>9} {'seed expects':>13}  session reads")
         for name, percall, session, rep_p, rep_s, calls in rows:
-            tp, _ = interleaved(percall, lambda: None, rounds=args.rounds, repeat=rep_p)
-            _, ts = interleaved(lambda: None, session, rounds=args.rounds, repeat=rep_s)
+            # per-call and session rounds alternate: on a shared machine the
+            # bandwidth moves within a run, and a ratio of two stretches
+            # measured one after the other moved with it (2x seen)
+            tp, ts = interleaved(percall, session, rounds=args.rounds, repeat=rep_p, repeat_b=rep_s, warmup=1)
             share = fmt_share(calls * wbytes, ts, bw) if calls else "-"
             print(f"{name:22} {fmt_time(tp):>12} {fmt_time(ts):>12} {tp / ts:8.1f}x {SEED_EXPECTED[name]:12d}x  {share}")
     print(f"tokens in the 100-token prompt: {len(toks)}")
