@@ -137,7 +137,7 @@ BN_UNROLL4
          * of dependent instructions, bound by their latency: the odd j go
          * to a second one, added at the end (integer sums, so the lanes
          * are the same).  First for one or two tokens; with three or four
-         * it gained 2-6% too (Xeon family 6 model 167, the 40 MB model's
+         * it gained 2-7% too (Xeon family 6 model 167, the 40 MB model's
          * layer shapes in L2, one thread, alternating with the one-chain
          * form in one process), though there the chains are four. */
         __m512i s2[TILE];
