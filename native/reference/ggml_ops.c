@@ -143,6 +143,22 @@ BN_OPS_INLINE void swiglu_body(float *y, const float *x, const float *g,
         y[i] = x[i] / (1.0f + expf(-x[i])) * g[i];
 }
 
+BN_OPS_INLINE void rope_body(float *x, int64_t n_heads, int64_t hd,
+                             int32_t n_rot, const float *cs, int neox)
+{
+    const int32_t half = n_rot / 2;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *xh = x + h * hd;
+        for (int32_t i = 0; i < half; i++) {
+            const float c = cs[i], s = cs[half + i];
+            const int32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+            const float x0 = xh[a], x1 = xh[b];
+            xh[a] = fmaf(x0, c, -(x1 * s));
+            xh[b] = fmaf(x0, s, x1 * c);
+        }
+    }
+}
+
 #ifdef BN_OPS_FMA_CODE
 #include <immintrin.h>
 
@@ -228,6 +244,10 @@ BN_OPS_VARIANTS(wsum, void,
                  int64_t n, int64_t m),
                 (out, v, stride, p, n, m))
 BN_OPS_VARIANTS(softmax, void, (float *x, int64_t n), (x, n))
+BN_OPS_VARIANTS(rope, void,
+                (float *x, int64_t n_heads, int64_t hd, int32_t n_rot,
+                 const float *cs, int neox),
+                (x, n_heads, hd, n_rot, cs, neox))
 /* swiglu's fast build is swiglu_avx2, not swiglu_body compiled for AVX2 */
 static void swiglu_portable(float *y, const float *x, const float *g,
                             int64_t n)
@@ -260,6 +280,12 @@ void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n)
     }
 #endif
     swiglu_portable(y, x, g, n);
+}
+
+void bn_ggml_rope(float *x, int64_t n_heads, int64_t hd, int32_t n_rot,
+                  const float *cs, int neox)
+{
+    rope_dispatch(x, n_heads, hd, n_rot, cs, neox);
 }
 
 float bn_ggml_expf(float x)

@@ -29,6 +29,10 @@
  *                      then a multiply by the float of 1/sum.
  *   bn_ggml_swiglu     ggml_vec_swiglu_f32: x / (1 + ggml_v_expf(-x)) * g
  *                      for whole groups of 8, libm's expf for the tail.
+ *   bn_ggml_rope       ggml_rope_f32's rotation, which GCC contracts (with
+ *                      -march=native) into fma(x0, c, -(x1 s)) and
+ *                      fma(x0, s, x1 c): plain multiplies and adds differ
+ *                      from it in the last bit of one value in three.
  *
  * Each has an AVX2+FMA build and a portable one (fmaf) giving identical
  * bits; without hardware FMA the portable one is slow but still exact.
@@ -52,6 +56,12 @@ void bn_ggml_softmax(float *x, int64_t n);
 
 /* y[i] = silu(x[i]) * g[i] for one row of n (y may be x). */
 void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n);
+
+/* Rotates n_heads heads in place (head h at x + h * hd), the first n_rot
+ * values of each, by the angles cs (cos at cs[i], sin at cs[n_rot/2 + i]):
+ * the pairs (i, i + n_rot/2) when neox, else (2i, 2i + 1). */
+void bn_ggml_rope(float *x, int64_t n_heads, int64_t hd, int32_t n_rot,
+                  const float *cs, int neox);
 
 /* ggml_v_expf for one value (one lane of the vector code). */
 float bn_ggml_expf(float x);

@@ -535,6 +535,44 @@ int bn_forward_check(const bn_state *s, int32_t seq, const int32_t *tokens,
     return BITNET_OK;
 }
 
+/* Four floats in one vector: GCC's -O2 leaves a loop over pointers that
+ * may overlap scalar (it does not version loops for aliasing), and the
+ * elementwise loops below are most of rmsnorm's time.  Each lane rounds
+ * as the scalar expression does; loads and stores go through memcpy, so
+ * in place (y is x) is well defined. */
+typedef float f32x4 __attribute__((vector_size(16)));
+
+/* y[i] = (x[i] * scale) * w[i] (y may be x) */
+static void scale_mul(float *y, const float *x, float scale, const float *w,
+                      int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        f32x4 a, b;
+        memcpy(&a, x + i, sizeof a);
+        memcpy(&b, w + i, sizeof b);
+        a = (a * scale) * b;
+        memcpy(y + i, &a, sizeof a);
+    }
+    for (; i < n; i++)
+        y[i] = (x[i] * scale) * w[i];
+}
+
+/* x[i] += y[i]: the residual connections */
+static void add_into(float *x, const float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        f32x4 a, b;
+        memcpy(&a, x + i, sizeof a);
+        memcpy(&b, y + i, sizeof b);
+        a += b;
+        memcpy(x + i, &a, sizeof a);
+    }
+    for (; i < n; i++)
+        x[i] += y[i];
+}
+
 /* y = x / rms(x) * w, as ggml_rms_norm followed by ggml_mul, rounding
  * where ggml's CPU op rounds: each square in float, summed in double, the
  * mean rounded to float.  (Squaring in double instead moves the scale by an
@@ -547,9 +585,7 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n,
     for (int64_t i = 0; i < n; i++)
         sum += (double)(x[i] * x[i]);
     const float mean = (float)(sum / (double)n);
-    const float scale = 1.0f / sqrtf(mean + eps);
-    for (int64_t i = 0; i < n; i++)
-        y[i] = (x[i] * scale) * w[i];
+    scale_mul(y, x, 1.0f / sqrtf(mean + eps), w, n);
 }
 
 /* rmsnorm of n_tokens rows of n (y may be x).  Each row's sum is a chain
@@ -570,11 +606,8 @@ static void rmsnorm_rows(float *y, const float *x, const float *w,
         }
         for (int k = 0; k < 4; k++) {
             const float mean = (float)(s[k] / (double)n);
-            const float scale = 1.0f / sqrtf(mean + eps);
-            const float *xr = x + (t + k) * n;
-            float *yr = y + (t + k) * n;
-            for (int64_t i = 0; i < n; i++)
-                yr[i] = (xr[i] * scale) * w[i];
+            scale_mul(y + (t + k) * n, x + (t + k) * n,
+                      1.0f / sqrtf(mean + eps), w, n);
         }
     }
     for (; t < n_tokens; t++)
@@ -688,11 +721,6 @@ static int matmul_group(bn_pool *pool, int n, const bn_weight *const *w,
     return BITNET_OK;
 }
 
-/* The rotation's cos and sin for position pos, cs[i] and cs[n_rot/2 + i]
- * for i < n_rot / 2: theta advances by repeated multiplication, as ggml's
- * rope cache does, so angles match llama.cpp's to the last bit.  Every
- * head of a token rotates by the same angles: computed once per token,
- * not once per head. */
 /* Causal attention of tokens [t0, t1) for heads [h0, h1), into out (token
  * t, head h at out + t * d + h * hd).  Head h keeps its scores in att + h *
  * n_ctx, so heads run on any thread in any order; each (token, head) is
@@ -726,6 +754,11 @@ static void attn_heads(void *arg, int64_t h0, int64_t h1)
     }
 }
 
+/* The rotation's cos and sin for position pos, cs[i] and cs[n_rot/2 + i]
+ * for i < n_rot / 2: theta advances by repeated multiplication, as ggml's
+ * rope cache does, so angles match llama.cpp's to the last bit.  Every
+ * head of a token, in every layer, rotates by the same angles: computed
+ * once per token and evaluation, not once per head or layer. */
 static void rope_cache(float *cs, int32_t n_rot, int32_t pos, float base)
 {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
@@ -734,23 +767,6 @@ static void rope_cache(float *cs, int32_t n_rot, int32_t pos, float base)
         cs[i] = cosf(theta);
         cs[n_rot / 2 + i] = sinf(theta);
         theta *= theta_scale;
-    }
-}
-
-/* Rotates one head in place by rope_cache's angles.  The rotation is
- * written as the fused multiply-adds ggml's CPU build computes (compiled
- * with -march=native it contracts x0*c - x1*s into fma(x0, c, -(x1*s))):
- * plain multiplies and adds differ from it in the last bit of one value in
- * three, enough to move a Q8_K rounding step later (issue 19). */
-static void rope(float *x, int32_t n_rot, const float *cs, rope_kind kind)
-{
-    for (int32_t i = 0; i < n_rot / 2; i++) {
-        const float c = cs[i], s = cs[n_rot / 2 + i];
-        int32_t a = kind == ROPE_NEOX ? i : 2 * i;
-        int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
-        const float x0 = x[a], x1 = x[b];
-        x[a] = fmaf(x0, c, -(x1 * s));
-        x[b] = fmaf(x0, s, x1 * c);
     }
 }
 
@@ -809,7 +825,7 @@ static __attribute__((noinline, cold)) int logits_fault(float *logits,
 
 typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
-    float *rope; /* rope_cache's n_rot angles of one token */
+    float *rope; /* rope_cache's n_rot angles of each token */
     void *act;
 } scratch;
 
@@ -864,7 +880,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
     size_t sizes[] = {
         (size_t)(n * d), (size_t)(n * (d > ff ? d : ff)), (size_t)(n * d),
         (size_t)(n * kvd), (size_t)(n * kvd), (size_t)m->n_head * s->n_ctx,
-        (size_t)(n * ff), (size_t)(n * ff), (size_t)m->n_rot,
+        (size_t)(n * ff), (size_t)(n * ff), (size_t)(n * m->n_rot),
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -881,8 +897,12 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         *slots[i] = scratch_take(&p, sizes[i] * sizeof(float));
     S.act = p;
 
-    for (int64_t t = 0; t < n; t++)
+    for (int64_t t = 0; t < n; t++) {
         bn_dequant_row(&m->tok_embd, tokens[t], S.x + t * d);
+        rope_cache(S.rope + t * m->n_rot, m->n_rot, n_past + (int32_t)t,
+                   m->rope_base);
+    }
+    const int neox = m->arch->rope == ROPE_NEOX;
 
     seq_state *sq = &s->seq[seq];
     /* the tensors llama.cpp's graph names, for crossval --explain */
@@ -911,12 +931,10 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
                 goto out;
         }
         for (int64_t t = 0; t < n; t++) {
-            int32_t pos = n_past + (int32_t)t;
-            rope_cache(S.rope, m->n_rot, pos, m->rope_base);
-            for (int32_t h = 0; h < m->n_head; h++)
-                rope(S.q + t * d + h * hd, m->n_rot, S.rope, m->arch->rope);
-            for (int32_t h = 0; h < m->n_head_kv; h++)
-                rope(S.k + t * kvd + h * hd, m->n_rot, S.rope, m->arch->rope);
+            const int32_t pos = n_past + (int32_t)t;
+            const float *cs = S.rope + t * m->n_rot;
+            bn_ggml_rope(S.q + t * d, m->n_head, hd, m->n_rot, cs, neox);
+            bn_ggml_rope(S.k + t * kvd, m->n_head_kv, hd, m->n_rot, cs, neox);
             /* positions past n_past are scratch until n_past moves, so a
              * failed call leaves the sequence as it was */
             memcpy(kc + (size_t)pos * kvd, S.k + t * kvd, kvd * sizeof(float));
@@ -957,8 +975,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         if ((rc = MATMUL(&L->wo, S.xb, S.q)))
             goto out;
         CAPTURE("attn_out", l, S.q, d);
-        for (int64_t i = 0; i < n * d; i++)
-            S.x[i] += S.q[i];
+        add_into(S.x, S.q, n * d);
         CAPTURE("ffn_inp", l, S.x, d);
 
         rmsnorm_rows(S.xb, S.x, L->ffn_norm, n, d, m->eps);
@@ -981,8 +998,7 @@ int bn_forward(bn_state *s, int32_t seq, const int32_t *tokens,
         if ((rc = MATMUL(&L->down, S.hb, S.q)))
             goto out;
         CAPTURE("ffn_down", l, S.q, d);
-        for (int64_t i = 0; i < n * d; i++)
-            S.x[i] += S.q[i];
+        add_into(S.x, S.q, n * d);
         CAPTURE("l_out", l, S.x, d);
     }
     if (step && (rc = step(step_user)))

@@ -1,4 +1,4 @@
-"""The AVX2 build of ggml_ops.c's SwiGLU against its portable build, bit for bit.
+"""The AVX2 build of ggml_ops.c's SwiGLU and rope against the portable build, bit for bit.
 
 swiglu_avx2 is written with intrinsics (ggml_v_silu's form) rather than
 compiled from the scalar body the portable build runs, so the two are
@@ -20,7 +20,10 @@ import pytest
 from tests.native_builds import ROOT
 from tools.error_sites import cpu_flags
 
-_CDEF = "void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n);"
+_CDEF = """
+void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n);
+void bn_ggml_rope(float *x, int64_t n_heads, int64_t hd, int32_t n_rot, const float *cs, int neox);
+"""
 
 
 def _build(tmp_path, name: str, defines: list[str]):  # type: ignore[no-untyped-def]
@@ -71,3 +74,42 @@ def test_swiglu_avx2_matches_portable_bit_for_bit(tmp_path) -> None:  # type: ig
     la.bn_ggml_swiglu(fa.from_buffer("float[]", ya), fa.from_buffer("float[]", ya), fa.from_buffer("float[]", g), x.size)
     lp.bn_ggml_swiglu(fp.from_buffer("float[]", yp), fp.from_buffer("float[]", yp), fp.from_buffer("float[]", g), x.size)
     assert np.array_equal(ya.view(np.uint32), yp.view(np.uint32))
+
+
+def _rope_numpy(x: np.ndarray, cs: np.ndarray, n_rot: int, neox: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation in double, and a bound on the fused form's error: two
+    roundings of a float each, relative to the terms' magnitudes (a sum
+    that cancels is not small relative to itself)."""
+    half = n_rot // 2
+    y, bound = x.astype(np.float64), np.zeros(x.shape)
+    a = np.arange(half) if neox else 2 * np.arange(half)
+    b = a + half if neox else a + 1
+    c, s = cs[:half].astype(np.float64), cs[half:n_rot].astype(np.float64)
+    x0, x1 = y[:, a].copy(), y[:, b].copy()
+    y[:, a], y[:, b] = x0 * c - x1 * s, x0 * s + x1 * c
+    bound[:, a] = bound[:, b] = 2.0**-22 * (np.abs(x0) + np.abs(x1))
+    return y, bound
+
+
+@pytest.mark.parametrize("neox", [0, 1])
+@pytest.mark.parametrize(("hd", "n_rot"), [(64, 64), (128, 128), (64, 32), (10, 6)])
+def test_rope_fma_build_matches_portable_bit_for_bit(tmp_path, neox: int, hd: int, n_rot: int) -> None:  # type: ignore[no-untyped-def]
+    """Both builds compute fma(x0, c, -(x1 s)) and fma(x0, s, x1 c), one
+    rounding each whether fmaf is an instruction or libm's; the values
+    past n_rot are left as they are."""
+    if not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("the FMA build needs AVX2 and FMA on this CPU")
+    (fa, la), (fp, lp) = _build(tmp_path, "rope_fma", []), _build(tmp_path, "rope_portable", ["-DBN_NO_SIMD"])
+    rng = np.random.default_rng(hd + n_rot + neox)
+    heads = 5
+    theta = rng.uniform(-50, 50, n_rot // 2).astype(np.float32)
+    cs = np.concatenate([np.cos(theta), np.sin(theta)]).astype(np.float32)
+    x = (rng.standard_normal((heads, hd)) * 3).astype(np.float32)
+    x[0, :4] = [0.0, -0.0, 1e-40, 3e38]
+    ya, yp = x.copy(), x.copy()
+    la.bn_ggml_rope(fa.from_buffer("float[]", ya), heads, hd, n_rot, fa.from_buffer("float[]", cs), neox)
+    lp.bn_ggml_rope(fp.from_buffer("float[]", yp), heads, hd, n_rot, fp.from_buffer("float[]", cs), neox)
+    assert np.array_equal(ya.view(np.uint32), yp.view(np.uint32))
+    assert np.array_equal(ya[:, n_rot:].view(np.uint32), x[:, n_rot:].view(np.uint32))
+    want, bound = _rope_numpy(x, cs, n_rot, bool(neox))
+    assert (np.abs(ya - want) <= bound).all(), np.abs(ya - want).max()
