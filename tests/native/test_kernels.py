@@ -85,3 +85,24 @@ def test_float_kernels_match_portable_bit_for_bit(dtype: type, shape: tuple[int,
         assert fast.tobytes() == portable.tobytes(), (n, np.flatnonzero(fast.view(np.uint32) != portable.view(np.uint32))[:5])
         assert part[:, 1:].tobytes() == portable[:, 1:].tobytes(), n
         assert np.isnan(part[:, 0]).all()  # nothing written outside [r0, r1)
+
+
+# Where each result lands: scatter moves a rows function's (row, token)
+# results into the token-major output (for four tokens by 4 x 4 and 2 x 4
+# transposes), shared by every kernel path, so the bit-for-bit comparisons
+# above cannot see a result put in the wrong place.  Against numpy's
+# product in double: 1..8 tokens, row counts that leave 1, 2 or 3 rows
+# after the last group of four, and a row range that starts mid-group.
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("nrows", [1, 2, 3, 5, 6, 7, 8, 13, 50])
+def test_each_result_lands_at_its_token_and_row(dtype: type, nrows: int) -> None:
+    rng = np.random.default_rng(nrows)
+    W = np.ascontiguousarray((rng.standard_normal((nrows, 64)) * 0.1).astype(dtype))
+    for n in range(1, 9):
+        x = np.ascontiguousarray(rng.standard_normal((n, 64)).astype(np.float32))
+        want = x.astype(np.float16).astype(np.float64) if dtype == np.float16 else x.astype(np.float64)
+        want = want @ W.astype(np.float64).T
+        for r0 in (0, 1) if nrows > 1 else (0,):
+            got = _matmul(W, x, r0, nrows)
+            np.testing.assert_allclose(got[:, r0:], want[:, r0:], rtol=1e-4, atol=1e-5, err_msg=f"n={n} r0={r0}")
+            assert np.isnan(got[:, :r0]).all()
