@@ -21,6 +21,15 @@
 #define BN_OPS_FMA __attribute__((target("avx2,fma")))
 #endif
 #define BN_OPS_INLINE static inline __attribute__((always_inline))
+/* dot_body's four accumulators stay in registers only if its loop over
+ * them is unrolled: otherwise each multiply-add goes through memory */
+#if defined(__clang__)
+#define BN_OPS_UNROLL4 _Pragma("unroll 4")
+#elif defined(__GNUC__)
+#define BN_OPS_UNROLL4 _Pragma("GCC unroll 4")
+#else
+#define BN_OPS_UNROLL4
+#endif
 
 static inline uint32_t bits_of(float f)
 {
@@ -77,7 +86,7 @@ BN_OPS_INLINE float dot_body(const float *x, const float *y, int64_t n)
     float acc[4][8] = {{0}};
     const int64_t np = n & ~(int64_t)31;
     for (int64_t i = 0; i < np; i += 32)
-        for (int r = 0; r < 4; r++)
+        BN_OPS_UNROLL4 for (int r = 0; r < 4; r++)
             for (int l = 0; l < 8; l++)
                 acc[r][l] = fmaf(x[i + 8 * r + l], y[i + 8 * r + l], acc[r][l]);
     float a[8];
@@ -91,28 +100,46 @@ BN_OPS_INLINE float dot_body(const float *x, const float *y, int64_t n)
     return sum;
 }
 
-/* m outputs at a time in blocks of WS_BLOCK, 8 lane accumulators each. */
+BN_OPS_INLINE void scores_body(float *att, const float *q, const float *k,
+                               int64_t stride, int64_t n, int64_t hd,
+                               float scale)
+{
+    for (int64_t j = 0; j < n; j++)
+        att[j] = dot_body(q, k + j * stride, hd) * scale;
+}
+
+/* m outputs at a time in blocks of WS_BLOCK, 8 lane accumulators each.
+ * Blocks of w outputs; a whole block has a constant width, so that -O2
+ * vectorizes its loops across outputs (each lane still one output's
+ * chain of fmaf, in j's order); the last, narrower block stays scalar. */
 #define WS_BLOCK 64
+BN_OPS_INLINE void wsum_block(float *out, const float *v, int64_t stride,
+                              const float *p, int64_t n, int64_t w)
+{
+    float acc[8][WS_BLOCK];
+    memset(acc, 0, sizeof acc);
+    for (int64_t j = 0; j < n; j++) {
+        const float pj = p[j];
+        const float *vj = v + j * stride;
+        float *a = acc[j & 7];
+        for (int64_t e = 0; e < w; e++)
+            a[e] = fmaf(vj[e], pj, a[e]);
+    }
+    for (int64_t e = 0; e < w; e++) {
+        const float lanes[8] = {acc[0][e], acc[1][e], acc[2][e], acc[3][e],
+                                acc[4][e], acc[5][e], acc[6][e], acc[7][e]};
+        out[e] = hsum8(lanes);
+    }
+}
+
 BN_OPS_INLINE void wsum_body(float *out, const float *v, int64_t stride,
                              const float *p, int64_t n, int64_t m)
 {
-    for (int64_t e0 = 0; e0 < m; e0 += WS_BLOCK) {
-        const int64_t w = m - e0 < WS_BLOCK ? m - e0 : WS_BLOCK;
-        float acc[8][WS_BLOCK];
-        memset(acc, 0, sizeof acc);
-        for (int64_t j = 0; j < n; j++) {
-            const float pj = p[j];
-            const float *vj = v + j * stride + e0;
-            float *a = acc[j & 7];
-            for (int64_t e = 0; e < w; e++)
-                a[e] = fmaf(vj[e], pj, a[e]);
-        }
-        for (int64_t e = 0; e < w; e++) {
-            const float lanes[8] = {acc[0][e], acc[1][e], acc[2][e], acc[3][e],
-                                    acc[4][e], acc[5][e], acc[6][e], acc[7][e]};
-            out[e0 + e] = hsum8(lanes);
-        }
-    }
+    int64_t e0 = 0;
+    for (; e0 + WS_BLOCK <= m; e0 += WS_BLOCK)
+        wsum_block(out + e0, v + e0, stride, p, n, WS_BLOCK);
+    if (e0 < m)
+        wsum_block(out + e0, v + e0, stride, p, n, m - e0);
 }
 
 BN_OPS_INLINE void softmax_body(float *x, int64_t n)
@@ -237,8 +264,10 @@ BN_OPS_FMA static void swiglu_avx2(float *y, const float *x, const float *g,
     static ret name##_dispatch params { return name##_body args; }
 #endif
 
-BN_OPS_VARIANTS(dot, float, (const float *x, const float *y, int64_t n),
-                (x, y, n))
+BN_OPS_VARIANTS(scores, void,
+                (float *att, const float *q, const float *k, int64_t stride,
+                 int64_t n, int64_t hd, float scale),
+                (att, q, k, stride, n, hd, scale))
 BN_OPS_VARIANTS(wsum, void,
                 (float *out, const float *v, int64_t stride, const float *p,
                  int64_t n, int64_t m),
@@ -255,9 +284,10 @@ static void swiglu_portable(float *y, const float *x, const float *g,
     swiglu_body(y, x, g, n);
 }
 
-float bn_ggml_dot(const float *x, const float *y, int64_t n)
+void bn_ggml_scores(float *att, const float *q, const float *k,
+                    int64_t stride, int64_t n, int64_t hd, float scale)
 {
-    return dot_dispatch(x, y, n);
+    scores_dispatch(att, q, k, stride, n, hd, scale);
 }
 
 void bn_ggml_weighted_sum(float *out, const float *v, int64_t stride,

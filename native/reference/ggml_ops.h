@@ -13,10 +13,11 @@
  * llama-cpp-python 0.3.36 builds on an AVX2 + FMA machine (-march=native,
  * so GCC fuses a*b+c in scalar code too):
  *
- *   bn_ggml_dot        ggml_vec_dot_f32: 4 x 8 lanes of fused multiply-adds
- *                      over 32 elements at a time, reduced (0+2, 1+3, 0+1,
- *                      low half + high half, pairwise), the tail fused into
- *                      the float sum.  (Q.K of the attention scores.)
+ *   bn_ggml_scores     ggml_vec_dot_f32 per key: 4 x 8 lanes of fused
+ *                      multiply-adds over 32 elements at a time, reduced
+ *                      (0+2, 1+3, 0+1, low half + high half, pairwise), the
+ *                      tail fused into the float sum; times the scale.
+ *                      (Q.K of the attention scores.)
  *   bn_ggml_weighted_sum
  *                      llamafile's tinyBLAS on 256-bit vectors: one 8-lane
  *                      accumulator of fused multiply-adds per output,
@@ -42,7 +43,10 @@
 
 #include <stdint.h>
 
-float bn_ggml_dot(const float *x, const float *y, int64_t n);
+/* att[j] = (q . k[j * stride ...]) * scale for j < n, each dot over hd
+ * in ggml_vec_dot_f32's order: one query's attention scores. */
+void bn_ggml_scores(float *att, const float *q, const float *k,
+                    int64_t stride, int64_t n, int64_t hd, float scale);
 
 /* out[e] = sum_j v[j*stride + e] * p[j] for e < m, j < n, each in
  * tinyBLAS's order over j (above). */

@@ -743,10 +743,8 @@ static void attn_heads(void *arg, int64_t h0, int64_t h1)
         for (int64_t t = j->t0; t < j->t1; t++) {
             const float *qh = j->q + t * j->d + h * j->hd;
             const int32_t n_kv = j->n_past + (int32_t)t + 1;
-            for (int32_t k = 0; k < n_kv; k++)
-                att[k] = bn_ggml_dot(qh, j->kc + (size_t)k * j->kvd + kvo,
-                                     j->hd) *
-                         j->kq_scale;
+            bn_ggml_scores(att, qh, j->kc + kvo, j->kvd, n_kv, j->hd,
+                           j->kq_scale);
             bn_ggml_softmax(att, n_kv);
             bn_ggml_weighted_sum(j->out + t * j->d + h * j->hd, j->vc + kvo,
                                  j->kvd, att, n_kv, j->hd);

@@ -1,4 +1,4 @@
-"""The AVX2 build of ggml_ops.c's SwiGLU and rope against the portable build, bit for bit.
+"""The AVX2 build of ggml_ops.c's operations against its portable build, bit for bit.
 
 swiglu_avx2 is written with intrinsics (ggml_v_silu's form) rather than
 compiled from the scalar body the portable build runs, so the two are
@@ -23,6 +23,8 @@ from tools.error_sites import cpu_flags
 _CDEF = """
 void bn_ggml_swiglu(float *y, const float *x, const float *g, int64_t n);
 void bn_ggml_rope(float *x, int64_t n_heads, int64_t hd, int32_t n_rot, const float *cs, int neox);
+void bn_ggml_scores(float *att, const float *q, const float *k, int64_t stride, int64_t n, int64_t hd, float scale);
+void bn_ggml_weighted_sum(float *out, const float *v, int64_t stride, const float *p, int64_t n, int64_t m);
 """
 
 
@@ -113,3 +115,34 @@ def test_rope_fma_build_matches_portable_bit_for_bit(tmp_path, neox: int, hd: in
     assert np.array_equal(ya[:, n_rot:].view(np.uint32), x[:, n_rot:].view(np.uint32))
     want, bound = _rope_numpy(x, cs, n_rot, bool(neox))
     assert (np.abs(ya - want) <= bound).all(), np.abs(ya - want).max()
+
+
+@pytest.mark.parametrize("hd", [64, 128, 96, 40, 7, 1])
+def test_attention_ops_fma_build_matches_portable_bit_for_bit(tmp_path, hd: int) -> None:  # type: ignore[no-untyped-def]
+    """Scores (a dot per key) and the weighted sum of values: head sizes
+    with and without a tail past 32 (the dot) or 64 (a whole block of the
+    weighted sum, whose loops the FMA build vectorizes), up to 300 keys;
+    against numpy in double too."""
+    if not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("the FMA build needs AVX2 and FMA on this CPU")
+    (fa, la), (fp, lp) = _build(tmp_path, "attn_fma", []), _build(tmp_path, "attn_portable", ["-DBN_NO_SIMD"])
+    rng = np.random.default_rng(hd)
+    stride = hd + 3  # keys and values of one head inside wider rows
+    for n in (1, 5, 8, 9, 300):
+        q = rng.standard_normal(hd).astype(np.float32)
+        kv = rng.standard_normal((n, stride)).astype(np.float32)
+        p = rng.random(n).astype(np.float32)
+        out = {}
+        for tag, f, lib in (("fma", fa, la), ("portable", fp, lp)):
+            att = np.zeros(n, np.float32)
+            lib.bn_ggml_scores(f.from_buffer("float[]", att), f.from_buffer("float[]", q), f.from_buffer("float[]", kv),
+                               stride, n, hd, 0.125)
+            ws = np.zeros(hd, np.float32)
+            lib.bn_ggml_weighted_sum(f.from_buffer("float[]", ws), f.from_buffer("float[]", kv), stride,
+                                     f.from_buffer("float[]", p), n, hd)
+            out[tag] = (att, ws)
+        for a, b in zip(out["fma"], out["portable"]):
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), (n, np.flatnonzero(a != b)[:5])
+        k64, q64 = kv[:, :hd].astype(np.float64), q.astype(np.float64)
+        np.testing.assert_allclose(out["fma"][0], (k64 @ q64) * 0.125, rtol=1e-4, atol=1e-5 * np.sqrt(hd))
+        np.testing.assert_allclose(out["fma"][1], p.astype(np.float64) @ k64, rtol=1e-4, atol=1e-4 * np.sqrt(n))
