@@ -8,10 +8,10 @@ steps re-evaluates the whole prefix, as the seed's per-call MVP must.
 Prints per-row times and the session speed-up; seed 003 asks >= 10x and
 expects 40x / 30x / 12x / 16x.  Each row alternates --rounds rounds of
 per-call and of session calls (one untimed call first in each), so that
-bandwidth moving under other processes moves both sides alike.  The last column is the session's weight
-bytes read per second (every evaluation call reads each weight once) as a
-share of the read bandwidth measured in this run at the pool's thread
-count.
+bandwidth moving under other processes moves both sides alike.  The last
+column is the session's weight bytes read per second (every evaluation
+call reads each weight once) as a share of the read bandwidth measured in
+this run at the pool's thread count.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def main() -> None:
         print(f"{'row':22} {'per-call':>12} {'session':>12} {'speed-up':>9} {'seed expects':>13}  session reads")
         for name, percall, session, rep_p, rep_s, calls in rows:
             # per-call and session rounds alternate: on a shared machine the
-            # bandwidth moves within a run, and a ratio of two stretches
-            # measured one after the other moved with it (2x seen)
+            # bandwidth moves (two runs minutes apart: the session side 2.2x,
+            # the per-call side 1.2x), so two stretches measured one after
+            # the other need not have seen the same bandwidth
             tp, ts = interleaved(percall, session, rounds=args.rounds, repeat=rep_p, repeat_b=rep_s, warmup=1)
             share = fmt_share(calls * wbytes, ts, bw) if calls else "-"
             print(f"{name:22} {fmt_time(tp):>12} {fmt_time(ts):>12} {tp / ts:8.1f}x {SEED_EXPECTED[name]:12d}x  {share}")
