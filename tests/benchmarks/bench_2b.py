@@ -9,13 +9,14 @@ models.model_cache_dir() (~1.2 GB; the run says how long generation took).
 Every figure is printed for the 40 MB benchmark model too, and the growth
 from it to the 2B shape and from n_ctx 512 to 4096.
 
-* load: median time of BitnetSession.create (the file is in the page cache
-  after the first).
+* load: BitnetSession.create's time in a fresh process, median of 3 (the
+  file is in the page cache after the first).
 * memory: what the bridge's counted allocator holds (live_counters bytes),
   against the weights plus the f32 KV cache for n_ctx (2 x n_layer x n_ctx
   x kv_dim x 4 bytes) and against seed 003's <= 700 MB; resident memory
   (RssAnon / RssFile of /proc/self/status) before create, after create and
-  after the first evaluation: resident is only what is touched.
+  after the first evaluation: resident is only what is touched.  Both in a
+  fresh process per figure (memory_child says why).
 * tokens/s: prompt evaluation (one call) and generation (single-token
   steps), 1 and 2 threads, reference and llama.cpp on the same file side by
   side (interleaved rounds); generation also as weight bytes read per second
@@ -26,14 +27,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from _common import fmt_share, interleaved, median_time, read_bandwidth, weight_bytes, what_ran
+from _common import fmt_share, interleaved, read_bandwidth, weight_bytes, what_ran
 from bench_session_vs_percall import BENCH_MODEL
 
 import pytest_bitnet as bn
@@ -87,29 +92,52 @@ def with_threads(n: int) -> None:
     os.environ["BITNET_NUM_THREADS"] = str(n)
 
 
-def memory_rows(name: str, path: Path, shape: dict, wbytes: int) -> dict[tuple[str, int], float]:
-    """Load time and memory of the reference engine at n_ctx 512 and 4096."""
+def memory_child(path: str, n_ctx: int) -> None:
+    """One session in this fresh process: its first load, its memory, as JSON on stdout.
+
+    A fresh interpreter per measurement, because in a process that has loaded
+    and freed a model before, malloc hands the freed heap back to the next
+    load: the resident figures grow by nothing and the load skips its page
+    faults (seen: 0 MB resident for the 40 MB model, after the earlier
+    rounds of the same process had freed theirs)."""
+    r0 = resident()
+    t0 = time.perf_counter()
+    s = bn.BitnetSession.create(Path(path), n_ctx=n_ctx, backend="reference")
+    load = time.perf_counter() - t0
+    r1 = resident()
+    counted = bn.live_counters()["bytes"]
+    s.evaluate(s.tokenize("warm the scratch buffers up"))
+    r2 = resident()
+    s.close()
+
+    def grown(r: dict, key: str) -> int:
+        return r[key] - r0[key]
+
+    print(json.dumps({"load": load, "counted": counted, "anon_load": grown(r1, "RssAnon"),
+                      "anon_eval": grown(r2, "RssAnon"), "file_eval": grown(r2, "RssFile"),
+                      "resident": grown(r2, "VmRSS")}))
+
+
+def memory_rows(name: str, path: Path, shape: dict, wbytes: int, runs: int = 3) -> dict[tuple[str, int], float]:
+    """Load time and memory of the reference engine at n_ctx 512 and 4096, each from
+    `runs` fresh processes (the file is in the page cache: the load is the median first
+    load of a process; memory is the same in every run, the last one is printed)."""
     figures: dict[tuple[str, int], float] = {}
     for n_ctx in (512, 4096):
-        load = median_time(lambda: bn.BitnetSession.create(path, n_ctx=n_ctx, backend="reference").close(), repeat=3)
-        gc.collect()
-        r0 = resident()
-        s = bn.BitnetSession.create(path, n_ctx=n_ctx, backend="reference")
-        r1 = resident()
-        counted = bn.live_counters()["bytes"]
-        s.evaluate(s.tokenize("warm the scratch buffers up"))
-        r2 = resident()
-        s.close()
+        cmd = [sys.executable, __file__, "--memory-child", str(path), str(n_ctx)]
+        got = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout) for _ in range(runs)]
+        load = statistics.median(g["load"] for g in got)
+        m = got[-1]
         kv = kv_bytes(shape, n_ctx)
         mb = 1e6
         print(
-            f"{name:6} {n_ctx:>5} {load * 1e3:8.0f} ms {counted / mb:9.0f} {wbytes / mb:8.0f} {kv / mb:6.0f}"
-            f" {(counted - wbytes - kv) / mb:8.1f} {(r1['RssAnon'] - r0['RssAnon']) / mb:9.0f}"
-            f" {(r2['RssAnon'] - r0['RssAnon']) / mb:9.0f} {(r2['RssFile'] - r0['RssFile']) / mb:8.0f}"
+            f"{name:6} {n_ctx:>5} {load * 1e3:8.0f} ms {m['counted'] / mb:9.0f} {wbytes / mb:8.0f} {kv / mb:6.0f}"
+            f" {(m['counted'] - wbytes - kv) / mb:8.1f} {m['anon_load'] / mb:9.0f}"
+            f" {m['anon_eval'] / mb:9.0f} {m['file_eval'] / mb:8.0f}"
         )
         figures[("load", n_ctx)] = load
-        figures[("counted", n_ctx)] = counted
-        figures[("resident", n_ctx)] = r2["VmRSS"] - r0["VmRSS"]
+        figures[("counted", n_ctx)] = m["counted"]
+        figures[("resident", n_ctx)] = m["resident"]
     return figures
 
 
@@ -164,7 +192,11 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens (plus BOS)")
     ap.add_argument("--steps", type=int, default=16, help="generation steps")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--memory-child", nargs=2, metavar=("PATH", "N_CTX"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        return
     llama = configured()
     use_llama = llama.available and not args.no_llama
     if not use_llama:
