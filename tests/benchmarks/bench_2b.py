@@ -118,6 +118,14 @@ def memory_child(path: str, n_ctx: int) -> None:
                       "resident": grown(r2, "VmRSS")}))
 
 
+def child_json(cmd: list[str]) -> dict:
+    """Run a --memory-child process; its failure ends the benchmark with the child's own stderr."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
 def memory_rows(name: str, path: Path, shape: dict, wbytes: int, runs: int = 3) -> dict[tuple[str, int], float]:
     """Load time and memory of the reference engine at n_ctx 512 and 4096, each from
     `runs` fresh processes (the file is in the page cache: the load is the median first
@@ -125,7 +133,7 @@ def memory_rows(name: str, path: Path, shape: dict, wbytes: int, runs: int = 3) 
     figures: dict[tuple[str, int], float] = {}
     for n_ctx in (512, 4096):
         cmd = [sys.executable, __file__, "--memory-child", str(path), str(n_ctx)]
-        got = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout) for _ in range(runs)]
+        got = [child_json(cmd) for _ in range(runs)]
         load = statistics.median(g["load"] for g in got)
         m = got[-1]
         kv = kv_bytes(shape, n_ctx)
