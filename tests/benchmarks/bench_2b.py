@@ -26,7 +26,6 @@ from it to the 2B shape and from n_ctx 512 to 4096.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -92,7 +91,7 @@ def with_threads(n: int) -> None:
     os.environ["BITNET_NUM_THREADS"] = str(n)
 
 
-def memory_child(path: str, n_ctx: int) -> None:
+def memory_child(path: str, n_ctx: int, backend: str) -> None:
     """One session in this fresh process: its first load, its memory, as JSON on stdout.
 
     A fresh interpreter per measurement, because in a process that has loaded
@@ -102,7 +101,7 @@ def memory_child(path: str, n_ctx: int) -> None:
     rounds of the same process had freed theirs)."""
     r0 = resident()
     t0 = time.perf_counter()
-    s = bn.BitnetSession.create(Path(path), n_ctx=n_ctx, backend="reference")
+    s = bn.BitnetSession.create(Path(path), n_ctx=n_ctx, backend=backend)
     load = time.perf_counter() - t0
     r1 = resident()
     counted = bn.live_counters()["bytes"]
@@ -114,12 +113,13 @@ def memory_child(path: str, n_ctx: int) -> None:
         return r[key] - r0[key]
 
     print(json.dumps({"load": load, "counted": counted, "anon_load": grown(r1, "RssAnon"),
-                      "anon_eval": grown(r2, "RssAnon"), "file_eval": grown(r2, "RssFile"),
-                      "resident": grown(r2, "VmRSS")}))
+                      "anon_eval": grown(r2, "RssAnon"), "file_load": grown(r1, "RssFile"),
+                      "file_eval": grown(r2, "RssFile"), "resident": grown(r2, "VmRSS")}))
 
 
-def child_json(cmd: list[str]) -> dict:
-    """Run a --memory-child process; its failure ends the benchmark with the child's own stderr."""
+def in_child(path: Path, n_ctx: int, backend: str = "reference") -> dict:
+    """memory_child's figures from a fresh process; its failure ends the benchmark with the child's own stderr."""
+    cmd = [sys.executable, __file__, "--memory-child", str(path), str(n_ctx), backend]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
@@ -132,8 +132,7 @@ def memory_rows(name: str, path: Path, shape: dict, wbytes: int, runs: int = 3) 
     load of a process; memory is the same in every run, the last one is printed)."""
     figures: dict[tuple[str, int], float] = {}
     for n_ctx in (512, 4096):
-        cmd = [sys.executable, __file__, "--memory-child", str(path), str(n_ctx)]
-        got = [child_json(cmd) for _ in range(runs)]
+        got = [in_child(path, n_ctx) for _ in range(runs)]
         load = statistics.median(g["load"] for g in got)
         m = got[-1]
         kv = kv_bytes(shape, n_ctx)
@@ -150,18 +149,12 @@ def memory_rows(name: str, path: Path, shape: dict, wbytes: int, runs: int = 3) 
 
 
 def llama_resident(path: Path) -> None:
-    """llama.cpp maps the file: resident is what the first evaluation touched."""
-    gc.collect()
-    r0 = resident()
-    with bn.BitnetSession.create(path, n_ctx=512, backend="llama") as s:
-        r1 = resident()
-        s.evaluate(s.tokenize("warm the scratch buffers up"))
-        r2 = resident()
+    """llama.cpp maps the file: resident is what the first evaluation touched (a fresh process, as memory_rows)."""
+    m = in_child(path, 512, backend="llama")
     mb = 1e6
     print(
-        f"llama.cpp ({path.stat().st_size / mb:.0f} MB file, n_ctx 512): RssFile +{(r1['RssFile'] - r0['RssFile']) / mb:.0f} MB"
-        f" after load, +{(r2['RssFile'] - r0['RssFile']) / mb:.0f} MB after the first eval;"
-        f" RssAnon +{(r2['RssAnon'] - r0['RssAnon']) / mb:.0f} MB"
+        f"llama.cpp ({path.stat().st_size / mb:.0f} MB file, n_ctx 512): RssFile +{m['file_load'] / mb:.0f} MB"
+        f" after load, +{m['file_eval'] / mb:.0f} MB after the first eval; RssAnon +{m['anon_eval'] / mb:.0f} MB"
     )
 
 
@@ -200,10 +193,11 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens (plus BOS)")
     ap.add_argument("--steps", type=int, default=16, help="generation steps")
     ap.add_argument("--no-llama", action="store_true")
-    ap.add_argument("--memory-child", nargs=2, metavar=("PATH", "N_CTX"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", nargs=3, metavar=("PATH", "N_CTX", "BACKEND"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        path, n_ctx, backend = args.memory_child
+        memory_child(path, int(n_ctx), backend)
         return
     llama = configured()
     use_llama = llama.available and not args.no_llama
